@@ -1,0 +1,403 @@
+"""One typed settings object, read with one precedence: flag > process environment > `.env` > default.
+
+Keys are named as users already name them in their `.env` files (``AWS_ACCESS_KEY_ID``,
+``S3_BUCKET``, ``RUNPOD_HOST`` ...). Every value remembers where it came from, so
+``fab config`` can say so, and secrets are a :class:`Secret`, which never shows its value.
+
+Example::
+
+    settings = load_settings(overrides={"S3_BUCKET": "my-bucket"})
+    settings.require("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET")
+    print(settings.s3_bucket, settings.source("S3_BUCKET"))   # my-bucket flag
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import posixpath
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from dotenv import dotenv_values
+
+from deploy.errors import ConfigError
+
+ENV_FILE_VARIABLE = "ENV_FILE"
+"""The process environment variable that points at another `.env` file."""
+
+DEFAULT_ENV_FILE = ".env"
+
+PRECISIONS = (
+    "64", "64-true", "32", "32-true", "16", "16-mixed", "16-true",
+    "bf16", "bf16-mixed", "bf16-true", "transformer-engine", "transformer-engine-float16",
+)
+RETRY_MODES = ("legacy", "standard", "adaptive")
+ADDRESSING_STYLES = ("auto", "path", "virtual")
+
+
+class Secret:
+    """A string that never shows itself: masked in ``repr``, ``str``, f-strings and logs.
+
+    >>> key = Secret("wJalrXUtnFEMI/K7MDENG")
+    >>> f"{key}"
+    '********'
+    >>> key.reveal()
+    'wJalrXUtnFEMI/K7MDENG'
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The value itself: pass it to a client, never to a print or a log."""
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    def __str__(self) -> str:
+        return "********" if self._value else ""
+
+    __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731
+
+
+# --------------------------------------------------------------------------- parsers
+# Each parser takes the raw string (never empty: empty means "unset" for optional values)
+# and returns the typed value or raises ValueError with a short reason.
+
+
+def _parse_int(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"must be a whole number, got {raw!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def _parse_bool(raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be 1 or 0 (true/false), got {raw!r}")
+
+
+def _parse_choice(choices: Iterable[str]) -> Callable[[str], str]:
+    allowed = tuple(choices)
+
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}; got {raw!r}")
+        return value
+
+    return parse
+
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def parse_bucket(raw: str) -> str:
+    """Validate a bucket name by the S3 naming rules, so a typo fails here and not in a 400."""
+    name = raw.strip()
+    if not _BUCKET_RE.match(name):
+        raise ValueError(
+            f"{name!r} is not a valid bucket name (3-63 characters: lowercase letters, digits, "
+            "dots and hyphens, starting and ending with a letter or digit)"
+        )
+    if ".." in name or ".-" in name or "-." in name:
+        raise ValueError(f"{name!r} is not a valid bucket name (no '..', '.-' or '-.')")
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        raise ValueError(f"{name!r} is not a valid bucket name (it looks like an IP address)")
+    return name
+
+
+def _parse_endpoint(raw: str) -> str:
+    url = raw.strip().rstrip("/")
+    parts = urlparse(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL, got {raw!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ValueError(f"has a malformed port: {raw!r}") from None
+    return url
+
+
+def _parse_prefix(raw: str) -> str:
+    prefix = raw.strip().strip("/")
+    if any(part in ("..", ".") for part in prefix.split("/")):
+        raise ValueError(f"must not contain '.' or '..' segments, got {raw!r}")
+    return prefix
+
+
+def _parse_remote_dir(raw: str) -> str:
+    path = raw.strip()
+    if not path.startswith("/"):
+        raise ValueError(f"must be an absolute path on the host, got {raw!r}")
+    normal = posixpath.normpath(path)
+    if normal == "/":
+        raise ValueError("must not be the root directory")
+    return normal
+
+
+def _parse_str(raw: str) -> str:
+    return raw.strip()
+
+
+def _parse_secret(raw: str) -> Secret:
+    return Secret(raw.strip())
+
+
+def _parse_path(raw: str) -> str:
+    return os.path.expanduser(raw.strip())
+
+
+# --------------------------------------------------------------------------- the keys
+
+
+def setting(
+    key: str,
+    help: str,
+    example: str,
+    *,
+    default: Any = None,
+    parse: Callable[[str], Any] = _parse_str,
+    secret: bool = False,
+    group: str = "s3",
+) -> Any:
+    """Declare one setting: its `.env` key, one line of help, a safe example, how to parse it."""
+    meta = {"key": key, "help": help, "example": example, "parse": parse, "secret": secret, "group": group}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective settings. Build it with :func:`load_settings`; every field is already parsed."""
+
+    aws_access_key_id: Secret | None = setting(
+        "AWS_ACCESS_KEY_ID", "Access key of the S3 bucket's account.", "AKIAEXAMPLEEXAMPLE00",
+        parse=_parse_secret, secret=True)
+    aws_secret_access_key: Secret | None = setting(
+        "AWS_SECRET_ACCESS_KEY", "Secret key that goes with the access key.", "change-me",
+        parse=_parse_secret, secret=True)
+    aws_default_region: str = setting(
+        "AWS_DEFAULT_REGION", "Region of the bucket (Timeweb: ru-1).", "us-east-1", default="us-east-1")
+    aws_endpoint_url: str | None = setting(
+        "AWS_ENDPOINT_URL", "S3-compatible endpoint; leave empty for AWS itself.",
+        "https://s3.timeweb.cloud", parse=_parse_endpoint)
+    s3_bucket: str | None = setting(
+        "S3_BUCKET", "Bucket that holds checkpoints, logs, datasets and images.", "my-training-bucket",
+        parse=parse_bucket)
+    s3_prefix: str = setting(
+        "S3_PREFIX", "Folder inside the bucket for this project (may be empty).", "piper", default="",
+        parse=_parse_prefix)
+    s3_addressing_style: str = setting(
+        "S3_ADDRESSING_STYLE", "S3 addressing: path (MinIO and most providers), virtual or auto.",
+        "path", default="path", parse=_parse_choice(ADDRESSING_STYLES))
+    aws_max_attempts: int = setting(
+        "AWS_MAX_ATTEMPTS", "How many times one S3 call is tried before it fails.", "10", default=10,
+        parse=_parse_int(1, 100))
+    aws_retry_mode: str = setting(
+        "AWS_RETRY_MODE", "botocore retry mode: standard, adaptive or legacy.", "standard",
+        default="standard", parse=_parse_choice(RETRY_MODES))
+    aws_s3_max_concurrency: int = setting(
+        "AWS_S3_MAX_CONCURRENCY", "Parallel S3 requests for one transfer.", "10", default=10,
+        parse=_parse_int(1, 256))
+    enable_s3_sync: bool = setting(
+        "ENABLE_S3_SYNC", "1 uploads checkpoints and logs to S3 while training.", "1", default=False,
+        parse=_parse_bool, group="training")
+    checkpoint: str = setting(
+        "CHECKPOINT", "Resume from: s3 (latest in the bucket), a local path, an s3:// URI, or empty.",
+        "s3", default="", group="training")
+    batch_size: int | None = setting(
+        "BATCH_SIZE", "Training batch size.", "32", parse=_parse_int(1), group="training")
+    precision: str | None = setting(
+        "PRECISION", "Lightning precision: 32, 16-mixed, bf16-mixed ...", "16-mixed",
+        parse=_parse_choice(PRECISIONS), group="training")
+    image: str = setting(
+        "IMAGE", "Training image (name:tag) in the local Docker engine.", "gpu-deploy-train:latest",
+        default="gpu-deploy-train:latest", group="training")
+    runpod_host: str | None = setting(
+        "RUNPOD_HOST", "SSH address of the GPU host (public IP of the pod's exposed TCP port).",
+        "203.0.113.10", group="host")
+    runpod_port: int = setting(
+        "RUNPOD_PORT", "SSH port of the GPU host.", "22", default=22, parse=_parse_int(1, 65535),
+        group="host")
+    runpod_user: str = setting(
+        "RUNPOD_USER", "SSH user on the GPU host.", "root", default="root", group="host")
+    runpod_ssh_key: str | None = setting(
+        "RUNPOD_SSH_KEY", "Private key file for SSH (default: your SSH agent and ~/.ssh keys).",
+        "~/.ssh/id_ed25519", parse=_parse_path, group="host")
+    remote_dir: str = setting(
+        "REMOTE_DIR", "Working directory on the GPU host.", "/workspace/train",
+        default="/workspace/train", parse=_parse_remote_dir, group="host")
+
+    env_file: str = field(default=DEFAULT_ENV_FILE, compare=False)
+    env_file_found: bool = field(default=False, compare=False)
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    # ----------------------------------------------------------------- queries
+
+    def source(self, key: str) -> str:
+        """Where ``key``'s value came from: ``flag``, ``environment``, ``.env`` or ``default``."""
+        return self.sources.get(key, "default")
+
+    def value(self, key: str) -> Any:
+        """The parsed value of a setting by its `.env` key."""
+        return getattr(self, _FIELD_BY_KEY[key].name)
+
+    def require(self, *keys: str) -> None:
+        """Fail with one message naming every key in ``keys`` that has no value.
+
+        Example: ``settings.require("S3_BUCKET", "AWS_ACCESS_KEY_ID")`` raises
+        ``ConfigError("Missing settings: S3_BUCKET, AWS_ACCESS_KEY_ID (no .env file at .env) ...")``.
+        """
+        for key in keys:
+            if key not in _FIELD_BY_KEY:
+                raise KeyError(f"unknown setting {key}")
+        missing = [key for key in keys if not self.value(key)]
+        if missing:
+            where = (f"read {self.env_file}" if self.env_file_found
+                     else f"no .env file at {self.env_file}")
+            raise ConfigError(
+                f"Missing settings: {', '.join(missing)} ({where}); set them in the .env file, "
+                "the environment or with flags."
+            )
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """Rows of (key, shown value, source) for every setting; secrets are masked."""
+        rows = []
+        for spec in SETTING_FIELDS:
+            key = spec.metadata["key"]
+            rows.append((key, _show(getattr(self, spec.name)), self.source(key)))
+        return rows
+
+
+SETTING_FIELDS: tuple[dataclasses.Field[Any], ...] = tuple(
+    f for f in dataclasses.fields(Settings) if "key" in f.metadata
+)
+_FIELD_BY_KEY = {f.metadata["key"]: f for f in SETTING_FIELDS}
+SETTING_KEYS: tuple[str, ...] = tuple(_FIELD_BY_KEY)
+SECRET_KEYS: frozenset[str] = frozenset(k for k, f in _FIELD_BY_KEY.items() if f.metadata["secret"])
+
+
+def _show(value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)  # a Secret masks itself
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_env_file(env_file: str | os.PathLike[str] | None = None,
+                     environ: Mapping[str, str] | None = None) -> tuple[Path, bool]:
+    """The `.env` path to read, and whether it was named explicitly (flag or ``ENV_FILE``)."""
+    environ = os.environ if environ is None else environ
+    if env_file:
+        return Path(env_file).expanduser(), True
+    if environ.get(ENV_FILE_VARIABLE):
+        return Path(environ[ENV_FILE_VARIABLE]).expanduser(), True
+    return Path(DEFAULT_ENV_FILE), False
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The keys of a `.env` file; keys written without a value are left out."""
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    env_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build :class:`Settings`: ``overrides`` (task flags) > ``environ`` > `.env` > defaults.
+
+    ``overrides`` maps `.env` keys to flag values; ``None`` means the flag was not given.
+    Every malformed value is reported at once, by key and source, in one :class:`ConfigError`.
+    """
+    environ = os.environ if environ is None else environ
+    path, explicit = resolve_env_file(env_file, environ)
+    found = path.is_file()
+    if explicit and not found:
+        raise ConfigError(f"The .env file {path} does not exist; fix the --env-file flag or {ENV_FILE_VARIABLE}.")
+    dotenv = read_env_file(path) if found else {}
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(flags) - set(_FIELD_BY_KEY))
+    if unknown:
+        raise KeyError(f"unknown settings in overrides: {', '.join(unknown)}")
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    problems: list[str] = []
+    for spec in SETTING_FIELDS:
+        key = spec.metadata["key"]
+        for layer, source in ((flags, "flag"), (environ, "environment"), (dotenv, str(path))):
+            if key in layer:
+                raw = layer[key]
+                sources[key] = source
+                break
+        else:
+            continue
+        if isinstance(raw, str):
+            if raw.strip() == "":
+                continue  # an empty value means "unset" (and stops lower layers)
+            try:
+                values[spec.name] = spec.metadata["parse"](raw)
+            except ValueError as exc:
+                problems.append(f"{key} from {source} {exc}")
+        else:
+            values[spec.name] = Secret(str(raw)) if spec.metadata["secret"] and not isinstance(raw, Secret) else raw
+    if problems:
+        raise ConfigError("Invalid settings: " + "; ".join(problems) + ".")
+    return Settings(**values, env_file=str(path), env_file_found=found, sources=sources)
+
+
+def env_example() -> str:
+    """The text of `.env.example`: every key with its help line and a safe example value."""
+    lines = ["# Settings for gpu-deploy. Copy to .env and fill in; .env is never committed.", ""]
+    group = None
+    titles = {"s3": "S3 bucket", "training": "Training", "host": "GPU host (SSH)"}
+    for spec in SETTING_FIELDS:
+        meta = spec.metadata
+        if meta["group"] != group:
+            group = meta["group"]
+            lines += ([""] if len(lines) > 2 else []) + [f"# --- {titles[group]}"]
+        lines.append(f"# {meta['help']}")
+        lines.append(f"{meta['key']}={meta['example']}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m deploy.settings > .env.example
+    print(env_example(), end="")

@@ -1,0 +1,125 @@
+"""Session fixtures shared by every tier: a real sshd, a real S3 server and the real Docker engine.
+
+Under ``CI=true`` a missing server is a failure, not a skip: CI must exercise the real parts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.servers import SSHD, S3Server, SshServer
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need(condition: bool, what: str) -> None:
+    """Skip when a real part is missing on a developer's machine; fail in CI."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI (.ci/run installs it)")
+    pytest.skip(f"{what} is not available here")
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Keep the developer's own settings out of every test: no stray .env, no stray AWS keys."""
+    from deploy.settings import ENV_FILE_VARIABLE, SETTING_KEYS
+
+    for key in (*SETTING_KEYS, ENV_FILE_VARIABLE, "AWS_PROFILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.chdir(tmp_path)
+
+
+# ----------------------------------------------------------------------------- SSH
+
+
+@pytest.fixture(scope="session")
+def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """A real OpenSSH server on 127.0.0.1: the stand-in for a GPU host."""
+    need(os.path.exists(SSHD) and shutil.which("ssh-keygen") is not None, "openssh-server (sshd)")
+    server = SshServer(tmp_path_factory.mktemp("sshd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ssh_connection(ssh_server: SshServer):
+    conn = ssh_server.connection()
+    yield conn
+    conn.close()
+
+
+# ----------------------------------------------------------------------------- S3
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server as a subprocess; code reaches it only over HTTP via AWS_ENDPOINT_URL."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        need(False, "moto[server]")
+    server = S3Server(tmp_path_factory.mktemp("moto")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(s3_server: S3Server) -> str:
+    """One bucket for the whole session; tests isolate themselves with a prefix (``s3_env``)."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Settings for this test's own corner of the bucket, also exported to the process environment."""
+    env = s3_server.environ(s3_bucket, prefix=f"t-{uuid.uuid4().hex[:10]}")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+# ----------------------------------------------------------------------------- Docker
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """The local Docker engine through the docker SDK."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no engine here"
+        need(False, f"the Docker engine ({exc.__class__.__name__})")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny image FROM scratch with Debian's static busybox: for fast Docker tests."""
+    from tests.harness.images import build_busybox_image
+
+    return build_busybox_image(docker_client, tmp_path_factory.mktemp("busybox"))
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client) -> str:
+    """The Python training base image (torch, lightning), built without a registry and cached."""
+    from deploy.baseimage import ensure_base_image
+
+    return ensure_base_image(docker_client).tag
