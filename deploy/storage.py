@@ -1,0 +1,314 @@
+"""The bucket: an S3 client built from settings, the key layout, and verified transfers.
+
+Everything that touches S3 goes through :class:`Storage`. Transfers use boto3's transfer manager
+(s3transfer): concurrent multipart uploads and ranged downloads, streams for non-seekable input.
+Objects this project writes carry ``sha256`` and ``size`` metadata so they can be checked later;
+objects written by older scripts (no metadata) still work.
+
+Example::
+
+    storage = Storage.from_settings(load_settings())
+    storage.upload_file("last.ckpt", storage.key("checkpoints", "last.ckpt"))
+    for obj in storage.list(storage.key("checkpoints") + "/"):
+        print(obj.key, obj.size)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+
+from deploy.errors import StorageError
+from deploy.settings import Settings
+
+MB = 1024 * 1024
+CHUNK = 8 * MB
+
+# Folders of the bucket layout, under s3://$S3_BUCKET/$S3_PREFIX/ (as older scripts wrote them).
+CHECKPOINTS = "checkpoints"
+LOGS = "logs"
+DATASETS = "datasets"
+IMAGES = "docker-images"
+
+Progress = Callable[[int], None]
+"""An observer called with the number of bytes just moved (s3transfer's subscriber shape)."""
+
+
+def _no_progress(_: int) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object in the bucket, as listed or headed."""
+
+    key: str
+    size: int
+    last_modified: datetime | None = None
+    etag: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.key)
+
+    @property
+    def sha256(self) -> str | None:
+        return self.metadata.get("sha256")
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """What one transfer did."""
+
+    key: str
+    path: str
+    bytes: int
+    seconds: float
+    sha256: str | None = None
+    skipped: bool = False
+
+
+def make_client(settings: Settings, max_pool_connections: int | None = None):
+    """A boto3 S3 client for the endpoint, region, credentials and retry policy in ``settings``."""
+    config = BotoConfig(
+        region_name=settings.aws_default_region,
+        retries={"max_attempts": settings.aws_max_attempts, "mode": settings.aws_retry_mode},
+        s3={"addressing_style": settings.s3_addressing_style},
+        max_pool_connections=max_pool_connections or max(10, settings.aws_s3_max_concurrency + 4),
+        connect_timeout=10,
+        read_timeout=60,
+        # Many S3-compatible stores (MinIO releases, Timeweb) reject the newer default checksums.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    key_id = settings.aws_access_key_id.reveal() if settings.aws_access_key_id else None
+    secret = settings.aws_secret_access_key.reveal() if settings.aws_secret_access_key else None
+    return boto3.session.Session().client(
+        "s3", endpoint_url=settings.aws_endpoint_url, aws_access_key_id=key_id,
+        aws_secret_access_key=secret, config=config,
+    )
+
+
+def transfer_config(settings: Settings, multipart_threshold: int = 16 * MB,
+                    multipart_chunksize: int = 16 * MB) -> TransferConfig:
+    return TransferConfig(
+        multipart_threshold=multipart_threshold,
+        multipart_chunksize=multipart_chunksize,
+        max_concurrency=settings.aws_s3_max_concurrency,
+        use_threads=True,
+    )
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, read in chunks (checkpoints are gigabytes: never read one whole)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def safe_relative(path: str) -> str:
+    """Refuse keys and paths that climb out (``..``) or are absolute; return the normal form."""
+    if path.startswith("/") or any(part == ".." for part in path.replace("\\", "/").split("/")):
+        raise StorageError(f"The path {path!r} leaves its folder (absolute or '..'); use a relative path inside it.")
+    normal = posixpath.normpath(path.replace("\\", "/"))
+    return "" if normal == "." else normal
+
+
+class Storage:
+    """The bucket under a prefix, with verified, atomic transfers.
+
+    Collaborators are passed in (a boto3 client, a TransferConfig) so tests hand in the real thing
+    pointed at a local S3 server.
+    """
+
+    def __init__(self, client, bucket: str, prefix: str = "", config: TransferConfig | None = None,
+                 endpoint: str | None = None) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.config = config or TransferConfig()
+        self.endpoint = endpoint or "AWS S3"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Storage":
+        settings.require("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET")
+        assert settings.s3_bucket is not None
+        return cls(make_client(settings), settings.s3_bucket, settings.s3_prefix,
+                   transfer_config(settings), settings.aws_endpoint_url)
+
+    def __repr__(self) -> str:
+        return f"Storage({self.url()!r}, endpoint={self.endpoint!r})"
+
+    # ----------------------------------------------------------------- naming
+
+    def key(self, *parts: str) -> str:
+        """The object key for layout ``parts`` under the prefix: ``key("checkpoints", "last.ckpt")``."""
+        clean = [safe_relative(p) for p in parts if p]
+        return "/".join(p for p in (self.prefix, *clean) if p)
+
+    def relative(self, key: str) -> str:
+        """``key`` without the prefix."""
+        return key[len(self.prefix) + 1:] if self.prefix and key.startswith(self.prefix + "/") else key
+
+    def url(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{key or self.prefix}".rstrip("/")
+
+    # ----------------------------------------------------------------- errors
+
+    def explain(self, exc: Exception, key: str | None = None) -> StorageError:
+        """Turn a botocore error into one sentence naming the bucket, endpoint or key to check."""
+        where = f"bucket {self.bucket!r} at {self.endpoint}"
+        if isinstance(exc, EndpointConnectionError):
+            return StorageError(f"Cannot reach the S3 endpoint {self.endpoint}; check AWS_ENDPOINT_URL and the network.")
+        if isinstance(exc, ClientError):
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchBucket",):
+                return StorageError(f"The bucket {self.bucket!r} does not exist at {self.endpoint}; check S3_BUCKET.")
+            if code in ("InvalidAccessKeyId",):
+                return StorageError(f"The access key is not known to {self.endpoint}; check AWS_ACCESS_KEY_ID.")
+            if code in ("SignatureDoesNotMatch",):
+                return StorageError(
+                    f"{self.endpoint} rejected the request signature; check AWS_SECRET_ACCESS_KEY "
+                    "(and AWS_DEFAULT_REGION for your provider).")
+            if code in ("AccessDenied", "403", "Forbidden"):
+                return StorageError(f"Access denied to {where}" + (f" for {key}" if key else "") +
+                                    "; check the key's permissions (see the IAM policy in README.md).")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return StorageError(f"No object {self.url(key or '')} in {where}.")
+            return StorageError(f"S3 error {code or 'unknown'} on {where}" + (f" for {key}" if key else "") + f": {exc}")
+        if isinstance(exc, BotoCoreError):
+            return StorageError(f"S3 request to {self.endpoint} failed: {exc}")
+        return StorageError(str(exc))
+
+    # ----------------------------------------------------------------- queries
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """The object's size and metadata, or None when it does not exist."""
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self.explain(exc, key) from exc
+        except BotoCoreError as exc:
+            raise self.explain(exc, key) from exc
+        return ObjectInfo(key=key, size=resp["ContentLength"], last_modified=resp.get("LastModified"),
+                          etag=resp.get("ETag", "").strip('"'), metadata=resp.get("Metadata", {}))
+
+    def list(self, prefix: str, with_metadata: bool = False) -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` (a full key prefix); ``with_metadata`` heads each one."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    info = ObjectInfo(key=obj["Key"], size=obj["Size"], last_modified=obj.get("LastModified"),
+                                      etag=obj.get("ETag", "").strip('"'))
+                    if with_metadata:
+                        info = self.head(obj["Key"]) or info
+                    yield info
+        except (ClientError, BotoCoreError) as exc:
+            raise self.explain(exc, prefix) from exc
+
+    # ----------------------------------------------------------------- transfers
+
+    def upload_file(self, path: str | os.PathLike[str], key: str, metadata: Mapping[str, str] | None = None,
+                    progress: Progress = _no_progress, sha256: str | None = None) -> TransferResult:
+        """Upload a file with ``size`` and ``sha256`` metadata (plus ``metadata``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise StorageError(f"The local file {path} does not exist.")
+        started = time.monotonic()
+        size = path.stat().st_size
+        digest = sha256 or file_sha256(path)
+        meta = {"size": str(size), "sha256": digest, **{k: str(v) for k, v in (metadata or {}).items()}}
+        try:
+            self.client.upload_file(str(path), self.bucket, key, ExtraArgs={"Metadata": meta},
+                                    Config=self.config, Callback=progress)
+        except (ClientError, BotoCoreError) as exc:
+            raise self.explain(exc, key) from exc
+        except boto3.exceptions.S3UploadFailedError as exc:
+            cause = exc.__cause__ or exc.__context__
+            raise (self.explain(cause, key) if isinstance(cause, Exception) else StorageError(str(exc))) from exc
+        return TransferResult(key=key, path=str(path), bytes=size, seconds=time.monotonic() - started, sha256=digest)
+
+    def upload_stream(self, stream: IO[bytes], key: str, metadata: Mapping[str, str] | None = None,
+                      progress: Progress = _no_progress) -> TransferResult:
+        """Upload a non-seekable stream as concurrent multipart parts; memory stays bounded."""
+        started = time.monotonic()
+        moved = 0
+
+        def counted(n: int) -> None:
+            nonlocal moved
+            moved += n
+            progress(n)
+
+        try:
+            self.client.upload_fileobj(stream, self.bucket, key, ExtraArgs={"Metadata": dict(metadata or {})},
+                                       Config=self.config, Callback=counted)
+        except (ClientError, BotoCoreError) as exc:
+            raise self.explain(exc, key) from exc
+        return TransferResult(key=key, path="-", bytes=moved, seconds=time.monotonic() - started)
+
+    def download_file(self, key: str, dest: str | os.PathLike[str], progress: Progress = _no_progress,
+                      verify: bool = True) -> TransferResult:
+        """Download into a temp file beside ``dest``, verify size and sha256 (when known), then rename.
+
+        An interrupted or corrupt download never leaves a file at ``dest``.
+        """
+        info = self.head(key)
+        if info is None:
+            raise StorageError(f"No object {self.url(key)} at {self.endpoint}.")
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        os.close(fd)
+        try:
+            try:
+                self.client.download_file(self.bucket, key, tmp, Config=self.config, Callback=progress)
+            except (ClientError, BotoCoreError) as exc:
+                raise self.explain(exc, key) from exc
+            size = os.path.getsize(tmp)
+            if size != info.size:
+                raise StorageError(f"{self.url(key)} arrived truncated: {size} of {info.size} bytes.")
+            digest = None
+            if verify and info.sha256:
+                digest = file_sha256(tmp)
+                if digest != info.sha256:
+                    raise StorageError(
+                        f"{self.url(key)} is corrupt: sha256 {digest} does not match its metadata {info.sha256}.")
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return TransferResult(key=key, path=str(dest), bytes=info.size, seconds=time.monotonic() - started,
+                              sha256=digest or info.sha256)
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise self.explain(exc, key) from exc
+
+    def open_stream(self, key: str) -> Any:
+        """The body of an object as a stream (``.read(n)``, ``.iter_chunks()``)."""
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except (ClientError, BotoCoreError) as exc:
+            raise self.explain(exc, key) from exc
