@@ -260,6 +260,15 @@ class Settings:
     remote_dir: str = setting(
         "REMOTE_DIR", "Working directory on the GPU host.", "/workspace/train",
         default="/workspace/train", parse=_parse_remote_dir, group="host")
+    ssh_known_hosts: str = setting(
+        "SSH_KNOWN_HOSTS", "known_hosts file: new host keys are recorded here, changed ones refused.",
+        "~/.ssh/known_hosts", default="~/.ssh/known_hosts", parse=_parse_path, group="host")
+    ssh_strict_host_keys: bool = setting(
+        "SSH_STRICT_HOST_KEYS", "1 refuses hosts whose key is not in known_hosts yet.", "0",
+        default=False, parse=_parse_bool, group="host")
+    ssh_connect_timeout: int = setting(
+        "SSH_CONNECT_TIMEOUT", "Seconds to wait for an SSH host before giving up.", "10", default=10,
+        parse=_parse_int(1, 600), group="host")
 
     env_file: str = field(default=DEFAULT_ENV_FILE, compare=False)
     env_file_found: bool = field(default=False, compare=False)

@@ -1,0 +1,185 @@
+"""SSH hosts: who to connect to, and a Fabric `Connection` that fails with one clear sentence.
+
+Host keys follow OpenSSH's ``accept-new``: a known host must present its recorded key (a changed
+key is refused), a new host's key is accepted on first use and recorded, and strict mode refuses
+unknown hosts too. Unreachable hosts fail within the connect timeout naming host and port; an
+authentication failure names the key that was tried.
+
+Example::
+
+    spec = HostSpec.parse("root@203.0.113.10:40022")
+    with connect(spec, HostOptions(key_file="~/.ssh/id_ed25519")) as conn:
+        conn.run("nvidia-smi")
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+from fabric import Config, Connection
+
+from deploy.errors import ConfigError, HostError
+from deploy.settings import Settings
+
+RUNPOD_PROXY_SUFFIX = "ssh.runpod.io"
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One SSH destination: ``user@host:port``."""
+
+    host: str
+    port: int = 22
+    user: str = "root"
+
+    @classmethod
+    def parse(cls, text: str, default_port: int = 22, default_user: str = "root") -> "HostSpec":
+        """Parse ``[user@]host[:port]`` (``[v6addr]:port`` too); defaults fill what is left out."""
+        text = text.strip()
+        if not text:
+            raise ConfigError("An empty host was given; use user@host:port.")
+        user, _, hostport = text.rpartition("@")
+        host, port = hostport, default_port
+        if hostport.startswith("["):
+            host, _, rest = hostport[1:].partition("]")
+            if rest.startswith(":"):
+                port = _port(rest[1:], text)
+        elif hostport.count(":") == 1:
+            host, raw = hostport.split(":")
+            port = _port(raw, text)
+        if not host:
+            raise ConfigError(f"The host {text!r} has no address; use user@host:port.")
+        return cls(host=host, port=port, user=user or default_user)
+
+    @property
+    def is_runpod_proxy(self) -> bool:
+        """RunPod's basic proxy SSH (``<pod>@ssh.runpod.io``): a shell only, no SFTP or scp."""
+        return self.host == RUNPOD_PROXY_SUFFIX or self.host.endswith("." + RUNPOD_PROXY_SUFFIX)
+
+    @property
+    def known_hosts_name(self) -> str:
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+def _port(raw: str, text: str) -> int:
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ConfigError(f"The port in {text!r} is not a number from 1 to 65535.")
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    """How to connect: key, known_hosts file, strictness, timeout."""
+
+    key_file: str | None = None
+    known_hosts: str = "~/.ssh/known_hosts"
+    strict_host_keys: bool = False
+    connect_timeout: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "HostOptions":
+        return cls(key_file=settings.runpod_ssh_key, known_hosts=settings.ssh_known_hosts,
+                   strict_host_keys=settings.ssh_strict_host_keys,
+                   connect_timeout=float(settings.ssh_connect_timeout))
+
+
+def hosts_from(settings: Settings, hosts: str | Iterable[str] | None = None) -> list[HostSpec]:
+    """The hosts a task works on: ``hosts`` (a flag or fab's -H, comma separated) or RUNPOD_HOST."""
+    if isinstance(hosts, str):
+        hosts = [h for h in hosts.split(",") if h.strip()]
+    names = list(hosts or [])
+    if not names:
+        settings.require("RUNPOD_HOST")
+        assert settings.runpod_host is not None
+        names = [h for h in settings.runpod_host.split(",") if h.strip()]
+    specs = [HostSpec.parse(n, settings.runpod_port, settings.runpod_user) for n in names]
+    seen: set[tuple[str, int]] = set()
+    for spec in specs:
+        if (spec.host, spec.port) in seen:
+            raise ConfigError(f"The host {spec.host}:{spec.port} is listed twice.")
+        seen.add((spec.host, spec.port))
+    return specs
+
+
+class AcceptNewHostKeys(paramiko.MissingHostKeyPolicy):
+    """OpenSSH's ``StrictHostKeyChecking=accept-new``: record new hosts, never accept a changed key.
+
+    Changed keys never reach this policy: paramiko raises BadHostKeyException for them.
+    """
+
+    def __init__(self, known_hosts: Path, strict: bool) -> None:
+        self.known_hosts = known_hosts
+        self.strict = strict
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        if self.strict:
+            raise HostError(
+                f"The host key of {hostname} is not in {self.known_hosts} and strict host key checking "
+                f"is on; add it (ssh-keyscan) or turn SSH_STRICT_HOST_KEYS off to accept it on first use.")
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.known_hosts, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as handle:
+            handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+def connection(spec: HostSpec, options: HostOptions = HostOptions()) -> Connection:
+    """A Fabric `Connection` (not yet open) with our host key policy and quiet, non-interactive runs."""
+    config = Config(overrides={
+        "load_ssh_configs": False,
+        "run": {"in_stream": False, "hide": True},
+        "timeouts": {"connect": options.connect_timeout},
+    })
+    connect_kwargs: dict = {"banner_timeout": options.connect_timeout, "auth_timeout": options.connect_timeout}
+    if options.key_file:
+        key = os.path.expanduser(options.key_file)
+        if not os.path.isfile(key):
+            raise ConfigError(f"The SSH key file {key} does not exist; check RUNPOD_SSH_KEY.")
+        connect_kwargs.update(key_filename=[key], look_for_keys=False)
+    conn = Connection(spec.host, user=spec.user, port=spec.port, config=config,
+                      connect_timeout=int(options.connect_timeout), connect_kwargs=connect_kwargs)
+    known_hosts = Path(os.path.expanduser(options.known_hosts))
+    if known_hosts.is_file():
+        conn.client.load_host_keys(str(known_hosts))
+    conn.client.set_missing_host_key_policy(AcceptNewHostKeys(known_hosts, options.strict_host_keys))
+    return conn
+
+
+def connect(spec: HostSpec, options: HostOptions = HostOptions()) -> Connection:
+    """Open a connection to ``spec``, or raise a :class:`HostError` that says what to check."""
+    conn = connection(spec, options)
+    key = options.key_file or "your SSH agent and ~/.ssh keys"
+    try:
+        conn.open()
+    except HostError:
+        raise
+    except paramiko.BadHostKeyException as exc:
+        raise HostError(
+            f"The host key of {spec.host}:{spec.port} has changed since it was recorded in "
+            f"{options.known_hosts}; if the host was rebuilt, remove the old entry with "
+            f"`ssh-keygen -R '{spec.known_hosts_name}' -f {options.known_hosts}`, otherwise do not connect.") from exc
+    except paramiko.AuthenticationException as exc:
+        raise HostError(f"{spec} refused authentication with {key}; check RUNPOD_SSH_KEY and RUNPOD_USER, "
+                        "and that the public key is in the host's authorized_keys.") from exc
+    except (socket.timeout, TimeoutError, paramiko.ssh_exception.NoValidConnectionsError,
+            ConnectionError, socket.gaierror, OSError, EOFError, paramiko.SSHException) as exc:
+        raise HostError(f"Cannot reach {spec.host}:{spec.port} over SSH within {options.connect_timeout:.0f} s "
+                        f"({exc.__class__.__name__}); check RUNPOD_HOST and RUNPOD_PORT (on RunPod: the pod's "
+                        "public IP and exposed TCP port).") from exc
+    return conn
+
+
+def require_sftp(spec: HostSpec) -> None:
+    """Refuse RunPod's proxy SSH before a file transfer fails obscurely on it."""
+    if spec.is_runpod_proxy:
+        raise HostError(
+            f"{spec.host} is RunPod's proxy SSH, which has no SFTP or scp; file transfer needs the pod's "
+            "exposed TCP port: set RUNPOD_HOST to the public IP and RUNPOD_PORT to the mapped SSH port.")
