@@ -269,12 +269,22 @@ class Settings:
     ssh_connect_timeout: int = setting(
         "SSH_CONNECT_TIMEOUT", "Seconds to wait for an SSH host before giving up.", "10", default=10,
         parse=_parse_int(1, 600), group="host")
+    ship_env_include: str = setting(
+        "SHIP_ENV_INCLUDE", "Keys (glob patterns, comma-separated) shipped to the host's .env.", "*",
+        default="*", group="deploy")
+    ship_env_exclude: str = setting(
+        "SHIP_ENV_EXCLUDE", "Keys kept on the laptop besides RUNPOD_*, SSH_* and REMOTE_DIR.",
+        "LOCAL_*", default="", group="deploy")
 
     env_file: str = field(default=DEFAULT_ENV_FILE, compare=False)
     env_file_found: bool = field(default=False, compare=False)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     # ----------------------------------------------------------------- queries
+
+    @property
+    def env_file_path(self) -> Path:
+        return Path(self.env_file)
 
     def source(self, key: str) -> str:
         """Where ``key``'s value came from: ``flag``, ``environment``, ``.env`` or ``default``."""
@@ -397,7 +407,7 @@ def env_example() -> str:
     """The text of `.env.example`: every key with its help line and a safe example value."""
     lines = ["# Settings for gpu-deploy. Copy to .env and fill in; .env is never committed.", ""]
     group = None
-    titles = {"s3": "S3 bucket", "training": "Training", "host": "GPU host (SSH)"}
+    titles = {"s3": "S3 bucket", "training": "Training", "host": "GPU host (SSH)", "deploy": "Deploy"}
     for spec in SETTING_FIELDS:
         meta = spec.metadata
         if meta["group"] != group:
