@@ -1,0 +1,53 @@
+"""sync-from-runpod's engine over the real sshd: rsync and SFTP, incremental, safe paths."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from deploy.errors import ConfigError, HostError
+from deploy.hosts import HostOptions, HostSpec
+from deploy.hostsync import pull, remote_path
+
+
+@pytest.fixture
+def remote(ssh_connection):
+    root = f"/tmp/gpu-deploy-pull-{uuid.uuid4().hex[:8]}"
+    ssh_connection.run(
+        f"mkdir -p {root}/lightning_logs/version_0/checkpoints && cd {root}/lightning_logs/version_0 && "
+        "head -c 300000 /dev/urandom > events.out.tfevents.1 && echo 'lr: 0.1' > hparams.yaml && "
+        "head -c 100000 /dev/urandom > checkpoints/last.ckpt")
+    yield root
+    ssh_connection.run(f"rm -rf {root}")
+
+
+@pytest.mark.parametrize("method", ["rsync", "sftp"])
+def test_pull_is_incremental(method: str, ssh_server, ssh_connection, remote: str, tmp_path: Path) -> None:
+    spec = HostSpec("127.0.0.1", ssh_server.port, ssh_server.user)
+    options = HostOptions(key_file=str(ssh_server.client_key), known_hosts=str(ssh_server.known_hosts))
+    first = pull(ssh_connection, spec, options, remote, "lightning_logs", tmp_path, method=method)
+    assert (first.files, first.bytes) == (3, 400008)
+    got = tmp_path / "lightning_logs/version_0"
+    assert (got / "hparams.yaml").read_text() == "lr: 0.1\n"
+    assert (got / "checkpoints/last.ckpt").stat().st_size == 100000
+    second = pull(ssh_connection, spec, options, remote, "lightning_logs", tmp_path, method=method)
+    assert (second.files, second.bytes, second.skipped) == (0, 0, 3)
+    ssh_connection.run(f"echo more >> {remote}/lightning_logs/version_0/hparams.yaml")
+    third = pull(ssh_connection, spec, options, remote, "lightning_logs", tmp_path, method=method,
+                 exclude=["*.ckpt"])
+    assert third.files == 1
+    assert not list(tmp_path.rglob("*.part")) and not list(tmp_path.rglob(".rsync-partial"))
+
+
+@pytest.mark.parametrize("path", ["../etc", "/etc", "lightning_logs/../../x", "."])
+def test_paths_that_leave_remote_dir_are_refused(path: str) -> None:
+    with pytest.raises(ConfigError):
+        remote_path("/workspace/train", path)
+
+
+def test_missing_remote_path_says_so(ssh_server, ssh_connection, remote: str, tmp_path: Path) -> None:
+    spec = HostSpec("127.0.0.1", ssh_server.port, ssh_server.user)
+    with pytest.raises(HostError, match="does not exist"):
+        pull(ssh_connection, spec, HostOptions(), remote, "nothing_here", tmp_path)
