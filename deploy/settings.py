@@ -243,6 +243,12 @@ class Settings:
     precision: str | None = setting(
         "PRECISION", "Lightning precision: 32, 16-mixed, bf16-mixed ...", "16-mixed",
         parse=_parse_choice(PRECISIONS), group="training")
+    max_epochs: int | None = setting(
+        "MAX_EPOCHS", "Training epochs (the demo model's default is 2).", "100", parse=_parse_int(1),
+        group="training")
+    s3_sync_flush_timeout: int = setting(
+        "S3_SYNC_FLUSH_TIMEOUT", "Seconds pending uploads get to finish when training stops (keep it "
+        "below the compose stop grace period).", "60", default=60, parse=_parse_int(0, 3600), group="training")
     image: str = setting(
         "IMAGE", "Training image (name:tag) in the local Docker engine.", "gpu-deploy-train:latest",
         default="gpu-deploy-train:latest", group="training")
@@ -269,6 +275,12 @@ class Settings:
     ssh_connect_timeout: int = setting(
         "SSH_CONNECT_TIMEOUT", "Seconds to wait for an SSH host before giving up.", "10", default=10,
         parse=_parse_int(1, 600), group="host")
+    dataset: str | None = setting(
+        "DATASET", "Dataset to stage on the host: a name under datasets/ in the bucket, or a local folder.",
+        "ljspeech", group="deploy")
+    data_dir: str | None = setting(
+        "DATA_DIR", "Where the dataset lands on the host (default: REMOTE_DIR/data); mounted read-only.",
+        "/workspace/data", parse=_parse_remote_dir, group="deploy")
     ship_env_include: str = setting(
         "SHIP_ENV_INCLUDE", "Keys (glob patterns, comma-separated) shipped to the host's .env.", "*",
         default="*", group="deploy")

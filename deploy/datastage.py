@@ -1,0 +1,161 @@
+"""Stage a dataset from the bucket onto a host, incrementally, before training starts.
+
+The host needs only python3's standard library: the operator's machine lists ``datasets/<name>/``,
+compares it with the marker the host kept from the last sync, and hands the host short-lived
+presigned URLs for just the files that changed, in a 0600 file (never on a command line). The host
+downloads them in parallel into ``.part`` files, checks size and sha256, renames, removes files the
+bucket no longer has, and writes the marker last: an interrupted stage is simply redone.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import shlex
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from deploy.errors import HostError, StorageError
+from deploy.storage import DATASETS, Storage
+
+MARKER = ".gpu-deploy-dataset.json"
+URL_LIFETIME = 3600
+
+HOST_SCRIPT = r'''
+import concurrent.futures, hashlib, json, os, sys, urllib.request
+plan = json.load(open(sys.argv[1]))
+os.unlink(sys.argv[1])
+dest = plan["dest"]
+def fetch(item):
+    final = os.path.join(dest, item["path"])
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    part = final + ".part"
+    digest, size = hashlib.sha256(), 0
+    with urllib.request.urlopen(item["url"], timeout=60) as resp, open(part, "wb") as out:
+        for chunk in iter(lambda: resp.read(1 << 20), b""):
+            out.write(chunk); digest.update(chunk); size += len(chunk)
+    if size != item["size"] or (item.get("sha256") and digest.hexdigest() != item["sha256"]):
+        os.unlink(part)
+        raise SystemExit("corrupt: %s (%d of %d bytes)" % (item["path"], size, item["size"]))
+    os.replace(part, final)
+    return size
+with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    total = sum(pool.map(fetch, plan["fetch"]))
+for rel in plan["delete"]:
+    try: os.unlink(os.path.join(dest, rel))
+    except FileNotFoundError: pass
+tmp = os.path.join(dest, plan["marker_name"] + ".tmp")
+with open(tmp, "w") as out: json.dump(plan["marker"], out)
+os.replace(tmp, os.path.join(dest, plan["marker_name"]))
+print("staged %d files, %d bytes" % (len(plan["fetch"]), total))
+'''
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    key: str
+    size: int
+    etag: str
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """What a stage would do: files to fetch and delete; ``unchanged`` counts the rest."""
+
+    dataset: str
+    dest: str
+    fetch: tuple[RemoteFile, ...]
+    delete: tuple[str, ...]
+    unchanged: int
+    marker: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for f in self.fetch)
+
+    @property
+    def noop(self) -> bool:
+        return not self.fetch and not self.delete
+
+    def describe(self) -> str:
+        if self.noop:
+            return f"dataset {self.dataset}: {self.unchanged} files already staged at {self.dest}"
+        return (f"dataset {self.dataset}: fetch {len(self.fetch)} files ({self.bytes / 1e6:.1f} MB), "
+                f"delete {len(self.delete)}, keep {self.unchanged} at {self.dest}")
+
+
+@dataclass(frozen=True)
+class StageResult:
+    plan: StagePlan
+    seconds: float
+
+
+def list_dataset(storage: Storage, name: str) -> list[RemoteFile]:
+    """The files of ``datasets/<name>/`` in the bucket (sha256 when this project uploaded them)."""
+    prefix = storage.key(DATASETS, name) + "/"
+    files = [RemoteFile(path=obj.key[len(prefix):], key=obj.key, size=obj.size, etag=obj.etag)
+             for obj in storage.list(prefix) if not obj.key.endswith("/")]
+    if not files:
+        raise StorageError(f"No dataset {name!r} in {storage.url(prefix)}; upload it first "
+                           "(fab s3.upload-dataset) or set DATASET to a local folder.")
+    return files
+
+
+def plan_stage(files: list[RemoteFile], marker: dict, dataset: str, dest: str) -> StagePlan:
+    """Compare the bucket's files with the host's marker: fetch what is new or changed."""
+    synced = marker.get("files", {}) if marker.get("dataset") == dataset else {}
+    fetch = tuple(f for f in files
+                  if synced.get(f.path) != {"etag": f.etag, "size": f.size})
+    present = {f.path for f in files}
+    delete = tuple(sorted(p for p in synced if p not in present))
+    new_marker = {"dataset": dataset, "files": {f.path: {"etag": f.etag, "size": f.size} for f in files}}
+    return StagePlan(dataset=dataset, dest=dest, fetch=fetch, delete=delete,
+                     unchanged=len(files) - len(fetch), marker=new_marker)
+
+
+def read_marker(conn, dest: str) -> dict:
+    result = conn.run(f"cat {shlex.quote(posixpath.join(dest, MARKER))} 2>/dev/null", hide=True, warn=True,
+                      in_stream=False)
+    try:
+        return json.loads(result.stdout) if result.ok else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def plan_for_host(conn, storage: Storage, dataset: str, dest: str) -> StagePlan:
+    files = list_dataset(storage, dataset)
+    for i, f in enumerate(files):  # sha256 lets the host verify what it fetched, when we know it
+        info = storage.head(f.key) if f.size else None
+        if info is not None and info.sha256:
+            files[i] = RemoteFile(f.path, f.key, f.size, f.etag, info.sha256)
+    return plan_stage(files, read_marker(conn, dest), dataset, dest)
+
+
+def execute_stage(conn, storage: Storage, plan: StagePlan) -> StageResult:
+    """Run the host script on ``plan`` (a no-op plan does nothing)."""
+    started = time.monotonic()
+    if plan.noop:
+        return StageResult(plan, 0.0)
+    items = [{"path": f.path, "size": f.size, "sha256": f.sha256,
+              "url": storage.client.generate_presigned_url(
+                  "get_object", Params={"Bucket": storage.bucket, "Key": f.key}, ExpiresIn=URL_LIFETIME)}
+             for f in plan.fetch]
+    payload = json.dumps({"dest": plan.dest, "fetch": items, "delete": list(plan.delete),
+                          "marker": plan.marker, "marker_name": MARKER}).encode()
+    conn.run(f"mkdir -p {shlex.quote(plan.dest)}", hide=True, in_stream=False)
+    name = f"/tmp/gpu-deploy-stage-{uuid.uuid4().hex}"
+    sftp = conn.sftp()
+    for path, data in ((name + ".json", payload), (name + ".py", HOST_SCRIPT.encode())):
+        with sftp.open(path, "wb") as handle:
+            sftp.chmod(path, 0o600)
+            handle.write(data)
+    result = conn.run(f"python3 {name}.py {name}.json; status=$?; rm -f {name}.py {name}.json; exit $status",
+                      hide=True, warn=True, in_stream=False)
+    if not result.ok:
+        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        raise HostError(f"Staging dataset {plan.dataset} into {plan.dest} failed: "
+                        f"{detail[-1] if detail else 'exit ' + str(result.exited)}")
+    return StageResult(plan, time.monotonic() - started)
