@@ -2,7 +2,9 @@
 
 from invoke import Collection
 
-from tasks import config
+from tasks import config, runpod
 
 ns = Collection()
 ns.add_task(config.config)
+for _task in runpod.ns.tasks.values():  # the run's tasks sit at the top: fab deploy-runpod
+    ns.add_task(_task)

@@ -1,0 +1,57 @@
+"""Resolving the hosts a task works on, from fab's -H, a --hosts flag, or RUNPOD_HOST."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from deploy.errors import DeployError, HostError
+from deploy.hosts import HostOptions, HostSpec, hosts_from
+from deploy.settings import Settings
+
+HOSTS_HELP = "Hosts, comma-separated user@host:port (default: RUNPOD_HOST; fab -H works too)."
+
+
+def targets(c: Any, settings: Settings, hosts: str | None) -> list[HostSpec]:
+    """fab -H gives the task a Connection: that host wins; then --hosts; then RUNPOD_HOST."""
+    if hosts is None and hasattr(c, "host") and hasattr(c, "port"):
+        return [HostSpec(c.host, int(c.port), c.user)]
+    return hosts_from(settings, hosts)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    spec: HostSpec
+    result: Any = None
+    error: DeployError | None = None
+
+
+def for_each_host(specs: list[HostSpec], work: Callable[[HostSpec], Any]) -> list[Outcome]:
+    """Run ``work`` on every host in parallel and collect every host's outcome (fabric Group style)."""
+
+    def one(spec: HostSpec) -> Outcome:
+        try:
+            return Outcome(spec, result=work(spec))
+        except DeployError as exc:
+            return Outcome(spec, error=exc)
+
+    if len(specs) == 1:
+        return [one(specs[0])]
+    with ThreadPoolExecutor(max_workers=min(8, len(specs))) as pool:
+        return list(pool.map(one, specs))
+
+
+def raise_if_failed(outcomes: list[Outcome]) -> None:
+    """After every host's result was shown: fail naming each host that failed."""
+    failed = [o for o in outcomes if o.error is not None]
+    if len(failed) == 1 and len(outcomes) == 1:
+        raise failed[0].error
+    if failed:
+        raise HostError(f"{len(failed)} of {len(outcomes)} hosts failed: "
+                        + "; ".join(f"{o.spec}: {o.error}" for o in failed))
+
+
+def options(settings: Settings) -> HostOptions:
+    return HostOptions.from_settings(settings)
