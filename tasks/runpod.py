@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json as jsonlib
 import os
 import shlex
 
 from invoke import Collection, task
 
+from deploy.errors import DeployError
 from deploy.hosts import connect, require_sftp
 from deploy.hostsync import pull, ssh_command
-from tasks._boundary import ENV_FILE_HELP, boundary, settings_from_flags
+from tasks._boundary import ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
 from tasks._hosts import HOSTS_HELP, for_each_host, options, raise_if_failed, targets
 
 
@@ -54,6 +56,85 @@ def ssh(c, hosts=None, env_file=None):
     os.execvp(cmd[0], cmd)
 
 
+def _storage_or_none(settings):
+    from deploy.storage import Storage
+
+    try:
+        return Storage.from_settings(settings)
+    except DeployError:
+        return None  # status still shows the host when no bucket is configured
+
+
+@task(help={"json": JSON_HELP, "tail": "How many log lines to show (default 10).", "hosts": HOSTS_HELP,
+            "env_file": ENV_FILE_HELP})
+@boundary
+def status(c, json=False, tail=10, hosts=None, env_file=None):
+    """Show the service, GPUs, last log lines and the newest checkpoint in S3."""
+    from deploy.monitor import run_status
+
+    settings = settings_from_flags(env_file=env_file)
+    opts = options(settings)
+    storage = _storage_or_none(settings)
+
+    def work(spec):
+        with connect(spec, opts) as conn:
+            return run_status(conn, str(spec), settings.remote_dir, storage, tail=int(tail))
+
+    outcomes = for_each_host(targets(c, settings, hosts), work)
+    if json:
+        print(jsonlib.dumps([o.result.to_dict() if o.result else {"host": str(o.spec), "error": str(o.error)}
+                             for o in outcomes], indent=2, default=str))
+    else:
+        for outcome in outcomes:
+            if outcome.result is not None:
+                print("\n".join(outcome.result.describe()))
+    raise_if_failed(outcomes)
+
+
+@task(help={"follow": "Keep printing new lines until Ctrl-C.", "tail": "How many lines to start with (default 100).",
+            "hosts": HOSTS_HELP, "env_file": ENV_FILE_HELP})
+@boundary
+def logs(c, follow=False, tail=100, hosts=None, env_file=None):
+    """Print the training service's logs."""
+    from deploy.monitor import project_on
+
+    settings = settings_from_flags(env_file=env_file)
+    opts = options(settings)
+    for spec in targets(c, settings, hosts):
+        with connect(spec, opts) as conn:
+            project, _ = project_on(conn, settings.remote_dir)
+            print(f"--- {spec}")
+            conn.run(project.logs_command(tail=int(tail), follow=follow), hide=False, warn=True, in_stream=False)
+
+
+@task(help={"timeout": "Seconds to wait for pending uploads to flush before the kill (default 120).",
+            "hosts": HOSTS_HELP, "env_file": ENV_FILE_HELP})
+@boundary
+def stop(c, timeout=120, hosts=None, env_file=None):
+    """Stop training gracefully: SIGTERM, pending uploads flush, then the container stops."""
+    from deploy.monitor import project_on
+
+    settings = settings_from_flags(env_file=env_file)
+    opts = options(settings)
+
+    def work(spec):
+        with connect(spec, opts) as conn:
+            project, _ = project_on(conn, settings.remote_dir)
+            before = project.state(conn)
+            if before.running:
+                project.stop(conn, timeout=int(timeout))
+            return before.running
+
+    outcomes = for_each_host(targets(c, settings, hosts), work)
+    for o in outcomes:
+        if o.error is None:
+            print(f"{o.spec}: {'stopped' if o.result else 'was not running'}")
+    raise_if_failed(outcomes)
+
+
 ns = Collection("runpod")
 ns.add_task(sync_from_runpod)
 ns.add_task(ssh)
+ns.add_task(status)
+ns.add_task(logs)
+ns.add_task(stop)

@@ -1,0 +1,103 @@
+"""Watching a run: the service, the GPUs, the last log lines and the newest checkpoint in S3."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from deploy.checkpoints import latest_checkpoint
+from deploy.compose import ComposeProject, ServiceState, project_for
+from deploy.errors import DeployError, HostError
+from deploy.probe import Gpu, probe
+from deploy.storage import Storage
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    host: str
+    service: ServiceState
+    uptime_seconds: float | None
+    gpus: tuple[Gpu, ...]
+    log_tail: str
+    latest_checkpoint: str | None = None
+    latest_step: int | None = None
+    latest_age_seconds: float | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> list[str]:
+        s = self.service
+        state = (f"{s.status}, up {_ago(self.uptime_seconds)}, {s.restarts} restarts" if s.exists else "not deployed")
+        lines = [f"host        {self.host}", f"service     {state}"]
+        for gpu in self.gpus:
+            util = f"{gpu.utilization}%" if gpu.utilization is not None else "?"
+            used = f"{gpu.memory_used_mb}" if gpu.memory_used_mb is not None else "?"
+            lines.append(f"gpu         {gpu.name}: {util} busy, {used}/{gpu.memory_mb} MiB")
+        if not self.gpus:
+            lines.append("gpu         none")
+        if self.latest_checkpoint:
+            lines.append(f"checkpoint  step {self.latest_step} ({self.latest_checkpoint}), "
+                         f"uploaded {_ago(self.latest_age_seconds)} ago")
+        else:
+            lines.append("checkpoint  none in S3 yet")
+        lines += [f"note        {n}" for n in self.notes]
+        if self.log_tail.strip():
+            lines.append("last log lines:")
+            lines += ["  " + line for line in self.log_tail.rstrip().splitlines()]
+        return lines
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def _since(iso: str) -> float | None:
+    if not iso or iso.startswith("0001"):
+        return None
+    try:
+        stamp = datetime.fromisoformat(iso[:26].rstrip("Z") + "+00:00" if iso.endswith("Z") else iso)
+    except ValueError:
+        try:
+            stamp = datetime.fromisoformat(iso.split(".")[0] + "+00:00")
+        except ValueError:
+            return None
+    return (datetime.now(timezone.utc) - stamp).total_seconds()
+
+
+def project_on(conn, remote_dir: str) -> tuple[ComposeProject, tuple[Gpu, ...]]:
+    """The deployed project on a host (compose command from the probe) and its GPUs."""
+    facts = probe(conn, remote_dir)
+    if not facts.compose_command:
+        raise HostError(f"{getattr(conn, 'host', 'the host')} has no Docker Compose; nothing is deployed there "
+                        "with the compose runtime.")
+    return project_for(facts.compose_command, remote_dir, gpu=False), facts.gpus
+
+
+def run_status(conn, host: str, remote_dir: str, storage: Storage | None, tail: int = 10) -> RunStatus:
+    project, gpus = project_on(conn, remote_dir)
+    service = project.state(conn)
+    logs = project.logs(conn, tail=tail) if service.exists else ""
+    notes: list[str] = []
+    name = step = age = None
+    if storage is not None:
+        try:
+            latest = latest_checkpoint(storage)
+        except DeployError as exc:
+            notes.append(f"S3 not checked: {exc}")
+            latest = None
+        if latest is not None:
+            name, step = latest.name, latest.step
+            age = (datetime.now(timezone.utc) - latest.uploaded).total_seconds() if latest.uploaded else None
+    return RunStatus(host=host, service=service, uptime_seconds=_since(service.started_at) if service.running else None,
+                     gpus=gpus, log_tail=logs, latest_checkpoint=name, latest_step=step, latest_age_seconds=age,
+                     notes=tuple(notes))
