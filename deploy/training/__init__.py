@@ -1,0 +1,10 @@
+"""The training side: code that runs inside the training container.
+
+- :mod:`deploy.training.callbacks`: ``S3CheckpointSync`` and ``S3LogSync``, Lightning callbacks.
+- :mod:`deploy.training.uploader`: the background uploader they share (bounded queue, retries).
+- :mod:`deploy.training.resume`: ``CHECKPOINT`` -> a verified local checkpoint file.
+- :mod:`deploy.training.entrypoint`: the image's entrypoint (resume, run, pass signals on).
+- :mod:`deploy.training.demo`: a tiny LightningCLI job for the image, the tests and the benchmark.
+
+Nothing here is imported by the operator's tasks: torch and Lightning are only in the ``train`` extra.
+"""

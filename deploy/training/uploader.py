@@ -1,0 +1,318 @@
+"""A background uploader: a bounded queue, one worker thread, retries with backoff, a flush deadline.
+
+The training loop only ever calls :meth:`BackgroundUploader.submit`, which never blocks and never
+touches the network. The worker thread moves one job at a time and retries a failed job with
+exponential backoff until it lands or a flush deadline runs out, so an S3 outage of minutes costs
+training nothing. When the queue is full the oldest pending job is set aside (its file is still
+on disk) and tried again at the next flush; a job for a key that is already waiting replaces the
+older one (``last.ckpt`` written twice before the first upload started only needs the second).
+
+Example::
+
+    uploader = BackgroundUploader(lambda job: storage.upload_file(job.path, job.key, job.metadata))
+    uploader.submit(UploadJob(path="epoch=0-step=10.ckpt", key="run/checkpoints/epoch=0-step=10.ckpt"))
+    result = uploader.flush(timeout=60)     # FlushResult(uploaded=1, pending=0, ...)
+    uploader.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UploadJob:
+    """One object to write (or delete, with ``delete=True``).
+
+    ``path`` is the file to read. ``owned`` means the uploader removes ``path`` once the job is done
+    (a snapshot made for this job). ``copy_first`` means the worker copies ``path`` to a temp file
+    before uploading, for files that keep growing (TensorBoard event files).
+    ``source`` is the file a person knows (for messages and to retry a job set aside).
+    """
+
+    key: str
+    path: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    owned: bool = False
+    copy_first: bool = False
+    delete: bool = False
+    source: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.source or self.path or self.key
+
+
+@dataclass(frozen=True)
+class UploadEvent:
+    """What the worker did with a job: ``uploaded``, ``deleted``, ``retrying``, ``failed``, ``set_aside``."""
+
+    kind: str
+    job: UploadJob
+    attempt: int = 1
+    error: str = ""
+    delay: float = 0.0
+    result: Any = None
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    """The state after a flush: how many jobs landed in total, and what is still not in the bucket."""
+
+    completed: int
+    pending: int
+    failed: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.pending == 0 and not self.failed
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter: ``base * factor**(attempt-1)``, capped at ``cap`` seconds."""
+
+    base: float = 1.0
+    factor: float = 2.0
+    cap: float = 30.0
+    jitter: bool = True
+
+    def __post_init__(self) -> None:
+        if self.base <= 0 or self.factor < 1 or self.cap < self.base:
+            raise ValueError(f"Backoff needs base > 0, factor >= 1 and cap >= base; got {self}")
+
+    def delay(self, attempt: int) -> float:
+        ceiling = min(self.cap, self.base * self.factor ** max(0, attempt - 1))
+        return random.uniform(ceiling / 2, ceiling) if self.jitter else ceiling
+
+
+class PermanentError(Exception):
+    """A job that can never succeed (its file is gone): dropped without retries."""
+
+
+Observer = Callable[[UploadEvent], None]
+
+
+def _log_event(event: UploadEvent) -> None:
+    if event.kind == "retrying":
+        log.warning("S3 upload of %s failed (attempt %d): %s; retrying in %.1f s",
+                    event.job.label, event.attempt, event.error, event.delay)
+    elif event.kind in ("failed", "set_aside"):
+        log.warning("S3 upload of %s %s: %s", event.job.label, event.kind.replace("_", " "), event.error)
+    else:
+        log.info("S3 %s %s", event.kind, event.job.key)
+
+
+class BackgroundUploader:
+    """Runs ``transfer(job)`` for each submitted job on one daemon thread.
+
+    ``transfer`` does the network work (an upload or a delete) and raises on failure; it is the
+    collaborator tests replace with a fake that fails on purpose.
+    """
+
+    def __init__(self, transfer: Callable[[UploadJob], Any], *, max_pending: int = 16,
+                 backoff: Backoff | None = None, observer: Observer = _log_event,
+                 name: str = "s3-sync") -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {max_pending}")
+        self._transfer = transfer
+        self.max_pending = max_pending
+        self.backoff = backoff or Backoff()
+        self._observer = observer
+        self._name = name
+        self._cond = threading.Condition()
+        self._pending: OrderedDict[str, UploadJob] = OrderedDict()
+        self._set_aside: OrderedDict[str, UploadJob] = OrderedDict()
+        self._active: UploadJob | None = None
+        self._failed: dict[str, str] = {}
+        self._completed = 0
+        self._deadline: float | None = None  # while flushing: give up retrying after this
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # ----------------------------------------------------------------- the training side
+
+    def submit(self, job: UploadJob) -> None:
+        """Queue ``job`` and return at once. Never blocks on the network or on a full queue."""
+        aside: UploadJob | None = None
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the uploader is closed")
+            replaced = self._pending.pop(job.key, None)
+            self._set_aside.pop(job.key, None)
+            self._failed.pop(job.key, None)
+            if len(self._pending) >= self.max_pending:
+                _, aside = self._pending.popitem(last=False)
+                self._set_aside[aside.key] = aside
+            self._pending[job.key] = job
+            self._ensure_thread()
+            self._cond.notify_all()
+        if replaced is not None:
+            self._discard(replaced)
+        if aside is not None:
+            # Keep the queue bounded (each job may hold a snapshot on disk); flush() tries it again.
+            self._release(aside)
+            self._emit(UploadEvent("set_aside", aside, error=f"more than {self.max_pending} uploads waiting"))
+
+    @property
+    def pending(self) -> int:
+        """Jobs not yet done: waiting, in flight, or set aside."""
+        with self._cond:
+            return len(self._pending) + len(self._set_aside) + (self._active is not None)
+
+    @property
+    def completed(self) -> int:
+        return self._completed
+
+    def flush(self, timeout: float) -> FlushResult:
+        """Wait until every job has landed, or ``timeout`` seconds have passed; never longer.
+
+        Jobs that were set aside because the queue was full are queued again first (their files are
+        re-read from ``source`` if still present).
+        """
+        started = time.monotonic()
+        deadline = started + max(0.0, timeout)
+        with self._cond:
+            requeue = list(self._set_aside.values())
+            self._set_aside.clear()
+            for job in requeue:
+                if job.source and os.path.exists(job.source) and job.key not in self._pending:
+                    self._pending[job.key] = UploadJob(key=job.key, path=job.source, metadata=job.metadata,
+                                                       copy_first=True, source=job.source)
+            self._deadline = deadline
+            if self._pending:
+                self._ensure_thread()
+            self._cond.notify_all()
+            while (self._pending or self._active is not None) and time.monotonic() < deadline:
+                self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            self._deadline = None
+            self._cond.notify_all()
+            result = FlushResult(completed=self._completed,
+                                 pending=len(self._pending) + (self._active is not None),
+                                 failed=tuple(self._failed.values()),
+                                 seconds=time.monotonic() - started)
+        return result
+
+    def close(self, timeout: float = 0.0) -> FlushResult:
+        """Flush for up to ``timeout`` seconds, then stop the worker; what is left is reported."""
+        result = self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            leftovers = list(self._pending.values())
+            self._pending.clear()
+        for job in leftovers:
+            self._release(job)
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+        return result
+
+    # ----------------------------------------------------------------- the worker
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    def _emit(self, event: UploadEvent) -> None:
+        try:
+            self._observer(event)
+        except Exception:  # noqa: BLE001 - an observer must never stop uploads
+            log.exception("S3 sync observer failed")
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed and not self._pending:
+                    return
+                _, job = self._pending.popitem(last=False)
+                self._active = job
+            try:
+                self._attempt_until_done(job)
+            finally:
+                with self._cond:
+                    self._active = None
+                    self._cond.notify_all()
+
+    def _attempt_until_done(self, job: UploadJob) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = self._do(job)
+            except PermanentError as exc:
+                self._failed[job.key] = f"{job.label}: {exc}"
+                self._emit(UploadEvent("failed", job, attempt, str(exc)))
+                self._release(job)
+                return
+            except Exception as exc:  # noqa: BLE001 - every other failure is worth another try
+                delay = self.backoff.delay(attempt)
+                with self._cond:
+                    if self._closed:
+                        self._failed[job.key] = f"{job.label}: {exc}"
+                        self._release(job)
+                        return
+                    superseded = job.key in self._pending  # a newer version is queued: drop this one
+                    deadline = self._deadline
+                if superseded:
+                    self._release(job)
+                    return
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    delay = max(0.0, deadline - time.monotonic())
+                self._emit(UploadEvent("retrying", job, attempt, str(exc), delay))
+                with self._cond:
+                    # Sleep on the condition so close() cuts the wait short; flush() keeps us retrying.
+                    self._cond.wait_for(lambda: self._closed, timeout=delay)
+                    if self._closed:
+                        self._failed[job.key] = f"{job.label}: {exc}"
+                        self._release(job)
+                        return
+                continue
+            with self._cond:
+                self._completed += 1
+                self._failed.pop(job.key, None)
+            self._release(job)
+            self._emit(UploadEvent("deleted" if job.delete else "uploaded", job, attempt, result=result))
+            return
+
+    def _do(self, job: UploadJob) -> Any:
+        if job.delete:
+            return self._transfer(job)
+        if not os.path.exists(job.path):
+            raise PermanentError(f"the file {job.path} no longer exists")
+        if not job.copy_first:
+            return self._transfer(job)
+        # A file that may still grow: upload a private copy, so size, sha256 and bytes agree.
+        fd, tmp = tempfile.mkstemp(prefix=".s3-sync-", dir=os.path.dirname(job.path) or ".")
+        os.close(fd)
+        try:
+            shutil.copyfile(job.path, tmp)
+            return self._transfer(UploadJob(key=job.key, path=tmp, metadata=job.metadata, source=job.label))
+        finally:
+            os.unlink(tmp)
+
+    def _discard(self, job: UploadJob) -> None:
+        self._release(job)
+
+    @staticmethod
+    def _release(job: UploadJob) -> None:
+        if job.owned and job.path:
+            try:
+                os.unlink(job.path)
+            except FileNotFoundError:
+                pass
