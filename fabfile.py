@@ -2,9 +2,10 @@
 
 from invoke import Collection
 
-from tasks import config, runpod
+from tasks import config, runpod, s3
 
 ns = Collection()
 ns.add_task(config.config)
 for _task in runpod.ns.tasks.values():  # the run's tasks sit at the top: fab deploy-runpod
     ns.add_task(_task)
+ns.add_collection(s3.ns)

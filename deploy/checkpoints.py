@@ -1,0 +1,229 @@
+"""Checkpoints and log versions in the bucket: names parsed, ordered by global step, never by string.
+
+Lightning names checkpoints ``epoch=749-step=355500-val_loss=27.5963.ckpt`` (plus ``last.ckpt``
+and ``-v1`` duplicates). A string sort puts ``step=9`` after ``step=14`` and ``version_9`` after
+``version_14``; everything here orders by numbers.
+
+"Latest" is the highest global step, read from the object's ``step`` metadata (written by
+:func:`checkpoint_metadata`), else from ``step=N`` in the name; a checkpoint with no known step
+(``last.ckpt`` from an older script) ranks below every one with a step, and such checkpoints rank
+among themselves by last-modified time.
+
+Example::
+
+    storage = Storage.from_settings(load_settings())
+    newest = latest_checkpoint(storage)
+    if newest is not None:
+        storage.download_file(newest.key, newest.name)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from deploy.storage import CHECKPOINTS, LOGS, ObjectInfo, Storage
+
+CHECKPOINT_SUFFIX = ".ckpt"
+EPOCH_KEY = "epoch"
+STEP_KEY = "step"
+_EPOCH_ZERO = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+# "-" starts a new "name=value" pair only when a name follows: values may be negative (val_loss=-0.5).
+_PAIR_SPLIT = re.compile(r"-(?=[A-Za-z_][A-Za-z0-9_./]*=)")
+_DUPLICATE_SUFFIX = re.compile(r"-v(\d+)$")
+_NUMBER_RUNS = re.compile(r"(\d+)")
+
+
+@dataclass(frozen=True)
+class CheckpointName:
+    """What a checkpoint's file name says: ``epoch``, ``step`` and any other ``name=value`` metrics."""
+
+    epoch: int | None = None
+    step: int | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def val_loss(self) -> float | None:
+        return self.metrics.get("val_loss")
+
+
+def parse_checkpoint_name(name: str) -> CheckpointName:
+    """Parse a Lightning checkpoint file name; parts that are not ``name=number`` are ignored.
+
+    >>> parse_checkpoint_name("epoch=749-step=355500-val_loss=27.5963.ckpt")
+    CheckpointName(epoch=749, step=355500, metrics={'val_loss': 27.5963})
+    >>> parse_checkpoint_name("last.ckpt")
+    CheckpointName(epoch=None, step=None, metrics={})
+    """
+    stem = name.rsplit("/", 1)[-1]
+    if stem.endswith(CHECKPOINT_SUFFIX):
+        stem = stem[: -len(CHECKPOINT_SUFFIX)]
+    stem = _DUPLICATE_SUFFIX.sub("", stem)
+    epoch = step = None
+    metrics: dict[str, float] = {}
+    for part in _PAIR_SPLIT.split(stem):
+        key, sep, raw = part.partition("=")
+        if not sep:
+            continue
+        if key in (EPOCH_KEY, STEP_KEY):
+            if raw.isdigit():
+                if key == EPOCH_KEY:
+                    epoch = int(raw)
+                else:
+                    step = int(raw)
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            continue
+        if math.isfinite(value):
+            metrics[key] = value
+    return CheckpointName(epoch=epoch, step=step, metrics=metrics)
+
+
+def checkpoint_metadata(epoch: int | None, step: int, val_loss: float | None = None) -> dict[str, str]:
+    """Object metadata for a checkpoint upload, so "latest" does not depend on the file name.
+
+    >>> checkpoint_metadata(749, 355500)
+    {'epoch': '749', 'step': '355500'}
+    """
+    if step < 0 or (epoch is not None and epoch < 0):
+        raise ValueError(f"epoch and step must be >= 0, got epoch={epoch} step={step}")
+    meta = {STEP_KEY: str(int(step))}
+    if epoch is not None:
+        meta = {EPOCH_KEY: str(int(epoch)), **meta}
+    if val_loss is not None:
+        meta["val_loss"] = repr(float(val_loss))
+    return meta
+
+
+def _int_or_none(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint in the bucket: a row of ``fab s3.checkpoints``."""
+
+    name: str
+    key: str
+    size: int
+    uploaded: datetime | None
+    epoch: int | None
+    step: int | None
+    val_loss: float | None
+    step_source: str
+    """Where ``step`` came from: ``metadata``, ``name`` or ``none``."""
+    sha256: str | None = None
+
+    @classmethod
+    def from_object(cls, obj: ObjectInfo) -> "CheckpointInfo":
+        parsed = parse_checkpoint_name(obj.name)
+        meta = {k.lower(): v for k, v in obj.metadata.items()}
+        meta_step = _int_or_none(meta.get(STEP_KEY))
+        meta_epoch = _int_or_none(meta.get(EPOCH_KEY))
+        val_loss = parsed.val_loss
+        if val_loss is None and meta.get("val_loss"):
+            try:
+                val_loss = float(meta["val_loss"])
+            except ValueError:
+                val_loss = None
+        if meta_step is not None:
+            step, source = meta_step, "metadata"
+        elif parsed.step is not None:
+            step, source = parsed.step, "name"
+        else:
+            step, source = None, "none"
+        return cls(name=obj.name, key=obj.key, size=obj.size, uploaded=obj.last_modified,
+                   epoch=meta_epoch if meta_epoch is not None else parsed.epoch, step=step,
+                   val_loss=val_loss, step_source=source, sha256=obj.sha256)
+
+    def sort_key(self) -> tuple[Any, ...]:
+        """Known steps first by step, then last-modified, then name (so ties are deterministic)."""
+        return (self.step is not None, self.step or 0, self.uploaded or _EPOCH_ZERO, natural_key(self.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "key": self.key, "size": self.size,
+            "uploaded": self.uploaded.isoformat() if self.uploaded else None,
+            "epoch": self.epoch, "step": self.step, "val_loss": self.val_loss,
+            "step_source": self.step_source, "sha256": self.sha256,
+        }
+
+
+def sort_checkpoints(checkpoints: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
+    """Oldest first, newest (the one to resume from) last."""
+    return sorted(checkpoints, key=CheckpointInfo.sort_key)
+
+
+def list_checkpoints(storage: Storage, with_metadata: bool = True) -> list[CheckpointInfo]:
+    """Every ``*.ckpt`` under ``checkpoints/``, sorted by global step (newest last).
+
+    ``with_metadata`` heads each checkpoint (in parallel) to read its ``step`` metadata; a bucket
+    holds tens of checkpoints, not thousands, so this is a handful of small requests.
+    """
+    prefix = storage.key(CHECKPOINTS) + "/"
+    objects = [o for o in storage.list(prefix) if o.key.endswith(CHECKPOINT_SUFFIX)]
+    if with_metadata and objects:
+        workers = max(1, min(16, len(objects), getattr(storage.config, "max_request_concurrency", 10)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            headed = list(pool.map(storage.head, [o.key for o in objects]))
+        # An object deleted between the listing and the head keeps its listed facts.
+        objects = [h or o for h, o in zip(headed, objects)]
+    return sort_checkpoints(CheckpointInfo.from_object(o) for o in objects)
+
+
+def latest_checkpoint(storage: Storage) -> CheckpointInfo | None:
+    """The checkpoint with the highest global step, or None when there is none."""
+    found = list_checkpoints(storage)
+    return found[-1] if found else None
+
+
+def find_checkpoint(storage: Storage, name: str) -> CheckpointInfo | None:
+    """The checkpoint called ``name`` (a file name under ``checkpoints/``), or None."""
+    info = storage.head(storage.key(CHECKPOINTS, name))
+    return CheckpointInfo.from_object(info) if info is not None else None
+
+
+# --------------------------------------------------------------------------- natural order
+
+
+def natural_key(text: str) -> tuple[Any, ...]:
+    """A sort key that compares digit runs as numbers: ``version_9`` before ``version_14``.
+
+    >>> sorted(["version_14", "version_9", "version_100"], key=natural_key)
+    ['version_9', 'version_14', 'version_100']
+    """
+    parts = _NUMBER_RUNS.split(text)
+    # Alternate (text, number) pairs so str and int are never compared with each other.
+    return tuple((0, int(p), "") if i % 2 else (1, 0, p) for i, p in enumerate(parts) if p != "" or i == 0)
+
+
+def natural_sorted(items: Iterable[str]) -> list[str]:
+    return sorted(items, key=natural_key)
+
+
+def list_log_versions(storage: Storage) -> list[str]:
+    """The ``version_N`` folders under ``logs/``, in numeric order (newest last)."""
+    prefix = storage.key(LOGS) + "/"
+    try:
+        pages = storage.client.get_paginator("list_objects_v2").paginate(
+            Bucket=storage.bucket, Prefix=prefix, Delimiter="/")
+        names = [p["Prefix"][len(prefix):].rstrip("/") for page in pages for p in page.get("CommonPrefixes", [])]
+    except (ClientError, BotoCoreError) as exc:
+        raise storage.explain(exc, prefix) from exc
+    return natural_sorted(n for n in names if n)

@@ -1,0 +1,258 @@
+"""`fab s3.*`: work with the bucket by hand: checkpoints, logs, datasets, and a permission check.
+
+Every task that changes something plans first (what would move, what is already in place) and
+takes ``--dry-run`` to stop there. Directory transfers are incremental; a second run moves nothing.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import os
+import time
+from pathlib import Path
+
+from invoke import Collection, task
+from rich.console import Console
+from rich.table import Table
+
+from deploy.checkpoints import (
+    CHECKPOINT_SUFFIX,
+    checkpoint_metadata,
+    find_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    list_log_versions,
+    parse_checkpoint_name,
+)
+from deploy.errors import ConfigError, StorageError
+from deploy.s3check import check_bucket
+from deploy.storage import CHECKPOINTS, DATASETS, LOGS, Storage, safe_relative
+from deploy.sync import (
+    SyncCache,
+    SyncPlan,
+    cache_for,
+    execute,
+    human_bytes,
+    plan_download,
+    plan_download_file,
+    plan_upload,
+    plan_upload_file,
+)
+from tasks._boundary import DRY_RUN_HELP, ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
+from tasks._progress import RichTransferProgress
+
+COMMON_HELP = {
+    "env_file": ENV_FILE_HELP,
+    "bucket": "Bucket to use instead of S3_BUCKET.",
+    "prefix": "Folder inside the bucket instead of S3_PREFIX.",
+}
+
+
+def _help(**extra: str) -> dict[str, str]:
+    return {**COMMON_HELP, **extra}
+
+
+def _storage(env_file: str | None, bucket: str | None, prefix: str | None) -> Storage:
+    settings = settings_from_flags(env_file=env_file, S3_BUCKET=bucket, S3_PREFIX=prefix)
+    return Storage.from_settings(settings)
+
+
+def _carry_out(storage: Storage, plan: SyncPlan, dry_run: bool, cache: SyncCache | None = None,
+               started: float | None = None) -> None:
+    """Print the plan; stop there on --dry-run; else transfer with a progress bar and summarise."""
+    if dry_run or not plan.transfers:
+        headline = plan.headline()
+        if started is not None and not plan.transfers:
+            headline = headline.rstrip(".") + f"; checked in {time.monotonic() - started:.1f} s."
+        print(headline)
+        if dry_run:
+            for line in plan.lines():
+                print(line)
+            print("Dry run: nothing was changed.")
+        return
+    print(plan.headline())
+    with RichTransferProgress() as progress:
+        result = execute(storage, plan, observer=progress, cache=cache)
+    print(result.summary())
+
+
+def _sync_up(storage: Storage, local: str, prefix: str, dry_run: bool) -> None:
+    started = time.monotonic()
+    cache = cache_for(storage, prefix, local)
+    _carry_out(storage, plan_upload(storage, local, prefix, cache=cache), dry_run, cache, started)
+
+
+def _sync_down(storage: Storage, prefix: str, local: str, dry_run: bool) -> None:
+    started = time.monotonic()
+    cache = cache_for(storage, prefix, local)
+    _carry_out(storage, plan_download(storage, prefix, local, cache=cache), dry_run, cache, started)
+
+
+def _folder_name(value: str, what: str) -> str:
+    """A single folder name (a dataset, a log version): no '/', no '..'."""
+    name = value.strip().strip("/")
+    if not name or "/" in name or name in (".", ".."):
+        raise ConfigError(f"The {what} {value!r} must be one folder name, without '/' or '..'.")
+    return safe_relative(name)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@task(help=_help(json=JSON_HELP))
+@boundary
+def checkpoints(c, json=False, env_file=None, bucket=None, prefix=None):
+    """List checkpoints in the bucket, oldest to newest by global step."""
+    storage = _storage(env_file, bucket, prefix)
+    found = list_checkpoints(storage)
+    if json:
+        print(jsonlib.dumps([cp.to_dict() for cp in found], indent=2))
+        return
+    if not found:
+        print(f"No checkpoints under {storage.url(storage.key(CHECKPOINTS))}.")
+        return
+    table = Table(title=f"Checkpoints in {storage.url(storage.key(CHECKPOINTS))}", title_justify="left")
+    for column in ("name", "epoch", "step", "val_loss", "size", "uploaded"):
+        table.add_column(column, justify="left" if column in ("name", "uploaded") else "right", no_wrap=True)
+    for cp in found:
+        table.add_row(
+            cp.name, "-" if cp.epoch is None else str(cp.epoch),
+            "-" if cp.step is None else str(cp.step) + ("" if cp.step_source == "metadata" else "*"),
+            "-" if cp.val_loss is None else f"{cp.val_loss:g}", human_bytes(cp.size),
+            cp.uploaded.strftime("%Y-%m-%d %H:%M:%S") if cp.uploaded else "-")
+    Console(width=200).print(table)
+    print(f"{len(found)} checkpoints; latest: {found[-1].name} (* step read from the file name).")
+
+
+@task(help=_help(path="The .ckpt file to upload.",
+                 name="Name in the bucket (default: the file's name).",
+                 epoch="Epoch to record (default: from epoch=N in the name).",
+                 step="Global step to record (default: from step=N in the name).",
+                 dry_run=DRY_RUN_HELP))
+@boundary
+def upload_checkpoint(c, path, name=None, epoch=None, step=None, dry_run=False, env_file=None, bucket=None,
+                      prefix=None):
+    """Upload a checkpoint file to checkpoints/, with its epoch and global step as metadata."""
+    name = _folder_name(name or os.path.basename(path), "checkpoint name")
+    if not name.endswith(CHECKPOINT_SUFFIX):
+        raise ConfigError(f"The checkpoint name {name!r} must end with {CHECKPOINT_SUFFIX}.")
+    parsed = parse_checkpoint_name(name)
+    epoch = _whole(epoch, "--epoch") if epoch is not None else parsed.epoch
+    step = _whole(step, "--step") if step is not None else parsed.step
+    metadata = checkpoint_metadata(epoch, step, parsed.val_loss) if step is not None else {}
+    storage = _storage(env_file, bucket, prefix)
+    plan = plan_upload_file(storage, path, storage.key(CHECKPOINTS, name), metadata)
+    _carry_out(storage, plan, dry_run)
+
+
+def _whole(value: object, flag: str) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise ConfigError(f"{flag} must be a whole number, got {value!r}.") from None
+    if number < 0:
+        raise ConfigError(f"{flag} must be 0 or more, got {number}.")
+    return number
+
+
+@task(help=_help(name="Checkpoint to download (see `fab s3.checkpoints`).",
+                 latest="Download the checkpoint with the highest global step.",
+                 dest="Directory to put it in (default: ./checkpoints).",
+                 dry_run=DRY_RUN_HELP))
+@boundary
+def download_checkpoint(c, name=None, latest=False, dest="checkpoints", dry_run=False, env_file=None,
+                        bucket=None, prefix=None):
+    """Download a checkpoint by name, or the latest one (highest global step)."""
+    if bool(name) == bool(latest):
+        raise ConfigError("Give exactly one of --name NAME or --latest.")
+    storage = _storage(env_file, bucket, prefix)
+    if latest:
+        chosen = latest_checkpoint(storage)
+        if chosen is None:
+            raise StorageError(f"There are no checkpoints under {storage.url(storage.key(CHECKPOINTS))}.")
+        print(f"Latest checkpoint: {chosen.name} (step {chosen.step if chosen.step is not None else 'unknown'}).")
+    else:
+        chosen = find_checkpoint(storage, _folder_name(name, "checkpoint name"))
+        if chosen is None:
+            raise StorageError(f"No checkpoint {name!r} under {storage.url(storage.key(CHECKPOINTS))}; "
+                               "`fab s3.checkpoints` lists them.")
+    plan = plan_download_file(storage, chosen.key, Path(dest) / chosen.name)
+    _carry_out(storage, plan, dry_run)
+
+
+# --------------------------------------------------------------------------- logs and datasets
+
+
+@task(help=_help(path="Local logs directory holding version_N/ folders (default: ./logs).", dry_run=DRY_RUN_HELP))
+@boundary
+def upload_logs(c, path="logs", dry_run=False, env_file=None, bucket=None, prefix=None):
+    """Upload a logs directory to logs/ (incremental: unchanged files are skipped)."""
+    storage = _storage(env_file, bucket, prefix)
+    _sync_up(storage, path, storage.key(LOGS), dry_run)
+
+
+@task(help=_help(dest="Local directory to download into (default: ./logs).",
+                 version="One version to download: N, version_N or latest (default: all).",
+                 dry_run=DRY_RUN_HELP))
+@boundary
+def download_logs(c, dest="logs", version=None, dry_run=False, env_file=None, bucket=None, prefix=None):
+    """Download logs/ (or one version_N, or the latest) for TensorBoard; incremental."""
+    storage = _storage(env_file, bucket, prefix)
+    if version is None:
+        _sync_down(storage, storage.key(LOGS), dest, dry_run)
+        return
+    if version == "latest":
+        versions = list_log_versions(storage)
+        if not versions:
+            raise StorageError(f"There are no log versions under {storage.url(storage.key(LOGS))}.")
+        version = versions[-1]
+        print(f"Latest log version: {version}.")
+    elif str(version).isdigit():
+        version = f"version_{version}"
+    version = _folder_name(str(version), "log version")
+    _sync_down(storage, storage.key(LOGS, version), str(Path(dest) / version), dry_run)
+
+
+@task(help=_help(path="Local dataset directory (config.json, dataset.jsonl or metadata.csv, wavs/).",
+                 name="Dataset name in the bucket (default: the directory's name).",
+                 dry_run=DRY_RUN_HELP))
+@boundary
+def upload_dataset(c, path, name=None, dry_run=False, env_file=None, bucket=None, prefix=None):
+    """Upload a dataset directory to datasets/<name>/ (incremental)."""
+    name = _folder_name(name or Path(path).resolve().name, "dataset name")
+    storage = _storage(env_file, bucket, prefix)
+    _sync_up(storage, path, storage.key(DATASETS, name), dry_run)
+
+
+@task(help=_help(name="Dataset name in the bucket (the folder under datasets/).",
+                 dest="Local directory (default: ./datasets/<name>).",
+                 dry_run=DRY_RUN_HELP))
+@boundary
+def download_dataset(c, name, dest=None, dry_run=False, env_file=None, bucket=None, prefix=None):
+    """Download datasets/<name>/ into a local directory (incremental, verified)."""
+    name = _folder_name(name, "dataset name")
+    storage = _storage(env_file, bucket, prefix)
+    _sync_down(storage, storage.key(DATASETS, name), dest or str(Path("datasets") / name), dry_run)
+
+
+# --------------------------------------------------------------------------- check
+
+
+@task(help=_help())
+@boundary
+def check(c, env_file=None, bucket=None, prefix=None):
+    """Check endpoint, credentials and every permission the project needs, with a probe object."""
+    storage = _storage(env_file, bucket, prefix)
+    report = check_bucket(storage)
+    print(f"Checked {report.url} at {report.endpoint}:")
+    width = max(len(s.name) for s in report.steps)
+    for step in report.steps:
+        print(f"  {step.name:<{width}}  {step.permission:<32}  {step.result}")
+    report.raise_for_missing()
+    print("All permissions the project needs are in place.")
+
+
+ns = Collection("s3")
+for _task in (checkpoints, upload_checkpoint, download_checkpoint, upload_logs, download_logs, upload_dataset,
+              download_dataset, check):
+    ns.add_task(_task)
