@@ -249,6 +249,9 @@ class Settings:
     s3_sync_flush_timeout: int = setting(
         "S3_SYNC_FLUSH_TIMEOUT", "Seconds pending uploads get to finish when training stops (keep it "
         "below the compose stop grace period).", "60", default=60, parse=_parse_int(0, 3600), group="training")
+    train_command: str = setting(
+        "TRAIN_COMMAND", "Training command the image runs (default: the demo model).",
+        "python -m piper.train fit --config /workspace/data/config.yaml", default="", group="training")
     image: str = setting(
         "IMAGE", "Training image (name:tag) in the local Docker engine.", "gpu-deploy-train:latest",
         default="gpu-deploy-train:latest", group="training")
