@@ -1,0 +1,129 @@
+"""The training container's entrypoint: resume step, then the training command, with signals passed on.
+
+    python -m deploy.training.entrypoint [options] [-- training command ...]
+
+1. Resolves ``CHECKPOINT`` (``s3``, an ``s3://`` URI, a local path, or empty; see
+   :mod:`deploy.training.resume`) to a verified local file and says what it chose.
+2. Runs the training command (after ``--``, else ``TRAIN_COMMAND``, else the demo:
+   ``python -m deploy.training.demo fit``). For a
+   LightningCLI ``fit`` it appends ``--ckpt_path=<file>`` and, with ``ENABLE_S3_SYNC=1``,
+   ``--trainer.callbacks+=`` for the S3 callbacks (unless the command names them already); any
+   command also gets ``RESUME_CHECKPOINT=<file>`` in its environment.
+3. Passes SIGTERM and SIGINT on to the command and waits for it, so Lightning can stop at the next
+   batch and the callbacks can flush pending uploads; exits with the command's exit code.
+
+It runs the same way after a crash or preemption (``restart: unless-stopped``), so the run continues
+from the last uploaded step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.errors import DeployError
+from deploy.settings import Settings, load_settings
+from deploy.storage import Storage
+from deploy.training.resume import ResumePlan, resolve_checkpoint
+
+DEMO_COMMAND = (sys.executable, "-m", "deploy.training.demo", "fit")
+SYNC_CALLBACKS = ("deploy.training.callbacks.S3CheckpointSync", "deploy.training.callbacks.S3LogSync")
+RESUME_ENV = "RESUME_CHECKPOINT"
+DEFAULT_RESUME_DIR = ".resume"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """The command to run and the environment additions, decided before anything runs."""
+
+    command: tuple[str, ...]
+    env: dict[str, str]
+    resume: ResumePlan
+
+
+def is_lightning_fit(command: Sequence[str]) -> bool:
+    """A LightningCLI ``fit`` call: the subcommand appears as a bare word among the arguments."""
+    return "fit" in command[1:]
+
+
+def training_command(command: Sequence[str], settings: Settings) -> list[str]:
+    """The command after ``--``, else ``TRAIN_COMMAND`` (split like a shell would), else the demo."""
+    if command:
+        return list(command)
+    if settings.train_command:
+        return shlex.split(settings.train_command)
+    return list(DEMO_COMMAND)
+
+
+def plan_launch(command: Sequence[str], resume: ResumePlan, settings: Settings, attach: bool = True) -> Launch:
+    """Add ``--ckpt_path`` and the sync callbacks to a LightningCLI ``fit``; other commands get env only."""
+    cmd = training_command(command, settings)
+    env: dict[str, str] = {}
+    if resume.path:
+        env[RESUME_ENV] = resume.path
+    if is_lightning_fit(cmd):
+        if resume.path and not any(a == "--ckpt_path" or a.startswith("--ckpt_path=") for a in cmd):
+            cmd.append(f"--ckpt_path={resume.path}")
+        if attach and settings.enable_s3_sync:
+            for callback in SYNC_CALLBACKS:
+                if not any(callback in a for a in cmd):
+                    cmd.append(f"--trainer.callbacks+={callback}")
+    return Launch(tuple(cmd), env, resume)
+
+
+def run(command: Sequence[str], extra_env: dict[str, str]) -> int:
+    """Run ``command``; SIGTERM/SIGINT/SIGHUP received meanwhile go to it. Returns its exit code."""
+    child = subprocess.Popen(list(command), env={**os.environ, **extra_env})
+
+    def forward(signum: int, _frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        code = child.wait()  # a signal runs forward() and the wait goes on (PEP 475)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - code if code < 0 else code  # -15 (killed by SIGTERM) -> 143, like a shell
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    args = list(argv)
+    command: list[str] = []
+    if "--" in args:
+        at = args.index("--")
+        args, command = args[:at], args[at + 1:]
+    parser = argparse.ArgumentParser(prog="python -m deploy.training.entrypoint",
+                                     description="Resume step, then the training command (after --).")
+    parser.add_argument("--resume-dir", default=os.environ.get("RESUME_DIR", DEFAULT_RESUME_DIR),
+                        help="where a checkpoint from S3 is downloaded (default: .resume)")
+    parser.add_argument("--no-attach", action="store_true",
+                        help="do not add the S3 callbacks to a LightningCLI command")
+    return parser.parse_args(args), command
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options, command = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = load_settings()
+        plan = resolve_checkpoint(settings.checkpoint, lambda: Storage.from_settings(settings),
+                                  Path(options.resume_dir))
+    except DeployError as exc:
+        print(f"entrypoint: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print(f"entrypoint: {plan.message}", flush=True)
+    launch = plan_launch(command, plan, settings, attach=not options.no_attach)
+    print(f"entrypoint: running {' '.join(launch.command)}", flush=True)
+    return run(launch.command, launch.env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Which checkpoint to resume from: the ``CHECKPOINT`` setting turned into a verified local file.
+
+- ``s3``: the checkpoint with the highest global step in the bucket's ``checkpoints/``; when its
+  download is corrupt or truncated (sha256 or size do not match its metadata, or it is not a
+  checkpoint archive), the next newest, and so on. None at all: start fresh.
+- ``s3://bucket/key``: that object (verified the same way; no fallback: you named it).
+- a local path: that file. Empty: start fresh.
+
+Every outcome says what it did in :attr:`ResumePlan.message`, so the entrypoint can print it.
+
+Example::
+
+    plan = resolve_checkpoint("s3", lambda: Storage.from_settings(settings), Path(".resume"))
+    print(plan.message)     # resuming from s3://bucket/checkpoints/last.ckpt (step 120)
+    trainer.fit(model, ckpt_path=plan.path)
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from deploy.checkpoints import CheckpointInfo, list_checkpoints
+from deploy.errors import StorageError, TrainingError
+from deploy.storage import Storage
+
+S3_LATEST = "s3"
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """Where training resumes from (``path`` None: from scratch) and why."""
+
+    requested: str
+    path: str | None
+    source: str | None = None
+    step: int | None = None
+    skipped: tuple[str, ...] = field(default_factory=tuple)
+    message: str = ""
+
+
+def looks_like_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """``torch.save`` writes a zip archive; a truncated or overwritten one is not a valid zip."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return bool(archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _fetch(storage: Storage, key: str, dest_dir: Path) -> str:
+    """Download ``key`` into ``dest_dir`` (verified by :meth:`Storage.download_file`) and sanity-check it."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / os.path.basename(key)
+    storage.download_file(key, dest)
+    if not looks_like_checkpoint(dest):
+        dest.unlink(missing_ok=True)
+        raise StorageError(f"{storage.url(key)} is corrupt: it is not a checkpoint archive.")
+    return str(dest)
+
+
+def _is_damage(exc: StorageError) -> bool:
+    text = str(exc)
+    return "is corrupt" in text or "truncated" in text
+
+
+def resume_from_latest(storage: Storage, dest_dir: Path,
+                       candidates: list[CheckpointInfo] | None = None) -> ResumePlan:
+    """Newest checkpoint first; skip the ones that do not verify, saying which and why."""
+    ordered = list(reversed(candidates if candidates is not None else list_checkpoints(storage)))
+    if not ordered:
+        return ResumePlan(S3_LATEST, None, message=f"no checkpoint in {storage.url(storage.key('checkpoints'))}/; "
+                                                   "starting fresh")
+    skipped: list[str] = []
+    for info in ordered:
+        try:
+            path = _fetch(storage, info.key, dest_dir)
+        except StorageError as exc:
+            if not _is_damage(exc):
+                # The bucket is unreachable: falling back would silently resume from an older step.
+                raise TrainingError(f"Cannot fetch {storage.url(info.key)} to resume from: {exc}") from exc
+            skipped.append(f"{info.name}: {exc}")
+            continue
+        step = f" (step {info.step})" if info.step is not None else ""
+        note = f"; skipped {len(skipped)} newer one(s) that failed verification: {'; '.join(skipped)}" if skipped else ""
+        return ResumePlan(S3_LATEST, path, storage.url(info.key), info.step, tuple(skipped),
+                          f"resuming from {storage.url(info.key)}{step}{note}")
+    raise TrainingError(f"Every checkpoint in {storage.url(storage.key('checkpoints'))}/ failed verification: "
+                        + "; ".join(skipped) + ". Set CHECKPOINT= (empty) to start fresh.")
+
+
+def resolve_checkpoint(value: str, storage: Callable[[], Storage], dest_dir: Path) -> ResumePlan:
+    """Turn a ``CHECKPOINT`` value into a :class:`ResumePlan`. ``storage`` is only called when needed."""
+    value = (value or "").strip()
+    if not value:
+        return ResumePlan("", None, message="CHECKPOINT is empty; starting fresh")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    if value.lower() == S3_LATEST:
+        return resume_from_latest(storage(), dest_dir)
+    if value.startswith("s3://"):
+        parts = urlparse(value)
+        store = storage()
+        if parts.netloc != store.bucket:
+            raise TrainingError(f"CHECKPOINT={value} is in bucket {parts.netloc!r}, but S3_BUCKET is "
+                                f"{store.bucket!r}; use a URI in S3_BUCKET.")
+        key = parts.path.lstrip("/")
+        info = store.head(key)
+        if info is None:
+            raise TrainingError(f"CHECKPOINT={value} does not exist; check the URI (fab s3 lists checkpoints).")
+        try:
+            path = _fetch(store, key, dest_dir)
+        except StorageError as exc:
+            raise TrainingError(f"CHECKPOINT={value} cannot be used: {exc}") from exc
+        return ResumePlan(value, path, value, None, message=f"resuming from {value}")
+    local = Path(value).expanduser()
+    if not local.is_file():
+        raise TrainingError(f"CHECKPOINT={value} is not a file here; give a path to a .ckpt, an s3:// URI or s3.")
+    return ResumePlan(value, str(local), str(local), message=f"resuming from {local}")
