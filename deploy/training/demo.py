@@ -148,10 +148,12 @@ def import_object(path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def parse_plain(args: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[str], str | None]:
+def parse_plain(args: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[tuple[str, dict[str, Any]]], str | None]:
     """Read ``fit --group.key=value ... --trainer.callbacks+=pkg.Class --ckpt_path=...``.
 
-    Returns the groups' keyword arguments, the callback class paths and the checkpoint path.
+    ``--trainer.callbacks.name=value`` sets an init argument of the callback added last, as in
+    LightningCLI. Returns the groups' keyword arguments, the callbacks (class path, init arguments)
+    and the checkpoint path.
     """
     rest = list(args)
     if rest and rest[0] == "fit":
@@ -159,7 +161,7 @@ def parse_plain(args: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[st
     elif rest and not rest[0].startswith("-"):
         raise SystemExit(f"demo: only the fit subcommand is available without jsonargparse, got {rest[0]!r}")
     groups: dict[str, dict[str, Any]] = {g: {} for g in GROUPS}
-    callbacks: list[str] = []
+    callbacks: list[tuple[str, dict[str, Any]]] = []
     ckpt_path = None
     while rest:
         arg = rest.pop(0)
@@ -173,7 +175,9 @@ def parse_plain(args: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[st
         if name == "ckpt_path":
             ckpt_path = value or None
         elif name == "trainer.callbacks+":
-            callbacks.append(value)
+            callbacks.append((value, {}))
+        elif name.startswith("trainer.callbacks.") and callbacks:
+            callbacks[-1][1][name.rpartition(".")[2]] = yaml.safe_load(value)
         elif name.partition(".")[0] in GROUPS and "." in name:
             group, _, key = name.partition(".")
             groups[group][key] = yaml.safe_load(value) if value != "" else None
@@ -187,7 +191,7 @@ def plain_cli(args: Sequence[str]) -> None:
     model = DemoModel(**groups["model"])
     data = DemoData(**groups["data"])
     checkpoint = ModelCheckpoint(**{**CHECKPOINT_DEFAULTS, **groups["checkpoint"]})
-    callbacks = [checkpoint, *(import_object(path)() for path in callback_paths)]
+    callbacks = [checkpoint, *(import_object(path)(**kwargs) for path, kwargs in callback_paths)]
     trainer = Trainer(**{**trainer_defaults(load_settings()), **groups["trainer"]}, callbacks=callbacks)
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
 

@@ -97,3 +97,20 @@ def test_sync_is_off_without_enable_s3_sync(s3_env, tmp_path: Path) -> None:
     fit(tmp_path, sync, epochs=1)
     assert sync.submitted == [] and not sync.active
     assert bucket_files(Storage.from_settings(load_settings()), "checkpoints") == {}
+
+
+def test_callbacks_attach_to_a_lightning_cli_by_class_path_alone(s3_env, tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse[signatures]")
+    from deploy.training.demo import lightning_cli
+
+    monkeypatch.setenv("ENABLE_S3_SYNC", "1")  # the init arguments come from the environment
+    lightning_cli(["fit", "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}",
+                   "--trainer.enable_progress_bar=false",
+                   "--trainer.callbacks+=deploy.training.callbacks.S3CheckpointSync",
+                   "--trainer.callbacks+=deploy.training.callbacks.S3LogSync"])
+    storage = Storage.from_settings(load_settings())
+    local = {p.name: p.read_bytes() for p in tmp_path.rglob("*.ckpt")}
+    stored = bucket_files(storage, "checkpoints")
+    assert local and set(stored) == set(local)
+    assert all(sha256(stored[name][0]) == sha256(data) for name, data in local.items())
+    assert any(name.endswith("hparams.yaml") for name in bucket_files(storage, "logs"))

@@ -146,9 +146,10 @@ def test_entrypoint_runs_train_command_when_no_command_is_given(monkeypatch: pyt
 def test_demo_plain_parser_reads_lightning_style_flags() -> None:
     groups, callbacks, ckpt = parse_plain(["fit", "--trainer.max_epochs=3", "--data.batch_size", "8",
                                            "--checkpoint.monitor=null", "--trainer.callbacks+=a.B",
+                                           "--trainer.callbacks.max_retry_delay=1.5",
                                            "--ckpt_path=/x.ckpt"])
     assert groups["trainer"] == {"max_epochs": 3} and groups["data"] == {"batch_size": 8}
     assert groups["checkpoint"] == {"monitor": None}
-    assert callbacks == ["a.B"] and ckpt == "/x.ckpt"
+    assert callbacks == [("a.B", {"max_retry_delay": 1.5})] and ckpt == "/x.ckpt"
     with pytest.raises(SystemExit):
         parse_plain(["fit", "--nope=1"])
