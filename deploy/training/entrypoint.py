@@ -10,7 +10,8 @@
    ``--trainer.callbacks+=`` for the S3 callbacks (unless the command names them already); any
    command also gets ``RESUME_CHECKPOINT=<file>`` in its environment.
 3. Passes SIGTERM and SIGINT on to the command and waits for it, so Lightning can stop at the next
-   batch and the callbacks can flush pending uploads; exits with the command's exit code.
+   batch and the callbacks can flush pending uploads; exits with the command's exit code (128 + the
+   signal when a stopped run exited 0: it did not finish).
 
 It runs the same way after a crash or preemption (``restart: unless-stopped``), so the run continues
 from the last uploaded step.
@@ -81,8 +82,10 @@ def plan_launch(command: Sequence[str], resume: ResumePlan, settings: Settings, 
 def run(command: Sequence[str], extra_env: dict[str, str]) -> int:
     """Run ``command``; SIGTERM/SIGINT/SIGHUP received meanwhile go to it. Returns its exit code."""
     child = subprocess.Popen(list(command), env={**os.environ, **extra_env})
+    received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
         if child.poll() is None:
             child.send_signal(signum)
 
@@ -92,7 +95,13 @@ def run(command: Sequence[str], extra_env: dict[str, str]) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 128 - code if code < 0 else code  # -15 (killed by SIGTERM) -> 143, like a shell
+    if code < 0:
+        return 128 - code  # -15 (killed by SIGTERM) -> 143, like a shell
+    if code == 0 and received:
+        # Lightning exits 0 after a SIGTERM, but the run is not finished: say so, so that
+        # `restart: on-failure` brings it back after a daemon restart or a reboot.
+        return 128 + received[0]
+    return code
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:

@@ -62,7 +62,7 @@ def test_sigterm_flushes_pending_uploads_before_exit(private_s3: S3Server, tmp_p
     run.send_signal(signal.SIGTERM)  # to the entrypoint, which passes it on to the trainer
     time.sleep(1.0)
     os.kill(private_s3.proc.pid, signal.SIGCONT)
-    finish(run, 60, tmp_path)
+    assert finish(run, 60, tmp_path) == 128 + signal.SIGTERM  # stopped, not finished
 
     text = output(tmp_path)
     assert "SIGTERMException: flushing" in text, text[-3000:]
