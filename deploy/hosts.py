@@ -36,13 +36,21 @@ class HostSpec:
     host: str
     port: int = 22
     user: str = "root"
+    remote_dir: str | None = None
+    """This host's own REMOTE_DIR, when it differs from the setting (``host:port/workspace/run``)."""
 
     @classmethod
     def parse(cls, text: str, default_port: int = 22, default_user: str = "root") -> "HostSpec":
-        """Parse ``[user@]host[:port]`` (``[v6addr]:port`` too); defaults fill what is left out."""
+        """Parse ``[user@]host[:port][/remote/dir]`` (``[v6addr]:port`` too); defaults fill the rest."""
         text = text.strip()
         if not text:
             raise ConfigError("An empty host was given; use user@host:port.")
+        remote_dir = None
+        slash = text.find("/")
+        if slash > 0:
+            text, remote_dir = text[:slash], text[slash:].rstrip("/") or None
+            if remote_dir in (None, "/") or ".." in remote_dir.split("/"):
+                raise ConfigError(f"The folder in {text + (remote_dir or '/')!r} must be an absolute path without '..'.")
         user, _, hostport = text.rpartition("@")
         host, port = hostport, default_port
         if hostport.startswith("["):
@@ -54,7 +62,11 @@ class HostSpec:
             port = _port(raw, text)
         if not host:
             raise ConfigError(f"The host {text!r} has no address; use user@host:port.")
-        return cls(host=host, port=port, user=user or default_user)
+        return cls(host=host, port=port, user=user or default_user, remote_dir=remote_dir)
+
+    def workdir(self, default: str) -> str:
+        """Where this host's run lives: its own folder, else REMOTE_DIR."""
+        return self.remote_dir or default
 
     @property
     def is_runpod_proxy(self) -> bool:
@@ -66,7 +78,7 @@ class HostSpec:
         return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
 
     def __str__(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}"
+        return f"{self.user}@{self.host}:{self.port}{self.remote_dir or ''}"
 
 
 def _port(raw: str, text: str) -> int:

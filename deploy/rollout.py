@@ -224,3 +224,50 @@ def wait_for_training(conn, project: ComposeProject, timeout: float) -> ServiceS
         time.sleep(1)
     tail = project.logs(conn, tail=15) if state.exists else ""
     raise HostError(f"Training did not start within {timeout:.0f} s (container {state.status}); last log lines:\n{tail}")
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+class BucketImages:
+    """The image comes from the bucket's layer store (``fab image-to-s3`` put it there)."""
+
+    def __init__(self, storage: Storage, log: Callable[[str], None] = lambda s: None) -> None:
+        self.storage = storage
+        self.log = log
+
+    def image_id(self, ref: str) -> tuple[str, int]:
+        """The image id and uncompressed size the bucket holds for ``ref``."""
+        from deploy.images import ImageRef
+        from deploy.imagestore import ImageStore
+
+        parsed = ImageRef.parse(ref)
+        manifest = ImageStore(self.storage).read_manifest(parsed.name, parsed.tag)
+        if manifest is None:
+            raise HostError(f"The bucket has no image {ref} under {self.storage.url()}; push it first with "
+                            f"`fab image-to-s3 --image={ref}`.")
+        return manifest.image_id, sum(layer.size for layer in manifest.layers)
+
+    def load_on_host(self, conn, ref: str) -> str:
+        from deploy.images import pull
+
+        result = pull(conn, self.storage, ref, where=f"{conn.host}:{conn.port}")
+        self.log(result.summary())
+        return result.image_id or ""
+
+
+def stage_local_dataset(storage: Storage, folder: str, dry_run: bool = False) -> tuple[str, str]:
+    """A local dataset folder goes to ``datasets/<folder name>/`` first; returns (name, what happened)."""
+    import os
+
+    from deploy.storage import DATASETS
+    from deploy.sync import cache_for, plan_upload
+    from deploy.sync import execute as execute_sync
+
+    name = os.path.basename(os.path.normpath(folder))
+    prefix = storage.key(DATASETS, name)
+    cache = cache_for(storage, prefix, folder)
+    plan = plan_upload(storage, folder, prefix, cache=cache)
+    if dry_run:
+        return name, plan.headline()
+    return name, execute_sync(storage, plan, cache=cache).summary()

@@ -8,10 +8,10 @@ import shlex
 
 from invoke import Collection, task
 
-from deploy.errors import DeployError
+from deploy.errors import DeployError, HostError
 from deploy.hosts import connect, require_sftp
 from deploy.hostsync import pull, ssh_command
-from tasks._boundary import ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
+from tasks._boundary import DRY_RUN_HELP, ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
 from tasks._hosts import HOSTS_HELP, for_each_host, options, raise_if_failed, targets
 
 
@@ -36,7 +36,7 @@ def sync_from_runpod(c, path="lightning_logs", dest=".", exclude=None, method="a
     def work(spec):
         require_sftp(spec)
         with connect(spec, opts) as conn:
-            return pull(conn, spec, opts, settings.remote_dir, path, dest, exclude or (), method=method)
+            return pull(conn, spec, opts, spec.workdir(settings.remote_dir), path, dest, exclude or (), method=method)
 
     outcomes = for_each_host(specs, work)
     for outcome in outcomes:
@@ -52,8 +52,70 @@ def ssh(c, hosts=None, env_file=None):
     settings = settings_from_flags(env_file=env_file)
     spec = targets(c, settings, hosts)[0]
     cmd = ssh_command(spec, options(settings)) + ["-t", f"{spec.user}@{spec.host}",
-                                                  f"cd {shlex.quote(settings.remote_dir)} 2>/dev/null; exec $SHELL -l"]
+                                                  f"cd {shlex.quote(spec.workdir(settings.remote_dir))} 2>/dev/null; exec $SHELL -l"]
     os.execvp(cmd[0], cmd)
+
+
+@task(
+    help={
+        "image": "Training image name:tag in the bucket (default: IMAGE).",
+        "dataset": "Dataset to stage: a name under datasets/ in the bucket, or a local folder (default: DATASET).",
+        "restart": "Recreate the service even if nothing changed (it resumes from S3).",
+        "dry_run": DRY_RUN_HELP,
+        "wait": "Seconds to wait for training to start (default 300).",
+        "hosts": HOSTS_HELP,
+        "env_file": ENV_FILE_HELP,
+    }
+)
+@boundary
+def deploy_runpod(c, image=None, dataset=None, restart=False, dry_run=False, wait=300, hosts=None, env_file=None):
+    """Deploy the training service to the GPU host(s): probe, provision, ship .env, load image, start."""
+    from deploy.envship import plan_env
+    from deploy.rollout import BucketImages, DesiredRun, execute, gather, plan_deploy, stage_local_dataset
+    from deploy.storage import Storage
+
+    settings = settings_from_flags(env_file=env_file, IMAGE=image, DATASET=dataset)
+    settings.require("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET", *([] if hosts or hasattr(c, "host")
+                                                                                   else ["RUNPOD_HOST"]))
+    specs = targets(c, settings, hosts)
+    opts = options(settings)
+    storage = Storage.from_settings(settings)
+    images = BucketImages(storage, log=print)
+    image_id, image_bytes = images.image_id(settings.image)
+    dataset_name = settings.dataset
+    if dataset_name and os.path.isdir(dataset_name):
+        dataset_name, what = stage_local_dataset(storage, dataset_name, dry_run=dry_run)
+        print(f"dataset   {what}")
+
+    def desired_for(spec):
+        remote_dir = spec.workdir(settings.remote_dir)
+        data_dir = settings.data_dir or f"{remote_dir}/data"
+        env = plan_env(settings, extra={"IMAGE": settings.image, "DATA_DIR": data_dir,
+                                        "ENABLE_S3_SYNC": "1", "CHECKPOINT": "s3"})
+        return DesiredRun(image_ref=settings.image, image_id=image_id, remote_dir=remote_dir, env=env,
+                          dataset=dataset_name, data_dir=data_dir, restart=restart)
+
+    def work(spec):
+        with connect(spec, opts) as conn:
+            desired = desired_for(spec)
+            plan = plan_deploy(spec, desired, gather(conn, desired, storage), image_bytes=image_bytes)
+            print("\n".join(plan.describe()))
+            if plan.problems:
+                raise HostError(f"{spec.host}:{spec.port}: {plan.problems[0]}")
+            return None if dry_run else execute(conn, plan, images, storage, wait=float(wait), log=print)
+
+    outcomes = for_each_host(specs, work)
+    for o in outcomes:
+        if o.error is not None:
+            print(f"{o.spec}: failed: {o.error}")
+        elif o.result is None:
+            print(f"{o.spec}: dry run, nothing changed")
+        elif not o.result.done:
+            print(f"{o.spec}: nothing to do; the service already runs {settings.image} with these settings.")
+        else:
+            print(f"{o.spec}: {', '.join(o.result.done)} in {o.result.seconds:.0f} s; training is running. "
+                  f"Follow it with: {o.result.follow}")
+    raise_if_failed(outcomes)
 
 
 def _storage_or_none(settings):
@@ -78,7 +140,7 @@ def status(c, json=False, tail=10, hosts=None, env_file=None):
 
     def work(spec):
         with connect(spec, opts) as conn:
-            return run_status(conn, str(spec), settings.remote_dir, storage, tail=int(tail))
+            return run_status(conn, str(spec), spec.workdir(settings.remote_dir), storage, tail=int(tail))
 
     outcomes = for_each_host(targets(c, settings, hosts), work)
     if json:
@@ -102,7 +164,7 @@ def logs(c, follow=False, tail=100, hosts=None, env_file=None):
     opts = options(settings)
     for spec in targets(c, settings, hosts):
         with connect(spec, opts) as conn:
-            project, _ = project_on(conn, settings.remote_dir)
+            project, _ = project_on(conn, spec.workdir(settings.remote_dir))
             print(f"--- {spec}")
             conn.run(project.logs_command(tail=int(tail), follow=follow), hide=False, warn=True, in_stream=False)
 
@@ -119,7 +181,7 @@ def stop(c, timeout=120, hosts=None, env_file=None):
 
     def work(spec):
         with connect(spec, opts) as conn:
-            project, _ = project_on(conn, settings.remote_dir)
+            project, _ = project_on(conn, spec.workdir(settings.remote_dir))
             before = project.state(conn)
             if before.running:
                 project.stop(conn, timeout=int(timeout))
@@ -133,6 +195,7 @@ def stop(c, timeout=120, hosts=None, env_file=None):
 
 
 ns = Collection("runpod")
+ns.add_task(deploy_runpod)
 ns.add_task(sync_from_runpod)
 ns.add_task(ssh)
 ns.add_task(status)

@@ -18,13 +18,14 @@ from deploy.settings import load_settings
         ("root@203.0.113.10:40022", HostSpec("203.0.113.10", 40022, "root")),
         ("[2001:db8::1]:2222", HostSpec("2001:db8::1", 2222, "root")),
         ("2001:db8::1", HostSpec("2001:db8::1", 22, "root")),
+        ("root@127.0.0.1:2201/tmp/node0/", HostSpec("127.0.0.1", 2201, "root", "/tmp/node0")),
     ],
 )
 def test_host_spec_parse(text: str, expected: HostSpec) -> None:
     assert HostSpec.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["host:abc", "host:0", "host:70000", "root@", ""])
+@pytest.mark.parametrize("text", ["host:abc", "host:0", "host:70000", "root@", "", "h:22/a/../b"])
 def test_host_spec_parse_rejects_bad_input(text: str) -> None:
     with pytest.raises(ConfigError):
         HostSpec.parse(text)
