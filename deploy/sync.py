@@ -288,7 +288,9 @@ def _remote_facts(storage: Storage, cache: SyncCache, objects: Mapping[str, Obje
         else:
             todo.append((rel, obj))
     if todo:
-        with ThreadPoolExecutor(max_workers=min(HEAD_WORKERS, len(todo))) as pool:
+        # No more threads than the client's connection pool holds (it warns and reconnects otherwise).
+        workers = min(HEAD_WORKERS, len(todo), getattr(storage.config, "max_request_concurrency", 10))
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             infos = list(pool.map(lambda pair: storage.head(pair[1].key), todo))
         for (rel, obj), info in zip(todo, infos):
             info = info or obj
@@ -309,8 +311,13 @@ def _plan(direction: str, local_root: str, remote_url: str, locals_: Mapping[str
     same_size = {rel for rel, f in locals_.items() if rel in objects and objects[rel].size == f.size}
     remote = _remote_facts(storage, cache, {rel: objects[rel] for rel in same_size}, headed)
     md5_for = {rel for rel in same_size if not remote[rel].sha256 and remote[rel].md5}
-    to_hash = locals_.values() if direction == UP else [locals_[rel] for rel in same_size]
-    hashes = _hash_locals(to_hash, cache, md5_for)
+    # Only pairs to compare are hashed now; a new file's sha256 (its upload metadata) is computed
+    # while other files are already moving (see _run), so a first upload does not wait for it.
+    hashes = _hash_locals([locals_[rel] for rel in same_size], cache, md5_for)
+
+    def cached_sha(rel: str, local: _Local) -> str | None:
+        facts = cache.local(rel, local.size, local.mtime_ns)
+        return facts.sha256 if facts else None
 
     items: list[SyncItem] = []
     rels = locals_.keys() if direction == UP else objects.keys()
@@ -326,8 +333,9 @@ def _plan(direction: str, local_root: str, remote_url: str, locals_: Mapping[str
                     action = SKIP if same else UPLOAD
                     if same:
                         cache.remember_remote(rel, replace(remote[rel], sha256=hashes[rel].sha256))
+            known = hashes[rel].sha256 if rel in hashes else cached_sha(rel, local)
             items.append(SyncItem(rel=rel, key=keys[rel], path=local.path, size=local.size, action=action,
-                                  reason=reason, sha256=hashes[rel].sha256, etag=obj.etag if obj else "",
+                                  reason=reason, sha256=known, etag=obj.etag if obj else "",
                                   mtime_ns=local.mtime_ns, metadata=dict(metadata)))
         else:
             assert obj is not None
@@ -568,10 +576,23 @@ def _run(storage: Storage, direction: str, todo: list[SyncItem], observer: SyncO
             with lock:
                 finishing.append(pool.submit(finish, item))
 
+        hashed_at = time.time_ns()
+
+        def with_sha256(item: SyncItem) -> SyncItem:
+            if item.sha256:
+                return item
+            try:
+                sha, _ = hash_file(item.path)
+            except OSError as exc:
+                raise StorageError(f"Cannot read the local file {item.path}: {exc.strerror or exc}.") from exc
+            cache.remember_local(item.rel, LocalFacts(item.size, item.mtime_ns, sha), hashed_at_ns=hashed_at)
+            return replace(item, sha256=sha)
+
         manager = TransferManager(storage.client, storage.config)
         try:
             futures = []
-            for item in todo:
+            ready = pool.map(with_sha256, todo) if direction == UP else iter(todo)
+            for item in ready:
                 done = (lambda it: (lambda fut: on_done(it, fut)))(item)
                 if direction == UP:
                     meta = {"size": str(item.size), "sha256": item.sha256 or "", **item.metadata}

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from boto3.s3.transfer import TransferConfig
 
 from deploy.checkpoints import (
     CheckpointInfo,
@@ -118,6 +119,7 @@ class FakeStorage:
 
     bucket = "bucket"
     endpoint = "http://s3.test"
+    config = TransferConfig(max_concurrency=4)
 
     def __init__(self, objects: dict[str, tuple[bytes, dict[str, str]]]) -> None:
         self.objects = {k: ObjectInfo(key=k, size=len(b), etag=hashlib.md5(b).hexdigest(), metadata=m)
