@@ -588,33 +588,35 @@ def _run(storage: Storage, direction: str, todo: list[SyncItem], observer: SyncO
             cache.remember_local(item.rel, LocalFacts(item.size, item.mtime_ns, sha), hashed_at_ns=hashed_at)
             return replace(item, sha256=sha)
 
-        manager = TransferManager(storage.client, storage.config)
         try:
-            futures = []
-            ready = pool.map(with_sha256, todo) if direction == UP else iter(todo)
-            for item in ready:
-                done = (lambda it: (lambda fut: on_done(it, fut)))(item)
-                if direction == UP:
-                    meta = {"size": str(item.size), "sha256": item.sha256 or "", **item.metadata}
-                    futures.append(manager.upload(item.path, storage.bucket, item.key,
-                                                  extra_args={"Metadata": meta},
-                                                  subscribers=[_Subscriber(observer, None, done)]))
-                else:
-                    dest = Path(item.path)
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    temps[item.key] = _temp_path(dest)
-                    futures.append(manager.download(storage.bucket, item.key, str(temps[item.key]),
-                                                    subscribers=[_Subscriber(observer, item.size, done)]))
-            for fut in futures:
-                try:
-                    fut.result()
-                except Exception:  # noqa: BLE001 - recorded by on_done
-                    pass
+            # Leaving this block by an exception (Ctrl-C) makes the manager cancel every transfer and
+            # wait for them; s3transfer then removes its own temp files. (Its shutdown(cancel=True)
+            # passes its arguments in the wrong order, so the context manager is the way to cancel.)
+            with TransferManager(storage.client, storage.config) as manager:
+                futures = []
+                ready = pool.map(with_sha256, todo) if direction == UP else iter(todo)
+                for item in ready:
+                    done = (lambda it: (lambda fut: on_done(it, fut)))(item)
+                    if direction == UP:
+                        meta = {"size": str(item.size), "sha256": item.sha256 or "", **item.metadata}
+                        futures.append(manager.upload(item.path, storage.bucket, item.key,
+                                                      extra_args={"Metadata": meta},
+                                                      subscribers=[_Subscriber(observer, None, done)]))
+                    else:
+                        dest = Path(item.path)
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        temps[item.key] = _temp_path(dest)
+                        futures.append(manager.download(storage.bucket, item.key, str(temps[item.key]),
+                                                        subscribers=[_Subscriber(observer, item.size, done)]))
+                for fut in futures:
+                    try:
+                        fut.result()
+                    except Exception:  # noqa: BLE001 - recorded by on_done
+                        pass
         except BaseException:
-            manager.shutdown(cancel=True, cancel_msg="interrupted")
+            pool.shutdown(wait=True, cancel_futures=True)
             _remove(temps.values())
             raise
-        manager.shutdown()
         while True:  # finish() may still be running for the last files
             with lock:
                 pending = [f for f in finishing if not f.done()]

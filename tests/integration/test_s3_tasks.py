@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from invoke.exceptions import Exit
 from deploy.errors import StorageError
 from deploy.settings import load_settings
 from deploy.storage import Storage
-from deploy.sync import SyncObserver, execute, plan_download
+from deploy.sync import SyncObserver, execute, plan_download, plan_upload
 from tasks import s3 as s3tasks
 from tests.harness.servers import free_port
 
@@ -118,8 +120,9 @@ def test_checkpoints_list_and_latest_by_global_step(s3_env, storage: Storage, tm
     rows = json.loads(listed.stdout)
     assert [r["step"] for r in rows] == [None, 9999, 14000, 99999, 140000]
     assert rows[2]["val_loss"] == 2.5 and rows[2]["step_source"] == "metadata"
-    table = fab("s3.checkpoints").stdout
+    table = run_task(s3tasks.checkpoints, capsys)
     assert "latest: epoch=100-step=140000.ckpt" in table
+    assert table.index("epoch=9-step=9999") < table.index("epoch=10-step=14000") < table.index("epoch=100-step")
 
     out = run_task(s3tasks.download_checkpoint, capsys, latest=True, dest=str(tmp_path / "got"))
     assert "Latest checkpoint: epoch=100-step=140000.ckpt (step 140000)." in out
@@ -182,6 +185,26 @@ def test_interrupted_download_leaves_no_file(storage: Storage, tmp_path: Path) -
     with pytest.raises(RuntimeError, match="operator stopped"):
         execute(storage, plan_download(storage, storage.key("datasets", "big"), dest), observer=Interrupting())
     assert list(dest.rglob("*")) == []
+
+
+def test_ctrl_c_during_a_download_leaves_only_whole_verified_files(storage: Storage, s3_env, tmp_path: Path) -> None:
+    files = {f"wavs/{i:02d}.wav": os.urandom(3 * 1024 * 1024) for i in range(20)}
+    write_tree(tmp_path / "ds", files)
+    execute(storage, plan_upload(storage, tmp_path / "ds", storage.key("datasets", "ds")))
+    dest = tmp_path / "got"
+    proc = subprocess.Popen([FAB, "--search-root", str(REPO), "s3.download-dataset", "--name", "ds", "--dest", str(dest)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(dest.rglob("*.part*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # poll until the first transfer is in flight
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode in (130, 0), out + err  # 0 only if it finished before the signal landed
+    if proc.returncode == 130:
+        assert "Interrupted; nothing half-written was left behind." in err
+    landed = read_tree(dest) if dest.exists() else {}
+    assert all(name.endswith(".wav") for name in landed), sorted(landed)
+    assert all(files[name] == data for name, data in landed.items())
 
 
 def test_corrupt_object_is_refused_and_leaves_no_file(storage: Storage, tmp_path: Path) -> None:
