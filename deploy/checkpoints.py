@@ -30,6 +30,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy.storage import CHECKPOINTS, LOGS, ObjectInfo, Storage
+from deploy.sync import head  # names wrong credentials as such, not as "access denied"
 
 CHECKPOINT_SUFFIX = ".ckpt"
 EPOCH_KEY = "epoch"
@@ -195,7 +196,7 @@ def latest_checkpoint(storage: Storage) -> CheckpointInfo | None:
 
 def find_checkpoint(storage: Storage, name: str) -> CheckpointInfo | None:
     """The checkpoint called ``name`` (a file name under ``checkpoints/``), or None."""
-    info = storage.head(storage.key(CHECKPOINTS, name))
+    info = head(storage, storage.key(CHECKPOINTS, name))
     return CheckpointInfo.from_object(info) if info is not None else None
 
 

@@ -378,6 +378,26 @@ def plan_download(storage: Storage, prefix: str, local_dir: str | os.PathLike[st
     return _plan(DOWN, str(local_dir), storage.url(prefix), locals_, objects, dest, {}, storage, cache, {})
 
 
+def head(storage: Storage, key: str) -> ObjectInfo | None:
+    """:meth:`Storage.head`, with the real reason when S3 answers a head with a bare 403.
+
+    A head response has no body, so wrong credentials look like "access denied"; a one-key listing
+    returns the error code (InvalidAccessKeyId, SignatureDoesNotMatch) that names what to fix.
+    """
+    try:
+        return storage.head(key)
+    except StorageError as exc:
+        cause = exc.__cause__
+        code = cause.response.get("Error", {}).get("Code") if isinstance(cause, ClientError) else None
+        if code not in ("403", "AccessDenied", "Forbidden"):
+            raise
+        try:
+            storage.client.list_objects_v2(Bucket=storage.bucket, Prefix=key, MaxKeys=1)
+        except (ClientError, BotoCoreError) as probe:
+            raise storage.explain(probe, key) from probe
+        raise
+
+
 def plan_upload_file(storage: Storage, path: str | os.PathLike[str], key: str,
                      metadata: Mapping[str, str] | None = None) -> SyncPlan:
     """Plan uploading one file to ``key``; skipped when the object already holds the same bytes."""
@@ -387,7 +407,7 @@ def plan_upload_file(storage: Storage, path: str | os.PathLike[str], key: str,
     st = path.stat()
     name = path.name
     local = {name: _Local(name, str(path), st.st_size, st.st_mtime_ns)}
-    info = storage.head(key)
+    info = head(storage, key)
     objects = {name: info} if info is not None else {}
     return _plan(UP, str(path), storage.url(key), local, objects, {}, {name: key}, storage, SyncCache(),
                  metadata or {}, headed=True)
@@ -395,7 +415,7 @@ def plan_upload_file(storage: Storage, path: str | os.PathLike[str], key: str,
 
 def plan_download_file(storage: Storage, key: str, dest: str | os.PathLike[str]) -> SyncPlan:
     """Plan downloading the object ``key`` to the file ``dest``; skipped when ``dest`` already matches."""
-    info = storage.head(key)
+    info = head(storage, key)
     if info is None:
         raise StorageError(f"No object {storage.url(key)} at {storage.endpoint}; check the name.")
     dest = Path(dest)

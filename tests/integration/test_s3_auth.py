@@ -80,6 +80,14 @@ def test_wrong_secret_is_named_and_never_shown(auth_server, tmp_path: Path) -> N
     assert "wrong-secret-1a2b3c4d" not in result.stdout + result.stderr
 
 
+def test_wrong_secret_on_a_single_object_head_is_not_called_a_permission_problem(auth_server) -> None:
+    server, creds = auth_server
+    result = fab(server, "s3.download-checkpoint", "--name", "epoch=1-step=10.ckpt",
+                 AWS_ACCESS_KEY_ID=creds["AWS_ACCESS_KEY_ID"], AWS_SECRET_ACCESS_KEY="wrong-secret-1a2b3c4d")
+    assert result.returncode == 1
+    assert "rejected the request signature; check AWS_SECRET_ACCESS_KEY" in result.stderr
+
+
 def test_check_names_exactly_the_missing_permissions(auth_server) -> None:
     server, creds = auth_server
     result = fab(server, "s3.check", **creds)
