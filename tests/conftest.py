@@ -123,3 +123,18 @@ def base_image(docker_client) -> str:
     from deploy.baseimage import ensure_base_image
 
     return ensure_base_image(docker_client).tag
+
+
+@pytest.fixture(scope="session")
+def training_image(docker_client, base_image: str) -> Iterator[str]:
+    """The project's training image (docker/Dockerfile) on the test base image, built once, offline."""
+    from tests.harness.fab import REPO
+
+    tag = f"gpu-deploy-test-train:session-{uuid.uuid4().hex[:8]}"
+    docker_client.images.build(path=str(REPO), dockerfile="docker/Dockerfile", tag=tag, rm=True, forcerm=True,
+                               buildargs={"BASE_IMAGE": base_image}, network_mode="none")
+    yield tag
+    try:
+        docker_client.images.remove(tag, force=True)
+    except Exception:  # noqa: BLE001 - a test may have removed it already
+        pass
