@@ -106,6 +106,20 @@ class PermanentError(Exception):
 Observer = Callable[[UploadEvent], None]
 
 
+def lower_priority(nice: int) -> bool:
+    """Give the calling thread (and the transfer threads it starts, which inherit it) a lower CPU
+    priority, so hashing and HTTP work yield to the training loop on a busy machine. Linux only;
+    elsewhere, or without permission, it quietly does nothing."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return False
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:
+        return False
+    return True
+
+
 def _log_event(event: UploadEvent) -> None:
     if event.kind == "retrying":
         log.warning("S3 upload of %s failed (attempt %d): %s; retrying in %.1f s",
@@ -125,7 +139,7 @@ class BackgroundUploader:
 
     def __init__(self, transfer: Callable[[UploadJob], Any], *, max_pending: int = 16,
                  backoff: Backoff | None = None, observer: Observer = _log_event,
-                 name: str = "s3-sync") -> None:
+                 name: str = "s3-sync", nice: int = 10) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending}")
         self._transfer = transfer
@@ -133,6 +147,7 @@ class BackgroundUploader:
         self.backoff = backoff or Backoff()
         self._observer = observer
         self._name = name
+        self.nice = nice
         self._cond = threading.Condition()
         self._pending: OrderedDict[str, UploadJob] = OrderedDict()
         self._set_aside: OrderedDict[str, UploadJob] = OrderedDict()
@@ -234,6 +249,7 @@ class BackgroundUploader:
             log.exception("S3 sync observer failed")
 
     def _run(self) -> None:
+        lower_priority(self.nice)
         while True:
             with self._cond:
                 while not self._pending and not self._closed:

@@ -139,3 +139,17 @@ def test_copy_first_uploads_a_consistent_copy_of_a_growing_file(tmp_path: Path) 
 def test_invalid_queue_bound_is_refused() -> None:
     with pytest.raises(ValueError, match="max_pending"):
         BackgroundUploader(FlakyTransfer(), max_pending=0)
+
+
+def test_the_worker_thread_runs_at_a_lower_cpu_priority(tmp_path: Path) -> None:
+    import os
+
+    seen = []
+
+    def transfer(job: UploadJob) -> None:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    uploader = BackgroundUploader(transfer, nice=5)
+    uploader.submit(UploadJob(key="k", path=write(tmp_path, "a", b"A")))
+    assert uploader.close(timeout=5).ok
+    assert seen == [min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)]
