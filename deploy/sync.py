@@ -691,8 +691,8 @@ def _remove(paths: Iterable[Path]) -> None:
 
 def _raise_first(storage: Storage, direction: str, errors: list[tuple[SyncItem, BaseException]], total: int) -> None:
     for _, exc in errors:
-        if not isinstance(exc, (Exception,)) or not _is_storage_failure(exc):
-            raise exc  # an interrupt or a bug: keep its type and traceback
+        if not _is_storage_failure(exc):
+            raise exc  # an interrupt, an observer's or a bug's exception: keep its type and traceback
     item, exc = errors[0]
     cause = _storage_cause(exc)
     first = cause if isinstance(cause, DeployError) else storage.explain(cause, item.key)

@@ -225,7 +225,8 @@ def test_check_passes_with_full_permissions_and_leaves_nothing(s3_env, storage: 
     assert "All permissions the project needs are in place." in result.stdout
     assert "s3:AbortMultipartUpload" in result.stdout
     assert list(storage.list(storage.key(".gpu-deploy-check"))) == []
-    assert storage.multipart_uploads(storage.key(".gpu-deploy-check")) == []
+    uploads = storage.client.list_multipart_uploads(Bucket=storage.bucket, Prefix=storage.key(".gpu-deploy-check"))
+    assert uploads.get("Uploads", []) == []
 
 
 def test_missing_bucket_is_named(s3_env, tmp_path: Path) -> None:
