@@ -186,3 +186,20 @@ def test_download_plan_refuses_keys_that_climb_out(tmp_path: Path) -> None:
 def test_missing_local_directory_is_named(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match=f"The local directory {tmp_path / 'nope'} does not exist"):
         scan_local(tmp_path / "nope")
+
+
+def test_cache_forgets_nothing_it_should_not_trust(tmp_path: Path) -> None:
+    cache = SyncCache(tmp_path / "c.json")
+    now = 10_000_000_000_000
+    cache.remember_local("old", LocalFacts(1, now - 5_000_000_000, "a"), hashed_at_ns=now)
+    cache.remember_local("racy", LocalFacts(1, now - 10_000_000, "b"), hashed_at_ns=now)  # same clock tick
+    cache.remember_remote("obj", RemoteFacts("etag-1", 1, "c"))
+    cache.save()
+    again = SyncCache(tmp_path / "c.json")
+    assert again.local("old", 1, now - 5_000_000_000) is not None
+    assert again.local("old", 1, now - 4_000_000_000) is None  # touched since: hash again
+    assert again.local("racy", 1, now - 10_000_000) is None
+    assert again.remote("obj", "etag-1", 1).sha256 == "c"
+    assert again.remote("obj", "etag-2", 1) is None  # rewritten: a new ETag
+    (tmp_path / "c.json").write_text("{not json")
+    assert SyncCache(tmp_path / "c.json").local("old", 1, now - 5_000_000_000) is None  # corrupt = empty
