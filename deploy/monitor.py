@@ -46,7 +46,8 @@ class RunStatus:
         lines += [f"note        {n}" for n in self.notes]
         if self.log_tail.strip():
             lines.append("last log lines:")
-            lines += ["  " + line for line in self.log_tail.rstrip().splitlines()]
+            # Progress bars redraw with \r: show what the last redraw of each line says.
+            lines += ["  " + line.split("\r")[-1] for line in self.log_tail.rstrip().split("\n")]
         return lines
 
 
