@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import paramiko
 from fabric import Config, Connection
 
-from deploy.errors import ConfigError, HostError
+from deploy.errors import ConfigError, DeployError, HostError
 from deploy.settings import Settings
 
 RUNPOD_PROXY_SUFFIX = "ssh.runpod.io"
@@ -195,3 +197,25 @@ def require_sftp(spec: HostSpec) -> None:
         raise HostError(
             f"{spec.host} is RunPod's proxy SSH, which has no SFTP or scp; file transfer needs the pod's "
             "exposed TCP port: set RUNPOD_HOST to the public IP and RUNPOD_PORT to the mapped SSH port.")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    spec: HostSpec
+    result: Any = None
+    error: DeployError | None = None
+
+
+def for_each_host(specs: list[HostSpec], work: Callable[[HostSpec], Any]) -> list[Outcome]:
+    """Run ``work`` on every host in parallel and collect every host's outcome (fabric Group style)."""
+
+    def one(spec: HostSpec) -> Outcome:
+        try:
+            return Outcome(spec, result=work(spec))
+        except DeployError as exc:
+            return Outcome(spec, error=exc)
+
+    if len(specs) == 1:
+        return [one(specs[0])]
+    with ThreadPoolExecutor(max_workers=min(8, len(specs))) as pool:
+        return list(pool.map(one, specs))

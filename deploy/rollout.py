@@ -170,14 +170,19 @@ class DeployResult:
 
 
 def execute(conn, plan: DeployPlan, images: ImageSource, storage: Storage | None = None,
-            wait: float = 300.0, log: Callable[[str], None] = lambda s: None) -> DeployResult:
-    """Perform the plan's steps in order; then wait for training to start."""
+            wait: float = 300.0, log: Callable[[str], None] = lambda s: None, start: bool = True) -> DeployResult:
+    """Perform the plan's steps in order; then wait for training to start.
+
+    ``start=False`` leaves the start step to the caller (a multi-node group starts rank 0 first).
+    """
     if plan.problems:
         raise HostError(f"{plan.spec.host}:{plan.spec.port}: {plan.problems[0]}")
     started = time.monotonic()
     d = plan.desired
     done: list[str] = []
     for step in plan.steps:
+        if step.name in ("start", "restart") and not start:
+            continue
         log(f"{plan.spec.host}: {step.name}: {step.detail}")
         if step.name == "create-dir":
             conn.run(f"mkdir -p {shlex.quote(d.remote_dir)}", hide=True, in_stream=False)
@@ -271,3 +276,176 @@ def stage_local_dataset(storage: Storage, folder: str, dry_run: bool = False) ->
     if dry_run:
         return name, plan.headline()
     return name, execute_sync(storage, plan, cache=cache).summary()
+
+
+# --------------------------------------------------------------------------- a whole rollout
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One deploy over one or more hosts; with ``num_nodes`` > 1 they train one run together."""
+
+    image_ref: str
+    image_id: str
+    image_bytes: int
+    remote_dir: str
+    data_dir: str | None = None
+    dataset: str | None = None
+    restart: bool = False
+    wait: float = 300.0
+    num_nodes: int = 1
+    master_addr: str | None = None
+    master_port: int = 29500
+
+    def desired(self, spec: HostSpec, settings, rank: int, devices: int) -> DesiredRun:
+        from deploy.envship import plan_env
+
+        remote_dir = spec.workdir(self.remote_dir)
+        data_dir = self.data_dir or f"{remote_dir}/data"
+        extra = {"IMAGE": self.image_ref, "DATA_DIR": data_dir, "ENABLE_S3_SYNC": "1", "CHECKPOINT": "s3"}
+        if self.num_nodes > 1:
+            extra.update(NUM_NODES=str(self.num_nodes), NODE_RANK=str(rank), DEVICES=str(devices),
+                         MASTER_ADDR=self.master_addr or "", MASTER_PORT=str(self.master_port))
+        return DesiredRun(image_ref=self.image_ref, image_id=self.image_id, remote_dir=remote_dir,
+                          env=plan_env(settings, extra=extra), dataset=self.dataset, data_dir=data_dir,
+                          restart=self.restart)
+
+
+def prepare(conn, spec: HostSpec, rollout: Rollout, settings, rank: int, storage: Storage | None) -> DeployPlan:
+    """Gather (read-only) and plan one host; the .env carries its rank and the GPUs the probe found."""
+    first = rollout.desired(spec, settings, rank, devices=1)
+    state = gather(conn, first, storage)
+    desired = rollout.desired(spec, settings, rank, devices=max(1, len(state.facts.gpus)))
+    return plan_deploy(spec, desired, state, image_bytes=rollout.image_bytes)
+
+
+RENDEZVOUS_LISTENER = r"""
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(16); s.settimeout(float(sys.argv[2]))
+print("listening", flush=True)
+try:
+    while True:
+        s.accept()[0].close()
+except OSError:
+    pass
+"""
+
+RENDEZVOUS_PROBE = r"""
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()
+except OSError as exc:
+    print("unreachable: %s" % exc); sys.exit(1)
+"""
+
+
+def check_rendezvous(conns: list, specs: list[HostSpec], addr: str, port: int) -> None:
+    """Every other host must reach ``addr:port`` on rank 0 before anything starts.
+
+    Rank 0 listens on the port for a few seconds (nothing listens there before training starts);
+    each other host connects to it.
+    """
+    listener = (f"rm -f /tmp/gpu-deploy-rendezvous.log; nohup python3 -c {shlex.quote(RENDEZVOUS_LISTENER)} {port} 20 "
+                "> /tmp/gpu-deploy-rendezvous.log 2>&1 & echo $!")
+    pid = conns[0].run(listener, hide=True, in_stream=False).stdout.strip()
+    try:
+        deadline = time.monotonic() + 10
+        while "listening" not in conns[0].run("cat /tmp/gpu-deploy-rendezvous.log", hide=True, warn=True,
+                                                 in_stream=False).stdout:
+            if time.monotonic() > deadline:
+                raise HostError(f"Rank 0 ({specs[0].host}) cannot listen on port {port}; is it in use? "
+                                "Choose another MASTER_PORT.")
+            time.sleep(0.2)
+        for conn, spec in zip(conns[1:], specs[1:]):
+            probe_cmd = f"python3 -c {shlex.quote(RENDEZVOUS_PROBE)} {shlex.quote(addr)} {port}"
+            if not conn.run(probe_cmd, hide=True, warn=True, in_stream=False).ok:
+                raise HostError(f"{spec.host} cannot reach MASTER_ADDR {addr}:{port} on rank 0 ({specs[0].host}); "
+                                "set MASTER_ADDR to an address of rank 0 the other hosts can reach (often its "
+                                "private network address) and open MASTER_PORT between the hosts.")
+    finally:
+        conns[0].run(f"kill {pid} 2>/dev/null", hide=True, warn=True, in_stream=False)
+
+
+def start_group(conns: list, plans: list[DeployPlan], wait: float, log: Callable[[str], None]) -> list[ServiceState]:
+    """Start a multi-node group: all stopped first, then rank 0, then the others; on a failure stop all."""
+    for conn, plan in zip(conns, plans):
+        if plan.project.state(conn).running:
+            plan.project.stop(conn)
+    states: list[ServiceState] = []
+    try:
+        for rank, (conn, plan) in enumerate(zip(conns, plans)):
+            log(f"{plan.spec.host}: start rank {rank}")
+            plan.project.up(conn, recreate=True)
+        for conn, plan in zip(conns, plans):
+            try:
+                states.append(wait_for_training(conn, plan.project, wait))
+            except HostError as exc:
+                raise HostError(f"{plan.spec.host}:{plan.spec.port} failed to start: {exc}") from exc
+    except HostError:
+        for conn, plan in zip(conns, plans):
+            plan.project.stop(conn, timeout=30)
+        raise
+    return states
+
+
+def deploy_hosts(specs: list[HostSpec], rollout: Rollout, settings, options, storage: Storage, images: ImageSource,
+                 dry_run: bool = False, log: Callable[[str], None] = print) -> list:
+    """Independent runs on each host, in parallel; every host's outcome is collected."""
+    from deploy.hosts import connect, for_each_host
+
+    def work(spec: HostSpec):
+        with connect(spec, options) as conn:
+            plan = prepare(conn, spec, rollout, settings, rank=0, storage=storage)
+            log("\n".join(plan.describe()))
+            if plan.problems:
+                raise HostError(f"{spec.host}:{spec.port}: {plan.problems[0]}")
+            return None if dry_run else execute(conn, plan, images, storage, wait=rollout.wait, log=log)
+
+    return for_each_host(specs, work)
+
+
+def deploy_group(specs: list[HostSpec], rollout: Rollout, settings, options, storage: Storage, images: ImageSource,
+                 dry_run: bool = False, log: Callable[[str], None] = print) -> list:
+    """One run across ``specs`` (rank = position): prepare all, check the rendezvous, start rank 0 first.
+
+    A group starts together: if any node must (re)start, every node restarts from the latest
+    checkpoint in S3, since a DDP group cannot take a node back midway.
+    """
+    from deploy.hosts import Outcome, connect, for_each_host
+
+    if len(specs) != rollout.num_nodes:
+        raise HostError(f"A {rollout.num_nodes}-node run needs {rollout.num_nodes} hosts; {len(specs)} were given "
+                        "(RUNPOD_HOST or --hosts, comma-separated, rank 0 first).")
+    conns = [connect(spec, options) for spec in specs]
+    try:
+        planned = for_each_host(specs, lambda spec: prepare(conns[specs.index(spec)], spec, rollout, settings,
+                                                            rank=specs.index(spec), storage=storage))
+        for o in planned:
+            if o.result is not None:
+                log("\n".join(o.result.describe()))
+        problems = [Outcome(o.spec, error=o.error or HostError(f"{o.spec.host}:{o.spec.port}: {o.result.problems[0]}"))
+                    for o in planned if o.error is not None or o.result.problems]
+        if problems:
+            return problems + [Outcome(o.spec, error=HostError("not started: another host failed"))
+                               for o in planned if o.spec not in {p.spec for p in problems}]
+        plans = [o.result for o in planned]
+        if dry_run:
+            return [Outcome(p.spec) for p in plans]
+        restart = rollout.restart or any(p.needs("start") or p.needs("restart") for p in plans)
+        prepared = for_each_host(specs, lambda spec: execute(conns[specs.index(spec)], plans[specs.index(spec)],
+                                                             images, storage, wait=rollout.wait, log=log,
+                                                             start=False))
+        if any(o.error for o in prepared) or not restart:
+            return prepared
+        started = time.monotonic()
+        check_rendezvous(conns, specs, rollout.master_addr or specs[0].host, rollout.master_port)
+        states = start_group(conns, plans, rollout.wait, log)
+        return [Outcome(o.spec, result=DeployResult(
+                    spec=o.spec, done=o.result.done + ("start",), service=state,
+                    seconds=o.result.seconds + time.monotonic() - started,
+                    follow=f"fab logs --follow --hosts={o.spec}"))
+                for o, state in zip(prepared, states)]
+    finally:
+        for conn in conns:
+            conn.close()

@@ -252,6 +252,18 @@ class Settings:
     train_command: str = setting(
         "TRAIN_COMMAND", "Training command the image runs (default: the demo model).",
         "python -m piper.train fit --config /workspace/data/config.yaml", default="", group="training")
+    num_nodes: int = setting(
+        "NUM_NODES", "Hosts one run trains across (torch.distributed); each host gets its NODE_RANK.", "1",
+        default=1, parse=_parse_int(1, 1024), group="training")
+    master_addr: str | None = setting(
+        "MASTER_ADDR", "Address of rank 0 as the other hosts reach it (default: rank 0's SSH address).",
+        "10.0.0.2", group="training")
+    master_port: int = setting(
+        "MASTER_PORT", "Rendezvous port on rank 0 for multi-node training.", "29500", default=29500,
+        parse=_parse_int(1, 65535), group="training")
+    devices: str = setting(
+        "DEVICES", "Devices per node for Lightning (deploy sets the GPU count the probe found).", "8",
+        default="", group="training")
     image: str = setting(
         "IMAGE", "Training image (name:tag) in the local Docker engine.", "gpu-deploy-train:latest",
         default="gpu-deploy-train:latest", group="training")

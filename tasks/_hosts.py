@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from deploy.errors import DeployError, HostError
-from deploy.hosts import HostOptions, HostSpec, hosts_from
+from deploy.hosts import HostOptions, HostSpec, Outcome, for_each_host, hosts_from
 from deploy.settings import Settings
 
 HOSTS_HELP = "Hosts, comma-separated user@host:port (default: RUNPOD_HOST; fab -H works too)."
@@ -19,28 +16,6 @@ def targets(c: Any, settings: Settings, hosts: str | None) -> list[HostSpec]:
     if hosts is None and hasattr(c, "host") and hasattr(c, "port"):
         return [HostSpec(c.host, int(c.port), c.user)]
     return hosts_from(settings, hosts)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    spec: HostSpec
-    result: Any = None
-    error: DeployError | None = None
-
-
-def for_each_host(specs: list[HostSpec], work: Callable[[HostSpec], Any]) -> list[Outcome]:
-    """Run ``work`` on every host in parallel and collect every host's outcome (fabric Group style)."""
-
-    def one(spec: HostSpec) -> Outcome:
-        try:
-            return Outcome(spec, result=work(spec))
-        except DeployError as exc:
-            return Outcome(spec, error=exc)
-
-    if len(specs) == 1:
-        return [one(specs[0])]
-    with ThreadPoolExecutor(max_workers=min(8, len(specs))) as pool:
-        return list(pool.map(one, specs))
 
 
 def raise_if_failed(outcomes: list[Outcome]) -> None:

@@ -60,6 +60,7 @@ def ssh(c, hosts=None, env_file=None):
     help={
         "image": "Training image name:tag in the bucket (default: IMAGE).",
         "dataset": "Dataset to stage: a name under datasets/ in the bucket, or a local folder (default: DATASET).",
+        "nodes": "Train one run across this many hosts (default: NUM_NODES); ranks follow the host order.",
         "restart": "Recreate the service even if nothing changed (it resumes from S3).",
         "dry_run": DRY_RUN_HELP,
         "wait": "Seconds to wait for training to start (default 300).",
@@ -68,17 +69,16 @@ def ssh(c, hosts=None, env_file=None):
     }
 )
 @boundary
-def deploy_runpod(c, image=None, dataset=None, restart=False, dry_run=False, wait=300, hosts=None, env_file=None):
+def deploy_runpod(c, image=None, dataset=None, nodes=None, restart=False, dry_run=False, wait=300, hosts=None,
+                  env_file=None):
     """Deploy the training service to the GPU host(s): probe, provision, ship .env, load image, start."""
-    from deploy.envship import plan_env
-    from deploy.rollout import BucketImages, DesiredRun, execute, gather, plan_deploy, stage_local_dataset
+    from deploy.rollout import BucketImages, Rollout, deploy_group, deploy_hosts, stage_local_dataset
     from deploy.storage import Storage
 
-    settings = settings_from_flags(env_file=env_file, IMAGE=image, DATASET=dataset)
-    settings.require("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET", *([] if hosts or hasattr(c, "host")
-                                                                                   else ["RUNPOD_HOST"]))
+    settings = settings_from_flags(env_file=env_file, IMAGE=image, DATASET=dataset, NUM_NODES=nodes)
+    settings.require("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET",
+                     *([] if hosts or hasattr(c, "host") else ["RUNPOD_HOST"]))
     specs = targets(c, settings, hosts)
-    opts = options(settings)
     storage = Storage.from_settings(settings)
     images = BucketImages(storage, log=print)
     image_id, image_bytes = images.image_id(settings.image)
@@ -86,25 +86,12 @@ def deploy_runpod(c, image=None, dataset=None, restart=False, dry_run=False, wai
     if dataset_name and os.path.isdir(dataset_name):
         dataset_name, what = stage_local_dataset(storage, dataset_name, dry_run=dry_run)
         print(f"dataset   {what}")
-
-    def desired_for(spec):
-        remote_dir = spec.workdir(settings.remote_dir)
-        data_dir = settings.data_dir or f"{remote_dir}/data"
-        env = plan_env(settings, extra={"IMAGE": settings.image, "DATA_DIR": data_dir,
-                                        "ENABLE_S3_SYNC": "1", "CHECKPOINT": "s3"})
-        return DesiredRun(image_ref=settings.image, image_id=image_id, remote_dir=remote_dir, env=env,
-                          dataset=dataset_name, data_dir=data_dir, restart=restart)
-
-    def work(spec):
-        with connect(spec, opts) as conn:
-            desired = desired_for(spec)
-            plan = plan_deploy(spec, desired, gather(conn, desired, storage), image_bytes=image_bytes)
-            print("\n".join(plan.describe()))
-            if plan.problems:
-                raise HostError(f"{spec.host}:{spec.port}: {plan.problems[0]}")
-            return None if dry_run else execute(conn, plan, images, storage, wait=float(wait), log=print)
-
-    outcomes = for_each_host(specs, work)
+    rollout = Rollout(image_ref=settings.image, image_id=image_id, image_bytes=image_bytes,
+                      remote_dir=settings.remote_dir, data_dir=settings.data_dir, dataset=dataset_name,
+                      restart=restart, wait=float(wait), num_nodes=settings.num_nodes,
+                      master_addr=settings.master_addr or specs[0].host, master_port=settings.master_port)
+    run = deploy_group if settings.num_nodes > 1 else deploy_hosts
+    outcomes = run(specs, rollout, settings, options(settings), storage, images, dry_run=dry_run, log=print)
     for o in outcomes:
         if o.error is not None:
             print(f"{o.spec}: failed: {o.error}")

@@ -76,6 +76,11 @@ def plan_launch(command: Sequence[str], resume: ResumePlan, settings: Settings, 
             for callback in SYNC_CALLBACKS:
                 if not any(callback in a for a in cmd):
                     cmd.append(f"--trainer.callbacks+={callback}")
+        if settings.num_nodes > 1:  # a multi-node group: deploy set NODE_RANK, MASTER_ADDR and MASTER_PORT
+            group = {"num_nodes": str(settings.num_nodes), "devices": settings.devices or "auto", "strategy": "ddp"}
+            for name, value in group.items():
+                if not any(a.startswith(f"--trainer.{name}") for a in cmd):
+                    cmd.append(f"--trainer.{name}={value}")
     return Launch(tuple(cmd), env, resume)
 
 
