@@ -63,6 +63,7 @@ class IterReader:
                  on_read: Callable[[int], None] | None = None) -> None:
         self._buf = memoryview(b"")
         self._on_read = on_read
+        self.total = 0
         self._error: BaseException | None = None
         if prefetch > 0:
             self._queue: queue.Queue | None = queue.Queue(maxsize=prefetch)
@@ -122,6 +123,7 @@ class IterReader:
                     chunk = next(self._iter)
                 except StopIteration:
                     break
+                self.total += len(chunk)
                 if self._on_read:
                     self._on_read(len(chunk))
                 self._buf = memoryview(chunk)

@@ -248,7 +248,7 @@ class Storage:
         return TransferResult(key=key, path=str(path), bytes=size, seconds=time.monotonic() - started, sha256=digest)
 
     def upload_stream(self, stream: IO[bytes], key: str, metadata: Mapping[str, str] | None = None,
-                      progress: Progress = _no_progress) -> TransferResult:
+                      progress: Progress = _no_progress, config: TransferConfig | None = None) -> TransferResult:
         """Upload a non-seekable stream as concurrent multipart parts; memory stays bounded."""
         started = time.monotonic()
         moved = 0
@@ -260,7 +260,7 @@ class Storage:
 
         try:
             self.client.upload_fileobj(stream, self.bucket, key, ExtraArgs={"Metadata": dict(metadata or {})},
-                                       Config=self.config, Callback=counted)
+                                       Config=config or self.config, Callback=counted)
         except (ClientError, BotoCoreError) as exc:
             raise self.explain(exc, key) from exc
         return TransferResult(key=key, path="-", bytes=moved, seconds=time.monotonic() - started)
@@ -311,4 +311,42 @@ class Storage:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
         except (ClientError, BotoCoreError) as exc:
+            raise self.explain(exc, key) from exc
+
+    def presigned_get(self, key: str, expires: int = 900) -> str:
+        """A GET URL for ``key`` valid ``expires`` seconds: a host without credentials can fetch it."""
+        try:
+            return self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires)
+        except (ClientError, BotoCoreError) as exc:
+            raise self.explain(exc, key) from exc
+
+    def copy(self, source_key: str, dest_key: str) -> None:
+        """Server-side copy inside the bucket (multipart for large objects); metadata is kept."""
+        try:
+            self.client.copy({"Bucket": self.bucket, "Key": source_key}, self.bucket, dest_key, Config=self.config)
+        except (ClientError, BotoCoreError) as exc:
+            raise self.explain(exc, source_key) from exc
+
+    def multipart_uploads(self, prefix: str) -> list[dict[str, Any]]:
+        """Unfinished multipart uploads under ``prefix``: ``{"key", "upload_id", "initiated"}`` each."""
+        found: list[dict[str, Any]] = []
+        try:
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for upload in page.get("Uploads", []) or []:
+                    found.append({"key": upload["Key"], "upload_id": upload["UploadId"],
+                                  "initiated": upload.get("Initiated")})
+        except (ClientError, BotoCoreError) as exc:
+            raise self.explain(exc, prefix) from exc
+        return found
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Abort one multipart upload: S3 drops its parts (they are billed until then)."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise self.explain(exc, key) from exc
+        except BotoCoreError as exc:
             raise self.explain(exc, key) from exc

@@ -1,0 +1,443 @@
+"""The host side of `image-from-s3`: fetch, verify, decompress and `docker load`, with stdlib only.
+
+This file is shipped as text over the SSH session's stdin (or a local process's stdin) together
+with a JSON job, and run by the host's ``python3``: the host needs no AWS credentials, no AWS CLI
+and not this package; only short-lived presigned URLs, ``docker``, and ``zstd`` for zstd objects.
+Keep it importable on Python 3.6+ and free of third-party imports.
+
+Modes:
+
+- ``facts``: which images and layer chains the engine has, and whether ``zstd`` is there.
+- ``load``: stream the needed objects (parallel ranged GETs, bounded memory), verify each
+  object's sha256 and size and each layer's diff id while streaming, decompress, and feed
+  ``docker load`` a save tar. On any mismatch ``docker load`` is killed before the tar ends, so
+  the engine loads nothing, and the error names the key and both checksums.
+
+Progress goes to stderr as ``PROGRESS <bytes downloaded>`` lines; the result is one JSON line on
+stdout.
+"""
+
+import collections
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+CHUNK = 1024 * 1024
+HOLDBACK = 1024 * 1024
+
+
+class LoadError(Exception):
+    pass
+
+
+def log_progress(n):
+    sys.stderr.write("PROGRESS %d\n" % n)
+    sys.stderr.flush()
+
+
+# ----------------------------------------------------------------------------- facts
+
+
+def docker_json(args):
+    proc = subprocess.run(["docker"] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if proc.returncode != 0:
+        raise LoadError("docker %s failed: %s" % (" ".join(args[:2]), proc.stderr.decode(errors="replace").strip()))
+    return proc.stdout.decode()
+
+
+def facts(job):
+    if shutil.which("docker") is None:
+        return {"ok": False, "error": "docker is not installed or not on PATH"}
+    try:
+        ids = docker_json(["image", "ls", "-aq", "--no-trunc"]).split()
+        images = {}
+        tags = {}
+        if ids:
+            for info in json.loads(docker_json(["image", "inspect"] + sorted(set(ids)))):
+                images[info["Id"]] = (info.get("RootFS") or {}).get("Layers") or []
+                for tag in info.get("RepoTags") or []:
+                    tags[tag] = info["Id"]
+    except LoadError as exc:
+        return {"ok": False, "error": str(exc)}
+    return {"ok": True, "images": images, "tags": tags, "zstd": shutil.which("zstd") is not None}
+
+
+# ----------------------------------------------------------------------------- fetching
+
+
+def get_range(url, start, end, attempts=4):
+    last = None
+    for attempt in range(attempts):
+        try:
+            req = urllib.request.Request(url, headers={"Range": "bytes=%d-%d" % (start, end)})
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                data = resp.read()
+            if len(data) != end - start + 1:
+                raise LoadError("short read: %d of %d bytes" % (len(data), end - start + 1))
+            return data
+        except urllib.error.HTTPError as exc:
+            if exc.code in (403, 404):
+                raise LoadError("HTTP %d (the presigned URL expired or the object is gone)" % exc.code)
+            last = exc
+        except (OSError, LoadError) as exc:
+            last = exc
+        time.sleep(0.5 * (attempt + 1))
+    raise LoadError("download failed after %d attempts: %s" % (attempts, last))
+
+
+def object_size(url):
+    """The object's total size from a one-byte ranged GET (a presigned URL cannot HEAD)."""
+    req = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            resp.read()
+            content_range = resp.headers.get("Content-Range", "")
+            if "/" in content_range:
+                return int(content_range.rsplit("/", 1)[1])
+            return int(resp.headers.get("Content-Length", "0"))
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416:  # an empty object
+            return 0
+        raise LoadError("HTTP %d" % exc.code)
+
+
+def fetch(url, total, range_size, parallel, counter):
+    """The object's bytes in order, fetched as parallel ranged GETs; at most 2*parallel ranges held."""
+    if total == 0:
+        return
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        offsets = iter(range(0, total, range_size))
+        pending = collections.deque()
+
+        def submit():
+            for start in offsets:
+                pending.append(pool.submit(get_range, url, start, min(total, start + range_size) - 1))
+                return
+
+        for _ in range(parallel * 2):
+            submit()
+        while pending:
+            data = pending.popleft().result()
+            submit()
+            counter(len(data))
+            yield data
+
+
+# ----------------------------------------------------------------------------- decompression
+
+
+def gunzip(chunks):
+    decomp = zlib.decompressobj(31)
+    for chunk in chunks:
+        while chunk:
+            out = decomp.decompress(chunk)
+            if out:
+                yield out
+            if decomp.eof:  # multi-member gzip (parallel compressors write one member per block)
+                chunk = decomp.unused_data
+                decomp = zlib.decompressobj(31)
+            else:
+                chunk = b""
+    tail = decomp.flush()
+    if tail:
+        yield tail
+
+
+def unzstd(chunks):
+    proc = subprocess.Popen(["zstd", "-d", "-c", "-q"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    failure = []
+
+    def feed():
+        try:
+            for chunk in chunks:
+                proc.stdin.write(chunk)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the reading thread
+            failure.append(exc)
+        finally:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        while True:
+            out = proc.stdout.read(CHUNK)
+            if not out:
+                break
+            yield out
+    finally:
+        feeder.join()
+        code = proc.wait()
+    if failure:
+        raise failure[0]
+    if code != 0:
+        raise LoadError("zstd could not decompress it: %s" % proc.stderr.read().decode(errors="replace").strip())
+
+
+def decompress(codec, chunks):
+    if codec == "zstd":
+        return unzstd(chunks)
+    if codec == "gzip":
+        return gunzip(chunks)
+    return chunks
+
+
+class Verified:
+    """Compressed bytes pass through here: counted and hashed, checked against the manifest at the end."""
+
+    def __init__(self, chunks, key, sha256, size):
+        self.chunks, self.key, self.sha256, self.size = chunks, key, sha256, size
+        self.sha = hashlib.sha256()
+        self.count = 0
+
+    def __iter__(self):
+        for chunk in self.chunks:
+            self.sha.update(chunk)
+            self.count += len(chunk)
+            yield chunk
+
+    def drain(self):
+        """Hash whatever the consumer left unread (after a failure, to report the checksum)."""
+        try:
+            for _ in self:
+                pass
+        except (LoadError, ValueError):
+            pass
+
+    def check(self):
+        if self.size is not None and self.count != self.size:
+            raise LoadError("%s is truncated: %d of %d bytes" % (self.key, self.count, self.size))
+        actual = self.sha.hexdigest()
+        if self.sha256 and actual != self.sha256:
+            raise LoadError("%s is corrupt: sha256 %s, expected %s" % (self.key, actual, self.sha256))
+
+
+class ChunkReader:
+    """A read(n) file object over an iterator of chunks, hashing what passes (no quadratic copies)."""
+
+    def __init__(self, chunks):
+        self.it = iter(chunks)
+        self.cur = b""
+        self.pos = 0
+        self.sha = hashlib.sha256()
+        self.count = 0
+
+    def read(self, n=-1):
+        out = []
+        need = n if n is not None and n >= 0 else float("inf")
+        while need > 0:
+            if self.pos >= len(self.cur):
+                try:
+                    self.cur = next(self.it)
+                except StopIteration:
+                    self.cur = b""
+                    break
+                self.pos = 0
+                continue
+            take = self.cur[self.pos:self.pos + need] if need != float("inf") else self.cur[self.pos:]
+            self.pos += len(take)
+            need -= len(take)
+            out.append(take)
+        data = b"".join(out)
+        self.sha.update(data)
+        self.count += len(data)
+        return data
+
+
+# ----------------------------------------------------------------------------- docker load
+
+
+class Loader:
+    """`docker load` fed through its stdin; killed (never finished) when anything fails."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen(["docker", "load"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.output = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        self.output.append(self.proc.stdout.read())
+
+    def write(self, data):
+        try:
+            self.proc.stdin.write(data)
+        except BrokenPipeError:
+            raise LoadError("docker load stopped reading: %s" % self.proc.stderr.read().decode(errors="replace").strip())
+        return len(data)
+
+    def flush(self):
+        pass
+
+    def finish(self):
+        self.proc.stdin.close()
+        code = self.proc.wait()
+        self.reader.join()
+        if code != 0:
+            raise LoadError("docker load failed: %s" % self.proc.stderr.read().decode(errors="replace").strip())
+        return b"".join(self.output).decode(errors="replace")
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def inspect_id(ref):
+    proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+    return proc.stdout.decode().strip() if proc.returncode == 0 else None
+
+
+def load_layers(job, loader, counter):
+    """Write a docker save tar (manifest, config, the needed layers) into ``loader``."""
+    tar = tarfile.open(fileobj=loader, mode="w|", bufsize=CHUNK)
+    for name, text in (("manifest.json", json.dumps(job["manifest"])), (job["config_name"], job["config"])):
+        data = text.encode()
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        tar.addfile(info, io.BytesIO(data))
+    for layer in job["layers"]:
+        if layer.get("skip"):
+            continue
+        source = Verified(fetch(layer["url"], layer["stored_size"], job["range_size"], job["parallel"], counter),
+                          layer["key"], layer["sha256"], layer["stored_size"])
+        reader = ChunkReader(decompress(layer["codec"], source))
+        info = tarfile.TarInfo(layer["name"])
+        info.size, info.mtime, info.mode = layer["size"], 0, 0o644
+        try:
+            tar.addfile(info, reader)
+            extra = reader.read(CHUNK)
+        except (LoadError, OSError, zlib.error) as exc:
+            # Unpacking failed (or the layer ended early): name the object and both checksums.
+            source.drain()
+            source.check()
+            raise LoadError("%s could not be unpacked (%s); its sha256 %s matches the manifest, so the "
+                            "layer itself is wrong: push the image again with --force" % (layer["key"], exc, layer["sha256"]))
+        source.check()
+        diff_id = "sha256:" + reader.sha.hexdigest()
+        if extra or reader.count != layer["size"] or diff_id != layer["diff_id"]:
+            raise LoadError("%s does not decompress to its layer: sha256 %s (%d bytes), expected %s (%d bytes)"
+                            % (layer["key"], diff_id, reader.count + len(extra), layer["diff_id"], layer["size"]))
+    tar.close()  # the end-of-archive blocks go out only once every layer has been verified
+
+
+class Tee:
+    """Reads decompressed archive bytes for tarfile while forwarding them to docker load.
+
+    The last HOLDBACK bytes (they hold the end-of-archive blocks) are sent only once the whole
+    object has been verified, so a corrupt archive never reaches a complete `docker load`.
+    """
+
+    def __init__(self, chunks, loader):
+        self.reader = ChunkReader(chunks)
+        self.loader = loader
+        self.tail = b""
+
+    def read(self, n=-1):
+        data = self.reader.read(n)
+        self.tail += data
+        if len(self.tail) > 2 * HOLDBACK:
+            self.loader.write(self.tail[:-HOLDBACK])
+            self.tail = self.tail[-HOLDBACK:]
+        return data
+
+    def release(self):
+        self.loader.write(self.tail)
+        self.tail = b""
+
+
+def load_archive(job, loader, counter):
+    """Stream one `docker save | gzip` style object into ``loader``; return the image it holds."""
+    archive = job["archive"]
+    source = Verified(fetch(archive["url"], archive["stored_size"], job["range_size"], job["parallel"], counter),
+                      archive["key"], archive.get("sha256"), archive["stored_size"])
+    tee = Tee(decompress(archive["codec"], source), loader)
+    small = {}
+    try:
+        with tarfile.open(fileobj=tee, mode="r|", bufsize=CHUNK) as tar:
+            for member in tar:
+                if member.isfile() and member.size <= 16 * 1024 * 1024 and (
+                        member.name.endswith(".json") or member.name.startswith("blobs/")):
+                    handle = tar.extractfile(member)
+                    small[os.path.normpath(member.name)] = handle.read()
+        while tee.read(CHUNK):
+            pass
+    except (tarfile.TarError, LoadError, OSError, zlib.error) as exc:
+        source.drain()
+        source.check()
+        raise LoadError("%s is not a docker save archive it can load: %s" % (archive["key"], exc))
+    source.check()
+    try:
+        manifest = json.loads(small["manifest.json"])[0]
+        config = small[os.path.normpath(manifest["Config"])]
+    except (KeyError, ValueError, IndexError) as exc:
+        raise LoadError("%s holds no docker save manifest.json (%s)" % (archive["key"], exc))
+    tee.release()
+    return "sha256:" + hashlib.sha256(config).hexdigest(), manifest.get("RepoTags") or []
+
+
+def load(job):
+    downloaded = [0]
+
+    def counter(n):
+        downloaded[0] += n
+        log_progress(n)
+
+    # Refuse a truncated or swapped object before docker load starts.
+    objects = [job["archive"]] if job["kind"] == "archive" else [l for l in job["layers"] if not l.get("skip")]
+    for obj in objects:
+        actual = object_size(obj["url"])
+        if obj.get("stored_size") is not None and actual != obj["stored_size"]:
+            raise LoadError("%s is truncated or replaced: %d bytes in the bucket, expected %d"
+                            % (obj["key"], actual, obj["stored_size"]))
+        obj["stored_size"] = actual
+        if obj.get("codec") == "zstd" and shutil.which("zstd") is None:
+            raise LoadError("zstd is not installed on this host (apt-get install zstd), and %s needs it"
+                            % obj["key"])
+    started = time.time()
+    loader = Loader()
+    try:
+        if job["kind"] == "archive":
+            expected, repo_tags = load_archive(job, loader, counter)
+            expected = job.get("image_id") or expected
+        else:
+            load_layers(job, loader, counter)
+            expected, repo_tags = job["image_id"], [job["tag"]]
+        output = loader.finish()
+    except BaseException:
+        loader.kill()
+        raise
+    loaded = inspect_id(repo_tags[0]) if repo_tags else inspect_id(expected)
+    if loaded != expected:
+        raise LoadError("docker load gave image %s, but the bucket says %s" % (loaded, expected))
+    return {"ok": True, "image_id": loaded, "repo_tags": repo_tags, "downloaded": downloaded[0],
+            "seconds": time.time() - started, "output": output.strip()}
+
+
+def main(job):
+    try:
+        result = facts(job) if job["mode"] == "facts" else load(job)
+    except LoadError as exc:
+        result = {"ok": False, "error": str(exc)}
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.stdin.read()))

@@ -1,0 +1,200 @@
+"""`fab image-to-s3`, `fab image-from-s3`, `fab images`: Docker images through the bucket (issue 4)."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import threading
+from datetime import timedelta
+
+from invoke import Collection, task
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from deploy import images as lib
+from deploy.storage import Storage
+from tasks._boundary import DRY_RUN_HELP, ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
+
+IMAGE_HELP = "Image name:tag (default: IMAGE from settings)."
+
+
+class RichImageProgress(lib.ImageProgress):
+    """Bytes read from the engine, bytes sent, skipped layers, rate and compression ratio (stderr)."""
+
+    def __init__(self) -> None:
+        self.console = Console(stderr=True)
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                            TextColumn("{task.fields[info]}"), console=self.console, transient=True,
+                            disable=not self.console.is_terminal)
+        self.lock = threading.Lock()
+        self.read_n = self.sent_n = self.raw_n = self.down_n = 0
+        self.skips = 0
+        self.task = None
+
+    def begin(self, what: str, total: int) -> None:
+        self.bar.start()
+        self.task = self.bar.add_task(what, total=total or None, info="")
+
+    def _show(self, advance: int = 0) -> None:
+        if self.task is None:
+            return
+        ratio = f"{self.raw_n / self.sent_n:.2f}x" if self.sent_n else "-"
+        info = (f"sent {lib.human(self.sent_n)}, ratio {ratio}, skipped {self.skips} layer(s)"
+                if not self.down_n else f"downloaded {lib.human(self.down_n)}")
+        self.bar.update(self.task, advance=advance, info=info)
+
+    def read(self, n: int) -> None:
+        with self.lock:
+            self.read_n += n
+            self._show(n)
+
+    def raw(self, n: int) -> None:
+        with self.lock:
+            self.raw_n += n
+
+    def sent(self, n: int) -> None:
+        with self.lock:
+            self.sent_n += n
+            self._show()
+
+    def skipped(self, diff_id: str, size: int) -> None:
+        with self.lock:
+            self.skips += 1
+            self._show()
+
+    def downloaded(self, n: int) -> None:
+        with self.lock:
+            self.down_n += n
+            self._show(n)
+
+    def end(self) -> None:
+        self.bar.stop()
+
+
+def _storage(env_file):
+    settings = settings_from_flags(env_file=env_file)
+    return settings, Storage.from_settings(settings)
+
+
+@task(name="image-to-s3", help={
+    "image": IMAGE_HELP,
+    "codec": "Compression: zstd (multi-threaded, default), gzip (compatibility) or none.",
+    "format": "layers (default: only the layers the bucket lacks) or archive (one .tar.gz/.tar.zst object).",
+    "force": "Upload again even when the bucket already has the image and its layers.",
+    "dry_run": DRY_RUN_HELP,
+    "env_file": ENV_FILE_HELP,
+})
+@boundary
+def image_to_s3(c, image=None, codec="zstd", format="layers", force=False, dry_run=False, env_file=None):
+    """Push a local Docker image to the bucket, moving only the layers it does not have."""
+    settings, storage = _storage(env_file)
+    client = lib.docker_client()
+    plan = lib.plan_push(client, storage, image or settings.image, codec, format, force)
+    for line in plan.describe():
+        print(line)
+    if dry_run or plan.noop:
+        return
+    result = lib.push(client, storage, plan.ref, codec, format, force, progress=RichImageProgress(), plan=plan)
+    print(result.summary())
+
+
+@task(name="image-from-s3", help={
+    "image": IMAGE_HELP,
+    "hosts": "Host (user@host:port) to load the image on (default: fab -H, else RUNPOD_HOST, else this machine).",
+    "local": "Load into this machine's engine even when RUNPOD_HOST is set.",
+    "dry_run": DRY_RUN_HELP,
+    "env_file": ENV_FILE_HELP,
+})
+@boundary
+def image_from_s3(c, image=None, hosts=None, local=False, dry_run=False, env_file=None):
+    """Load an image from the bucket into a host's engine (or this machine's), fetching only missing layers."""
+    settings, storage = _storage(env_file)
+    ref = image or settings.image
+    runner, where, close = c, "this machine", None
+    via_fab = hasattr(c, "host") and hasattr(c, "port")
+    if not local and (via_fab or hosts or settings.runpod_host):
+        from deploy.hosts import connect
+        from tasks._hosts import options, targets
+
+        spec = targets(c, settings, hosts)[0]
+        runner = connect(spec, options(settings))
+        where, close = str(spec), runner
+    try:
+        plan = lib.plan_pull(runner, storage, ref, where)
+        for line in plan.describe():
+            print(line)
+        if dry_run or plan.action == "noop":
+            return
+        result = lib.pull(runner, storage, ref, where, progress=RichImageProgress(), plan=plan)
+        print(result.summary())
+    finally:
+        if close is not None:
+            close.close()
+
+
+@task(name="list", help={"json": JSON_HELP, "env_file": ENV_FILE_HELP})
+@boundary
+def list_(c, json=False, env_file=None):
+    """The images in the bucket: name, tag, image id, layers, stored size, codec, date, commit."""
+    _, storage = _storage(env_file)
+    rows = lib.list_images(storage)
+    if json:
+        print(jsonlib.dumps([row.__dict__ for row in rows], indent=2))
+        return
+    if not rows:
+        print(f"No images under {storage.url(storage.key('docker-images'))}; push one with `fab image-to-s3`.")
+        return
+    header = ("NAME", "TAG", "IMAGE ID", "LAYERS", "STORED", "CODEC", "DATE", "COMMIT")
+    table = [header] + [(r.name, r.tag, (r.image_id or "-")[7:19] or "-", str(r.layers) if r.layers else "archive",
+                         lib.human(r.stored_size), r.codec, r.date, r.commit or "-") for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@task(help={"image": "Image name:tag to delete from the bucket (its manifest or archive).",
+            "dry_run": DRY_RUN_HELP, "env_file": ENV_FILE_HELP})
+@boundary
+def delete(c, image, dry_run=False, env_file=None):
+    """Delete an image tag from the bucket; its layers go with `fab images.gc`. Try --dry-run first."""
+    _, storage = _storage(env_file)
+    plan = lib.plan_delete(storage, image)
+    for line in plan.describe():
+        print(line)
+    if not dry_run and plan.keys:
+        print(f"Deleted {lib.execute_deletes(storage, plan.keys)} object(s).")
+
+
+@task(help={"dry_run": DRY_RUN_HELP, "env_file": ENV_FILE_HELP})
+@boundary
+def gc(c, dry_run=False, env_file=None):
+    """Delete layers no image in the bucket uses (older than an hour). Try --dry-run first."""
+    _, storage = _storage(env_file)
+    plan = lib.plan_gc(storage)
+    for line in plan.describe():
+        print(line)
+    if not dry_run and plan.delete:
+        print(f"Deleted {lib.execute_deletes(storage, [key for key, _ in plan.delete])} object(s).")
+
+
+@task(name="abort-uploads", help={
+    "older_than": "Only uploads started at least this many minutes ago (default 60: a push may be running).",
+    "dry_run": DRY_RUN_HELP, "env_file": ENV_FILE_HELP})
+@boundary
+def abort_uploads(c, older_than=60, dry_run=False, env_file=None):
+    """List and abort unfinished multipart uploads under docker-images/ (their parts cost storage)."""
+    _, storage = _storage(env_file)
+    uploads = lib.stale_uploads(storage, timedelta(minutes=int(older_than)))
+    if not uploads:
+        print(f"No unfinished uploads older than {older_than} min under {storage.url(storage.key('docker-images'))}.")
+        return
+    for upload in uploads:
+        print(f"  {upload.key}  started {upload.initiated:%Y-%m-%d %H:%M} UTC  {upload.upload_id[:16]}")
+    if not dry_run:
+        print(f"Aborted {lib.abort_uploads(storage, uploads)} upload(s).")
+
+
+ns = Collection("images")
+ns.add_task(list_, default=True)
+ns.add_task(delete)
+ns.add_task(gc)
+ns.add_task(abort_uploads)
