@@ -97,7 +97,7 @@ def run(workdir: Path, epochs: int, keep: bool) -> int:
     say("Starting an embedded S3 server (moto) and an sshd on loopback: this machine plays the GPU host")
     s3 = S3Server(workdir / "moto").start()
     ssh: SshServer | None = None
-    remote_dir = workdir / "host" / "train"
+    remote_dir = workdir / "host" / "demo-train"
     project = "gpu-deploy-" + remote_dir.name
     try:
         s3.client().create_bucket(Bucket=BUCKET)

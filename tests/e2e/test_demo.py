@@ -25,5 +25,5 @@ def test_demo_runs_the_loop_end_to_end(tmp_path: Path, docker_client, base_image
     assert list((workdir / "lightning_logs").rglob("*.ckpt"))
     assert "tensorboard --logdir" in out
     assert "stopped the embedded S3 server and sshd" in out
-    leftover = docker_client.containers.list(all=True, filters={"label": "com.docker.compose.project=gpu-deploy-train"})
+    leftover = docker_client.containers.list(all=True, filters={"label": "com.docker.compose.project=gpu-deploy-demo-train"})
     assert leftover == []
