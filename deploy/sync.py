@@ -333,6 +333,9 @@ def _plan(direction: str, local_root: str, remote_url: str, locals_: Mapping[str
                     action = SKIP if same else UPLOAD
                     if same:
                         cache.remember_remote(rel, replace(remote[rel], sha256=hashes[rel].sha256))
+                    if same and headed and any(obj.metadata.get(k) != v for k, v in metadata.items()):
+                        # Same bytes, but asked to record other facts (a checkpoint's step): write again.
+                        action, reason = UPLOAD, "metadata differs"
             known = hashes[rel].sha256 if rel in hashes else cached_sha(rel, local)
             items.append(SyncItem(rel=rel, key=keys[rel], path=local.path, size=local.size, action=action,
                                   reason=reason, sha256=known, etag=obj.etag if obj else "",

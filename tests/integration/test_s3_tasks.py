@@ -142,6 +142,11 @@ def test_upload_checkpoint_with_an_explicit_step_becomes_the_latest(s3_env, stor
     from deploy.checkpoints import latest_checkpoint
 
     assert latest_checkpoint(storage).name == "best.ckpt"
+    assert run_task(s3tasks.upload_checkpoint, capsys, path=str(tmp_path / "best.ckpt"), epoch="7",
+                    step="700").startswith("Nothing to upload")
+    out = run_task(s3tasks.upload_checkpoint, capsys, path=str(tmp_path / "best.ckpt"), epoch="8", step="800")
+    assert "Uploaded 1 file," in out
+    assert storage.head(storage.key("checkpoints", "best.ckpt")).metadata["step"] == "800"
 
 
 # --------------------------------------------------------------------------- older objects, interruptions
