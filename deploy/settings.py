@@ -445,5 +445,18 @@ def env_example() -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # python -m deploy.settings > .env.example
-    print(env_example(), end="")
+def settings_table() -> str:
+    """The README's settings table (Markdown), generated so it cannot drift from the code."""
+    rows = ["| key | meaning | default |", "| --- | --- | --- |"]
+    for spec in SETTING_FIELDS:
+        meta = spec.metadata
+        default = "" if spec.default in (None, "") else _show(spec.default)
+        secret = " (secret)" if meta["secret"] else ""
+        rows.append(f"| `{meta['key']}` | {meta['help']}{secret} | {f'`{default}`' if default else ''} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python -m deploy.settings > .env.example; python -m deploy.settings table
+    import sys
+
+    print(settings_table() if sys.argv[1:] == ["table"] else env_example(), end="")
