@@ -6,7 +6,9 @@ file exists, so the callback instead wraps the strategy's checkpoint IO: the wra
 ``save_checkpoint`` returns only after the real writer has written the file (below any
 ``AsyncCheckpointIO``, whose own ``save_checkpoint`` returns early). The finished file is
 hard-linked into a staging folder (no copy, and a later overwrite of ``last.ckpt`` cannot change
-the bytes being sent) and handed to a :class:`~deploy.training.uploader.BackgroundUploader`.
+the bytes being sent) and handed to a :class:`~deploy.training.uploader.BackgroundUploader`, whose
+hashing and HTTP work runs in a helper process (:mod:`deploy.training.transfer`) so it never holds
+the training process's GIL.
 
 :class:`S3LogSync` sends the current logger version's event files and ``hparams.yaml`` to
 ``logs/version_N/`` every ``every_n_epochs`` epochs and at the end, only what changed.
@@ -41,6 +43,7 @@ from deploy.checkpoints import checkpoint_metadata
 from deploy.errors import DeployError, TrainingError
 from deploy.settings import Settings, load_settings
 from deploy.storage import CHECKPOINTS, LOGS, Storage
+from deploy.training.transfer import ProcessTransfer
 from deploy.training.uploader import Backoff, BackgroundUploader, FlushResult, UploadJob
 
 log = logging.getLogger(__name__)
@@ -171,6 +174,7 @@ class _SyncCallback(Callback):
         self.storage: Storage | None = storage
         self.uploader: BackgroundUploader | None = None
         self.last_flush: FlushResult | None = None
+        self._transfer: Callable[[UploadJob], Any] | None = None
 
     @property
     def active(self) -> bool:
@@ -200,7 +204,11 @@ class _SyncCallback(Callback):
                 self.storage = Storage.from_settings(settings)
             except DeployError as exc:
                 raise TrainingError(f"ENABLE_S3_SYNC=1 but S3 is not configured: {exc}") from exc
-        self.uploader = BackgroundUploader(storage_transfer(self.storage), max_pending=self.max_pending,
+            # Settings-built storage can be rebuilt in a helper process: the network work moves there.
+            self._transfer = ProcessTransfer()
+        else:
+            self._transfer = storage_transfer(self.storage)
+        self.uploader = BackgroundUploader(self._transfer, max_pending=self.max_pending,
                                            backoff=self.backoff, name=f"{type(self).__name__}-uploader")
         return True
 
@@ -223,6 +231,10 @@ class _SyncCallback(Callback):
         if self.uploader is not None:
             self.uploader.close()
             self.uploader = None
+        close = getattr(self._transfer, "close", None)
+        if callable(close):
+            close()
+        self._transfer = None
         return result
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:

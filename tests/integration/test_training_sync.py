@@ -114,3 +114,27 @@ def test_callbacks_attach_to_a_lightning_cli_by_class_path_alone(s3_env, tmp_pat
     assert local and set(stored) == set(local)
     assert all(sha256(stored[name][0]) == sha256(data) for name, data in local.items())
     assert any(name.endswith("hparams.yaml") for name in bucket_files(storage, "logs"))
+
+
+def test_upload_helper_process_survives_ctrl_c_and_is_restarted_when_killed(s3_env, tmp_path: Path) -> None:
+    import signal
+
+    from deploy.training.transfer import ProcessTransfer
+    from deploy.training.uploader import UploadJob
+
+    path = tmp_path / "a.ckpt"
+    path.write_bytes(b"checkpoint bytes")
+    storage = Storage.from_settings(load_settings())
+    transfer = ProcessTransfer()
+    try:
+        job = UploadJob(key=storage.key("checkpoints", "a.ckpt"), path=str(path), metadata={"step": "3"})
+        assert transfer(job)["sha256"] == sha256(path.read_bytes())
+        first = transfer._proc
+        first.send_signal(signal.SIGINT)  # Ctrl+C reaches the whole process group: the helper stays
+        assert transfer(job)["ok"] and transfer._proc is first
+        first.kill()
+        first.wait()
+        assert transfer(job)["ok"] and transfer._proc is not first
+    finally:
+        transfer.close()
+    assert storage.head(job.key).metadata["step"] == "3"
