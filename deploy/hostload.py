@@ -304,37 +304,56 @@ def inspect_id(ref):
     return proc.stdout.decode().strip() if proc.returncode == 0 else None
 
 
+def tar_header(name, size):
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    return info.tobuf(format=tarfile.PAX_FORMAT)
+
+
+def tar_padding(size):
+    return b"\0" * ((512 - size % 512) % 512)
+
+
 def load_layers(job, loader, counter):
-    """Write a docker save tar (manifest, config, the needed layers) into ``loader``."""
-    tar = tarfile.open(fileobj=loader, mode="w|", bufsize=CHUNK)
+    """Write a docker save tar (manifest, config, the needed layers) into ``loader``.
+
+    The tar is written by hand (headers from tarfile, data passed straight through) so each
+    decompressed chunk is hashed once and written once.
+    """
     for name, text in (("manifest.json", json.dumps(job["manifest"])), (job["config_name"], job["config"])):
         data = text.encode()
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), 0, 0o644
-        tar.addfile(info, io.BytesIO(data))
+        loader.write(tar_header(name, len(data)) + data + tar_padding(len(data)))
     for layer in job["layers"]:
         if layer.get("skip"):
             continue
         source = Verified(fetch(layer["url"], layer["stored_size"], job["range_size"], job["parallel"], counter),
                           layer["key"], layer["sha256"], layer["stored_size"])
-        reader = ChunkReader(decompress(layer["codec"], source))
-        info = tarfile.TarInfo(layer["name"])
-        info.size, info.mtime, info.mode = layer["size"], 0, 0o644
+        loader.write(tar_header(layer["name"], layer["size"]))
+        sha = hashlib.sha256()
+        count = 0
         try:
-            tar.addfile(info, reader)
-            extra = reader.read(CHUNK)
+            for chunk in decompress(layer["codec"], source):
+                count += len(chunk)
+                if count > layer["size"]:
+                    raise LoadError("it is longer than its %d bytes" % layer["size"])
+                sha.update(chunk)
+                loader.write(chunk)
         except (LoadError, OSError, zlib.error) as exc:
-            # Unpacking failed (or the layer ended early): name the object and both checksums.
+            if isinstance(exc, LoadError) and str(exc).startswith("docker load"):
+                raise
+            # Unpacking failed: name the object and both checksums when the object is the cause.
             source.drain()
             source.check()
             raise LoadError("%s could not be unpacked (%s); its sha256 %s matches the manifest, so the "
-                            "layer itself is wrong: push the image again with --force" % (layer["key"], exc, layer["sha256"]))
+                            "layer itself is wrong: push the image again with --force"
+                            % (layer["key"], exc, layer["sha256"]))
         source.check()
-        diff_id = "sha256:" + reader.sha.hexdigest()
-        if extra or reader.count != layer["size"] or diff_id != layer["diff_id"]:
+        diff_id = "sha256:" + sha.hexdigest()
+        if count != layer["size"] or diff_id != layer["diff_id"]:
             raise LoadError("%s does not decompress to its layer: sha256 %s (%d bytes), expected %s (%d bytes)"
-                            % (layer["key"], diff_id, reader.count + len(extra), layer["diff_id"], layer["size"]))
-    tar.close()  # the end-of-archive blocks go out only once every layer has been verified
+                            % (layer["key"], diff_id, count, layer["diff_id"], layer["size"]))
+        loader.write(tar_padding(layer["size"]))
+    loader.write(b"\0" * 1024)  # end of archive: only once every layer has been verified
 
 
 class Tee:

@@ -36,7 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from deploy.errors import ImageError, StorageError
 from deploy.storage import IMAGES, MB, ObjectInfo, Storage
 
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 1
 ZSTD_THREADS = 2
 GZIP_LEVEL = 1          # gzip is the compatibility codec: level 1 keeps it near zstd's speed
 GZIP_BLOCK = 4 * MB     # gzip is compressed as independent members, block by block, in parallel
