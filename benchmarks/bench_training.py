@@ -1,6 +1,7 @@
 """Training speed with S3 checkpoint sync on vs off: the demo model, a checkpoint every few steps.
 
     .venv/bin/python -m benchmarks.bench_training [--steps 3000] [--every 10] [--phase 100] [--hidden 4096]
+                                                  [--in-thread]
 
 Starts its own moto S3 server and trains the demo model on the CPU in one run, with a checkpoint
 every ``--every`` steps. The run alternates phases of ``--phase`` steps with S3CheckpointSync
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=10, help="checkpoint every this many steps")
     parser.add_argument("--phase", type=int, default=100, help="steps per on/off phase")
     parser.add_argument("--hidden", type=int, default=4096, help="model width (sets the checkpoint size)")
+    parser.add_argument("--in-thread", action="store_true", help="upload on a thread, not the helper process")
     args = parser.parse_args()
     if args.phase % args.every:
         parser.error("--phase must be a multiple of --every")
@@ -73,9 +75,12 @@ def main() -> None:
         try:
             bucket = "bench-training"
             server.client().create_bucket(Bucket=bucket)
-            storage = Storage.from_settings(load_settings(environ=server.environ(bucket, prefix="bench")))
+            os.environ.update(server.environ(bucket, prefix="bench"))  # as in the container: from settings
+            storage = Storage.from_settings(load_settings())
             phases = Phases(args.phase)
-            sync = S3CheckpointSync(enabled=True, storage=storage)
+            # Built from settings, the callback uploads through its helper process; handed a Storage,
+            # it uploads on its own thread (--in-thread), for comparison.
+            sync = S3CheckpointSync(enabled=True, storage=storage if args.in_thread else None)
             saved = sync._saved
             sent: list[str] = []
 
@@ -100,7 +105,8 @@ def main() -> None:
             rate = {side: statistics.median(args.phase / t for t in times) for side, times in phases.times.items()}
             print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
                   f"{args.steps} steps, a checkpoint every {args.every} steps ({ckpt.stat().st_size / 1e6:.1f} MB), "
-                  f"phases of {args.phase} steps: {len(phases.times['off'])} off, {len(phases.times['on'])} on")
+                  f"phases of {args.phase} steps: {len(phases.times['off'])} off, {len(phases.times['on'])} on; "
+                  f"uploads {'on a thread' if args.in_thread else 'in the helper process'}")
             cpu = {side: statistics.median(t / args.phase * 1000 for t in times) for side, times in phases.cpu.items()}
             for side in ("off", "on"):
                 print(f"sync {side:3}: median {rate[side]:6.1f} steps/s, {cpu[side]:.2f} ms CPU per step (all threads)")

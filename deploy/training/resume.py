@@ -56,6 +56,9 @@ def _fetch(storage: Storage, key: str, dest_dir: Path) -> str:
     """Download ``key`` into ``dest_dir`` (verified by :meth:`Storage.download_file`) and sanity-check it."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / os.path.basename(key)
+    for old in dest_dir.glob("*.ckpt"):
+        if old != dest:
+            old.unlink()  # an earlier resume's download: checkpoints are large, keep only one
     storage.download_file(key, dest)
     if not looks_like_checkpoint(dest):
         dest.unlink(missing_ok=True)

@@ -62,6 +62,14 @@ def test_resume_takes_the_highest_step(tmp_path: Path) -> None:
     assert store.fetched == ["p/checkpoints/step=14.ckpt"]
 
 
+def test_resume_keeps_only_the_checkpoint_it_downloads(tmp_path: Path) -> None:
+    (tmp_path / "dl").mkdir()
+    (tmp_path / "dl" / "older-run.ckpt").write_bytes(b"old")
+    store = FakeStorage({"p/checkpoints/step=3.ckpt": archive(tmp_path, "3")})
+    resume_from_latest(store, tmp_path / "dl", [info("step=3.ckpt", 3)])
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["step=3.ckpt"]
+
+
 def test_resume_skips_corrupt_newest_checkpoint_and_says_so(tmp_path: Path) -> None:
     store = FakeStorage({"p/checkpoints/a.ckpt": archive(tmp_path, "a"), "p/checkpoints/b.ckpt": b"x"},
                         bad={"p/checkpoints/b.ckpt": "is corrupt: sha256 abc does not match"})
