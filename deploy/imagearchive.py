@@ -305,10 +305,22 @@ def read_save(stream: IO[bytes], on_layer: Callable[[LayerEntry], None] | None =
             entry = LayerEntry(name=name, size=member.size, fileobj=reader, predicted=predicted)
             if on_layer is not None:
                 on_layer(entry)
-            reader.drain()
-            if reader.bytes != member.size:
-                raise ImageError(f"The layer {name} ended after {reader.bytes} of {member.size} bytes.")
-            digests[name] = reader.digest
+            if reader.bytes == 0 and predicted is not None:
+                # Untouched and already named by the engine (an OCI blob digest, or a v1 id that
+                # commits to the layer's chain id): skip it without hashing; that is the floor.
+                skipped = 0
+                while True:
+                    chunk = handle.read(TAR_BUFSIZE)
+                    if not chunk:
+                        break
+                    skipped += len(chunk)
+                digest, got = predicted, skipped
+            else:
+                reader.drain()
+                digest, got = reader.digest, reader.bytes
+            if got != member.size:
+                raise ImageError(f"The layer {name} ended after {got} of {member.size} bytes.")
+            digests[name] = digest
             sizes[name] = member.size
         archive.close()
         for name, target in links.items():
