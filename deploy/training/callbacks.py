@@ -172,6 +172,7 @@ class _SyncCallback(Callback):
         self.flush_timeout = flush_timeout
         self.max_pending = max_pending
         self.storage: Storage | None = storage
+        self._storage_given = storage is not None
         self.uploader: BackgroundUploader | None = None
         self.last_flush: FlushResult | None = None
         self._transfer: Callable[[UploadJob], Any] | None = None
@@ -185,7 +186,7 @@ class _SyncCallback(Callback):
         if self.uploader is not None:
             return True
         settings: Settings | None = None
-        if self.enabled is None or self.storage is None or self.flush_timeout is None:
+        if self.enabled is None or not self._storage_given or self.flush_timeout is None:
             settings = _settings()
         if self.enabled is None:
             assert settings is not None
@@ -198,16 +199,17 @@ class _SyncCallback(Callback):
             self.flush_timeout = float(settings.s3_sync_flush_timeout)
         if not trainer.is_global_zero:
             return False
-        if self.storage is None:
-            assert settings is not None
+        if self._storage_given:
+            assert self.storage is not None
+            self._transfer = storage_transfer(self.storage)
+        else:
             try:
-                self.storage = Storage.from_settings(settings)
+                self.storage = Storage.from_settings(settings or _settings())
             except DeployError as exc:
                 raise TrainingError(f"ENABLE_S3_SYNC=1 but S3 is not configured: {exc}") from exc
-            # Settings-built storage can be rebuilt in a helper process: the network work moves there.
+            # Storage built from the settings can be built again in a helper process, which then
+            # does the network work; this process only names the keys.
             self._transfer = ProcessTransfer()
-        else:
-            self._transfer = storage_transfer(self.storage)
         self.uploader = BackgroundUploader(self._transfer, max_pending=self.max_pending,
                                            backoff=self.backoff, name=f"{type(self).__name__}-uploader")
         return True
