@@ -136,7 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"entrypoint: {plan.message}", flush=True)
     launch = plan_launch(command, plan, settings, attach=not options.no_attach)
     print(f"entrypoint: running {' '.join(launch.command)}", flush=True)
-    return run(launch.command, launch.env)
+    try:
+        return run(launch.command, launch.env)
+    except OSError as exc:  # the program does not exist or cannot be executed
+        print(f"entrypoint: cannot run {launch.command[0]}: {exc.strerror or exc}; check TRAIN_COMMAND.",
+              file=sys.stderr, flush=True)
+        return 127
 
 
 if __name__ == "__main__":

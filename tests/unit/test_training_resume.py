@@ -161,3 +161,10 @@ def test_demo_plain_parser_reads_lightning_style_flags() -> None:
     assert callbacks == [("a.B", {"max_retry_delay": 1.5})] and ckpt == "/x.ckpt"
     with pytest.raises(SystemExit):
         parse_plain(["fit", "--nope=1"])
+
+
+def test_entrypoint_names_a_training_command_that_does_not_exist(capsys: pytest.CaptureFixture[str]) -> None:
+    from deploy.training.entrypoint import main
+
+    assert main(["--", "no-such-trainer-here", "fit"]) == 127
+    assert "cannot run no-such-trainer-here" in capsys.readouterr().err
