@@ -171,6 +171,8 @@ def test_objects_written_without_metadata_download_verified_and_resync(storage: 
     again = plan_download(storage, prefix, dest)
     assert [(i.rel, i.action, i.reason) for i in again.items] == [
         ("a.wav", "skip", "unchanged (md5)"), ("big.bin", "skip", "unchanged (multipart ETag)")]
+    # Uploading the same files over the old objects moves nothing either.
+    assert not plan_upload(storage, dest, prefix).transfers
 
 
 class Interrupting(SyncObserver):
