@@ -16,10 +16,13 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -76,6 +79,23 @@ class CheckReport:
             raise StorageError(
                 f"The credentials lack {', '.join(self.missing)} on bucket {self.bucket!r} at {self.endpoint}; "
                 "grant them (README.md has the minimal IAM policy).")
+
+
+def ensure_reachable(endpoint: str | None, timeout: float = 5.0) -> None:
+    """Fail in seconds when a custom endpoint does not accept connections.
+
+    botocore retries a refused or silent endpoint ``AWS_MAX_ATTEMPTS`` times with backoff (a minute
+    or more) before it gives up; one TCP connect answers the same question at once. Skipped for AWS
+    itself (no endpoint) and behind an HTTP proxy, where a direct connect proves nothing.
+    """
+    if not endpoint or any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
+        return
+    parts = urlparse(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        raise StorageError(f"Cannot reach the S3 endpoint {endpoint}; check AWS_ENDPOINT_URL and the network.") from exc
 
 
 def check_bucket(storage: Storage) -> CheckReport:

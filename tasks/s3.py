@@ -25,7 +25,7 @@ from deploy.checkpoints import (
     parse_checkpoint_name,
 )
 from deploy.errors import ConfigError, StorageError
-from deploy.s3check import check_bucket
+from deploy.s3check import check_bucket, ensure_reachable
 from deploy.storage import CHECKPOINTS, DATASETS, LOGS, Storage, safe_relative
 from deploy.sync import (
     SyncCache,
@@ -54,7 +54,9 @@ def _help(**extra: str) -> dict[str, str]:
 
 def _storage(env_file: str | None, bucket: str | None, prefix: str | None) -> Storage:
     settings = settings_from_flags(env_file=env_file, S3_BUCKET=bucket, S3_PREFIX=prefix)
-    return Storage.from_settings(settings)
+    storage = Storage.from_settings(settings)
+    ensure_reachable(settings.aws_endpoint_url)
+    return storage
 
 
 def _carry_out(storage: Storage, plan: SyncPlan, dry_run: bool, cache: SyncCache | None = None,
