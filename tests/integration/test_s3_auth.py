@@ -52,7 +52,7 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[S3Se
 
 
 def fab(server: S3Server, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, "AWS_ENDPOINT_URL": server.endpoint_url, "AWS_DEFAULT_REGION": server.region,
+    full = {**os.environ, "GPU_DEPLOY_CACHE_DIR": str(Path.cwd() / "cache"), "AWS_ENDPOINT_URL": server.endpoint_url, "AWS_DEFAULT_REGION": server.region,
             "S3_BUCKET": BUCKET, "S3_PREFIX": "p", "AWS_MAX_ATTEMPTS": "1", **env}
     return subprocess.run([FAB, "--search-root", str(REPO), *args], capture_output=True, text=True, timeout=120,
                           env=full)
