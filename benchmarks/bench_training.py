@@ -1,7 +1,7 @@
 """Training speed with S3 checkpoint sync on vs off: the demo model, a checkpoint every few steps.
 
     .venv/bin/python -m benchmarks.bench_training [--steps 3000] [--every 10] [--phase 100] [--hidden 4096]
-                                                  [--in-thread]
+                                                  [--in-thread] [--threads N]
 
 Starts its own moto S3 server and trains the demo model on the CPU in one run, with a checkpoint
 every ``--every`` steps. The run alternates phases of ``--phase`` steps with S3CheckpointSync
@@ -65,9 +65,13 @@ def main() -> None:
     parser.add_argument("--phase", type=int, default=100, help="steps per on/off phase")
     parser.add_argument("--hidden", type=int, default=4096, help="model width (sets the checkpoint size)")
     parser.add_argument("--in-thread", action="store_true", help="upload on a thread, not the helper process")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (default: torch's choice, every core)")
     args = parser.parse_args()
     if args.phase % args.every:
         parser.error("--phase must be a multiple of --every")
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         server = S3Server(Path(tmp) / "moto").start()
@@ -103,7 +107,7 @@ def main() -> None:
             stored = {o.name for o in storage.list(storage.key("checkpoints") + "/", with_metadata=True)}
             ckpt = next(root.glob("*.ckpt"))
             rate = {side: statistics.median(args.phase / t for t in times) for side, times in phases.times.items()}
-            print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
+            print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
                   f"{args.steps} steps, a checkpoint every {args.every} steps ({ckpt.stat().st_size / 1e6:.1f} MB), "
                   f"phases of {args.phase} steps: {len(phases.times['off'])} off, {len(phases.times['on'])} on; "
                   f"uploads {'on a thread' if args.in_thread else 'in the helper process'}")

@@ -67,22 +67,13 @@ def _volumes(service: dict) -> list[str]:
             for v in service.get("volumes", [])]
 
 
-@pytest.fixture
-def train_image(docker_client, base_image: str):
-    """The training image built on the test base image with no network at all (pip must not download)."""
-    tag = f"gpu-deploy-test-train:{uuid.uuid4().hex[:10]}"
-    docker_client.images.build(path=str(REPO), dockerfile="docker/Dockerfile", tag=tag, rm=True, forcerm=True,
-                               buildargs={"BASE_IMAGE": base_image}, network_mode="none")
-    yield tag
-    docker_client.images.remove(tag, force=True)
-
-
 @pytest.mark.slow
 def test_image_trains_under_the_runpod_compose_file_without_a_gpu_and_syncs_to_s3(
-        train_image: str, s3_env: dict[str, str], tmp_path: Path) -> None:
+        training_image: str, s3_env: dict[str, str], tmp_path: Path) -> None:
+    # training_image (conftest): docker/Dockerfile built on the test base image with no network.
     command = ("python -m deploy.training.demo fit --trainer.max_epochs=2 --trainer.enable_progress_bar=false "
                "--checkpoint.every_n_train_steps=5 --checkpoint.save_top_k=-1 --checkpoint.monitor=null")
-    directory = project_dir(tmp_path, {**s3_env, "IMAGE": train_image, "TRAIN_COMMAND": command})
+    directory = project_dir(tmp_path, {**s3_env, "IMAGE": training_image, "TRAIN_COMMAND": command})
     project = f"gpu-deploy-test-train-{uuid.uuid4().hex[:8]}"
     base = [compose_bin(), "-p", project, "-f", "docker-compose.runpod.yml"]
     try:
