@@ -113,7 +113,7 @@ def object_size(url):
 
 
 def fetch(url, total, range_size, parallel, counter):
-    """The object's bytes in order, fetched as parallel ranged GETs; at most 2*parallel ranges held."""
+    """The object's bytes in order, fetched as parallel ranged GETs; at most parallel+1 ranges held."""
     if total == 0:
         return
     with ThreadPoolExecutor(max_workers=parallel) as pool:
@@ -125,7 +125,7 @@ def fetch(url, total, range_size, parallel, counter):
                 pending.append(pool.submit(get_range, url, start, min(total, start + range_size) - 1))
                 return
 
-        for _ in range(parallel * 2):
+        for _ in range(parallel + 1):
             submit()
         while pending:
             data = pending.popleft().result()

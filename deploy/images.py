@@ -42,7 +42,7 @@ PRESIGN_SECONDS = 3600
 SAVE_CHUNK = MB
 PREFETCH_CHUNKS = 16
 PART_SIZE = 16 * MB
-IN_MEMORY_PARTS = 6     # parts buffered by the transfer manager: PART_SIZE * this bounds upload memory
+IN_MEMORY_PARTS = 10    # parts buffered by the transfer manager: PART_SIZE * this bounds upload memory
 GC_GRACE = timedelta(hours=1)
 
 
@@ -588,7 +588,7 @@ def _common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
 
 
 def pull(runner, storage: Storage, image: str, where: str = "this machine", progress: ImageProgress | None = None,
-         plan: PullPlan | None = None, parallel: int = 4, range_size: int = 8 * MB) -> PullResult:
+         plan: PullPlan | None = None, parallel: int = 3, range_size: int = 32 * MB) -> PullResult:
     """Bring ``image`` from the bucket into the engine behind ``runner``; see the module doc."""
     progress = progress or ImageProgress()
     plan = plan or plan_pull(runner, storage, image, where)
