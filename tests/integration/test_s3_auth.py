@@ -9,9 +9,7 @@ request is signed-checked and authorized against IAM.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +17,8 @@ from pathlib import Path
 import boto3
 import pytest
 
+from tests.harness.fab import run_fab
 from tests.harness.servers import S3Server
-
-REPO = Path(__file__).resolve().parents[2]
-FAB = str(Path(sys.executable).parent / "fab")
 BUCKET = "auth-checked-bucket"
 GRANTED = ["s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:ListMultipartUploadParts",
            "s3:ListBucketMultipartUploads"]  # no s3:DeleteObject, no s3:AbortMultipartUpload
@@ -52,10 +48,9 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[S3Se
 
 
 def fab(server: S3Server, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, "GPU_DEPLOY_CACHE_DIR": str(Path.cwd() / "cache"), "AWS_ENDPOINT_URL": server.endpoint_url, "AWS_DEFAULT_REGION": server.region,
+    full = {"GPU_DEPLOY_CACHE_DIR": str(Path.cwd() / "cache"), "AWS_ENDPOINT_URL": server.endpoint_url, "AWS_DEFAULT_REGION": server.region,
             "S3_BUCKET": BUCKET, "S3_PREFIX": "p", "AWS_MAX_ATTEMPTS": "1", **env}
-    return subprocess.run([FAB, "--search-root", str(REPO), *args], capture_output=True, text=True, timeout=120,
-                          env=full)
+    return run_fab(*args, env=full, timeout=120)
 
 
 def test_unknown_access_key_is_named(auth_server) -> None:

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,10 +20,9 @@ from deploy.settings import load_settings
 from deploy.storage import Storage
 from deploy.sync import SyncObserver, execute, plan_download, plan_upload
 from tasks import s3 as s3tasks
+from tests.harness.fab import FAB, REPO, run_fab
 from tests.harness.servers import free_port
 
-REPO = Path(__file__).resolve().parents[2]
-FAB = str(Path(sys.executable).parent / "fab")
 
 
 @pytest.fixture(autouse=True)
@@ -39,8 +37,7 @@ def storage(s3_env) -> Storage:
 
 def fab(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run `fab` as an operator would, from the test's own directory, with the repo's fabfile."""
-    return subprocess.run([FAB, "--search-root", str(REPO), *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
+    return run_fab(*args, env=env, timeout=120)
 
 
 def write_tree(root: Path, files: dict[str, bytes]) -> None:
