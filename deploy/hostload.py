@@ -31,7 +31,6 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 CHUNK = 1024 * 1024
 HOLDBACK = 1024 * 1024
@@ -76,24 +75,32 @@ def facts(job):
 # ----------------------------------------------------------------------------- fetching
 
 
-def get_range(url, start, end, attempts=4):
-    last = None
-    for attempt in range(attempts):
+def stream_range(url, start, end, out, attempts=4):
+    """GET bytes start..end into queue ``out`` piece by piece; resume from the last byte on errors."""
+    pos = start
+    failures = 0
+    while pos <= end:
         try:
-            req = urllib.request.Request(url, headers={"Range": "bytes=%d-%d" % (start, end)})
+            req = urllib.request.Request(url, headers={"Range": "bytes=%d-%d" % (pos, end)})
             with urllib.request.urlopen(req, timeout=120) as resp:
-                data = resp.read()
-            if len(data) != end - start + 1:
-                raise LoadError("short read: %d of %d bytes" % (len(data), end - start + 1))
-            return data
+                while pos <= end:
+                    piece = resp.read(min(CHUNK, end - pos + 1))
+                    if not piece:
+                        raise LoadError("the connection ended at byte %d of %d" % (pos, end + 1))
+                    out.put(piece)
+                    pos += len(piece)
         except urllib.error.HTTPError as exc:
             if exc.code in (403, 404):
                 raise LoadError("HTTP %d (the presigned URL expired or the object is gone)" % exc.code)
+            failures += 1
             last = exc
         except (OSError, LoadError) as exc:
+            failures += 1
             last = exc
-        time.sleep(0.5 * (attempt + 1))
-    raise LoadError("download failed after %d attempts: %s" % (attempts, last))
+        if pos <= end and failures >= attempts:
+            raise LoadError("download failed after %d attempts: %s" % (attempts, last))
+        if pos <= end:
+            time.sleep(0.5 * failures)
 
 
 def object_size(url):
@@ -113,25 +120,48 @@ def object_size(url):
 
 
 def fetch(url, total, range_size, parallel, counter):
-    """The object's bytes in order, fetched as parallel ranged GETs; at most parallel+1 ranges held."""
+    """The object's bytes in order, from up to ``parallel`` ranged GETs streaming at once.
+
+    Each range streams into a small queue (8 pieces of 1 MiB), so memory stays bounded however
+    large the ranges, and ranges can be large (fewer requests).
+    """
     if total == 0:
         return
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        offsets = iter(range(0, total, range_size))
-        pending = collections.deque()
+    import queue
 
-        def submit():
-            for start in offsets:
-                pending.append(pool.submit(get_range, url, start, min(total, start + range_size) - 1))
-                return
+    ranges = collections.deque((start, min(total, start + range_size) - 1) for start in range(0, total, range_size))
+    active = collections.deque()
+    done = object()
 
-        for _ in range(parallel + 1):
-            submit()
-        while pending:
-            data = pending.popleft().result()
-            submit()
-            counter(len(data))
-            yield data
+    def worker(start, end, out):
+        try:
+            stream_range(url, start, end, out)
+            out.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            out.put(exc)
+
+    def launch():
+        if ranges:
+            start, end = ranges.popleft()
+            out = queue.Queue(maxsize=8)
+            thread = threading.Thread(target=worker, args=(start, end, out), daemon=True)
+            thread.start()
+            active.append(out)
+
+    for _ in range(parallel):
+        launch()
+    while active:
+        out = active[0]
+        while True:
+            piece = out.get()
+            if piece is done:
+                break
+            if isinstance(piece, BaseException):
+                raise piece
+            counter(len(piece))
+            yield piece
+        active.popleft()
+        launch()
 
 
 # ----------------------------------------------------------------------------- decompression

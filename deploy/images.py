@@ -588,7 +588,7 @@ def _common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
 
 
 def pull(runner, storage: Storage, image: str, where: str = "this machine", progress: ImageProgress | None = None,
-         plan: PullPlan | None = None, parallel: int = 3, range_size: int = 32 * MB) -> PullResult:
+         plan: PullPlan | None = None, parallel: int = 4, range_size: int = 64 * MB) -> PullResult:
     """Bring ``image`` from the bucket into the engine behind ``runner``; see the module doc."""
     progress = progress or ImageProgress()
     plan = plan or plan_pull(runner, storage, image, where)
