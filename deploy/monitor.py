@@ -8,7 +8,8 @@ from typing import Any
 
 from deploy.checkpoints import latest_checkpoint
 from deploy.compose import ComposeProject, ServiceState, project_for
-from deploy.errors import DeployError, HostError
+from deploy.errors import DeployError
+from deploy.native import NativeService
 from deploy.probe import Gpu, probe
 from deploy.storage import Storage
 
@@ -75,12 +76,12 @@ def _since(iso: str) -> float | None:
     return (datetime.now(timezone.utc) - stamp).total_seconds()
 
 
-def project_on(conn, remote_dir: str) -> tuple[ComposeProject, tuple[Gpu, ...]]:
-    """The deployed project on a host (compose command from the probe) and its GPUs."""
+def project_on(conn, remote_dir: str) -> tuple[ComposeProject | NativeService, tuple[Gpu, ...]]:
+    """The deployed service on a host and its GPUs: the native run when REMOTE_DIR holds one or the host
+    has no Compose (a RunPod pod), else the compose project (compose command from the probe)."""
     facts = probe(conn, remote_dir)
-    if not facts.compose_command:
-        raise HostError(f"{getattr(conn, 'host', 'the host')} has no Docker Compose; nothing is deployed there "
-                        "with the compose runtime.")
+    if facts.native or not facts.compose_command:
+        return NativeService(remote_dir), facts.gpus
     return project_for(facts.compose_command, remote_dir, gpu=False), facts.gpus
 
 

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 
 from deploy.errors import HostError
 
+NATIVE_MARKER = ".gpu-deploy/supervisor.py"
+"""A native deploy (deploy.native) keeps its supervisor here under REMOTE_DIR; the probe looks for it."""
+
 PROBE_SCRIPT = r"""
 export LC_ALL=C
 kv() { printf '%s=%s\n' "$1" "$2"; }
@@ -43,6 +46,7 @@ while [ -n "$d" ] && [ ! -d "$d" ]; do d=$(dirname "$d"); done
 kv disk_dir "$d"
 kv disk_free_kb "$(df -Pk "$d" 2>/dev/null | awk 'NR==2 {print $4}')"
 kv remote_dir_exists "$([ -d "$REMOTE_DIR" ] && echo 1 || echo 0)"
+kv native "$([ -f "$REMOTE_DIR/$NATIVE_MARKER" ] && echo 1 || echo 0)"
 """
 
 
@@ -77,6 +81,7 @@ class HostFacts:
     disk_dir: str = ""
     disk_free_kb: int = 0
     remote_dir_exists: bool = False
+    native: bool = False  # REMOTE_DIR holds a native deploy (no Docker: deploy.native)
 
     @property
     def compose_command(self) -> str | None:
@@ -144,13 +149,13 @@ def parse_facts(output: str) -> HostFacts:
         compose_v1=values.get("compose_v1", ""), runtimes=tuple(values.get("runtimes", "").split()),
         python3=values.get("python3", ""), tools=frozenset(tools), disk_dir=values.get("disk_dir", ""),
         disk_free_kb=_int(values.get("disk_free_kb", "0")),
-        remote_dir_exists=values.get("remote_dir_exists") == "1",
+        remote_dir_exists=values.get("remote_dir_exists") == "1", native=values.get("native") == "1",
     )
 
 
 def probe(conn, remote_dir: str) -> HostFacts:
     """Run the probe on ``conn`` (a Fabric Connection or an invoke Context)."""
-    script = f"REMOTE_DIR={shlex.quote(remote_dir)}\n{PROBE_SCRIPT}"
+    script = f"REMOTE_DIR={shlex.quote(remote_dir)}\nNATIVE_MARKER={shlex.quote(NATIVE_MARKER)}\n{PROBE_SCRIPT}"
     # The script holds no secret, so it may travel as an argument (stdin through invoke is slow).
     result = conn.run(f"sh -c {shlex.quote(script)}", hide=True, warn=True, in_stream=False)
     if result.exited not in (0, None) and "os=" not in result.stdout:

@@ -1,4 +1,4 @@
-"""`deploy-runpod` as a plan and its execution, for the compose runtime.
+"""`deploy-runpod` as a plan and its execution, for the compose runtime (deploy.native: hosts without Docker).
 
 Gathering reads the host (probe, files, service state) and changes nothing; planning is pure and
 decides the steps; executing performs only the steps the plan marked as needed. Re-running on a
@@ -106,11 +106,11 @@ def compose_files(gpu: bool) -> dict[str, bytes]:
     return {name: compose_source(name).read_bytes() for name in names}
 
 
-def gather(conn, desired: DesiredRun, storage: Storage | None = None) -> HostState:
-    """Read the host: probe, image, .env and compose file digests, service state, dataset plan."""
+def gather(conn, desired: DesiredRun, storage: Storage | None = None, facts: HostFacts | None = None) -> HostState:
+    """Read the host: probe (unless ``facts`` has it), image, .env and compose file digests, service, dataset plan."""
     from deploy.datastage import plan_for_host
 
-    facts = probe(conn, desired.remote_dir)
+    facts = facts or probe(conn, desired.remote_dir)
     image = conn.run(f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(desired.image_ref)} 2>/dev/null",
                      hide=True, warn=True, in_stream=False).stdout.strip() if facts.docker else ""
     paths = " ".join(shlex.quote(posixpath.join(desired.remote_dir, n)) for n in (SERVICE_FILE, GPU_FILE))
@@ -132,6 +132,9 @@ def plan_deploy(spec: HostSpec, desired: DesiredRun, state: HostState, image_byt
     gpu = bool(facts.gpus) if desired.gpu_file is None else desired.gpu_file
     project = project_for(facts.compose_command or "docker compose", desired.remote_dir, gpu)
     problems = tuple(compose_problems(facts, image_bytes=0 if state.host_image_id else image_bytes, need_gpu=gpu))
+    if facts.native:
+        problems += (f"{desired.remote_dir} holds a native deploy (no Docker); deploy there with --runtime=native "
+                     "(or auto), or choose another REMOTE_DIR for compose.",)
     steps: list[Step] = []
     if not facts.remote_dir_exists:
         steps.append(Step("create-dir", f"create {desired.remote_dir}"))
@@ -167,6 +170,7 @@ class DeployResult:
     service: ServiceState
     seconds: float
     follow: str
+    runtime: str = "compose"
 
 
 def execute(conn, plan: DeployPlan, images: ImageSource, storage: Storage | None = None,
@@ -261,6 +265,23 @@ class BucketImages:
         return result.image_id or ""
 
 
+def resolve_image(images: BucketImages, ref: str, runtime: str) -> tuple[str, int, str | None]:
+    """The image id and size in the bucket, and a problem for compose hosts when it is missing.
+
+    Native hosts need no image, so ``native`` skips the lookup and ``auto`` defers a missing image
+    to the hosts that turn out to run compose.
+    """
+    if runtime == "native":
+        return "", 0, None
+    try:
+        image_id, size = images.image_id(ref)
+    except HostError as exc:
+        if runtime == "compose":
+            raise
+        return "", 0, str(exc)
+    return image_id, size, None
+
+
 def stage_local_dataset(storage: Storage, folder: str, dry_run: bool = False) -> tuple[str, str]:
     """A local dataset folder goes to ``datasets/<folder name>/`` first; returns (name, what happened)."""
     import os
@@ -296,6 +317,9 @@ class Rollout:
     num_nodes: int = 1
     master_addr: str | None = None
     master_port: int = 29500
+    runtime: str = "auto"  # compose, native or auto (decided per host from the probe: deploy.native)
+    native_python: str = "python3"
+    image_problem: str | None = None  # the image is missing from the bucket: a problem for compose hosts only
 
     def desired(self, spec: HostSpec, settings, rank: int, devices: int) -> DesiredRun:
         from deploy.envship import plan_env
@@ -311,10 +335,13 @@ class Rollout:
                           restart=self.restart)
 
 
-def prepare(conn, spec: HostSpec, rollout: Rollout, settings, rank: int, storage: Storage | None) -> DeployPlan:
+def prepare(conn, spec: HostSpec, rollout: Rollout, settings, rank: int, storage: Storage | None,
+            facts: HostFacts | None = None) -> DeployPlan:
     """Gather (read-only) and plan one host; the .env carries its rank and the GPUs the probe found."""
+    if rollout.image_problem:
+        raise HostError(rollout.image_problem)
     first = rollout.desired(spec, settings, rank, devices=1)
-    state = gather(conn, first, storage)
+    state = gather(conn, first, storage, facts=facts)
     desired = rollout.desired(spec, settings, rank, devices=max(1, len(state.facts.gpus)))
     return plan_deploy(spec, desired, state, image_bytes=rollout.image_bytes)
 
@@ -391,12 +418,21 @@ def start_group(conns: list, plans: list[DeployPlan], wait: float, log: Callable
 
 def deploy_hosts(specs: list[HostSpec], rollout: Rollout, settings, options, storage: Storage, images: ImageSource,
                  dry_run: bool = False, log: Callable[[str], None] = print) -> list:
-    """Independent runs on each host, in parallel; every host's outcome is collected."""
-    from deploy.hosts import connect, for_each_host
+    """Independent runs on each host, in parallel; every host's outcome is collected.
+
+    Each host runs compose or native (no Docker, e.g. a RunPod pod) as ``rollout.runtime`` and its probe say.
+    """
+    from deploy.hosts import connect, for_each_host, require_sftp
+    from deploy.native import choose_runtime, deploy_native
 
     def work(spec: HostSpec):
+        require_sftp(spec)  # .env and code travel over SFTP: refuse RunPod's proxy SSH before connecting
         with connect(spec, options) as conn:
-            plan = prepare(conn, spec, rollout, settings, rank=0, storage=storage)
+            facts = probe(conn, spec.workdir(rollout.remote_dir))
+            runtime, reason = choose_runtime(rollout.runtime, facts)
+            if runtime == "native":
+                return deploy_native(conn, spec, rollout, settings, options, facts, reason, storage, dry_run, log)
+            plan = prepare(conn, spec, rollout, settings, rank=0, storage=storage, facts=facts)
             log("\n".join(plan.describe()))
             if plan.problems:
                 raise HostError(f"{spec.host}:{spec.port}: {plan.problems[0]}")
@@ -412,8 +448,14 @@ def deploy_group(specs: list[HostSpec], rollout: Rollout, settings, options, sto
     A group starts together: if any node must (re)start, every node restarts from the latest
     checkpoint in S3, since a DDP group cannot take a node back midway.
     """
-    from deploy.hosts import Outcome, connect, for_each_host
+    from deploy.errors import ConfigError
+    from deploy.hosts import Outcome, connect, for_each_host, require_sftp
 
+    if rollout.runtime == "native":
+        raise ConfigError("Multi-node runs (NUM_NODES > 1) need the compose runtime; hosts without Docker "
+                          "(RunPod pods) train one run per host.")
+    for spec in specs:
+        require_sftp(spec)
     if len(specs) != rollout.num_nodes:
         raise HostError(f"A {rollout.num_nodes}-node run needs {rollout.num_nodes} hosts; {len(specs)} were given "
                         "(RUNPOD_HOST or --hosts, comma-separated, rank 0 first).")

@@ -296,6 +296,13 @@ class Settings:
     data_dir: str | None = setting(
         "DATA_DIR", "Where the dataset lands on the host (default: REMOTE_DIR/data); mounted read-only.",
         "/workspace/data", parse=_parse_remote_dir, group="deploy")
+    runtime: str = setting(
+        "RUNTIME", "How the host runs training: compose (Docker), native (a supervised process in a virtualenv, "
+        "for hosts without Docker such as RunPod pods) or auto (compose when the host has Docker and Compose).",
+        "auto", default="auto", parse=_parse_choice(("auto", "compose", "native")), group="deploy")
+    native_python: str = setting(
+        "NATIVE_PYTHON", "Native runtime: the host's interpreter whose packages (the image's torch) the run's "
+        "virtualenv sees.", "python3", default="python3", group="deploy")
     ship_env_include: str = setting(
         "SHIP_ENV_INCLUDE", "Keys (glob patterns, comma-separated) shipped to the host's .env.", "*",
         default="*", group="deploy")

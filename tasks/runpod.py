@@ -61,6 +61,8 @@ def ssh(c, hosts=None, env_file=None):
         "image": "Training image name:tag in the bucket (default: IMAGE).",
         "dataset": "Dataset to stage: a name under datasets/ in the bucket, or a local folder (default: DATASET).",
         "nodes": "Train one run across this many hosts (default: NUM_NODES); ranks follow the host order.",
+        "runtime": "compose (Docker), native (a supervised process, hosts without Docker such as RunPod pods) or "
+                   "auto: compose when the host has Docker and Compose (default: RUNTIME).",
         "restart": "Recreate the service even if nothing changed (it resumes from S3).",
         "dry_run": DRY_RUN_HELP,
         "wait": "Seconds to wait for training to start (default 300).",
@@ -69,19 +71,19 @@ def ssh(c, hosts=None, env_file=None):
     }
 )
 @boundary
-def deploy_runpod(c, image=None, dataset=None, nodes=None, restart=False, dry_run=False, wait=300, hosts=None,
-                  env_file=None):
-    """Deploy the training service to the GPU host(s): probe, provision, ship .env, load image, start."""
-    from deploy.rollout import BucketImages, Rollout, deploy_group, deploy_hosts, stage_local_dataset
+def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart=False, dry_run=False, wait=300,
+                  hosts=None, env_file=None):
+    """Deploy the training to the GPU host(s): probe, provision, ship .env, image or code, start."""
+    from deploy.rollout import BucketImages, Rollout, deploy_group, deploy_hosts, resolve_image, stage_local_dataset
     from deploy.storage import Storage
 
-    settings = settings_from_flags(env_file=env_file, IMAGE=image, DATASET=dataset, NUM_NODES=nodes)
+    settings = settings_from_flags(env_file=env_file, IMAGE=image, DATASET=dataset, NUM_NODES=nodes, RUNTIME=runtime)
     settings.require("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET",
                      *([] if hosts or hasattr(c, "host") else ["RUNPOD_HOST"]))
     specs = targets(c, settings, hosts)
     storage = Storage.from_settings(settings)
     images = BucketImages(storage, log=print)
-    image_id, image_bytes = images.image_id(settings.image)
+    image_id, image_bytes, image_problem = resolve_image(images, settings.image, settings.runtime)
     dataset_name = settings.dataset
     if dataset_name and os.path.isdir(dataset_name):
         dataset_name, what = stage_local_dataset(storage, dataset_name, dry_run=dry_run)
@@ -89,7 +91,8 @@ def deploy_runpod(c, image=None, dataset=None, nodes=None, restart=False, dry_ru
     rollout = Rollout(image_ref=settings.image, image_id=image_id, image_bytes=image_bytes,
                       remote_dir=settings.remote_dir, data_dir=settings.data_dir, dataset=dataset_name,
                       restart=restart, wait=float(wait), num_nodes=settings.num_nodes,
-                      master_addr=settings.master_addr or specs[0].host, master_port=settings.master_port)
+                      master_addr=settings.master_addr or specs[0].host, master_port=settings.master_port,
+                      runtime=settings.runtime, native_python=settings.native_python, image_problem=image_problem)
     run = deploy_group if settings.num_nodes > 1 else deploy_hosts
     outcomes = run(specs, rollout, settings, options(settings), storage, images, dry_run=dry_run, log=print)
     for o in outcomes:
@@ -98,7 +101,8 @@ def deploy_runpod(c, image=None, dataset=None, nodes=None, restart=False, dry_ru
         elif o.result is None:
             print(f"{o.spec}: dry run, nothing changed")
         elif not o.result.done:
-            print(f"{o.spec}: nothing to do; the service already runs {settings.image} with these settings.")
+            what = settings.image if o.result.runtime == "compose" else "this code"
+            print(f"{o.spec}: nothing to do; the service already runs {what} with these settings.")
         else:
             print(f"{o.spec}: {', '.join(o.result.done)} in {o.result.seconds:.0f} s; training is running. "
                   f"Follow it with: {o.result.follow}")
@@ -160,7 +164,7 @@ def logs(c, follow=False, tail=100, hosts=None, env_file=None):
             "hosts": HOSTS_HELP, "env_file": ENV_FILE_HELP})
 @boundary
 def stop(c, timeout=120, hosts=None, env_file=None):
-    """Stop training gracefully: SIGTERM, pending uploads flush, then the container stops."""
+    """Stop training gracefully: SIGTERM, pending uploads flush, then the container (or native process) stops."""
     from deploy.monitor import project_on
 
     settings = settings_from_flags(env_file=env_file)

@@ -1,0 +1,125 @@
+"""The native runtime's supervisor as real processes on this machine (what runs on a pod).
+
+Commands are tiny shell or python one-liners, so every test takes a second or two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SUPERVISOR = Path(__file__).resolve().parents[2] / "deploy" / "supervisor.py"
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path):
+    """A REMOTE_DIR with the supervisor installed as deploy installs it; whatever it started is ended."""
+    meta = tmp_path / ".gpu-deploy"
+    meta.mkdir()
+    shutil.copy(SUPERVISOR, meta / "supervisor.py")
+    yield tmp_path
+    supervisor(tmp_path, "stop", "--timeout", "1")
+
+
+def gone(pid: int) -> bool:
+    """Not running: no such process, or a zombie its new parent has not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def configure(run_dir: Path, command: list[str], **options) -> None:
+    config = {"command": command, "backoff": 0.1, "max_backoff": 0.2, **options}
+    (run_dir / ".gpu-deploy" / "run.json").write_text(json.dumps(config))
+
+
+def supervisor(run_dir: Path, *args: str) -> dict:
+    out = subprocess.run([sys.executable, str(run_dir / ".gpu-deploy" / "supervisor.py"), args[0],
+                          "--dir", str(run_dir), *args[1:]], capture_output=True, text=True, timeout=60)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def state(run_dir: Path) -> dict:
+    return supervisor(run_dir, "status")
+
+
+def test_start_detaches_and_returns_while_the_command_runs(run_dir: Path) -> None:
+    configure(run_dir, ["sh", "-c", "echo hello from $GREETING; sleep 30"], env={"GREETING": "config"})
+    (run_dir / ".env").write_text("GREETING=dotenv\nFROM_DOTENV=1\n")
+    started = time.monotonic()
+    result = supervisor(run_dir, "start")
+    assert time.monotonic() - started < 5 and result["log_offset"] == 0
+    wait_until(lambda: "hello from config" in (run_dir / "train.log").read_text(), 10, "the command's output")
+    assert state(run_dir)["status"] == "running" and state(run_dir)["alive"]
+    assert supervisor(run_dir, "start")["error"].startswith("already running")
+
+
+def test_a_crash_is_restarted_until_the_limit(run_dir: Path) -> None:
+    configure(run_dir, ["sh", "-c", "echo attempt; exit 3"], max_restarts=2)
+    supervisor(run_dir, "start")
+    final = wait_until(lambda: (lambda s: s if s.get("status") == "failed" else None)(state(run_dir)), 20,
+                       "the supervisor to give up")
+    assert final["restarts"] == 2 and final["exit_code"] == 3 and not final["alive"]
+    assert (run_dir / "train.log").read_text().count("attempt\n") == 3
+
+
+def test_an_exit_0_ends_the_run(run_dir: Path) -> None:
+    configure(run_dir, ["sh", "-c", "exit 0"])
+    supervisor(run_dir, "start")
+    final = wait_until(lambda: (lambda s: s if not s["alive"] else None)(state(run_dir)), 10, "the run to end")
+    assert final["status"] == "exited" and final["restarts"] == 0
+
+
+def test_stop_sends_sigterm_and_kills_the_group_after_the_deadline(run_dir: Path) -> None:
+    # The command ignores SIGTERM and has a child of its own: both must be gone after the deadline.
+    configure(run_dir, ["sh", "-c", "trap '' TERM; sleep 300 & echo $! > child.pid; wait"])
+    supervisor(run_dir, "start")
+    child = int(wait_until(lambda: (run_dir / "child.pid").exists() and (run_dir / "child.pid").read_text().strip(),
+                           10, "the command's child"))
+    started = time.monotonic()
+    assert supervisor(run_dir, "stop", "--timeout", "1") == {"stopped": True}
+    assert time.monotonic() - started < 10
+    assert state(run_dir)["status"] == "stopped"
+    assert "killing the entrypoint's process group" in (run_dir / "train.log").read_text()
+    assert wait_until(lambda: gone(child), 5, "the command's child to be killed")
+
+
+def test_a_graceful_command_stops_on_sigterm(run_dir: Path) -> None:
+    configure(run_dir, [sys.executable, "-c", "import signal, sys, time\n"
+                        "signal.signal(signal.SIGTERM, lambda *a: (print('flushing', flush=True), sys.exit(143)))\n"
+                        "print('ready', flush=True)\ntime.sleep(300)"])
+    supervisor(run_dir, "start")
+    wait_until(lambda: "ready" in (run_dir / "train.log").read_text(), 10, "the command")
+    supervisor(run_dir, "stop", "--timeout", "30")
+    log = (run_dir / "train.log").read_text()
+    assert "flushing" in log and "stopped: the entrypoint exited with 143" in log
+
+
+def test_a_kill_9_of_the_command_restarts_it(run_dir: Path) -> None:
+    configure(run_dir, ["sh", "-c", "echo up; sleep 300"])
+    supervisor(run_dir, "start")
+    first = int(wait_until(lambda: (run_dir / ".gpu-deploy" / "train.pid").exists()
+                           and (run_dir / ".gpu-deploy" / "train.pid").read_text().strip(), 10, "train.pid"))
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: (run_dir / "train.log").read_text().count("up\n") == 2, 10, "the restart")
+    now = state(run_dir)
+    assert now["status"] == "running" and now["restarts"] == 1 and now["child"] != first

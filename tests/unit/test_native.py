@@ -1,0 +1,250 @@
+"""The native runtime's plan: what changes on a host without Docker, decided from what it has."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from deploy.compose import ServiceState
+from deploy.envship import EnvShipment
+from deploy.errors import ConfigError
+from deploy.hosts import HostSpec
+from deploy.native import (
+    APP,
+    BaseInterpreter,
+    LocalFile,
+    NativeDesired,
+    NativeState,
+    choose_runtime,
+    library_files,
+    parse_gathered,
+    parse_service,
+    plan_native,
+    release_digest,
+    requirements_digest,
+    select_files,
+    sha256,
+    train_requirements,
+)
+from deploy.probe import HostFacts
+from deploy.settings import Secret
+from deploy.supervisor import read_env_file
+
+SPEC = HostSpec("203.0.113.10", 40022)
+ENV = EnvShipment(keys=("AWS_SECRET_ACCESS_KEY", "S3_BUCKET"), _content=Secret("S3_BUCKET=b\nAWS_SECRET_ACCESS_KEY=x\n"))
+FILES = {"train.py": LocalFile("/src", "train.py", 120, 1_700_000_000),
+         "pkg/model.py": LocalFile("/src", "pkg/model.py", 3000, 1_700_000_100),
+         f"{APP}/deploy/supervisor.py": LocalFile("/repo", "deploy/supervisor.py", 9000, 1_700_000_200)}
+DESIRED = NativeDesired(remote_dir="/workspace/train", env=ENV, python="python3", source="/src", files=FILES,
+                        train_requirements=("torch>=2.1", "lightning>=2.2"), user_requirements="numpy\n",
+                        local_rsync=True)
+BASE = BaseInterpreter("/usr/bin/python3", "3.11.9", ("/usr/local/lib/python3.11/dist-packages",), "2.5.1+cu124")
+FACTS = HostFacts(os="Ubuntu 22.04", is_root=True, python3="3.11.9", tools=frozenset({"rsync", "curl"}),
+                  remote_dir_exists=True, native=True)
+RUNNING = ServiceState(exists=True, running=True, status="running", restarts=0, container="pid 42")
+
+
+def healthy(desired: NativeDesired = DESIRED, base: BaseInterpreter = BASE, **changes) -> NativeState:
+    """The state a host is in right after deploying ``desired``."""
+    state = NativeState(
+        base=base, files={rel: (f.size, f.mtime) for rel, f in desired.files.items()},
+        manifest=frozenset(desired.files),
+        venv={"base": base.identity, "requirements": requirements_digest(desired, base)},
+        env_digest=desired.env.digest,
+        supervisor_digests={n: sha256(b) for n, b in desired.supervisor_files().items()},
+        release=release_digest(desired, base), service=RUNNING)
+    return NativeState(**{**state.__dict__, **changes})
+
+
+def names(plan) -> list[str]:
+    return [s.name for s in plan.steps]
+
+
+def with_files(files: dict[str, LocalFile], **fields) -> NativeDesired:
+    return NativeDesired(**{**DESIRED.__dict__, "files": files, **fields})
+
+
+# --------------------------------------------------------------------------- choosing the runtime
+
+
+def test_auto_picks_compose_only_where_docker_and_compose_run() -> None:
+    assert choose_runtime("auto", HostFacts(docker="26.1", compose_v2="2.27"))[0] == "compose"
+    assert choose_runtime("auto", HostFacts()) == ("native", "the host has no Docker engine")
+    assert choose_runtime("auto", HostFacts(docker_client=True))[0] == "native"  # a pod with the CLI only
+    assert choose_runtime("auto", HostFacts(docker="26.1"))[0] == "native"
+
+
+def test_auto_keeps_a_native_deploy_native_even_on_a_docker_host() -> None:
+    assert choose_runtime("auto", HostFacts(docker="26.1", compose_v2="2.27", native=True))[0] == "native"
+
+
+def test_an_explicit_runtime_wins_and_a_bad_one_is_named() -> None:
+    assert choose_runtime("native", HostFacts(docker="26.1", compose_v2="2.27"))[0] == "native"
+    assert choose_runtime("compose", HostFacts())[0] == "compose"
+    with pytest.raises(ConfigError, match="'podman' is not one of auto, compose, native"):
+        choose_runtime("podman", HostFacts())
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def test_a_fresh_pod_gets_every_step_in_order() -> None:
+    state = NativeState(base=BASE)
+    facts = HostFacts(tools=frozenset({"rsync"}))
+    plan = plan_native(SPEC, DESIRED, state, facts, "the host has no Docker engine")
+    assert names(plan) == ["create-dir", "write-env", "sync-code", "create-venv", "install-requirements",
+                           "install-supervisor", "start"]
+    assert plan.send == tuple(sorted(FILES)) and plan.method == "rsync" and not plan.problems
+    assert "torch pinned to 2.5.1+cu124" in plan.steps[4].detail
+
+
+def test_a_second_deploy_with_no_change_plans_nothing() -> None:
+    plan = plan_native(SPEC, DESIRED, healthy(), FACTS)
+    assert plan.noop and not plan.problems
+    assert "changes   none: training runs this code with these settings" in plan.describe()
+
+
+def test_a_changed_file_is_sent_alone_and_the_run_restarted() -> None:
+    files = {**FILES, "train.py": LocalFile("/src", "train.py", 121, 1_700_000_500)}
+    plan = plan_native(SPEC, with_files(files), healthy(), FACTS)
+    assert names(plan) == ["sync-code", "restart"]
+    assert plan.send == ("train.py",) and plan.delete == ()
+
+
+def test_a_file_gone_from_the_tree_is_removed_from_the_host() -> None:
+    files = {k: v for k, v in FILES.items() if k != "pkg/model.py"}
+    plan = plan_native(SPEC, with_files(files), healthy(), FACTS)
+    assert plan.send == () and plan.delete == ("pkg/model.py",)
+    assert names(plan) == ["sync-code", "restart"]
+
+
+def test_changed_requirements_reinstall_into_the_same_venv() -> None:
+    plan = plan_native(SPEC, with_files(FILES, user_requirements="numpy\nscipy\n"), healthy(), FACTS)
+    assert names(plan) == ["install-requirements", "restart"]
+
+
+def test_a_new_image_with_another_torch_rebuilds_the_venv() -> None:
+    newer = BaseInterpreter("/usr/bin/python3", "3.11.9", BASE.site, "2.6.0+cu126")
+    state = healthy()
+    plan = plan_native(SPEC, DESIRED, NativeState(**{**state.__dict__, "base": newer}), FACTS)
+    assert names(plan) == ["create-venv", "install-requirements", "restart"]
+    assert "the interpreter changed" in plan.steps[0].detail
+
+
+def test_a_stopped_run_is_started_without_reinstalling() -> None:
+    plan = plan_native(SPEC, DESIRED, healthy(service=ServiceState(exists=True, status="stopped")), FACTS)
+    assert names(plan) == ["start"]
+
+
+def test_restart_flag_restarts_a_healthy_run() -> None:
+    plan = plan_native(SPEC, with_files(FILES, restart=True), healthy(), FACTS)
+    assert names(plan) == ["restart"]
+
+
+def test_sftp_when_either_end_lacks_rsync() -> None:
+    no_rsync = HostFacts(**{**FACTS.__dict__, "tools": frozenset()})
+    assert plan_native(SPEC, DESIRED, NativeState(base=BASE), no_rsync).method == "sftp"
+    assert plan_native(SPEC, with_files(FILES, local_rsync=False), NativeState(base=BASE), FACTS).method == "sftp"
+
+
+def test_a_missing_interpreter_is_one_sentence_naming_the_setting() -> None:
+    state = parse_gathered("", "sh: 1: /opt/conda/bin/python: not found\n")
+    plan = plan_native(SPEC, DESIRED, state, FACTS)
+    assert plan.problems[0].startswith("NATIVE_PYTHON (python3) does not run on the host "
+                                       "(sh: 1: /opt/conda/bin/python: not found)")
+
+
+def test_an_interpreter_without_pip_or_venv_is_a_problem() -> None:
+    bare = BaseInterpreter("/usr/bin/python3", "3.11.2", has_venv=False, has_pip=False)
+    plan = plan_native(SPEC, DESIRED, NativeState(base=bare), FACTS)
+    assert "apt-get install python3-pip python3.11-venv" in plan.problems[0]
+
+
+def test_a_compose_deploy_in_remote_dir_is_a_problem() -> None:
+    plan = plan_native(SPEC, DESIRED, healthy(compose_deploy=True), FACTS)
+    assert "holds a compose deploy" in plan.problems[0] and "--runtime=compose" in plan.problems[0]
+
+
+def test_a_huge_working_tree_is_refused() -> None:
+    files = {**FILES, "data.bin": LocalFile("/src", "data.bin", 2 << 30, 1)}
+    plan = plan_native(SPEC, with_files(files), healthy(), FACTS)
+    assert any(".deployignore" in p for p in plan.problems)
+
+
+def test_plan_shows_key_names_never_values() -> None:
+    text = "\n".join(plan_native(SPEC, DESIRED, NativeState(base=BASE), FACTS).describe())
+    assert "AWS_SECRET_ACCESS_KEY" in text and "S3_BUCKET=b" not in text and "=x" not in text
+
+
+def test_run_config_carries_no_secret() -> None:
+    text = DESIRED.supervisor_files()["run.json"].decode()
+    assert "deploy.training.entrypoint" in text and '"CHECKPOINT": "s3"' in text
+    assert "AWS_SECRET_ACCESS_KEY" not in text and "=x" not in text
+
+
+# --------------------------------------------------------------------------- what the host reports
+
+
+def test_gathered_json_becomes_state_and_our_own_compose_file_is_not_a_compose_deploy() -> None:
+    out = ('{"base": {"executable": "/usr/bin/python3", "version": "3.11.9", "site": ["/s"], "torch": null, '
+           '"has_venv": true, "has_pip": true}, "manifest": ["a.py", "docker-compose.runpod.yml"], '
+           '"files": {"a.py": [3, 10]}, "venv": null, "supervisor": {"run.json": null}, "release": null, '
+           '"compose": true}\n')
+    state = parse_gathered(out)
+    assert state.base == BaseInterpreter("/usr/bin/python3", "3.11.9", ("/s",), None)
+    assert state.files == {"a.py": (3, 10)} and state.venv is None and not state.compose_deploy
+
+
+def test_service_state_from_the_supervisor() -> None:
+    assert parse_service("") == ServiceState(exists=False)
+    running = parse_service('alive\n{"status": "running", "restarts": 2, "child": 77, "started_at": "2026-01-01T00:00:00Z"}')
+    assert running.running and running.restarts == 2 and running.container == "pid 77"
+    dead = parse_service('gone\n{"status": "running", "restarts": 0}')  # the pod restarted
+    assert not dead.running and dead.status == "dead"
+    assert parse_service('gone\n{"status": "stopped"}').status == "stopped"
+
+
+# --------------------------------------------------------------------------- the working tree
+
+
+def write(root: Path, rel: str, text: str = "x") -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_select_files_honours_gitignore_deployignore_and_never_ships_secrets(tmp_path: Path) -> None:
+    for rel in ("train.py", "pkg/model.py", "pkg/cache/big.bin", "logs/run.log", "keep.log", "notes/todo.md",
+                ".env", ".env.local", ".git/HEAD", ".venv/bin/python", "pkg/__pycache__/m.pyc",
+                "lightning_logs/v0/events", "sub/.gitignore", "sub/a.tmp", "sub/b.py", "build/out.o",
+                "src/build/keep.py"):
+        write(tmp_path, rel)
+    write(tmp_path, ".gitignore", "# comment\n*.log\n!keep.log\ncache/\n/build/\n.env\n")
+    write(tmp_path, "sub/.gitignore", "*.tmp\n")
+    write(tmp_path, ".deployignore", "notes/\n!.env\n")
+    files = set(select_files(tmp_path))
+    assert files == {"train.py", "pkg/model.py", "keep.log", ".gitignore", ".deployignore", "sub/.gitignore",
+                     "sub/b.py", "src/build/keep.py"}
+
+
+def test_select_files_records_size_mtime_and_exec_bit(tmp_path: Path) -> None:
+    write(tmp_path, "run.sh", "#!/bin/sh\n")
+    os.chmod(tmp_path / "run.sh", 0o755)
+    os.utime(tmp_path / "run.sh", (1_700_000_000.7, 1_700_000_000.7))
+    f = select_files(tmp_path)["run.sh"]
+    assert (f.size, f.mtime, f.executable, f.path) == (10, 1_700_000_000, True, str(tmp_path / "run.sh"))
+
+
+def test_the_library_and_the_train_extra_come_from_this_checkout() -> None:
+    lib = library_files()
+    assert f"{APP}/deploy/training/entrypoint.py" in lib and f"{APP}/deploy/supervisor.py" in lib
+    assert not any("__pycache__" in rel for rel in lib)
+    assert any(r.startswith("torch") for r in train_requirements())
+
+
+def test_the_supervisor_reads_env_files_like_compose(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("# c\nA=1\nexport B = two words\nC=\"quoted # not a comment\"\nD='x'\nbad\nE=\n")
+    assert read_env_file(str(tmp_path / ".env")) == {"A": "1", "B": "two words", "C": "quoted # not a comment",
+                                                     "D": "x", "E": ""}
