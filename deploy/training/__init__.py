@@ -2,6 +2,7 @@
 
 - :mod:`deploy.training.callbacks`: ``S3CheckpointSync`` and ``S3LogSync``, Lightning callbacks.
 - :mod:`deploy.training.uploader`: the background uploader they share (bounded queue, retries).
+- :mod:`deploy.training.transfer`: the helper process that does the uploads' network work.
 - :mod:`deploy.training.resume`: ``CHECKPOINT`` -> a verified local checkpoint file.
 - :mod:`deploy.training.entrypoint`: the image's entrypoint (resume, run, pass signals on).
 - :mod:`deploy.training.demo`: a tiny LightningCLI job for the image, the tests and the benchmark.
