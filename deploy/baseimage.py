@@ -46,6 +46,7 @@ class BaseImageRecipe:
     pip_packages: tuple[str, ...] = (
         "torch==2.13.0",
         "lightning>=2.5,<3",
+        "jsonargparse[signatures]>=4.27",
         "tensorboardX>=2.6",
         "boto3>=1.34",
         "python-dotenv>=1.0",
