@@ -23,6 +23,21 @@ def fab_commands() -> list[list[str]]:
     return found
 
 
+CORE_OPTIONS_WITH_VALUE = {"-H", "--hosts", "-i", "--identity", "-S", "--ssh-config", "-f", "--config", "-r",
+                           "--search-root", "-c", "--collection"}
+
+
+def _task_word(words: list[str]) -> str | None:
+    """The task in `fab [core options] TASK [flags]`: core options (and their values) come first."""
+    rest = iter(words[1:])
+    for word in rest:
+        if word in CORE_OPTIONS_WITH_VALUE:
+            next(rest, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def test_readme_shows_the_two_commands_and_ci_runs_the_test_one() -> None:
     head = README.split("## ", 1)[0]
     assert "scripts/demo" in head and "scripts/test" in head
@@ -56,7 +71,7 @@ def test_every_fab_command_in_the_readme_exists_with_its_flags(task_flags: dict[
     commands = fab_commands()
     assert len(commands) >= 10
     for words in commands:
-        task = next((w for w in words[1:] if not w.startswith("-")), None)
+        task = _task_word(words)
         if task is None or task.isupper() or task.endswith("*"):
             continue  # placeholders such as `fab --debug TASK` or `s3.*`
         assert task in task_flags, f"README runs `{' '.join(words)}` but there is no task {task}"
