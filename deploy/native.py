@@ -601,7 +601,7 @@ class NativeService:
 
     def start(self, conn) -> int:
         """Start the supervisor; returns the log offset from which this start's output runs."""
-        script = shlex.quote(posixpath.join(self.directory, META, "supervisor.py"))
+        script = shlex.quote(posixpath.join(self.directory, NATIVE_MARKER))
         result = conn.run(f"{self._python()} {script} start --dir {shlex.quote(self.directory)}", hide=True,
                           warn=True, in_stream=False)
         try:
@@ -613,7 +613,7 @@ class NativeService:
         return int(data.get("log_offset", 0))
 
     def stop(self, conn, timeout: int = STOP_TIMEOUT) -> None:
-        script = shlex.quote(posixpath.join(self.directory, META, "supervisor.py"))
+        script = shlex.quote(posixpath.join(self.directory, NATIVE_MARKER))
         result = conn.run(f"{self._python()} {script} stop --dir {shlex.quote(self.directory)} --timeout {int(timeout)}",
                           hide=True, warn=True, in_stream=False)
         if not result.ok:
@@ -648,26 +648,29 @@ def service_state(alive: bool, state: Mapping) -> ServiceState:
 # --------------------------------------------------------------------------- executing
 
 
-def _sftp_write(sftp, path: str, data: bytes, mode: int | None = None) -> None:
+def _sftp_write(sftp, path: str, data: bytes) -> None:
+    """Write a small file whole: a temporary name first, then a rename, so a reader never sees half of it."""
     tmp = f"{path}.tmp"
-    with sftp.open(tmp, "wb") as handle:
-        handle.write(data)
-    if mode is not None:
-        sftp.chmod(tmp, mode)
-    sftp.posix_rename(tmp, path)
+    try:
+        with sftp.open(tmp, "wb") as handle:
+            handle.write(data)
+        sftp.posix_rename(tmp, path)
+    except OSError as exc:
+        raise HostError(f"Writing {path} over SFTP failed ({exc}); check that its folder exists and is "
+                        "writable.") from exc
 
 
-def _mkdirs(conn, remote_dir: str, rels: Iterable[str]) -> None:
+def _mkdirs(conn, spec: HostSpec, remote_dir: str, rels: Iterable[str]) -> None:
     dirs = sorted({posixpath.dirname(posixpath.join(remote_dir, rel)) for rel in rels})
     for i in range(0, len(dirs), 200):
-        conn.run("mkdir -p " + " ".join(shlex.quote(d) for d in dirs[i:i + 200]), hide=True, in_stream=False)
+        _run(conn, "mkdir -p " + " ".join(shlex.quote(d) for d in dirs[i:i + 200]), "Creating folders", spec)
 
 
 def send_files(conn, plan: NativePlan, options: HostOptions, log: Callable[[str], None] = lambda s: None) -> None:
     """Copy the plan's changed files (rsync per local root, else SFTP), remove stale ones, record the manifest."""
     d = plan.desired
     if plan.send:
-        _mkdirs(conn, d.remote_dir, plan.send)
+        _mkdirs(conn, plan.spec, d.remote_dir, plan.send)
     if plan.send and plan.method == "rsync":
         groups: dict[tuple[str, str], list[str]] = {}
         for rel in plan.send:
@@ -681,10 +684,14 @@ def send_files(conn, plan: NativePlan, options: HostOptions, log: Callable[[str]
             f = d.files[rel]
             final = posixpath.join(d.remote_dir, rel)
             tmp = posixpath.join(posixpath.dirname(final), f".{posixpath.basename(final)}.part")
-            sftp.put(f.path, tmp)
-            sftp.utime(tmp, (f.mtime, f.mtime))
-            sftp.chmod(tmp, 0o755 if f.executable else 0o644)
-            sftp.posix_rename(tmp, final)
+            try:
+                sftp.put(f.path, tmp)
+                sftp.utime(tmp, (f.mtime, f.mtime))
+                sftp.chmod(tmp, 0o755 if f.executable else 0o644)
+                sftp.posix_rename(tmp, final)
+            except OSError as exc:
+                raise HostError(f"Copying {f.path} to {plan.spec.host}:{final} failed ({exc}); check that "
+                                f"{d.remote_dir} is writable and has space.") from exc
     if plan.delete:
         sftp = conn.sftp()
         for rel in plan.delete:
@@ -692,6 +699,8 @@ def send_files(conn, plan: NativePlan, options: HostOptions, log: Callable[[str]
                 sftp.remove(posixpath.join(d.remote_dir, rel))
             except FileNotFoundError:
                 pass
+            except OSError as exc:
+                raise HostError(f"Removing {rel} from {d.remote_dir} on {plan.spec.host} failed ({exc}).") from exc
     _sftp_write(conn.sftp(), posixpath.join(d.remote_dir, MANIFEST), json.dumps(sorted(d.files)).encode())
     log(f"{plan.spec.host}: sent {len(plan.send)} files ({plan.send_bytes / 1e6:.1f} MB) by {plan.method}, "
         f"removed {len(plan.delete)}")
@@ -791,7 +800,8 @@ def execute_native(conn, plan: NativePlan, options: HostOptions, storage=None, w
     done: list[str] = []
     offset: int | None = None
     if plan.steps:  # REMOTE_DIR and the folder for the runtime's own files
-        conn.run(f"mkdir -p {shlex.quote(posixpath.join(d.remote_dir, META))}", hide=True, in_stream=False)
+        _run(conn, f"mkdir -p {shlex.quote(posixpath.join(d.remote_dir, META))}", f"Creating {d.remote_dir}",
+             plan.spec)
     for step in plan.steps:
         log(f"{plan.spec.host}: {step.name}: {step.detail}")
         if step.name == "write-env":

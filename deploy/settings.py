@@ -290,19 +290,19 @@ class Settings:
     ssh_connect_timeout: int = setting(
         "SSH_CONNECT_TIMEOUT", "Seconds to wait for an SSH host before giving up.", "10", default=10,
         parse=_parse_int(1, 600), group="host")
+    runtime: str = setting(
+        "RUNTIME", "How the host runs training: compose (Docker), native (a supervised process in a virtualenv, "
+        "for hosts without Docker such as RunPod pods) or auto (compose when the host has Docker and Compose).",
+        "auto", default="auto", parse=_parse_choice(("auto", "compose", "native")), group="host")
+    native_python: str = setting(
+        "NATIVE_PYTHON", "Native runtime: the host's interpreter whose packages (the image's torch) the run's "
+        "virtualenv sees.", "python3", default="python3", group="host")
     dataset: str | None = setting(
         "DATASET", "Dataset to stage on the host: a name under datasets/ in the bucket, or a local folder.",
         "ljspeech", group="deploy")
     data_dir: str | None = setting(
         "DATA_DIR", "Where the dataset lands on the host (default: REMOTE_DIR/data); mounted read-only.",
         "/workspace/data", parse=_parse_remote_dir, group="deploy")
-    runtime: str = setting(
-        "RUNTIME", "How the host runs training: compose (Docker), native (a supervised process in a virtualenv, "
-        "for hosts without Docker such as RunPod pods) or auto (compose when the host has Docker and Compose).",
-        "auto", default="auto", parse=_parse_choice(("auto", "compose", "native")), group="deploy")
-    native_python: str = setting(
-        "NATIVE_PYTHON", "Native runtime: the host's interpreter whose packages (the image's torch) the run's "
-        "virtualenv sees.", "python3", default="python3", group="deploy")
     ship_env_include: str = setting(
         "SHIP_ENV_INCLUDE", "Keys (glob patterns, comma-separated) shipped to the host's .env.", "*",
         default="*", group="deploy")

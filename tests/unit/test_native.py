@@ -248,3 +248,14 @@ def test_the_supervisor_reads_env_files_like_compose(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("# c\nA=1\nexport B = two words\nC=\"quoted # not a comment\"\nD='x'\nbad\nE=\n")
     assert read_env_file(str(tmp_path / ".env")) == {"A": "1", "B": "two words", "C": "quoted # not a comment",
                                                      "D": "x", "E": ""}
+
+
+def test_the_runtime_choice_stays_on_the_laptop() -> None:
+    # Switching --runtime or NATIVE_PYTHON must not change the host's .env, which would restart training.
+    from deploy.envship import plan_env
+    from deploy.settings import load_settings
+
+    settings = load_settings(overrides={"RUNTIME": "native", "NATIVE_PYTHON": "/opt/conda/bin/python",
+                                        "S3_BUCKET": "my-bucket"}, environ={})
+    keys = plan_env(settings, environ={}).keys
+    assert "S3_BUCKET" in keys and "RUNTIME" not in keys and "NATIVE_PYTHON" not in keys
