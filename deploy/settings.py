@@ -232,6 +232,12 @@ class Settings:
     aws_s3_max_concurrency: int = setting(
         "AWS_S3_MAX_CONCURRENCY", "Parallel S3 requests for one transfer.", "10", default=10,
         parse=_parse_int(1, 256))
+    s3_multipart_threshold_mb: int = setting(
+        "S3_MULTIPART_THRESHOLD_MB", "Files larger than this many MB go up in parallel parts.", "16", default=16,
+        parse=_parse_int(5, 5120))
+    s3_multipart_chunksize_mb: int = setting(
+        "S3_MULTIPART_CHUNKSIZE_MB", "Size of one multipart part in MB (S3 allows 5 to 5120).", "16", default=16,
+        parse=_parse_int(5, 5120))
     enable_s3_sync: bool = setting(
         "ENABLE_S3_SYNC", "1 uploads checkpoints and logs to S3 while training.", "1", default=False,
         parse=_parse_bool, group="training")

@@ -103,11 +103,12 @@ def make_client(settings: Settings, max_pool_connections: int | None = None):
     )
 
 
-def transfer_config(settings: Settings, multipart_threshold: int = 16 * MB,
-                    multipart_chunksize: int = 16 * MB) -> TransferConfig:
+def transfer_config(settings: Settings, multipart_threshold: int | None = None,
+                    multipart_chunksize: int | None = None) -> TransferConfig:
+    """Concurrency from AWS_S3_MAX_CONCURRENCY; multipart sizes from S3_MULTIPART_*_MB (or the arguments)."""
     return TransferConfig(
-        multipart_threshold=multipart_threshold,
-        multipart_chunksize=multipart_chunksize,
+        multipart_threshold=multipart_threshold or settings.s3_multipart_threshold_mb * MB,
+        multipart_chunksize=multipart_chunksize or settings.s3_multipart_chunksize_mb * MB,
         max_concurrency=settings.aws_s3_max_concurrency,
         use_threads=True,
     )
