@@ -259,3 +259,35 @@ def test_the_runtime_choice_stays_on_the_laptop() -> None:
                                         "S3_BUCKET": "my-bucket"}, environ={})
     keys = plan_env(settings, environ={}).keys
     assert "S3_BUCKET" in keys and "RUNTIME" not in keys and "NATIVE_PYTHON" not in keys
+
+
+def test_the_probe_reports_a_native_deploy() -> None:
+    from deploy.probe import parse_facts
+
+    assert parse_facts("os=Ubuntu\nnative=1\n").native and not parse_facts("os=Ubuntu\nnative=0\n").native
+
+
+def test_compose_refuses_a_folder_that_holds_a_native_deploy() -> None:
+    from tests.unit.test_rollout import DESIRED as COMPOSE_DESIRED, FACTS as DOCKER_FACTS, healthy as compose_healthy
+    from deploy.rollout import plan_deploy
+
+    facts = HostFacts(**{**DOCKER_FACTS.__dict__, "native": True})
+    plan = plan_deploy(SPEC, COMPOSE_DESIRED, compose_healthy(facts))
+    assert any("holds a native deploy" in p and "--runtime=native" in p for p in plan.problems)
+
+
+class MissingImage:
+    def image_id(self, ref: str):
+        from deploy.errors import HostError
+
+        raise HostError(f"The bucket has no image {ref}; push it first.")
+
+
+def test_a_missing_image_only_matters_to_compose_hosts() -> None:
+    from deploy.errors import HostError
+    from deploy.rollout import resolve_image
+
+    assert resolve_image(MissingImage(), "t:v1", "native") == ("", 0, None)
+    assert resolve_image(MissingImage(), "t:v1", "auto") == ("", 0, "The bucket has no image t:v1; push it first.")
+    with pytest.raises(HostError, match="push it first"):
+        resolve_image(MissingImage(), "t:v1", "compose")
