@@ -394,11 +394,18 @@ def check_rendezvous(conns: list, specs: list[HostSpec], addr: str, port: int) -
         conns[0].run(f"kill {pid} 2>/dev/null", hide=True, warn=True, in_stream=False)
 
 
-def start_group(conns: list, plans: list[DeployPlan], wait: float, log: Callable[[str], None]) -> list[ServiceState]:
-    """Start a multi-node group: all stopped first, then rank 0, then the others; on a failure stop all."""
+def stop_group(conns: list, plans: list[DeployPlan]) -> None:
+    """Stop every node still running: a DDP group restarts together, and rank 0 frees MASTER_PORT."""
     for conn, plan in zip(conns, plans):
         if plan.project.state(conn).running:
             plan.project.stop(conn)
+
+
+def start_group(conns: list, plans: list[DeployPlan], wait: float, log: Callable[[str], None]) -> list[ServiceState]:
+    """Start a multi-node group (already stopped: see :func:`stop_group`): rank 0, then the others.
+
+    On a failure every node is stopped again.
+    """
     states: list[ServiceState] = []
     try:
         for rank, (conn, plan) in enumerate(zip(conns, plans)):
@@ -481,6 +488,7 @@ def deploy_group(specs: list[HostSpec], rollout: Rollout, settings, options, sto
         if any(o.error for o in prepared) or not restart:
             return prepared
         started = time.monotonic()
+        stop_group(conns, plans)
         check_rendezvous(conns, specs, rollout.master_addr or specs[0].host, rollout.master_port)
         states = start_group(conns, plans, rollout.wait, log)
         return [Outcome(o.spec, result=DeployResult(
