@@ -52,6 +52,24 @@ _UNCOMPRESSED_LAYER_TYPES = (
 # --------------------------------------------------------------------------- readers
 
 
+COALESCE = 1024 * 1024
+
+
+def _coalesce(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Join small pieces into blocks of at least ``size`` (the engine's HTTP chunks are ~32 KiB;
+    handing each one across threads costs more than reading it)."""
+    pending: list[bytes] = []
+    held = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield pending[0] if len(pending) == 1 else b"".join(pending)
+            pending, held = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
 class IterReader:
     """A file-like ``read(n)`` over an iterator of byte chunks (the docker SDK's ``get_image``).
 
@@ -78,7 +96,7 @@ class IterReader:
 
     def _pump(self, chunks: Iterator[bytes]) -> None:
         try:
-            for chunk in chunks:
+            for chunk in _coalesce(chunks, COALESCE):
                 while not self._stop.is_set():
                     try:
                         self._queue.put(chunk, timeout=0.2)  # type: ignore[union-attr]
