@@ -19,7 +19,6 @@ stdout.
 
 import collections
 import hashlib
-import io
 import json
 import os
 import shutil

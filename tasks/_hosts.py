@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from deploy.errors import DeployError, HostError
-from deploy.hosts import HostOptions, HostSpec, Outcome, for_each_host, hosts_from
+from deploy.errors import HostError
+from deploy.hosts import HostOptions, HostSpec, Outcome, hosts_from
 from deploy.settings import Settings
 
 HOSTS_HELP = "Hosts, comma-separated user@host:port (default: RUNPOD_HOST; fab -H works too)."

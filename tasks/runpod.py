@@ -8,11 +8,11 @@ import shlex
 
 from invoke import Collection, task
 
-from deploy.errors import DeployError, HostError
-from deploy.hosts import connect, require_sftp
+from deploy.errors import DeployError
+from deploy.hosts import connect, for_each_host, require_sftp
 from deploy.hostsync import pull, ssh_command
 from tasks._boundary import DRY_RUN_HELP, ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
-from tasks._hosts import HOSTS_HELP, for_each_host, options, raise_if_failed, targets
+from tasks._hosts import HOSTS_HELP, options, raise_if_failed, targets
 
 
 @task(
