@@ -36,6 +36,7 @@ from deploy.imagearchive import HashingReader, IterReader, LayerEntry, read_save
 from deploy.imagestore import (CODECS, CompressingReader, ImageManifest, ImageStore, LayerRecord, archive_codec,
                                codec)
 from deploy.storage import MB, Storage
+from deploy.sync import human_bytes
 
 FORMATS = ("layers", "archive")
 PRESIGN_SECONDS = 3600
@@ -209,9 +210,9 @@ class PushResult:
         if self.plan.noop:
             return self.plan.describe()[0]
         rate = self.read_bytes / self.seconds / MB if self.seconds else 0.0
-        return (f"{self.plan.ref}: uploaded {len(self.uploaded)} layer(s), {_human(self.sent_bytes)} "
-                f"({_human(self.raw_bytes)} before compression, ratio {self.ratio:.2f}), skipped "
-                f"{len(self.skipped)}; read {_human(self.read_bytes)} from the engine in {self.seconds:.1f} s "
+        return (f"{self.plan.ref}: uploaded {len(self.uploaded)} layer(s), {human(self.sent_bytes)} "
+                f"({human(self.raw_bytes)} before compression, ratio {self.ratio:.2f}), skipped "
+                f"{len(self.skipped)}; read {human(self.read_bytes)} from the engine in {self.seconds:.1f} s "
                 f"({rate:.0f} MB/s).")
 
 
@@ -503,11 +504,11 @@ class PullPlan:
         if self.action == "tag":
             return [f"{self.ref} on {self.where}: tag the image {self.image_id[7:19]} it already has."]
         if self.format == "archive":
-            return [f"{self.ref} on {self.where}: load the archive {self.key} ({_human(self.fetch_bytes)})."]
+            return [f"{self.ref} on {self.where}: load the archive {self.key} ({human(self.fetch_bytes)})."]
         fetch = [r for r, a in self.layers if a == "fetch"]
         lines = [f"{self.ref} on {self.where}: fetch {len(fetch)} of {len(self.layers)} layers "
-                 f"({_human(self.fetch_bytes)}) and docker load them."]
-        lines += [f"  {action:5}  {record.diff_id[7:19]}  {_human(record.stored_size)}" for record, action in self.layers]
+                 f"({human(self.fetch_bytes)}) and docker load them."]
+        lines += [f"  {action:5}  {record.diff_id[7:19]}  {human(record.stored_size)}" for record, action in self.layers]
         return lines
 
 
@@ -522,7 +523,7 @@ class PullResult:
         if self.plan.action != "load":
             return self.plan.describe()[0]
         return (f"{self.plan.ref} on {self.plan.where}: loaded {self.image_id[7:19] if self.image_id else '?'}, "
-                f"downloaded {_human(self.downloaded)} in {self.seconds:.1f} s.")
+                f"downloaded {human(self.downloaded)} in {self.seconds:.1f} s.")
 
 
 def host_facts(runner, where: str = "the host") -> dict:
@@ -718,10 +719,10 @@ class GcPlan:
 
     def describe(self) -> list[str]:
         total = sum(size for _, size in self.delete)
-        lines = [f"{len(self.delete)} object(s), {_human(total)}, referenced by no image; {self.keep} layer(s) in use"
+        lines = [f"{len(self.delete)} object(s), {human(total)}, referenced by no image; {self.keep} layer(s) in use"
                  + (f"; {self.young} unreferenced but younger than {GC_GRACE} kept (a push may be running)"
                     if self.young else "") + "."]
-        lines += [f"  delete  {key}  {_human(size)}" for key, size in self.delete]
+        lines += [f"  delete  {key}  {human(size)}" for key, size in self.delete]
         return lines
 
 
@@ -772,17 +773,9 @@ def abort_uploads(storage: Storage, uploads: Sequence[StaleUpload]) -> int:
     return len(uploads)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
 def human(n: float) -> str:
-    """Bytes as people read them: ``human(1536) == '1.5 KB'``."""
-    return _human(n)
+    """Bytes as people read them, in the same decimal units as every other task: ``human(1500) == '1.5 kB'``."""
+    return human_bytes(n)
 
 
 __all__ = [

@@ -204,7 +204,7 @@ class Settings:
     """The effective settings. Build it with :func:`load_settings`; every field is already parsed."""
 
     aws_access_key_id: Secret | None = setting(
-        "AWS_ACCESS_KEY_ID", "Access key of the S3 bucket's account.", "AKIAEXAMPLEEXAMPLE00",
+        "AWS_ACCESS_KEY_ID", "Access key of the S3 bucket's account.", "your-access-key-id",
         parse=_parse_secret, secret=True)
     aws_secret_access_key: Secret | None = setting(
         "AWS_SECRET_ACCESS_KEY", "Secret key that goes with the access key.", "change-me",

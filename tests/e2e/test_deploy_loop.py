@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shlex
 import stat
-import time
 import uuid
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from deploy.checkpoints import latest_checkpoint, list_checkpoints
 from deploy.settings import load_settings
 from deploy.storage import Storage
+from tests.harness.waiting import write_dotenv, wait_until
 from tests.harness.fab import run_fab
 from tests.harness.servers import SshServer
 
@@ -29,19 +29,6 @@ TRAIN_COMMAND = ("python -m deploy.training.demo fit --trainer.max_steps=100000 
                  "--checkpoint.save_top_k=-1 --checkpoint.monitor=null --model.step_delay=0.05")
 
 
-def write_dotenv(path: Path, values: dict[str, str]) -> Path:
-    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-    return path
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

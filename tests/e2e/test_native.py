@@ -18,7 +18,6 @@ import shlex
 import signal
 import stat
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import pytest
 from deploy.checkpoints import latest_checkpoint, list_checkpoints
 from deploy.settings import load_settings
 from deploy.storage import Storage
+from tests.harness.waiting import write_dotenv, wait_until
 from tests.harness.fab import run_fab
 from tests.harness.servers import SshServer
 
@@ -38,19 +38,6 @@ TRAIN_COMMAND = ("python -m deploy.training.demo fit --trainer.max_steps=100000 
 HIDDEN = ("docker", "containerd", "dockerd")
 
 
-def write_dotenv(path: Path, values: dict[str, str]) -> Path:
-    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-    return path
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def pod_bin(folder: Path) -> Path:

@@ -55,7 +55,7 @@ def fab(server: S3Server, *args: str, **env: str) -> subprocess.CompletedProcess
 
 def test_unknown_access_key_is_named(auth_server) -> None:
     server, _ = auth_server
-    result = fab(server, "s3.checkpoints", AWS_ACCESS_KEY_ID="AKIANOTAREALKEY00000",
+    result = fab(server, "s3.checkpoints", AWS_ACCESS_KEY_ID="NOT-A-REAL-ACCESS-KEY",
                  AWS_SECRET_ACCESS_KEY="not-the-secret-9f8e7d")
     assert result.returncode == 1
     assert result.stderr.strip() == (f"Error: The access key is not known to {server.endpoint_url}; "

@@ -16,17 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.waiting import wait_until
+
 SUPERVISOR = Path(__file__).resolve().parents[2] / "deploy" / "supervisor.py"
 
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture
@@ -68,7 +61,7 @@ def test_start_detaches_and_returns_while_the_command_runs(run_dir: Path) -> Non
     started = time.monotonic()
     result = supervisor(run_dir, "start")
     assert time.monotonic() - started < 5 and result["log_offset"] == 0
-    wait_until(lambda: "hello from config" in (run_dir / "train.log").read_text(), 10, "the command's output")
+    wait_until(lambda: "hello from config" in (run_dir / "train.log").read_text(), 10, "the command's output", interval=0.1)
     assert state(run_dir)["status"] == "running" and state(run_dir)["alive"]
     assert supervisor(run_dir, "start")["error"].startswith("already running")
 
@@ -85,7 +78,7 @@ def test_a_crash_is_restarted_until_the_limit(run_dir: Path) -> None:
 def test_an_exit_0_ends_the_run(run_dir: Path) -> None:
     configure(run_dir, ["sh", "-c", "exit 0"])
     supervisor(run_dir, "start")
-    final = wait_until(lambda: (lambda s: s if not s["alive"] else None)(state(run_dir)), 10, "the run to end")
+    final = wait_until(lambda: (lambda s: s if not s["alive"] else None)(state(run_dir)), 10, "the run to end", interval=0.1)
     assert final["status"] == "exited" and final["restarts"] == 0
 
 
@@ -100,7 +93,7 @@ def test_stop_sends_sigterm_and_kills_the_group_after_the_deadline(run_dir: Path
     assert time.monotonic() - started < 10
     assert state(run_dir)["status"] == "stopped"
     assert "killing the entrypoint's process group" in (run_dir / "train.log").read_text()
-    assert wait_until(lambda: gone(child), 5, "the command's child to be killed")
+    assert wait_until(lambda: gone(child), 5, "the command's child to be killed", interval=0.1)
 
 
 def test_a_graceful_command_stops_on_sigterm(run_dir: Path) -> None:
@@ -108,7 +101,7 @@ def test_a_graceful_command_stops_on_sigterm(run_dir: Path) -> None:
                         "signal.signal(signal.SIGTERM, lambda *a: (print('flushing', flush=True), sys.exit(143)))\n"
                         "print('ready', flush=True)\ntime.sleep(300)"])
     supervisor(run_dir, "start")
-    wait_until(lambda: "ready" in (run_dir / "train.log").read_text(), 10, "the command")
+    wait_until(lambda: "ready" in (run_dir / "train.log").read_text(), 10, "the command", interval=0.1)
     supervisor(run_dir, "stop", "--timeout", "30")
     log = (run_dir / "train.log").read_text()
     assert "flushing" in log and "stopped: the entrypoint exited with 143" in log
@@ -120,6 +113,6 @@ def test_a_kill_9_of_the_command_restarts_it(run_dir: Path) -> None:
     first = int(wait_until(lambda: (run_dir / ".gpu-deploy" / "train.pid").exists()
                            and (run_dir / ".gpu-deploy" / "train.pid").read_text().strip(), 10, "train.pid"))
     os.kill(first, signal.SIGKILL)
-    wait_until(lambda: (run_dir / "train.log").read_text().count("up\n") == 2, 10, "the restart")
+    wait_until(lambda: (run_dir / "train.log").read_text().count("up\n") == 2, 10, "the restart", interval=0.1)
     now = state(run_dir)
     assert now["status"] == "running" and now["restarts"] == 1 and now["child"] != first
