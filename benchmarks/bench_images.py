@@ -1,7 +1,7 @@
 """Benchmark: Docker images through S3 (issue 4), all figures in one run on this machine.
 
 Against its own moto S3 server and the local Docker engine, on a ~1.2 GB single-layer image made
-from the training base image (``deploy.baseimage``; built first when absent). The base image is
+from the training base image (``deploy.dev.baseimage``; built first when absent). The base image is
 shared with other work, so the benchmark exports it once into an image of its own
 (``gpu-deploy-test-img/bench:v1``, a distinct layer) that it can delete and load freely.
 
@@ -105,7 +105,7 @@ def main() -> None:
     args = parser.parse_args()
 
     client = images.docker_client()
-    from deploy.baseimage import ensure_base_image
+    from deploy.dev.baseimage import ensure_base_image
 
     base = ensure_base_image(client).tag
     image = make_bench_image(client, base)

@@ -153,7 +153,7 @@ def main() -> None:
             os.environ["S3_PREFIX"] = "ours-0"
             from deploy.settings import load_settings
             from deploy.storage import Storage
-            from deploy.sync import cache_for, plan_download, plan_upload
+            from deploy.storage.sync import cache_for, plan_download, plan_upload
 
             storage = Storage.from_settings(load_settings())
             prefix = storage.key("datasets", "bench")

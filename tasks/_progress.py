@@ -1,4 +1,4 @@
-"""A rich progress bar for transfers: the task side of :class:`deploy.sync.SyncObserver`.
+"""A rich progress bar for transfers: the task side of :class:`deploy.storage.sync.SyncObserver`.
 
 The bar (bytes, rate, ETA) goes to stderr and only when stderr is a terminal; results go to stdout.
 """
@@ -19,11 +19,11 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from deploy.sync import SyncItem, SyncObserver, SyncPlan
+from deploy.storage.sync import SyncItem, SyncObserver, SyncPlan
 
 
 class RichTransferProgress(SyncObserver):
-    """Renders a sync's progress; use as a context manager around :func:`deploy.sync.execute`."""
+    """Renders a sync's progress; use as a context manager around :func:`deploy.storage.sync.execute`."""
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)

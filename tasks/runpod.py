@@ -10,7 +10,7 @@ from invoke import Collection, task
 
 from deploy.errors import DeployError
 from deploy.hosts import connect, for_each_host, require_sftp
-from deploy.hostsync import pull, ssh_command
+from deploy.hosts.results import pull, ssh_command
 from tasks._boundary import DRY_RUN_HELP, ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
 from tasks._hosts import HOSTS_HELP, options, raise_if_failed, targets
 
@@ -74,7 +74,7 @@ def ssh(c, hosts=None, env_file=None):
 def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart=False, dry_run=False, wait=300,
                   hosts=None, env_file=None):
     """Deploy the training to the GPU host(s): probe, provision, ship .env, image or code, start."""
-    from deploy.rollout import BucketImages, Rollout, deploy_group, deploy_hosts, resolve_image, stage_local_dataset
+    from deploy.flow.rollout import BucketImages, Rollout, deploy_group, deploy_hosts, resolve_image, stage_local_dataset
     from deploy.storage import Storage
 
     settings = settings_from_flags(env_file=env_file, IMAGE=image, DATASET=dataset, NUM_NODES=nodes, RUNTIME=runtime)
@@ -123,7 +123,7 @@ def _storage_or_none(settings):
 @boundary
 def status(c, json=False, tail=10, hosts=None, env_file=None):
     """Show the service, GPUs, last log lines and the newest checkpoint in S3."""
-    from deploy.monitor import run_status
+    from deploy.flow.status import run_status
 
     settings = settings_from_flags(env_file=env_file)
     opts = options(settings)
@@ -149,7 +149,7 @@ def status(c, json=False, tail=10, hosts=None, env_file=None):
 @boundary
 def logs(c, follow=False, tail=100, hosts=None, env_file=None):
     """Print the training service's logs."""
-    from deploy.monitor import project_on
+    from deploy.flow.status import project_on
 
     settings = settings_from_flags(env_file=env_file)
     opts = options(settings)
@@ -165,7 +165,7 @@ def logs(c, follow=False, tail=100, hosts=None, env_file=None):
 @boundary
 def stop(c, timeout=120, hosts=None, env_file=None):
     """Stop training gracefully: SIGTERM, pending uploads flush, then the container (or native process) stops."""
-    from deploy.monitor import project_on
+    from deploy.flow.status import project_on
 
     settings = settings_from_flags(env_file=env_file)
     opts = options(settings)

@@ -15,7 +15,7 @@ from invoke import Collection, task
 from rich.console import Console
 from rich.table import Table
 
-from deploy.checkpoints import (
+from deploy.storage.checkpoints import (
     CHECKPOINT_SUFFIX,
     checkpoint_metadata,
     find_checkpoint,
@@ -25,9 +25,9 @@ from deploy.checkpoints import (
     parse_checkpoint_name,
 )
 from deploy.errors import ConfigError, StorageError
-from deploy.s3check import check_bucket, ensure_reachable
+from deploy.storage.permissions import check_bucket, ensure_reachable
 from deploy.storage import CHECKPOINTS, DATASETS, LOGS, Storage, safe_relative
-from deploy.sync import (
+from deploy.storage.sync import (
     SyncCache,
     SyncPlan,
     cache_for,

@@ -120,7 +120,7 @@ def busybox_image(docker_client, tmp_path_factory: pytest.TempPathFactory) -> st
 @pytest.fixture(scope="session")
 def base_image(docker_client) -> str:
     """The Python training base image (torch, lightning), built without a registry and cached."""
-    from deploy.baseimage import ensure_base_image
+    from deploy.dev.baseimage import ensure_base_image
 
     return ensure_base_image(docker_client).tag
 

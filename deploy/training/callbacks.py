@@ -39,7 +39,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from deploy.checkpoints import checkpoint_metadata
+from deploy.storage.checkpoints import checkpoint_metadata
 from deploy.errors import DeployError, TrainingError
 from deploy.settings import Settings, load_settings
 from deploy.storage import CHECKPOINTS, LOGS, Storage

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from deploy.checkpoints import CheckpointInfo, list_checkpoints
+from deploy.storage.checkpoints import CheckpointInfo, list_checkpoints
 from deploy.errors import StorageError, TrainingError
 from deploy.storage import Storage
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.checkpoints import latest_checkpoint, list_checkpoints
+from deploy.storage.checkpoints import latest_checkpoint, list_checkpoints
 from deploy.settings import load_settings
 from deploy.storage import Storage
 from tests.harness.waiting import write_dotenv, wait_until
@@ -188,7 +188,7 @@ def _resumed_step(container) -> str | None:
 
 def test_two_node_run_trains_and_resumes_as_a_group(workspace, ssh_server, tmp_path: Path, ssh_connection,
                                                     docker_client) -> None:
-    from deploy.embedded import free_port
+    from deploy.dev.embedded import free_port
 
     operator, remote_dir, values = workspace
     storage = storage_of(values)

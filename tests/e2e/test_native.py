@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.checkpoints import latest_checkpoint, list_checkpoints
+from deploy.storage.checkpoints import latest_checkpoint, list_checkpoints
 from deploy.settings import load_settings
 from deploy.storage import Storage
 from tests.harness.waiting import write_dotenv, wait_until

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.datastage import MARKER, execute_stage, plan_for_host
+from deploy.hosts.dataset import MARKER, execute_stage, plan_for_host
 from deploy.errors import StorageError
 from deploy.settings import load_settings
 from deploy.storage import Storage

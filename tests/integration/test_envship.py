@@ -6,7 +6,7 @@ import stat
 import uuid
 from pathlib import Path
 
-from deploy.envship import plan_env, ship_env
+from deploy.hosts.envfile import plan_env, ship_env
 from deploy.settings import load_settings
 
 

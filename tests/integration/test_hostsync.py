@@ -9,7 +9,7 @@ import pytest
 
 from deploy.errors import ConfigError, HostError
 from deploy.hosts import HostOptions, HostSpec
-from deploy.hostsync import pull, remote_path
+from deploy.hosts.results import pull, remote_path
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from invoke import Context
 
 from deploy import images
 from deploy.errors import ImageError
+from deploy.images.store import ImageStore
 from deploy.settings import load_settings
 from deploy.storage import Storage
 
@@ -146,7 +147,7 @@ def test_interrupted_upload_leaves_no_multipart_upload_and_next_push_completes(
         images.push(docker_client, storage, ref, "none", progress=CtrlC())
     assert multipart_uploads(storage) == []
     assert storage.head(storage.key("docker-images", "layers", big_layer[7:] + ".tar")) is None
-    store = images.ImageStore(storage)
+    store = ImageStore(storage)
     complete = [d for d in docker_client.api.inspect_image(ref)["RootFS"]["Layers"]
                 if store.find_layer(d, "none") is not None]
 
@@ -177,7 +178,7 @@ def test_damaged_layer_is_refused_with_its_key_and_checksums(damage, docker_clie
     assert key in message
     if damage == "corrupt":
         assert "corrupt" in message and message.count("sha256") >= 1
-        manifest_sha = images.ImageStore(storage).read_manifest(*ref.rsplit(":", 1)).layers[-1].sha256
+        manifest_sha = ImageStore(storage).read_manifest(*ref.rsplit(":", 1)).layers[-1].sha256
         assert manifest_sha in message
     else:
         assert "truncated" in message

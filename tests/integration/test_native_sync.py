@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy.envship import EnvShipment
+from deploy.hosts.envfile import EnvShipment
 from deploy.hosts import HostOptions, HostSpec
-from deploy.native import NativeDesired, gather_native, plan_native, select_files, send_files
-from deploy.probe import HostFacts
+from deploy.runtimes.native import NativeDesired, gather_native, plan_native, select_files, send_files
+from deploy.hosts.probe import HostFacts
 from deploy.settings import Secret
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploy.probe import probe
+from deploy.hosts.probe import probe
 
 
 def test_probe_reports_the_ssh_host(ssh_connection) -> None:

@@ -18,7 +18,7 @@ from invoke.exceptions import Exit
 from deploy.errors import StorageError
 from deploy.settings import load_settings
 from deploy.storage import Storage
-from deploy.sync import SyncObserver, execute, plan_download, plan_upload
+from deploy.storage.sync import SyncObserver, execute, plan_download, plan_upload
 from tasks import s3 as s3tasks
 from tests.harness.fab import FAB, REPO, run_fab
 from tests.harness.servers import free_port
@@ -136,7 +136,7 @@ def test_upload_checkpoint_with_an_explicit_step_becomes_the_latest(s3_env, stor
     run_task(s3tasks.upload_checkpoint, capsys, path=str(tmp_path / "best.ckpt"), epoch="7", step="700")
     head = storage.head(storage.key("checkpoints", "best.ckpt"))
     assert (head.metadata["step"], head.metadata["epoch"]) == ("700", "7")
-    from deploy.checkpoints import latest_checkpoint
+    from deploy.storage.checkpoints import latest_checkpoint
 
     assert latest_checkpoint(storage).name == "best.ckpt"
     assert run_task(s3tasks.upload_checkpoint, capsys, path=str(tmp_path / "best.ckpt"), epoch="7",

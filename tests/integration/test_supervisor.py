@@ -18,7 +18,7 @@ import pytest
 
 from tests.harness.waiting import wait_until
 
-SUPERVISOR = Path(__file__).resolve().parents[2] / "deploy" / "supervisor.py"
+SUPERVISOR = Path(__file__).resolve().parents[2] / "deploy" / "remote" / "supervisor.py"
 
 
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from deploy.checkpoints import CheckpointInfo, list_checkpoints
+from deploy.storage.checkpoints import CheckpointInfo, list_checkpoints
 from deploy.settings import load_settings
 from deploy.storage import Storage
 

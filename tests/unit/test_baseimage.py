@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deploy.baseimage import DEFAULT_MIRROR, BaseImageRecipe, apt_mirror
+from deploy.dev.baseimage import DEFAULT_MIRROR, BaseImageRecipe, apt_mirror
 
 
 def test_recipe_digest_changes_with_what_goes_in() -> None:

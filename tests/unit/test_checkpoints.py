@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-from deploy.checkpoints import (
+from deploy.storage.checkpoints import (
     CheckpointInfo,
     checkpoint_metadata,
     natural_sorted,
@@ -19,8 +19,8 @@ from deploy.checkpoints import (
 )
 from deploy.errors import StorageError
 from deploy.storage import ObjectInfo
-from deploy.sync import SKIP, UPLOAD, compare, plan_download, plan_upload, scan_local
-from deploy.synccache import LocalFacts, RemoteFacts, SyncCache, multipart_etag
+from deploy.storage.sync import SKIP, UPLOAD, compare, plan_download, plan_upload, scan_local
+from deploy.storage.cache import LocalFacts, RemoteFacts, SyncCache, multipart_etag
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.envship import plan_env
+from deploy.hosts.envfile import plan_env
 from deploy.errors import ConfigError
 from deploy.settings import load_settings
 

@@ -10,7 +10,7 @@ import tarfile
 import pytest
 
 from deploy.errors import ImageError
-from deploy.imagearchive import IterReader, chain_ids, predict_diff_id, read_save
+from deploy.images.archive import IterReader, chain_ids, predict_diff_id, read_save
 
 
 def sha(data: bytes) -> str:

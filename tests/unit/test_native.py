@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from deploy.compose import ServiceState
-from deploy.envship import EnvShipment
+from deploy.runtimes.compose import ServiceState
+from deploy.hosts.envfile import EnvShipment
 from deploy.errors import ConfigError
 from deploy.hosts import HostSpec
-from deploy.native import (
+from deploy.runtimes.native import (
     APP,
     BaseInterpreter,
     LocalFile,
@@ -28,15 +28,15 @@ from deploy.native import (
     sha256,
     train_requirements,
 )
-from deploy.probe import HostFacts
+from deploy.hosts.probe import HostFacts
 from deploy.settings import Secret
-from deploy.supervisor import read_env_file
+from deploy.remote.supervisor import read_env_file
 
 SPEC = HostSpec("203.0.113.10", 40022)
 ENV = EnvShipment(keys=("AWS_SECRET_ACCESS_KEY", "S3_BUCKET"), _content=Secret("S3_BUCKET=b\nAWS_SECRET_ACCESS_KEY=x\n"))
 FILES = {"train.py": LocalFile("/src", "train.py", 120, 1_700_000_000),
          "pkg/model.py": LocalFile("/src", "pkg/model.py", 3000, 1_700_000_100),
-         f"{APP}/deploy/supervisor.py": LocalFile("/repo", "deploy/supervisor.py", 9000, 1_700_000_200)}
+         f"{APP}/deploy/remote/supervisor.py": LocalFile("/repo", "deploy/remote/supervisor.py", 9000, 1_700_000_200)}
 DESIRED = NativeDesired(remote_dir="/workspace/train", env=ENV, python="python3", source="/src", files=FILES,
                         train_requirements=("torch>=2.1", "lightning>=2.2"), user_requirements="numpy\n",
                         local_rsync=True)
@@ -239,7 +239,7 @@ def test_select_files_records_size_mtime_and_exec_bit(tmp_path: Path) -> None:
 
 def test_the_library_and_the_train_extra_come_from_this_checkout() -> None:
     lib = library_files()
-    assert f"{APP}/deploy/training/entrypoint.py" in lib and f"{APP}/deploy/supervisor.py" in lib
+    assert f"{APP}/deploy/training/entrypoint.py" in lib and f"{APP}/deploy/remote/supervisor.py" in lib
     assert not any("__pycache__" in rel for rel in lib)
     assert any(r.startswith("torch") for r in train_requirements())
 
@@ -252,7 +252,7 @@ def test_the_supervisor_reads_env_files_like_compose(tmp_path: Path) -> None:
 
 def test_the_runtime_choice_stays_on_the_laptop() -> None:
     # Switching --runtime or NATIVE_PYTHON must not change the host's .env, which would restart training.
-    from deploy.envship import plan_env
+    from deploy.hosts.envfile import plan_env
     from deploy.settings import load_settings
 
     settings = load_settings(overrides={"RUNTIME": "native", "NATIVE_PYTHON": "/opt/conda/bin/python",
@@ -262,14 +262,14 @@ def test_the_runtime_choice_stays_on_the_laptop() -> None:
 
 
 def test_the_probe_reports_a_native_deploy() -> None:
-    from deploy.probe import parse_facts
+    from deploy.hosts.probe import parse_facts
 
     assert parse_facts("os=Ubuntu\nnative=1\n").native and not parse_facts("os=Ubuntu\nnative=0\n").native
 
 
 def test_compose_refuses_a_folder_that_holds_a_native_deploy() -> None:
     from tests.unit.test_rollout import DESIRED as COMPOSE_DESIRED, FACTS as DOCKER_FACTS, healthy as compose_healthy
-    from deploy.rollout import plan_deploy
+    from deploy.flow.rollout import plan_deploy
 
     facts = HostFacts(**{**DOCKER_FACTS.__dict__, "native": True})
     plan = plan_deploy(SPEC, COMPOSE_DESIRED, compose_healthy(facts))
@@ -285,7 +285,7 @@ class MissingImage:
 
 def test_a_missing_image_only_matters_to_compose_hosts() -> None:
     from deploy.errors import HostError
-    from deploy.rollout import resolve_image
+    from deploy.flow.rollout import resolve_image
 
     assert resolve_image(MissingImage(), "t:v1", "native") == ("", 0, None)
     assert resolve_image(MissingImage(), "t:v1", "auto") == ("", 0, "The bucket has no image t:v1; push it first.")

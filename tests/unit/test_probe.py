@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploy.probe import Gpu, compose_problems, parse_facts
+from deploy.hosts.probe import Gpu, compose_problems, parse_facts
 
 GPU_HOST = """\
 os=Ubuntu 22.04.4 LTS

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from deploy.compose import GPU_FILE, SERVICE_FILE, ServiceState
-from deploy.envship import EnvShipment
+from deploy.runtimes.compose import GPU_FILE, SERVICE_FILE, ServiceState
+from deploy.hosts.envfile import EnvShipment
 from deploy.hosts import HostSpec
-from deploy.probe import Gpu, HostFacts
-from deploy.rollout import DesiredRun, HostState, compose_files, file_digest, plan_deploy
+from deploy.hosts.probe import Gpu, HostFacts
+from deploy.flow.rollout import DesiredRun, HostState, compose_files, file_digest, plan_deploy
 from deploy.settings import Secret
 
 SPEC = HostSpec("203.0.113.10", 40022)

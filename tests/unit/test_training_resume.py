@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.checkpoints import CheckpointInfo
+from deploy.storage.checkpoints import CheckpointInfo
 from deploy.errors import StorageError, TrainingError
 from deploy.settings import load_settings
 from deploy.training.demo import parse_plain

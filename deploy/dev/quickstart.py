@@ -6,7 +6,7 @@ operator would, printing each one: image-to-s3, deploy-runpod, status, sync-from
 short training run ends it shows where the checkpoints and logs are, and stops what it started.
 A second run reuses the images it built (the bucket is in memory and starts empty each time).
 
-    python -m deploy.quickstart [--workdir .demo] [--epochs 3] [--keep]
+    python -m deploy.dev.quickstart [--workdir .demo] [--epochs 3] [--keep]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from deploy.errors import DeployError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEMO_IMAGE = "gpu-deploy-demo:latest"
 PUBLIC_BASE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
 BUCKET = "gpu-deploy-demo"
@@ -50,7 +50,7 @@ def base_image(client) -> str:
     if os.environ.get("BASE_IMAGE"):
         return os.environ["BASE_IMAGE"]
     if platform.system() == "Linux" and os.geteuid() == 0 and shutil.which("debootstrap"):
-        from deploy.baseimage import ensure_base_image
+        from deploy.dev.baseimage import ensure_base_image
 
         result = ensure_base_image(client, log=lambda line: print(f"    {line}", flush=True))
         print(f"    base image {result.tag} ({'built' if result.built else 'reused'})")
@@ -84,7 +84,7 @@ def wait_for_exit(client, project: str, timeout: float) -> str:
 def run(workdir: Path, epochs: int, keep: bool) -> int:
     import docker
 
-    from deploy.embedded import S3Server, SshServer
+    from deploy.dev.embedded import S3Server, SshServer
 
     workdir.mkdir(parents=True, exist_ok=True)
     client = docker.from_env(timeout=900)

@@ -1,10 +1,10 @@
 """Docker images through S3: push and pull only the layers that changed, or whole archives.
 
 ``push`` streams ``docker save`` from the engine (docker SDK), names each layer before reading it
-(:mod:`deploy.imagearchive`), skips the layers the bucket has, and streams the others through a
+(:mod:`deploy.images.archive`), skips the layers the bucket has, and streams the others through a
 compressor into concurrent multipart uploads: nothing is staged on disk and memory stays bounded.
 ``pull`` asks the host what it has (any runner with ``.run()``: an invoke ``Context`` locally, a
-Fabric ``Connection`` for a GPU host), plans the layers it lacks, and runs :mod:`deploy.hostload`
+Fabric ``Connection`` for a GPU host), plans the layers it lacks, and runs :mod:`deploy.remote.hostload`
 there with short-lived presigned URLs. Plans are plain data; ``--dry-run`` stops after them.
 
 Example::
@@ -32,11 +32,11 @@ from typing import Any
 from boto3.s3.transfer import TransferConfig
 
 from deploy.errors import ImageError, StorageError
-from deploy.imagearchive import HashingReader, IterReader, LayerEntry, read_save
-from deploy.imagestore import (CODECS, CompressingReader, ImageManifest, ImageStore, LayerRecord, archive_codec,
+from deploy.images.archive import HashingReader, IterReader, LayerEntry, read_save
+from deploy.images.store import (CODECS, CompressingReader, ImageManifest, ImageStore, LayerRecord, archive_codec,
                                codec)
 from deploy.storage import MB, Storage
-from deploy.sync import human_bytes
+from deploy.storage.sync import human_bytes
 
 FORMATS = ("layers", "archive")
 PRESIGN_SECONDS = 3600
@@ -454,8 +454,8 @@ BOOTSTRAP = ("python3 -c \"import sys,json; d=json.loads(sys.stdin.read()); g={'
 
 
 def run_host_script(runner, job: dict, progress: ImageProgress | None = None, where: str = "the host") -> dict:
-    """Run :mod:`deploy.hostload` through ``runner`` (Context or Connection), job and URLs on stdin."""
-    script = (Path(__file__).parent / "hostload.py").read_text()
+    """Run :mod:`deploy.remote.hostload` through ``runner`` (Context or Connection), job and URLs on stdin."""
+    script = (Path(__file__).resolve().parents[1] / "remote" / "hostload.py").read_text()
     payload = json.dumps({"script": script, "job": job}).encode()
     sink = _ProgressSink(progress or ImageProgress())
     try:

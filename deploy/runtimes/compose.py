@@ -15,7 +15,7 @@ from pathlib import Path
 
 from deploy.errors import HostError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_FILE = "docker-compose.runpod.yml"
 GPU_FILE = "docker-compose.gpu.yml"
 SERVICE = "train"

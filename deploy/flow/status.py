@@ -6,11 +6,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from deploy.checkpoints import latest_checkpoint
-from deploy.compose import ComposeProject, ServiceState, project_for
+from deploy.storage.checkpoints import latest_checkpoint
+from deploy.runtimes.compose import ComposeProject, ServiceState, project_for
 from deploy.errors import DeployError
-from deploy.native import NativeService
-from deploy.probe import Gpu, probe
+from deploy.runtimes.native import NativeService
+from deploy.hosts.probe import Gpu, probe
 from deploy.storage import Storage
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from deploy.errors import HostError
 
 NATIVE_MARKER = ".gpu-deploy/supervisor.py"
-"""A native deploy (deploy.native) keeps its supervisor here under REMOTE_DIR; the probe looks for it."""
+"""A native deploy (deploy.runtimes.native) keeps its supervisor here under REMOTE_DIR; the probe looks for it."""
 
 PROBE_SCRIPT = r"""
 export LC_ALL=C
@@ -81,7 +81,7 @@ class HostFacts:
     disk_dir: str = ""
     disk_free_kb: int = 0
     remote_dir_exists: bool = False
-    native: bool = False  # REMOTE_DIR holds a native deploy (no Docker: deploy.native)
+    native: bool = False  # REMOTE_DIR holds a native deploy (no Docker: deploy.runtimes.native)
 
     @property
     def compose_command(self) -> str | None:

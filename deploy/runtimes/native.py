@@ -13,7 +13,7 @@ runtime brings the same run there, in the same gather -> plan -> execute shape a
   virtualenv. pip installs the ``train`` extra and the tree's ``requirements.txt`` there, only when
   they (or the interpreter) changed, with torch pinned to the interpreter's own build, so a
   requirement never swaps the image's CUDA torch for a download of several GB.
-- :mod:`deploy.supervisor` runs ``python -m deploy.training.entrypoint`` in ``REMOTE_DIR`` (resume
+- :mod:`deploy.remote.supervisor` runs ``python -m deploy.training.entrypoint`` in ``REMOTE_DIR`` (resume
   from S3, S3 sync on, settings from ``REMOTE_DIR/.env`` read on the host), detached from the SSH
   session, restarted after a crash, stopped gracefully.
 
@@ -41,11 +41,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.compose import REPO_ROOT, SERVICE_FILE, STOP_TIMEOUT, ServiceState
-from deploy.envship import EnvShipment, remote_env_digest, ship_env
+from deploy.runtimes.compose import REPO_ROOT, SERVICE_FILE, STOP_TIMEOUT, ServiceState
+from deploy.hosts.envfile import EnvShipment, remote_env_digest, ship_env
 from deploy.errors import ConfigError, HostError
 from deploy.hosts import HostOptions, HostSpec
-from deploy.probe import NATIVE_MARKER, HostFacts
+from deploy.hosts.probe import NATIVE_MARKER, HostFacts
 
 META = ".gpu-deploy"
 APP = f"{META}/app"
@@ -303,7 +303,7 @@ class NativeDesired:
         }
 
     def supervisor_files(self) -> dict[str, bytes]:
-        return {"supervisor.py": (Path(__file__).parent / "supervisor.py").read_bytes(),
+        return {"supervisor.py": (Path(__file__).resolve().parents[1] / "remote" / "supervisor.py").read_bytes(),
                 "run.json": (json.dumps(self.run_config(), indent=2, sort_keys=True) + "\n").encode()}
 
     @property
@@ -559,7 +559,7 @@ def gather_native(conn, desired: NativeDesired, storage=None) -> NativeState:
         state = NativeState(**{**state.__dict__, "env_digest": remote_env_digest(conn, desired.remote_dir),
                                "service": NativeService(desired.remote_dir).state(conn)})
     if desired.dataset and storage is not None:
-        from deploy.datastage import plan_for_host
+        from deploy.hosts.dataset import plan_for_host
 
         state = NativeState(**{**state.__dict__,
                                "dataset_plan": plan_for_host(conn, storage, desired.dataset, desired.data_dir)})
@@ -707,7 +707,7 @@ def send_files(conn, plan: NativePlan, options: HostOptions, log: Callable[[str]
 
 
 def _rsync(spec: HostSpec, options: HostOptions, root: str, rels: list[str], remote: str) -> None:
-    from deploy.hostsync import ssh_command
+    from deploy.hosts.results import ssh_command
 
     cmd = ["rsync", "-tp", "--files-from=-", "-e", shlex.join(ssh_command(spec, options)), root.rstrip("/") + "/",
            f"{spec.user}@{spec.host}:{shlex.quote(remote.rstrip('/') + '/')}"]
@@ -790,7 +790,7 @@ def wait_for_training(conn, service: NativeService, offset: int, timeout: float)
 def execute_native(conn, plan: NativePlan, options: HostOptions, storage=None, wait: float = 300.0,
                    log: Callable[[str], None] = lambda s: None):
     """Perform the plan's steps in order; then wait for training to start."""
-    from deploy.rollout import DeployResult
+    from deploy.flow.rollout import DeployResult
 
     if plan.problems:
         raise HostError(f"{plan.spec.host}:{plan.spec.port}: {plan.problems[0]}")
@@ -817,7 +817,7 @@ def execute_native(conn, plan: NativePlan, options: HostOptions, storage=None, w
             for name, data in d.supervisor_files().items():
                 _sftp_write(sftp, posixpath.join(d.remote_dir, META, name), data)
         elif step.name == "stage-dataset":
-            from deploy.datastage import execute_stage, plan_for_host
+            from deploy.hosts.dataset import execute_stage, plan_for_host
 
             assert storage is not None
             execute_stage(conn, storage, plan_for_host(conn, storage, d.dataset or "", d.data_dir))

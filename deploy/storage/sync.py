@@ -4,7 +4,7 @@ A plan is plain data: for every file, ``upload``/``download`` or ``skip`` and wh
 same size and same content: the local sha256 against the object's ``sha256`` metadata, or, for
 objects written by older scripts without metadata, the local md5 against the ETag (single-part
 objects, and multipart ETags for the usual part sizes). Hashes are remembered between runs in a
-:class:`~deploy.synccache.SyncCache`, so a run with nothing changed costs one listing and no heads.
+:class:`~deploy.storage.cache.SyncCache`, so a run with nothing changed costs one listing and no heads.
 
 Execution hands every file to one s3transfer ``TransferManager`` (concurrent files, multipart
 parts, ranged GETs). Downloads land in a hidden ``.part`` file beside the destination, are checked
@@ -41,7 +41,7 @@ from s3transfer.subscribers import BaseSubscriber
 
 from deploy.errors import DeployError, StorageError
 from deploy.storage import MB, ObjectInfo, Storage, safe_relative
-from deploy.synccache import LocalFacts, RemoteFacts, SyncCache, hash_file, multipart_etag
+from deploy.storage.cache import LocalFacts, RemoteFacts, SyncCache, hash_file, multipart_etag
 
 UPLOAD = "upload"
 DOWNLOAD = "download"

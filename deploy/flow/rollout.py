@@ -1,4 +1,4 @@
-"""`deploy-runpod` as a plan and its execution, for the compose runtime (deploy.native: hosts without Docker).
+"""`deploy-runpod` as a plan and its execution, for the compose runtime (deploy.runtimes.native: hosts without Docker).
 
 Gathering reads the host (probe, files, service state) and changes nothing; planning is pure and
 decides the steps; executing performs only the steps the plan marked as needed. Re-running on a
@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from deploy.compose import GPU_FILE, SERVICE_FILE, ComposeProject, ServiceState, compose_source, project_for
-from deploy.datastage import StagePlan, execute_stage
-from deploy.envship import EnvShipment, remote_env_digest, ship_env
+from deploy.runtimes.compose import GPU_FILE, SERVICE_FILE, ComposeProject, ServiceState, compose_source, project_for
+from deploy.hosts.dataset import StagePlan, execute_stage
+from deploy.hosts.envfile import EnvShipment, remote_env_digest, ship_env
 from deploy.errors import HostError
 from deploy.hosts import HostSpec
-from deploy.probe import HostFacts, compose_problems, probe
+from deploy.hosts.probe import HostFacts, compose_problems, probe
 from deploy.storage import Storage
 
 SMALL_TOOLS = ("zstd", "curl")
@@ -108,7 +108,7 @@ def compose_files(gpu: bool) -> dict[str, bytes]:
 
 def gather(conn, desired: DesiredRun, storage: Storage | None = None, facts: HostFacts | None = None) -> HostState:
     """Read the host: probe (unless ``facts`` has it), image, .env and compose file digests, service, dataset plan."""
-    from deploy.datastage import plan_for_host
+    from deploy.hosts.dataset import plan_for_host
 
     facts = facts or probe(conn, desired.remote_dir)
     image = conn.run(f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(desired.image_ref)} 2>/dev/null",
@@ -202,7 +202,7 @@ def execute(conn, plan: DeployPlan, images: ImageSource, storage: Storage | None
                 raise HostError(f"The image loaded on {plan.spec.host} is {loaded[:19]}, not {d.image_id[:19]}.")
         elif step.name == "stage-dataset":
             assert storage is not None
-            from deploy.datastage import plan_for_host
+            from deploy.hosts.dataset import plan_for_host
 
             execute_stage(conn, storage, plan_for_host(conn, storage, d.dataset or "", d.data_dir))
         elif step.name == "upload-compose":
@@ -248,7 +248,7 @@ class BucketImages:
     def image_id(self, ref: str) -> tuple[str, int]:
         """The image id and uncompressed size the bucket holds for ``ref``."""
         from deploy.images import ImageRef
-        from deploy.imagestore import ImageStore
+        from deploy.images.store import ImageStore
 
         parsed = ImageRef.parse(ref)
         manifest = ImageStore(self.storage).read_manifest(parsed.name, parsed.tag)
@@ -287,8 +287,8 @@ def stage_local_dataset(storage: Storage, folder: str, dry_run: bool = False) ->
     import os
 
     from deploy.storage import DATASETS
-    from deploy.sync import cache_for, plan_upload
-    from deploy.sync import execute as execute_sync
+    from deploy.storage.sync import cache_for, plan_upload
+    from deploy.storage.sync import execute as execute_sync
 
     name = os.path.basename(os.path.normpath(folder))
     prefix = storage.key(DATASETS, name)
@@ -317,12 +317,12 @@ class Rollout:
     num_nodes: int = 1
     master_addr: str | None = None
     master_port: int = 29500
-    runtime: str = "auto"  # compose, native or auto (decided per host from the probe: deploy.native)
+    runtime: str = "auto"  # compose, native or auto (decided per host from the probe: deploy.runtimes.native)
     native_python: str = "python3"
     image_problem: str | None = None  # the image is missing from the bucket: a problem for compose hosts only
 
     def desired(self, spec: HostSpec, settings, rank: int, devices: int) -> DesiredRun:
-        from deploy.envship import plan_env
+        from deploy.hosts.envfile import plan_env
 
         remote_dir = spec.workdir(self.remote_dir)
         data_dir = self.data_dir or f"{remote_dir}/data"
@@ -430,7 +430,7 @@ def deploy_hosts(specs: list[HostSpec], rollout: Rollout, settings, options, sto
     Each host runs compose or native (no Docker, e.g. a RunPod pod) as ``rollout.runtime`` and its probe say.
     """
     from deploy.hosts import connect, for_each_host, require_sftp
-    from deploy.native import choose_runtime, deploy_native
+    from deploy.runtimes.native import choose_runtime, deploy_native
 
     def work(spec: HostSpec):
         require_sftp(spec)  # .env and code travel over SFTP: refuse RunPod's proxy SSH before connecting

@@ -194,7 +194,7 @@ def build_base_image(client, recipe: BaseImageRecipe, log=print,
                            seconds=time.monotonic() - started, steps=steps)
 
 
-def main() -> None:  # pragma: no cover - a command for people: python -m deploy.baseimage
+def main() -> None:  # pragma: no cover - a command for people: python -m deploy.dev.baseimage
     import docker
 
     result = ensure_base_image(docker.from_env(timeout=900))

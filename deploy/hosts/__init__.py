@@ -1,0 +1,11 @@
+"""SSH hosts: connecting (ssh), what a host has (probe), its .env (envfile), dataset staging (dataset),
+results back (results).
+
+``from deploy.hosts import HostSpec, connect`` is the documented entry point.
+"""
+
+from deploy.hosts.ssh import (AcceptNewHostKeys, HostOptions, HostSpec, Outcome, connect, connection, for_each_host,
+                              hosts_from, require_sftp)
+
+__all__ = ["AcceptNewHostKeys", "HostOptions", "HostSpec", "Outcome", "connect", "connection", "for_each_host",
+           "hosts_from", "require_sftp"]
