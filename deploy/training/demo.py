@@ -12,22 +12,18 @@ Defaults come from the settings: ``BATCH_SIZE`` (data.batch_size, else 32), ``PR
 ``--checkpoint.*`` group (a ModelCheckpoint: every epoch, best 2 by val_loss and ``last.ckpt``;
 ``--checkpoint.every_n_train_steps=5 --checkpoint.save_top_k=-1`` keeps one every 5 steps).
 
-Without jsonargparse (LightningCLI's parser) installed, the same command line is read by a small
-parser that knows ``fit``, ``--ckpt_path``, ``--trainer.*``, ``--model.*``, ``--data.*``,
-``--checkpoint.*`` and ``--trainer.callbacks+=<class path>``.
+The command line is LightningCLI's own (jsonargparse, part of the ``train`` extra): ``--config``,
+``--print_config``, ``--ckpt_path`` and the ``fit``/``validate``/``test`` subcommands all work.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-import yaml
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -119,9 +115,6 @@ def trainer_defaults(settings: Settings) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- LightningCLI
-
-
 def lightning_cli(args: Sequence[str] | None = None) -> None:
     """The LightningCLI; ``args`` None reads ``sys.argv``."""
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -131,82 +124,13 @@ def lightning_cli(args: Sequence[str] | None = None) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.set_defaults({f"checkpoint.{k}": v for k, v in CHECKPOINT_DEFAULTS.items()})
 
-    DemoCLI(DemoModel, DemoData, args=None if args is None else list(args), trainer_defaults=trainer_defaults(load_settings()),
-            save_config_kwargs={"overwrite": True})
-
-
-# --------------------------------------------------------------------------- without jsonargparse
-
-GROUPS = ("trainer", "model", "data", "checkpoint")
-
-
-def import_object(path: str) -> Any:
-    """``package.module.Name`` -> the object."""
-    module, _, name = path.rpartition(".")
-    if not module:
-        raise ValueError(f"{path!r} is not a dotted class path (package.module.Class)")
-    return getattr(importlib.import_module(module), name)
-
-
-def parse_plain(args: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[tuple[str, dict[str, Any]]], str | None]:
-    """Read ``fit --group.key=value ... --trainer.callbacks+=pkg.Class --ckpt_path=...``.
-
-    ``--trainer.callbacks.name=value`` sets an init argument of the callback added last, as in
-    LightningCLI. Returns the groups' keyword arguments, the callbacks (class path, init arguments)
-    and the checkpoint path.
-    """
-    rest = list(args)
-    if rest and rest[0] == "fit":
-        rest.pop(0)
-    elif rest and not rest[0].startswith("-"):
-        raise SystemExit(f"demo: only the fit subcommand is available without jsonargparse, got {rest[0]!r}")
-    groups: dict[str, dict[str, Any]] = {g: {} for g in GROUPS}
-    callbacks: list[tuple[str, dict[str, Any]]] = []
-    ckpt_path = None
-    while rest:
-        arg = rest.pop(0)
-        if not arg.startswith("--"):
-            raise SystemExit(f"demo: unexpected argument {arg!r}")
-        name, eq, value = arg[2:].partition("=")
-        if not eq:
-            if not rest:
-                raise SystemExit(f"demo: {arg} needs a value")
-            value = rest.pop(0)
-        if name == "ckpt_path":
-            ckpt_path = value or None
-        elif name == "trainer.callbacks+":
-            callbacks.append((value, {}))
-        elif name.startswith("trainer.callbacks.") and callbacks:
-            callbacks[-1][1][name.rpartition(".")[2]] = yaml.safe_load(value)
-        elif name.partition(".")[0] in GROUPS and "." in name:
-            group, _, key = name.partition(".")
-            groups[group][key] = yaml.safe_load(value) if value != "" else None
-        else:
-            raise SystemExit(f"demo: unknown option --{name}")
-    return groups, callbacks, ckpt_path
-
-
-def plain_cli(args: Sequence[str]) -> None:
-    groups, callback_paths, ckpt_path = parse_plain(args)
-    model = DemoModel(**groups["model"])
-    data = DemoData(**groups["data"])
-    checkpoint = ModelCheckpoint(**{**CHECKPOINT_DEFAULTS, **groups["checkpoint"]})
-    callbacks = [checkpoint, *(import_object(path)(**kwargs) for path, kwargs in callback_paths)]
-    trainer = Trainer(**{**trainer_defaults(load_settings()), **groups["trainer"]}, callbacks=callbacks)
-    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
-
-
-def has_jsonargparse() -> bool:
-    from lightning.pytorch.cli import _JSONARGPARSE_SIGNATURES_AVAILABLE
-
-    return bool(_JSONARGPARSE_SIGNATURES_AVAILABLE)
+    DemoCLI(DemoModel, DemoData, args=None if args is None else list(args),
+            trainer_defaults=trainer_defaults(load_settings()), save_config_kwargs={"overwrite": True})
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    if has_jsonargparse():
-        lightning_cli(argv)
-    else:
-        plain_cli(list(sys.argv[1:] if argv is None else argv))
+    """``python -m deploy.training.demo fit ...``; ``argv`` None reads ``sys.argv``."""
+    lightning_cli(argv)
 
 
 if __name__ == "__main__":

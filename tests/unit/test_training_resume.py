@@ -11,7 +11,6 @@ import pytest
 from deploy.storage.checkpoints import CheckpointInfo
 from deploy.errors import StorageError, TrainingError
 from deploy.settings import load_settings
-from deploy.training.demo import parse_plain
 from deploy.training.entrypoint import DEMO_COMMAND, SYNC_CALLBACKS, plan_launch
 from deploy.training.resume import ResumePlan, resolve_checkpoint, resume_from_latest
 
@@ -151,16 +150,28 @@ def test_entrypoint_runs_train_command_when_no_command_is_given(monkeypatch: pyt
     assert plan_launch(["python", "x.py"], ResumePlan("", None), load_settings()).command == ("python", "x.py")
 
 
-def test_demo_plain_parser_reads_lightning_style_flags() -> None:
-    groups, callbacks, ckpt = parse_plain(["fit", "--trainer.max_epochs=3", "--data.batch_size", "8",
-                                           "--checkpoint.monitor=null", "--trainer.callbacks+=a.B",
-                                           "--trainer.callbacks.max_retry_delay=1.5",
-                                           "--ckpt_path=/x.ckpt"])
-    assert groups["trainer"] == {"max_epochs": 3} and groups["data"] == {"batch_size": 8}
-    assert groups["checkpoint"] == {"monitor": None}
-    assert callbacks == [("a.B", {"max_retry_delay": 1.5})] and ckpt == "/x.ckpt"
-    with pytest.raises(SystemExit):
-        parse_plain(["fit", "--nope=1"])
+def test_demo_reads_lightning_style_flags_with_lightning_cli(capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from deploy.training.demo import main
+
+    monkeypatch.setattr("sys.argv", ["demo"])  # the arguments come from main(), as from a command line
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", "--trainer.max_epochs=3", "--data.batch_size", "8", "--checkpoint.monitor=null",
+              "--trainer.callbacks+=deploy.training.callbacks.S3CheckpointSync",
+              "--trainer.callbacks.max_retry_delay=1.5", "--ckpt_path=/x.ckpt", "--print_config"])
+    assert stopped.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["trainer"]["max_epochs"] == 3 and config["data"]["batch_size"] == 8
+    assert config["checkpoint"]["monitor"] is None and config["ckpt_path"] == "/x.ckpt"
+    [callback] = config["trainer"]["callbacks"]
+    assert callback["class_path"] == "deploy.training.callbacks.S3CheckpointSync"
+    assert callback["init_args"]["max_retry_delay"] == 1.5
+    with pytest.raises(SystemExit) as refused:
+        main(["fit", "--nope=1"])
+    assert refused.value.code != 0
 
 
 def test_entrypoint_names_a_training_command_that_does_not_exist(capsys: pytest.CaptureFixture[str]) -> None:
