@@ -7,9 +7,10 @@ import json as jsonlib
 from invoke import Collection, task
 
 from tasks._boundary import ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
+from tasks._table import make_table, print_table
 
 
-@task(help={"env_file": ENV_FILE_HELP, "json": JSON_HELP})
+@task(auto_shortflags=False, help={"env_file": ENV_FILE_HELP, "json": JSON_HELP})
 @boundary
 def config(c, env_file=None, json=False):
     """Show the effective settings, where each came from, secrets masked."""
@@ -20,10 +21,10 @@ def config(c, env_file=None, json=False):
         return
     state = "read" if settings.env_file_found else "not found"
     print(f".env file: {settings.env_file} ({state})")
-    width = max(len(k) for k, _, _ in rows)
-    vwidth = max([len(v) for _, v, _ in rows] + [5])
+    table = make_table(("setting", "value", "source"))
     for key, value, source in rows:
-        print(f"  {key:<{width}}  {value or '-':<{vwidth}}  {source}")
+        table.add_row(key, value or "-", source)
+    print_table(table)
 
 
 ns = Collection("config")

@@ -1,4 +1,4 @@
-"""`fab image-to-s3`, `fab image-from-s3`, `fab images`: Docker images through the bucket (issue 4)."""
+"""`fab image-to-s3`, `fab image-from-s3`, `fab images.*`: Docker images through the bucket."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ from datetime import timedelta
 
 from invoke import Collection, task
 from rich.console import Console
+from rich.filesize import decimal
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from deploy import images as lib
 from deploy.storage import Storage
 from tasks._boundary import DRY_RUN_HELP, ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
+from tasks._flags import number
+from tasks._table import make_table, print_table
+from tasks.s3 import abort_stale
 
 IMAGE_HELP = "Image name:tag (default: IMAGE from settings)."
 
@@ -38,8 +42,8 @@ class RichImageProgress(lib.ImageProgress):
         if self.task is None:
             return
         ratio = f"{self.raw_n / self.sent_n:.2f}x" if self.sent_n else "-"
-        info = (f"sent {lib.human(self.sent_n)}, ratio {ratio}, skipped {self.skips} layer(s)"
-                if not self.down_n else f"downloaded {lib.human(self.down_n)}")
+        info = (f"sent {decimal(self.sent_n)}, ratio {ratio}, skipped {self.skips} layer(s)"
+                if not self.down_n else f"downloaded {decimal(self.down_n)}")
         self.bar.update(self.task, advance=advance, info=info)
 
     def read(self, n: int) -> None:
@@ -75,7 +79,7 @@ def _storage(env_file):
     return settings, Storage.from_settings(settings)
 
 
-@task(name="image-to-s3", help={
+@task(name="image-to-s3", auto_shortflags=False, help={
     "image": IMAGE_HELP,
     "codec": "Compression: zstd (multi-threaded, default), gzip (compatibility) or none.",
     "format": "layers (default: only the layers the bucket lacks) or archive (one .tar.gz/.tar.zst object).",
@@ -97,7 +101,7 @@ def image_to_s3(c, image=None, codec="zstd", format="layers", force=False, dry_r
     print(result.summary())
 
 
-@task(name="image-from-s3", help={
+@task(name="image-from-s3", auto_shortflags=False, help={
     "image": IMAGE_HELP,
     "hosts": "Host (user@host:port) to load the image on (default: fab -H, else RUNPOD_HOST, else this machine).",
     "local": "Load into this machine's engine even when RUNPOD_HOST is set.",
@@ -131,7 +135,7 @@ def image_from_s3(c, image=None, hosts=None, local=False, dry_run=False, env_fil
             close.close()
 
 
-@task(name="list", help={"json": JSON_HELP, "env_file": ENV_FILE_HELP})
+@task(name="list", auto_shortflags=False, help={"json": JSON_HELP, "env_file": ENV_FILE_HELP})
 @boundary
 def list_(c, json=False, env_file=None):
     """The images in the bucket: name, tag, image id, layers, stored size, codec, date, commit."""
@@ -143,15 +147,15 @@ def list_(c, json=False, env_file=None):
     if not rows:
         print(f"No images under {storage.url(storage.key('docker-images'))}; push one with `fab image-to-s3`.")
         return
-    header = ("NAME", "TAG", "IMAGE ID", "LAYERS", "STORED", "CODEC", "DATE", "COMMIT")
-    table = [header] + [(r.name, r.tag, (r.image_id or "-")[7:19] or "-", str(r.layers) if r.layers else "archive",
-                         lib.human(r.stored_size), r.codec, r.date, r.commit or "-") for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    table = make_table(("NAME", "TAG", "IMAGE ID", "LAYERS", "STORED", "CODEC", "DATE", "COMMIT"),
+                       right=("LAYERS", "STORED"))
+    for r in rows:
+        table.add_row(r.name, r.tag, lib.short_id(r.image_id) or "-", str(r.layers) if r.layers else "archive",
+                      decimal(r.stored_size), r.codec, r.date, r.commit or "-")
+    print_table(table)
 
 
-@task(help={"image": "Image name:tag to delete from the bucket (its manifest or archive).",
+@task(auto_shortflags=False, help={"image": "Image name:tag to delete from the bucket (its manifest or archive).",
             "dry_run": DRY_RUN_HELP, "env_file": ENV_FILE_HELP})
 @boundary
 def delete(c, image, dry_run=False, env_file=None):
@@ -164,7 +168,7 @@ def delete(c, image, dry_run=False, env_file=None):
         print(f"Deleted {lib.execute_deletes(storage, plan.keys)} object(s).")
 
 
-@task(help={"dry_run": DRY_RUN_HELP, "env_file": ENV_FILE_HELP})
+@task(auto_shortflags=False, help={"dry_run": DRY_RUN_HELP, "env_file": ENV_FILE_HELP})
 @boundary
 def gc(c, dry_run=False, env_file=None):
     """Delete layers no image in the bucket uses (older than an hour). Try --dry-run first."""
@@ -176,21 +180,15 @@ def gc(c, dry_run=False, env_file=None):
         print(f"Deleted {lib.execute_deletes(storage, [key for key, _ in plan.delete])} object(s).")
 
 
-@task(name="abort-uploads", help={
+@task(name="abort-uploads", auto_shortflags=False, help={
     "older_than": "Only uploads started at least this many minutes ago (default 60: a push may be running).",
     "dry_run": DRY_RUN_HELP, "env_file": ENV_FILE_HELP})
 @boundary
-def abort_uploads(c, older_than=60, dry_run=False, env_file=None):
-    """List and abort unfinished multipart uploads under docker-images/ (their parts cost storage)."""
+def abort_uploads(c, older_than=None, dry_run=False, env_file=None):
+    """Abort unfinished multipart uploads under docker-images/ (`fab s3.abort-uploads` covers every folder)."""
+    minutes = number(60 if older_than is None else older_than, "--older-than")  # None: see s3.abort_uploads
     _, storage = _storage(env_file)
-    uploads = lib.stale_uploads(storage, timedelta(minutes=int(older_than)))
-    if not uploads:
-        print(f"No unfinished uploads older than {older_than} min under {storage.url(storage.key('docker-images'))}.")
-        return
-    for upload in uploads:
-        print(f"  {upload.key}  started {upload.initiated:%Y-%m-%d %H:%M} UTC  {upload.upload_id[:16]}")
-    if not dry_run:
-        print(f"Aborted {lib.abort_uploads(storage, uploads)} upload(s).")
+    abort_stale(storage, storage.key("docker-images"), timedelta(minutes=minutes), f"{minutes:g} min", dry_run)
 
 
 ns = Collection("images")

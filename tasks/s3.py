@@ -9,11 +9,11 @@ from __future__ import annotations
 import json as jsonlib
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from invoke import Collection, task
-from rich.console import Console
-from rich.table import Table
+from rich.filesize import decimal
 
 from deploy.storage.checkpoints import (
     CHECKPOINT_SUFFIX,
@@ -27,19 +27,22 @@ from deploy.storage.checkpoints import (
 from deploy.errors import ConfigError, StorageError
 from deploy.storage.permissions import check_bucket, ensure_reachable
 from deploy.storage import CHECKPOINTS, DATASETS, LOGS, Storage, safe_relative
+from deploy.storage.uploads import abort_uploads as abort_multipart_uploads
+from deploy.storage.uploads import stale_uploads
 from deploy.storage.sync import (
     SyncCache,
     SyncPlan,
     cache_for,
     execute,
-    human_bytes,
     plan_download,
     plan_download_file,
     plan_upload,
     plan_upload_file,
 )
 from tasks._boundary import DRY_RUN_HELP, ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
+from tasks._flags import number, whole
 from tasks._progress import RichTransferProgress
+from tasks._table import make_table, print_table
 
 COMMON_HELP = {
     "env_file": ENV_FILE_HELP,
@@ -101,7 +104,7 @@ def _folder_name(value: str, what: str) -> str:
 # --------------------------------------------------------------------------- checkpoints
 
 
-@task(help=_help(json=JSON_HELP))
+@task(auto_shortflags=False, help=_help(json=JSON_HELP))
 @boundary
 def checkpoints(c, json=False, env_file=None, bucket=None, prefix=None):
     """List checkpoints in the bucket, oldest to newest by global step."""
@@ -113,20 +116,21 @@ def checkpoints(c, json=False, env_file=None, bucket=None, prefix=None):
     if not found:
         print(f"No checkpoints under {storage.url(storage.key(CHECKPOINTS))}.")
         return
-    table = Table(title=f"Checkpoints in {storage.url(storage.key(CHECKPOINTS))}", title_justify="left")
-    for column in ("name", "epoch", "step", "val_loss", "size", "uploaded"):
-        table.add_column(column, justify="left" if column in ("name", "uploaded") else "right", no_wrap=True)
+    table = make_table(("name", "epoch", "step", "val_loss", "size", "uploaded"),
+                       right=("epoch", "step", "val_loss", "size"),
+                       title=f"Checkpoints in {storage.url(storage.key(CHECKPOINTS))}")
     for cp in found:
         table.add_row(
             cp.name, "-" if cp.epoch is None else str(cp.epoch),
             "-" if cp.step is None else str(cp.step) + ("" if cp.step_source == "metadata" else "*"),
-            "-" if cp.val_loss is None else f"{cp.val_loss:g}", human_bytes(cp.size),
+            "-" if cp.val_loss is None else f"{cp.val_loss:g}", decimal(cp.size),
             cp.uploaded.strftime("%Y-%m-%d %H:%M:%S") if cp.uploaded else "-")
-    Console(width=200).print(table)
+    print_table(table)
     print(f"{len(found)} checkpoints; latest: {found[-1].name} (* step read from the file name).")
 
 
-@task(help=_help(path="The .ckpt file to upload.",
+@task(auto_shortflags=False,
+      help=_help(path="The .ckpt file to upload.",
                  name="Name in the bucket (default: the file's name).",
                  epoch="Epoch to record (default: from epoch=N in the name).",
                  step="Global step to record (default: from step=N in the name).",
@@ -139,25 +143,16 @@ def upload_checkpoint(c, path, name=None, epoch=None, step=None, dry_run=False, 
     if not name.endswith(CHECKPOINT_SUFFIX):
         raise ConfigError(f"The checkpoint name {name!r} must end with {CHECKPOINT_SUFFIX}.")
     parsed = parse_checkpoint_name(name)
-    epoch = _whole(epoch, "--epoch") if epoch is not None else parsed.epoch
-    step = _whole(step, "--step") if step is not None else parsed.step
+    epoch = whole(epoch, "--epoch") if epoch is not None else parsed.epoch
+    step = whole(step, "--step") if step is not None else parsed.step
     metadata = checkpoint_metadata(epoch, step, parsed.val_loss) if step is not None else {}
     storage = _storage(env_file, bucket, prefix)
     plan = plan_upload_file(storage, path, storage.key(CHECKPOINTS, name), metadata)
     _carry_out(storage, plan, dry_run)
 
 
-def _whole(value: object, flag: str) -> int:
-    try:
-        number = int(str(value))
-    except ValueError:
-        raise ConfigError(f"{flag} must be a whole number, got {value!r}.") from None
-    if number < 0:
-        raise ConfigError(f"{flag} must be 0 or more, got {number}.")
-    return number
-
-
-@task(help=_help(name="Checkpoint to download (see `fab s3.checkpoints`).",
+@task(auto_shortflags=False,
+      help=_help(name="Checkpoint to download (see `fab s3.checkpoints`).",
                  latest="Download the checkpoint with the highest global step.",
                  dest="Directory to put it in (default: ./checkpoints).",
                  dry_run=DRY_RUN_HELP))
@@ -185,7 +180,9 @@ def download_checkpoint(c, name=None, latest=False, dest="checkpoints", dry_run=
 # --------------------------------------------------------------------------- logs and datasets
 
 
-@task(help=_help(path="Local logs directory holding version_N/ folders (default: ./logs).", dry_run=DRY_RUN_HELP))
+@task(auto_shortflags=False,
+      help=_help(path="Local logs directory holding version_N/ folders (default: ./logs).",
+                 dry_run=DRY_RUN_HELP))
 @boundary
 def upload_logs(c, path="logs", dry_run=False, env_file=None, bucket=None, prefix=None):
     """Upload a logs directory to logs/ (incremental: unchanged files are skipped)."""
@@ -193,7 +190,8 @@ def upload_logs(c, path="logs", dry_run=False, env_file=None, bucket=None, prefi
     _sync_up(storage, path, storage.key(LOGS), dry_run)
 
 
-@task(help=_help(dest="Local directory to download into (default: ./logs).",
+@task(auto_shortflags=False,
+      help=_help(dest="Local directory to download into (default: ./logs).",
                  version="One version to download: N, version_N or latest (default: all).",
                  dry_run=DRY_RUN_HELP))
 @boundary
@@ -215,7 +213,8 @@ def download_logs(c, dest="logs", version=None, dry_run=False, env_file=None, bu
     _sync_down(storage, storage.key(LOGS, version), str(Path(dest) / version), dry_run)
 
 
-@task(help=_help(path="Local dataset directory (config.json, dataset.jsonl or metadata.csv, wavs/).",
+@task(auto_shortflags=False,
+      help=_help(path="Local dataset directory (config.json, dataset.jsonl or metadata.csv, wavs/).",
                  name="Dataset name in the bucket (default: the directory's name).",
                  dry_run=DRY_RUN_HELP))
 @boundary
@@ -226,7 +225,8 @@ def upload_dataset(c, path, name=None, dry_run=False, env_file=None, bucket=None
     _sync_up(storage, path, storage.key(DATASETS, name), dry_run)
 
 
-@task(help=_help(name="Dataset name in the bucket (the folder under datasets/).",
+@task(auto_shortflags=False,
+      help=_help(name="Dataset name in the bucket (the folder under datasets/).",
                  dest="Local directory (default: ./datasets/<name>).",
                  dry_run=DRY_RUN_HELP))
 @boundary
@@ -240,21 +240,52 @@ def download_dataset(c, name, dest=None, dry_run=False, env_file=None, bucket=No
 # --------------------------------------------------------------------------- check
 
 
-@task(help=_help())
+@task(auto_shortflags=False, help=_help())
 @boundary
 def check(c, env_file=None, bucket=None, prefix=None):
     """Check endpoint, credentials and every permission the project needs, with a probe object."""
     storage = _storage(env_file, bucket, prefix)
     report = check_bucket(storage)
     print(f"Checked {report.url} at {report.endpoint}:")
-    width = max(len(s.name) for s in report.steps)
+    table = make_table(("check", "permission", "result"))
     for step in report.steps:
-        print(f"  {step.name:<{width}}  {step.permission:<32}  {step.result}")
+        table.add_row(step.name, step.permission, step.result)
+    print_table(table)
     report.raise_for_missing()
     print("All permissions the project needs are in place.")
 
 
+# --------------------------------------------------------------------------- unfinished uploads
+
+
+def abort_stale(storage: Storage, prefix: str, older_than: timedelta, age: str, dry_run: bool) -> None:
+    """List the multipart uploads under ``prefix`` older than ``older_than``; abort them unless ``dry_run``."""
+    uploads = stale_uploads(storage, prefix, older_than)
+    if not uploads:
+        print(f"No unfinished uploads older than {age} under {storage.url(prefix)}.")
+        return
+    print(f"{len(uploads)} unfinished upload(s) older than {age} under {storage.url(prefix)}:")
+    for upload in uploads:
+        print(upload.describe())
+    if dry_run:
+        print("Dry run: nothing was changed.")
+        return
+    print(f"Aborted {abort_multipart_uploads(storage, uploads)} upload(s).")
+
+
+@task(name="abort-uploads", auto_shortflags=False, help=_help(
+    older_than="Only uploads started at least this many hours ago (default 1: a transfer may be running).",
+    dry_run=DRY_RUN_HELP))
+@boundary
+def abort_uploads(c, older_than=None, dry_run=False, env_file=None, bucket=None, prefix=None):
+    """Abort unfinished multipart uploads under the whole S3_PREFIX (their parts are billed until then)."""
+    # Numeric flags default to None so invoke hands over the text and a typo gets one sentence, not a traceback.
+    hours = number(1 if older_than is None else older_than, "--older-than")
+    storage = _storage(env_file, bucket, prefix)
+    abort_stale(storage, storage.key(), timedelta(hours=hours), f"{hours:g} h", dry_run)
+
+
 ns = Collection("s3")
 for _task in (checkpoints, upload_checkpoint, download_checkpoint, upload_logs, download_logs, upload_dataset,
-              download_dataset, check):
+              download_dataset, check, abort_uploads):
     ns.add_task(_task)

@@ -30,7 +30,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy.storage import CHECKPOINTS, LOGS, ObjectInfo, Storage
-from deploy.storage.sync import head  # names wrong credentials as such, not as "access denied"
+from deploy.storage.scan import head  # names wrong credentials as such, not as "access denied"
 
 CHECKPOINT_SUFFIX = ".ckpt"
 EPOCH_KEY = "epoch"

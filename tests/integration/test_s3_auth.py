@@ -91,8 +91,8 @@ def test_check_names_exactly_the_missing_permissions(auth_server) -> None:
         f"Error: The credentials lack s3:AbortMultipartUpload, s3:DeleteObject on bucket '{BUCKET}' at "
         f"{server.endpoint_url}; grant them (README.md has the minimal IAM policy).")
     rows = result.stdout.splitlines()
-    assert any("put object" in row and "s3:PutObject" in row and row.endswith("ok") for row in rows)
-    assert any("delete object" in row and "s3:DeleteObject" in row and row.endswith("FAILED: access denied")
+    assert any("put object" in row and "s3:PutObject" in row and row.rstrip().endswith("ok") for row in rows)
+    assert any("delete object" in row and "s3:DeleteObject" in row and row.rstrip().endswith("FAILED: access denied")
                for row in rows)
     assert any("abort multipart upload" in row and "FAILED: access denied" in row for row in rows)
     assert creds["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
