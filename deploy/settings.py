@@ -40,6 +40,15 @@ PRECISIONS = (
 RETRY_MODES = ("legacy", "standard", "adaptive")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
 
+TRAINING_SERVICE_KEYS = (
+    "WANDB_*", "HF_*", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_*", "TRANSFORMERS_*", "NEPTUNE_*", "COMET_*",
+    "MLFLOW_*", "CLEARML_*", "PYTHON*", "CUDA_*", "NCCL_*", "TORCH_*", "OMP_*", "MKL_*", "TOKENIZERS_*",
+    "PL_*", "TRAIN_*",
+)
+"""Keys of the operator's `.env` that go to the host without being listed: the usual training services
+and runtime knobs. Anything else (a GitHub token, another account's AWS session) stays on the laptop
+unless ``SHIP_ENV_INCLUDE`` names it."""
+
 
 class Secret:
     """A string that never shows itself: masked in ``repr``, ``str``, f-strings and logs.
@@ -310,10 +319,13 @@ class Settings:
         "DATA_DIR", "Where the dataset lands on the host (default: REMOTE_DIR/data); mounted read-only.",
         "/workspace/data", parse=_parse_remote_dir, group="deploy")
     ship_env_include: str = setting(
-        "SHIP_ENV_INCLUDE", "Keys (glob patterns, comma-separated) shipped to the host's .env.", "*",
-        default="*", group="deploy")
+        "SHIP_ENV_INCLUDE", "More keys of the .env file to ship to the host's .env (glob patterns, comma-separated; "
+        "* ships every key). Shipped without listing: the S3, training and deploy settings above and "
+        f"{', '.join(TRAINING_SERVICE_KEYS)}; every other key stays on the laptop.", "MYAPP_*,SENTRY_DSN",
+        default="", group="deploy")
     ship_env_exclude: str = setting(
-        "SHIP_ENV_EXCLUDE", "Keys kept on the laptop besides RUNPOD_*, SSH_* and REMOTE_DIR.",
+        "SHIP_ENV_EXCLUDE", "Keys never shipped (glob patterns; wins over the include list), besides RUNPOD_*, "
+        "SSH_*, REMOTE_DIR, ENV_FILE and SHIP_ENV_*, which never leave the laptop.",
         "LOCAL_*", default="", group="deploy")
 
     env_file: str = field(default=DEFAULT_ENV_FILE, compare=False)
@@ -392,8 +404,19 @@ def resolve_env_file(env_file: str | os.PathLike[str] | None = None,
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """The keys of a `.env` file; keys written without a value are left out."""
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    """The keys of a `.env` file; keys written without a value are left out.
+
+    A file that is not UTF-8 or cannot be read is a :class:`ConfigError` naming it, not a traceback.
+    """
+    try:
+        values = dotenv_values(path, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"The .env file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                          f"{exc.start}); save it as UTF-8.") from None
+    except OSError as exc:
+        raise ConfigError(f"The .env file {path} cannot be read ({exc.strerror or exc}); check its permissions.") \
+            from None
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def load_settings(
@@ -410,7 +433,8 @@ def load_settings(
     path, explicit = resolve_env_file(env_file, environ)
     found = path.is_file()
     if explicit and not found:
-        raise ConfigError(f"The .env file {path} does not exist; fix the --env-file flag or {ENV_FILE_VARIABLE}.")
+        what = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError(f"The .env file {path} {what}; fix the --env-file flag or {ENV_FILE_VARIABLE}.")
     dotenv = read_env_file(path) if found else {}
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = sorted(set(flags) - set(_FIELD_BY_KEY))

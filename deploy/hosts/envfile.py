@@ -1,7 +1,35 @@
-"""The `.env` a host receives: only the keys training needs, written over SFTP with mode 0600.
+"""The `.env` a host receives: only the keys training needs, in one dialect every reader agrees on.
 
-Operator-only keys (``RUNPOD_API_KEY``, host and SSH settings) never leave the laptop. Both lists
-are configurable (``SHIP_ENV_INCLUDE`` / ``SHIP_ENV_EXCLUDE``, comma-separated glob patterns).
+Which keys go (:func:`plan_env`):
+
+- the S3, training and deploy settings (their effective values: flags win), and what the deploy itself
+  decides (``IMAGE``, ``DATA_DIR``, ``NODE_RANK`` ...);
+- keys of the operator's `.env` file that match :data:`deploy.settings.TRAINING_SERVICE_KEYS`
+  (``WANDB_*``, ``HF_*``, ``NCCL_*`` ...) or a pattern in ``SHIP_ENV_INCLUDE`` (``*`` ships every key);
+- never ``RUNPOD_*``, ``SSH_*``, ``REMOTE_DIR``, ``ENV_FILE``, ``SHIP_ENV_*`` or what ``SHIP_ENV_EXCLUDE``
+  names. Every other key stays on the laptop and is listed in :attr:`EnvShipment.left_behind`, so
+  ``deploy-runpod --dry-run`` can say so.
+
+The dialect (written by :func:`render_env` only)::
+
+    AWS_SECRET_ACCESS_KEY='wJalr/K7+MDENG'
+    WANDB_API_KEY='a b # not a comment $HOME'
+
+- UTF-8; one ``KEY='value'`` per line, each ending in ``\\n``; keys sorted; no comments, no ``export``.
+- ``KEY`` is ``[A-Za-z_][A-Za-z0-9_]*``.
+- The value sits in single quotes and is taken literally by python-dotenv (``dotenv_values``, which
+  :mod:`deploy.settings` and the training side use), docker-compose 1.29 (``env_file:``, through
+  python-dotenv), Compose v2 (compose-go's dotenv: no escapes and no ``$`` interpolation inside
+  single quotes) and the native supervisor (:func:`deploy.remote.supervisor.parse_dotenv`): ``#``,
+  ``" "``, ``=``, ``"``, ``$HOME``, leading and trailing spaces and any printable Unicode arrive
+  unchanged.
+- Refused, with a :class:`ConfigError` naming the key (never the value), because some reader would
+  change or split it: control characters (C0 including tab, DEL, C1 including U+0085) and every line
+  separator (``\\n \\r \\v \\f``, U+001C-U+001E, U+0085, U+2028, U+2029), lone surrogates, a single
+  quote, a backslash before another backslash or at the end (python-dotenv unescapes ``\\\\`` and
+  ``\\'`` inside single quotes, Compose v2 does not), and ``${NAME}`` / ``${NAME:-default}``
+  (python-dotenv and docker-compose 1.x expand them even inside single quotes, Compose v2 does not).
+
 Secrets travel only inside the file: never in a command line (visible in ``ps``) or a compose file.
 """
 
@@ -11,11 +39,13 @@ import fnmatch
 import hashlib
 import os
 import posixpath
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from deploy.errors import ConfigError, HostError
-from deploy.settings import SETTING_FIELDS, Secret, Settings, read_env_file
+from deploy.remote.supervisor import DOTENV_KEY, dotenv_refusal
+from deploy.settings import SETTING_FIELDS, TRAINING_SERVICE_KEYS, Secret, Settings, read_env_file
 
 # Always kept on the laptop, whatever the include list says.
 OPERATOR_ONLY = ("RUNPOD_*", "SSH_*", "REMOTE_DIR", "ENV_FILE", "SHIP_ENV_*")
@@ -23,10 +53,14 @@ OPERATOR_ONLY = ("RUNPOD_*", "SSH_*", "REMOTE_DIR", "ENV_FILE", "SHIP_ENV_*")
 
 @dataclass(frozen=True)
 class EnvShipment:
-    """The file to write: key names may be shown, values never."""
+    """The file to write: key names may be shown, values never.
+
+    ``left_behind``: keys the operator has set (in the `.env` file or as settings) that stay on the laptop.
+    """
 
     keys: tuple[str, ...]
     _content: Secret
+    left_behind: tuple[str, ...] = ()
 
     @property
     def digest(self) -> str:
@@ -44,45 +78,66 @@ def _patterns(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+def render_env(values: Mapping[str, str]) -> str:
+    """The host's `.env` text in the dialect above; ConfigError naming the first key it cannot carry.
+
+    >>> render_env({"B": "x # y", "A": "$HOME"})
+    "A='$HOME'\\nB='x # y'\\n"
+    """
+    lines = []
+    for key in sorted(values):
+        if not DOTENV_KEY.fullmatch(key):
+            raise ConfigError(f"{key!r} cannot be a variable in the host's .env (letters, digits and _, not "
+                              "starting with a digit); rename it or list it in SHIP_ENV_EXCLUDE.")
+        why = dotenv_refusal(values[key])
+        if why:
+            raise ConfigError(f"The value of {key} contains {why}, which the host's .env cannot carry unchanged to "
+                              f"every reader; change the value or list {key} in SHIP_ENV_EXCLUDE.")
+        lines.append(f"{key}='{values[key]}'\n")
+    return "".join(lines)
+
+
+def _setting_values(settings: Settings) -> tuple[dict[str, str], set[str]]:
+    """The shippable settings' values as text, and the keys of every setting the operator set."""
+    values: dict[str, str] = {}
+    for spec in SETTING_FIELDS:
+        key = spec.metadata["key"]
+        value = getattr(settings, spec.name)
+        if spec.metadata["group"] == "host" or value is None or value == "":
+            continue
+        values[key] = value.reveal() if isinstance(value, Secret) else (
+            ("1" if value else "0") if isinstance(value, bool) else str(value))
+    given = {spec.metadata["key"] for spec in SETTING_FIELDS if settings.source(spec.metadata["key"]) != "default"}
+    return values, given
+
+
 def plan_env(settings: Settings, extra: Mapping[str, str] | None = None,
              environ: Mapping[str, str] | None = None) -> EnvShipment:
     """Choose the keys and render the file.
 
-    Known training and S3 settings come from the effective settings (flags win); other keys in the
-    `.env` file (``WANDB_API_KEY``, ``HF_TOKEN`` ...) go along when the include list admits them.
-    ``extra`` adds values the deploy decides (the image, ranks) on top.
+    Settings come from the effective settings (flags win); other keys of the `.env` file
+    (``WANDB_API_KEY``, ``HF_TOKEN`` ...) go along when the default list or ``SHIP_ENV_INCLUDE``
+    admits them, with the process environment's value when it has one. ``extra`` adds values the
+    deploy decides (the image, ranks) on top. ``SHIP_ENV_EXCLUDE`` and :data:`OPERATOR_ONLY` win.
     """
     environ = os.environ if environ is None else environ
-    include = _patterns(settings.ship_env_include)
+    include = TRAINING_SERVICE_KEYS + _patterns(settings.ship_env_include)
     exclude = OPERATOR_ONLY + _patterns(settings.ship_env_exclude)
-    values: dict[str, str] = {}
-    for spec in SETTING_FIELDS:
-        key = spec.metadata["key"]
-        if spec.metadata["group"] == "host":
-            continue
-        value = getattr(settings, spec.name)
-        if value is None or value == "":
-            continue
-        values[key] = value.reveal() if isinstance(value, Secret) else (
-            ("1" if value else "0") if isinstance(value, bool) else str(value))
-    if settings.env_file_found:
-        known = {spec.metadata["key"] for spec in SETTING_FIELDS}
-        for key, value in read_env_file(settings.env_file_path).items():
-            if key not in known:
-                values[key] = environ.get(key, value)
-    values.update(extra or {})
-    chosen = {k: v for k, v in values.items() if _matches(k, include) and not _matches(k, exclude)}
-    for key, value in chosen.items():
-        if "\n" in value or "\r" in value:
-            raise ConfigError(f"The value of {key} has a line break, which a .env file cannot carry; remove it.")
-    content = "".join(f"{k}={v}\n" for k, v in sorted(chosen.items()))
-    return EnvShipment(keys=tuple(sorted(chosen)), _content=Secret(content))
+    shippable, given = _setting_values(settings)
+    in_file = read_env_file(settings.env_file_path) if settings.env_file_found else {}
+    known = {spec.metadata["key"] for spec in SETTING_FIELDS}
+    from_file = {k: environ.get(k, v) for k, v in in_file.items() if k not in known and _matches(k, include)}
+    candidates = {**shippable, **from_file, **(extra or {})}
+    chosen = {k: v for k, v in candidates.items() if not _matches(k, exclude)}
+    content = render_env(chosen)
+    left_behind = tuple(sorted((given | set(in_file)) - set(chosen)))
+    return EnvShipment(keys=tuple(sorted(chosen)), _content=Secret(content), left_behind=left_behind)
 
 
 def remote_env_digest(conn, remote_dir: str) -> str | None:
     """sha256 of the host's current `.env`, or None (compared, so an unchanged file is not rewritten)."""
     path = posixpath.join(remote_dir, ".env")
-    result = conn.run(f"sha256sum {path} 2>/dev/null", hide=True, warn=True, in_stream=False)
+    result = conn.run(f"sha256sum {shlex.quote(path)} 2>/dev/null", hide=True, warn=True, in_stream=False)
     return result.stdout.split()[0] if result.ok and result.stdout.strip() else None
 
 

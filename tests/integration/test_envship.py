@@ -1,13 +1,20 @@
-"""Shipping the .env over real SFTP."""
+"""Shipping the .env over real SFTP, and what compose hands a container from it."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import stat
+import subprocess
 import uuid
 from pathlib import Path
 
-from deploy.hosts.envfile import plan_env, ship_env
+import pytest
+
+from deploy.hosts.envfile import plan_env, render_env, ship_env
 from deploy.settings import load_settings
+from tests.conftest import need
+from tests.unit.test_envship import ACCEPTED, keyed
 
 
 def test_env_lands_with_mode_0600_and_is_not_rewritten(ssh_connection, tmp_path: Path) -> None:
@@ -25,3 +32,35 @@ def test_env_lands_with_mode_0600_and_is_not_rewritten(ssh_connection, tmp_path:
         assert ssh_connection.run(f"ls -A {remote_dir}").stdout.split() == [".env"]
     finally:
         ssh_connection.run(f"rm -rf {remote_dir}")
+
+
+def compose_commands() -> list[list[str]]:
+    """docker-compose 1.x and Compose v2, whichever this machine has."""
+    found = []
+    if shutil.which("docker-compose"):
+        found.append(["docker-compose"])
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        found.append(["docker", "compose"])
+    return found
+
+
+@pytest.mark.docker
+def test_compose_env_file_hands_every_accepted_value_to_the_container_unchanged(busybox_image: str,
+                                                                                 tmp_path: Path) -> None:
+    # The host's compose file reads the .env with `env_file:`; the container must see exactly what was written.
+    commands = compose_commands()
+    need(bool(commands), "docker-compose or docker compose")
+    (tmp_path / ".env").write_text(render_env(keyed(ACCEPTED)))
+    (tmp_path / "docker-compose.yml").write_text(
+        f"version: '3.8'\nservices:\n  t:\n    image: {busybox_image}\n    env_file: .env\n")
+    for command in commands:
+        project = f"envdialect{uuid.uuid4().hex[:8]}"
+        base = [*command, "-p", project, "-f", str(tmp_path / "docker-compose.yml")]
+        try:
+            out = subprocess.run([*base, "run", "--rm", "-T", "t", "env"], capture_output=True, text=True,
+                                 timeout=120, cwd=tmp_path, env={**os.environ, "HOME": "/nowhere", "X": "nothing"})
+        finally:
+            subprocess.run([*base, "down"], capture_output=True, timeout=120, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        seen = dict(line.split("=", 1) for line in out.stdout.splitlines() if line.startswith("V_"))
+        assert seen == keyed(ACCEPTED), command

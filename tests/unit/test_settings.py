@@ -57,6 +57,31 @@ def test_a_named_env_file_that_does_not_exist_is_an_error(tmp_path: Path) -> Non
         load_settings(env_file=tmp_path / "missing.env", environ={})
 
 
+def test_a_named_env_file_that_is_a_folder_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"^The .env file {tmp_path} is not a file; fix the --env-file flag"):
+        load_settings(env_file=tmp_path, environ={})
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_an_env_file_that_is_not_utf8_is_one_sentence_naming_it(tmp_path: Path, named: bool) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(b"S3_BUCKET=b\nWANDB_API_KEY=\xff\xfe latin-1 \xe9\n")
+    with pytest.raises(ConfigError, match=r"^The .env file \S*\.env is not UTF-8 text \(byte 0xff at offset 26\); "
+                                          r"save it as UTF-8\.$"):
+        load_settings(env_file=env_file if named else None, environ={})
+
+
+def test_an_env_file_that_cannot_be_read_is_one_sentence_naming_it(tmp_path: Path, monkeypatch) -> None:
+    # As root, mode 000 still reads: make the open fail as it does for another user.
+    def refuse(path, **_kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    env_file = write_env(tmp_path / "prod.env", S3_BUCKET="b")
+    monkeypatch.setattr("deploy.settings.dotenv_values", refuse)
+    with pytest.raises(ConfigError, match=r"prod.env cannot be read \(Permission denied\); check its permissions"):
+        load_settings(env_file=env_file, environ={})
+
+
 def test_require_names_every_missing_key_and_the_env_file_at_once(tmp_path: Path) -> None:
     env_file = write_env(tmp_path / ".env", S3_BUCKET="some-bucket")
     settings = load_settings(env_file=env_file, environ={})
