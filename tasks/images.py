@@ -3,75 +3,20 @@
 from __future__ import annotations
 
 import json as jsonlib
-import threading
 from datetime import timedelta
 
 from invoke import Collection, task
-from rich.console import Console
 from rich.filesize import decimal
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from deploy import images as lib
 from deploy.storage import Storage
 from tasks._boundary import DRY_RUN_HELP, ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
 from tasks._flags import number
+from tasks._progress import RichImageProgress
 from tasks._table import make_table, print_table
 from tasks.s3 import abort_stale
 
 IMAGE_HELP = "Image name:tag (default: IMAGE from settings)."
-
-
-class RichImageProgress(lib.ImageProgress):
-    """Bytes read from the engine, bytes sent, skipped layers, rate and compression ratio (stderr)."""
-
-    def __init__(self) -> None:
-        self.console = Console(stderr=True)
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                            TextColumn("{task.fields[info]}"), console=self.console, transient=True,
-                            disable=not self.console.is_terminal)
-        self.lock = threading.Lock()
-        self.read_n = self.sent_n = self.raw_n = self.down_n = 0
-        self.skips = 0
-        self.task = None
-
-    def begin(self, what: str, total: int) -> None:
-        self.bar.start()
-        self.task = self.bar.add_task(what, total=total or None, info="")
-
-    def _show(self, advance: int = 0) -> None:
-        if self.task is None:
-            return
-        ratio = f"{self.raw_n / self.sent_n:.2f}x" if self.sent_n else "-"
-        info = (f"sent {decimal(self.sent_n)}, ratio {ratio}, skipped {self.skips} layer(s)"
-                if not self.down_n else f"downloaded {decimal(self.down_n)}")
-        self.bar.update(self.task, advance=advance, info=info)
-
-    def read(self, n: int) -> None:
-        with self.lock:
-            self.read_n += n
-            self._show(n)
-
-    def raw(self, n: int) -> None:
-        with self.lock:
-            self.raw_n += n
-
-    def sent(self, n: int) -> None:
-        with self.lock:
-            self.sent_n += n
-            self._show()
-
-    def skipped(self, diff_id: str, size: int) -> None:
-        with self.lock:
-            self.skips += 1
-            self._show()
-
-    def downloaded(self, n: int) -> None:
-        with self.lock:
-            self.down_n += n
-            self._show(n)
-
-    def end(self) -> None:
-        self.bar.stop()
 
 
 def _storage(env_file):

@@ -311,31 +311,8 @@ def read_save(stream: IO[bytes], on_layer: Callable[[LayerEntry], None] | None =
                 handle = archive.extractfile(member)
                 small[name] = handle.read() if handle else b""
                 continue
-            predicted = None
-            if blob:
-                predicted = "sha256:" + blob.group(1)
-            elif classic and diff_ids:
-                v1 = small.get(f"{classic.group(1)}/json")
-                if v1 is not None:
-                    predicted = predict_diff_id(classic.group(1), v1, diff_ids)
-            handle = archive.extractfile(member)
-            reader = HashingReader(handle)
-            entry = LayerEntry(name=name, size=member.size, fileobj=reader, predicted=predicted)
-            if on_layer is not None:
-                on_layer(entry)
-            if reader.bytes == 0 and predicted is not None:
-                # Untouched and already named by the engine (an OCI blob digest, or a v1 id that
-                # commits to the layer's chain id): skip it without hashing; that is the floor.
-                skipped = 0
-                while True:
-                    chunk = handle.read(TAR_BUFSIZE)
-                    if not chunk:
-                        break
-                    skipped += len(chunk)
-                digest, got = predicted, skipped
-            else:
-                reader.drain()
-                digest, got = reader.digest, reader.bytes
+            predicted = _predicted_diff_id(blob, classic, small, diff_ids)
+            digest, got = _read_layer(archive, member, name, predicted, on_layer)
             if got != member.size:
                 raise ImageError(f"The layer {name} ended after {got} of {member.size} bytes.")
             digests[name] = digest
@@ -347,6 +324,40 @@ def read_save(stream: IO[bytes], on_layer: Callable[[LayerEntry], None] | None =
     except tarfile.TarError as exc:
         raise ImageError(f"The docker save stream is not a valid tar ({exc}).") from exc
     return resolve(small, digests, sizes)
+
+
+def _predicted_diff_id(blob: re.Match[str] | None, classic: re.Match[str] | None, small: dict[str, bytes],
+                       diff_ids: Sequence[str]) -> str | None:
+    """The layer's diff id before reading it: an OCI blob is named by it; a classic folder's v1 json
+    commits to its chain id (read earlier in the stream)."""
+    if blob:
+        return "sha256:" + blob.group(1)
+    if classic and diff_ids:
+        v1 = small.get(f"{classic.group(1)}/json")
+        if v1 is not None:
+            return predict_diff_id(classic.group(1), v1, diff_ids)
+    return None
+
+
+def _read_layer(archive: tarfile.TarFile, member: tarfile.TarInfo, name: str, predicted: str | None,
+                on_layer: Callable[[LayerEntry], None] | None) -> tuple[str, int]:
+    """Hand one layer to ``on_layer``, then finish reading it: its digest and the bytes it held."""
+    handle = archive.extractfile(member)
+    reader = HashingReader(handle)
+    if on_layer is not None:
+        on_layer(LayerEntry(name=name, size=member.size, fileobj=reader, predicted=predicted))
+    if reader.bytes == 0 and predicted is not None:
+        # Untouched and already named by the engine (an OCI blob digest, or a v1 id that
+        # commits to the layer's chain id): skip it without hashing; that is the floor.
+        skipped = 0
+        while True:
+            chunk = handle.read(TAR_BUFSIZE)
+            if not chunk:
+                break
+            skipped += len(chunk)
+        return predicted, skipped
+    reader.drain()
+    return reader.digest, reader.bytes
 
 
 def resolve(small: dict[str, bytes], digests: dict[str, str], sizes: dict[str, int]) -> SavedImage:

@@ -15,6 +15,12 @@ Modes:
 
 Progress goes to stderr as ``PROGRESS <bytes downloaded>`` lines; the result is one JSON line on
 stdout.
+
+Why one file of ~500 lines: it is one cohesive program that travels as a single text blob and is
+exec'd by ``python3 -c`` (:data:`deploy.images.hostrun.BOOTSTRAP`), so it cannot import siblings;
+splitting it would mean shipping and assembling several files on a host that has none of this
+package. Each function stays small; the sections are fetching, decompression, verification, the
+tar writer for ``docker load``, and the two modes.
 """
 
 import collections

@@ -98,68 +98,86 @@ def ensure_reachable(endpoint: str | None, timeout: float = 5.0) -> None:
         raise StorageError(f"Cannot reach the S3 endpoint {endpoint}; check AWS_ENDPOINT_URL and the network.") from exc
 
 
-def check_bucket(storage: Storage) -> CheckReport:
-    """Run every probe against ``storage``; raises :class:`StorageError` when nothing can work."""
-    client, bucket = storage.client, storage.bucket
-    probe = storage.key(PROBE_FOLDER, f"probe-{uuid.uuid4().hex[:12]}")
-    folder = storage.key(PROBE_FOLDER) + "/"
-    steps: list[CheckStep] = []
+class _Probe:
+    """Runs the probe steps against one bucket and records each as a :class:`CheckStep`."""
 
-    def attempt(name: str, permission: str, call: Callable[[], Any]) -> Any:
+    def __init__(self, storage: Storage) -> None:
+        self.storage, self.client, self.bucket = storage, storage.client, storage.bucket
+        self.key = storage.key(PROBE_FOLDER, f"probe-{uuid.uuid4().hex[:12]}")
+        self.folder = storage.key(PROBE_FOLDER) + "/"
+        self.steps: list[CheckStep] = []
+
+    def attempt(self, name: str, permission: str, call: Callable[[], Any]) -> Any:
+        """Run ``call``; a denied or failed step is recorded, a fatal one (no bucket, bad keys) raised."""
         try:
             value = call()
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in _FATAL_CODES:
-                raise storage.explain(exc, probe) from exc
+                raise self.storage.explain(exc, self.key) from exc
             detail = "access denied" if code in _DENIED_CODES else f"{code or 'error'}: " + \
                 str(exc.response.get("Error", {}).get("Message", "")).rstrip(".")
-            steps.append(CheckStep(name, permission, False, detail))
+            self.steps.append(CheckStep(name, permission, False, detail))
             return None
         except BotoCoreError as exc:
-            raise storage.explain(exc, probe) from exc
-        steps.append(CheckStep(name, permission, True))
+            raise self.storage.explain(exc, self.key) from exc
+        self.steps.append(CheckStep(name, permission, True))
         return value if value is not None else True
 
-    def skipped(name: str, permission: str, because: str) -> None:
-        steps.append(CheckStep(name, permission, None, f"needs {because}"))
+    def skipped(self, name: str, permission: str, because: str) -> None:
+        self.steps.append(CheckStep(name, permission, None, f"needs {because}"))
 
-    attempt("list objects", "s3:ListBucket",
-            lambda: client.list_objects_v2(Bucket=bucket, Prefix=folder, MaxKeys=1))
-    wrote = attempt("put object", "s3:PutObject", lambda: client.put_object(
-        Bucket=bucket, Key=probe, Body=PROBE_BODY,
-        Metadata={"size": str(len(PROBE_BODY)), "sha256": hashlib.sha256(PROBE_BODY).hexdigest()}))
+    def write(self) -> bool:
+        return bool(self.attempt("put object", "s3:PutObject", lambda: self.client.put_object(
+            Bucket=self.bucket, Key=self.key, Body=PROBE_BODY,
+            Metadata={"size": str(len(PROBE_BODY)), "sha256": hashlib.sha256(PROBE_BODY).hexdigest()})))
 
-    upload = attempt("create multipart upload", "s3:PutObject",
-                     lambda: client.create_multipart_upload(Bucket=bucket, Key=probe + ".multipart"))
-    if upload:
+    def multipart(self) -> None:
+        """Create, list and abort a multipart upload (what an interrupted upload's cleanup needs)."""
+        client, bucket, key = self.client, self.bucket, self.key + ".multipart"
+        upload = self.attempt("create multipart upload", "s3:PutObject",
+                              lambda: client.create_multipart_upload(Bucket=bucket, Key=key))
+        if not upload:
+            for name, permission in (("list multipart uploads", "s3:ListBucketMultipartUploads"),
+                                     ("list parts", "s3:ListMultipartUploadParts"),
+                                     ("abort multipart upload", "s3:AbortMultipartUpload")):
+                self.skipped(name, permission, "a multipart upload")
+            return
         upload_id = upload["UploadId"]
-        attempt("list multipart uploads", "s3:ListBucketMultipartUploads",
-                lambda: client.list_multipart_uploads(Bucket=bucket, Prefix=folder))
-        attempt("list parts", "s3:ListMultipartUploadParts",
-                lambda: client.list_parts(Bucket=bucket, Key=probe + ".multipart", UploadId=upload_id))
-        aborted = attempt("abort multipart upload", "s3:AbortMultipartUpload",
-                          lambda: client.abort_multipart_upload(Bucket=bucket, Key=probe + ".multipart",
-                                                                UploadId=upload_id))
+        self.attempt("list multipart uploads", "s3:ListBucketMultipartUploads",
+                     lambda: client.list_multipart_uploads(Bucket=bucket, Prefix=self.folder))
+        self.attempt("list parts", "s3:ListMultipartUploadParts",
+                     lambda: client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id))
+        aborted = self.attempt("abort multipart upload", "s3:AbortMultipartUpload",
+                               lambda: client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id))
         if not aborted:
-            steps[-1] = CheckStep(steps[-1].name, steps[-1].permission, False,
-                                  steps[-1].detail + f" (upload {upload_id} of {probe}.multipart is left open)")
-    else:
-        for name, permission in (("list multipart uploads", "s3:ListBucketMultipartUploads"),
-                                 ("list parts", "s3:ListMultipartUploadParts"),
-                                 ("abort multipart upload", "s3:AbortMultipartUpload")):
-            skipped(name, permission, "a multipart upload")
+            last = self.steps[-1]
+            self.steps[-1] = CheckStep(last.name, last.permission, False,
+                                       last.detail + f" (upload {upload_id} of {key} is left open)")
 
-    if wrote:
+    def read_and_delete(self, wrote: bool) -> None:
+        if not wrote:
+            self.skipped("get object", "s3:GetObject", "the probe object")
+            self.skipped("delete object", "s3:DeleteObject", "the probe object")
+            return
+
         def read_back() -> bool:
-            body = client.get_object(Bucket=bucket, Key=probe)["Body"].read()
+            body = self.client.get_object(Bucket=self.bucket, Key=self.key)["Body"].read()
             if body != PROBE_BODY:
-                raise StorageError(f"{storage.url(probe)} read back different bytes than were written.")
+                raise StorageError(f"{self.storage.url(self.key)} read back different bytes than were written.")
             return True
 
-        attempt("get object", "s3:GetObject", read_back)
-        attempt("delete object", "s3:DeleteObject", lambda: client.delete_object(Bucket=bucket, Key=probe))
-    else:
-        skipped("get object", "s3:GetObject", "the probe object")
-        skipped("delete object", "s3:DeleteObject", "the probe object")
-    return CheckReport(endpoint=storage.endpoint, bucket=bucket, url=storage.url(), steps=tuple(steps))
+        self.attempt("get object", "s3:GetObject", read_back)
+        self.attempt("delete object", "s3:DeleteObject",
+                     lambda: self.client.delete_object(Bucket=self.bucket, Key=self.key))
+
+
+def check_bucket(storage: Storage) -> CheckReport:
+    """Run every probe against ``storage``; raises :class:`StorageError` when nothing can work."""
+    probe = _Probe(storage)
+    probe.attempt("list objects", "s3:ListBucket",
+                  lambda: probe.client.list_objects_v2(Bucket=probe.bucket, Prefix=probe.folder, MaxKeys=1))
+    wrote = probe.write()
+    probe.multipart()
+    probe.read_and_delete(wrote)
+    return CheckReport(endpoint=storage.endpoint, bucket=storage.bucket, url=storage.url(), steps=tuple(probe.steps))
