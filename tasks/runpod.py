@@ -10,12 +10,14 @@ from invoke import Collection, task
 
 from deploy.errors import DeployError
 from deploy.hosts import connect, for_each_host, require_sftp
-from deploy.hosts.results import pull, ssh_command
+from deploy.hosts.results import pull
+from deploy.hosts.ssh import ssh_command
 from tasks._boundary import DRY_RUN_HELP, ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
 from tasks._hosts import HOSTS_HELP, options, raise_if_failed, targets
 
 
 @task(
+    auto_shortflags=False,
     iterable=["exclude"],
     help={
         "path": "Path under REMOTE_DIR to bring back (default: lightning_logs).",
@@ -45,7 +47,7 @@ def sync_from_runpod(c, path="lightning_logs", dest=".", exclude=None, method="a
     raise_if_failed(outcomes)
 
 
-@task(help={"hosts": HOSTS_HELP, "env_file": ENV_FILE_HELP})
+@task(auto_shortflags=False, help={"hosts": HOSTS_HELP, "env_file": ENV_FILE_HELP})
 @boundary
 def ssh(c, hosts=None, env_file=None):
     """Open an interactive shell on the host, in REMOTE_DIR."""
@@ -57,6 +59,7 @@ def ssh(c, hosts=None, env_file=None):
 
 
 @task(
+    auto_shortflags=False,
     help={
         "image": "Training image name:tag in the bucket (default: IMAGE).",
         "dataset": "Dataset to stage: a name under datasets/ in the bucket, or a local folder (default: DATASET).",
@@ -74,7 +77,9 @@ def ssh(c, hosts=None, env_file=None):
 def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart=False, dry_run=False, wait=300,
                   hosts=None, env_file=None):
     """Deploy the training to the GPU host(s): probe, provision, ship .env, image or code, start."""
-    from deploy.flow.rollout import BucketImages, Rollout, deploy_group, deploy_hosts, resolve_image, stage_local_dataset
+    from deploy.flow.group import deploy_group
+    from deploy.flow.rollout import Rollout, deploy_hosts
+    from deploy.flow.sources import BucketImages, resolve_image, stage_local_dataset
     from deploy.storage import Storage
 
     settings = settings_from_flags(env_file=env_file, IMAGE=image, DATASET=dataset, NUM_NODES=nodes, RUNTIME=runtime)
@@ -118,8 +123,8 @@ def _storage_or_none(settings):
         return None  # status still shows the host when no bucket is configured
 
 
-@task(help={"json": JSON_HELP, "tail": "How many log lines to show (default 10).", "hosts": HOSTS_HELP,
-            "env_file": ENV_FILE_HELP})
+@task(auto_shortflags=False, help={"json": JSON_HELP, "tail": "How many log lines to show (default 10).",
+                                   "hosts": HOSTS_HELP, "env_file": ENV_FILE_HELP})
 @boundary
 def status(c, json=False, tail=10, hosts=None, env_file=None):
     """Show the service, GPUs, last log lines and the newest checkpoint in S3."""
@@ -144,38 +149,39 @@ def status(c, json=False, tail=10, hosts=None, env_file=None):
     raise_if_failed(outcomes)
 
 
-@task(help={"follow": "Keep printing new lines until Ctrl-C.", "tail": "How many lines to start with (default 100).",
-            "hosts": HOSTS_HELP, "env_file": ENV_FILE_HELP})
+@task(auto_shortflags=False, help={"follow": "Keep printing new lines until Ctrl-C.",
+                                   "tail": "How many lines to start with (default 100).", "hosts": HOSTS_HELP,
+                                   "env_file": ENV_FILE_HELP})
 @boundary
 def logs(c, follow=False, tail=100, hosts=None, env_file=None):
     """Print the training service's logs."""
-    from deploy.flow.status import project_on
+    from deploy.flow.status import service_on
 
     settings = settings_from_flags(env_file=env_file)
     opts = options(settings)
     for spec in targets(c, settings, hosts):
         with connect(spec, opts) as conn:
-            project, _ = project_on(conn, spec.workdir(settings.remote_dir))
+            service, _ = service_on(conn, spec.workdir(settings.remote_dir))
             print(f"--- {spec}")
-            conn.run(project.logs_command(tail=int(tail), follow=follow), hide=False, warn=True, in_stream=False)
+            conn.run(service.logs_command(tail=int(tail), follow=follow), hide=False, warn=True, in_stream=False)
 
 
-@task(help={"timeout": "Seconds to wait for pending uploads to flush before the kill (default 120).",
-            "hosts": HOSTS_HELP, "env_file": ENV_FILE_HELP})
+@task(auto_shortflags=False, help={"timeout": "Seconds to wait for pending uploads to flush before the kill "
+                                              "(default 120).", "hosts": HOSTS_HELP, "env_file": ENV_FILE_HELP})
 @boundary
 def stop(c, timeout=120, hosts=None, env_file=None):
     """Stop training gracefully: SIGTERM, pending uploads flush, then the container (or native process) stops."""
-    from deploy.flow.status import project_on
+    from deploy.flow.status import service_on
 
     settings = settings_from_flags(env_file=env_file)
     opts = options(settings)
 
     def work(spec):
         with connect(spec, opts) as conn:
-            project, _ = project_on(conn, spec.workdir(settings.remote_dir))
-            before = project.state(conn)
+            service, _ = service_on(conn, spec.workdir(settings.remote_dir))
+            before = service.state(conn)
             if before.running:
-                project.stop(conn, timeout=int(timeout))
+                service.stop(conn, timeout=int(timeout))
             return before.running
 
     outcomes = for_each_host(targets(c, settings, hosts), work)

@@ -6,12 +6,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from deploy.storage.checkpoints import latest_checkpoint
-from deploy.runtimes.compose import ComposeProject, ServiceState, project_for
 from deploy.errors import DeployError
-from deploy.runtimes.native import NativeService
+from deploy.flow.choose import choose_runtime, runtimes
 from deploy.hosts.probe import Gpu, probe
+from deploy.runtimes.base import Service, ServiceState
 from deploy.storage import Storage
+from deploy.storage.checkpoints import latest_checkpoint
 
 
 @dataclass(frozen=True)
@@ -76,19 +76,18 @@ def _since(iso: str) -> float | None:
     return (datetime.now(timezone.utc) - stamp).total_seconds()
 
 
-def project_on(conn, remote_dir: str) -> tuple[ComposeProject | NativeService, tuple[Gpu, ...]]:
-    """The deployed service on a host and its GPUs: the native run when REMOTE_DIR holds one or the host
-    has no Compose (a RunPod pod), else the compose project (compose command from the probe)."""
+def service_on(conn, remote_dir: str) -> tuple[Service, tuple[Gpu, ...]]:
+    """The deployed service on a host and its GPUs; the runtime is read from the probe as ``auto`` does
+    (a native deploy, or a host without Compose such as a RunPod pod, is native; else compose)."""
     facts = probe(conn, remote_dir)
-    if facts.native or not facts.compose_command:
-        return NativeService(remote_dir), facts.gpus
-    return project_for(facts.compose_command, remote_dir, gpu=False), facts.gpus
+    name, _ = choose_runtime("auto", facts)
+    return runtimes()[name].service(remote_dir, facts), facts.gpus
 
 
 def run_status(conn, host: str, remote_dir: str, storage: Storage | None, tail: int = 10) -> RunStatus:
-    project, gpus = project_on(conn, remote_dir)
-    service = project.state(conn)
-    logs = project.logs(conn, tail=tail) if service.exists else ""
+    running, gpus = service_on(conn, remote_dir)
+    service = running.state(conn)
+    logs = running.logs(conn, tail=tail) if service.exists else ""
     notes: list[str] = []
     name = step = age = None
     if storage is not None:

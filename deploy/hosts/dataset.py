@@ -1,56 +1,27 @@
 """Stage a dataset from the bucket onto a host, incrementally, before training starts.
 
 The host needs only python3's standard library: the operator's machine lists ``datasets/<name>/``,
-compares it with the marker the host kept from the last sync, and hands the host short-lived
-presigned URLs for just the files that changed, in a 0600 file (never on a command line). The host
-downloads them in parallel into ``.part`` files, checks size and sha256, renames, removes files the
-bucket no longer has, and writes the marker last: an interrupted stage is simply redone.
+compares it with the marker the host kept from the last sync (:func:`plan_stage`, pure), and hands
+the host short-lived presigned URLs for just the files that changed, in a 0600 file (never on a
+command line). The host program (deploy/remote/fetch_dataset.py) downloads them in parallel into
+``.part`` files, checks size and sha256, renames, removes files the bucket no longer has, and writes
+the marker last: an interrupted stage is simply redone.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
-import shlex
 import time
 import uuid
 from dataclasses import dataclass, field
 
-from deploy.errors import HostError, StorageError
+from deploy.errors import StorageError
+from deploy.hosts.remote import python_program, run, write_atomic
 from deploy.storage import DATASETS, Storage
 
 MARKER = ".gpu-deploy-dataset.json"
 URL_LIFETIME = 3600
-
-HOST_SCRIPT = r'''
-import concurrent.futures, hashlib, json, os, sys, urllib.request
-plan = json.load(open(sys.argv[1]))
-os.unlink(sys.argv[1])
-dest = plan["dest"]
-def fetch(item):
-    final = os.path.join(dest, item["path"])
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    part = final + ".part"
-    digest, size = hashlib.sha256(), 0
-    with urllib.request.urlopen(item["url"], timeout=60) as resp, open(part, "wb") as out:
-        for chunk in iter(lambda: resp.read(1 << 20), b""):
-            out.write(chunk); digest.update(chunk); size += len(chunk)
-    if size != item["size"] or (item.get("sha256") and digest.hexdigest() != item["sha256"]):
-        os.unlink(part)
-        raise SystemExit("corrupt: %s (%d of %d bytes)" % (item["path"], size, item["size"]))
-    os.replace(part, final)
-    return size
-with concurrent.futures.ThreadPoolExecutor(8) as pool:
-    total = sum(pool.map(fetch, plan["fetch"]))
-for rel in plan["delete"]:
-    try: os.unlink(os.path.join(dest, rel))
-    except FileNotFoundError: pass
-tmp = os.path.join(dest, plan["marker_name"] + ".tmp")
-with open(tmp, "w") as out: json.dump(plan["marker"], out)
-os.replace(tmp, os.path.join(dest, plan["marker_name"]))
-print("staged %d files, %d bytes" % (len(plan["fetch"]), total))
-'''
-
 
 @dataclass(frozen=True)
 class RemoteFile:
@@ -117,8 +88,8 @@ def plan_stage(files: list[RemoteFile], marker: dict, dataset: str, dest: str) -
 
 
 def read_marker(conn, dest: str) -> dict:
-    result = conn.run(f"cat {shlex.quote(posixpath.join(dest, MARKER))} 2>/dev/null", hide=True, warn=True,
-                      in_stream=False)
+    """The marker the host kept from its last stage into ``dest`` (empty when there is none)."""
+    result = run(conn, ["cat", posixpath.join(dest, MARKER)], "Reading the dataset marker", warn=True)
     try:
         return json.loads(result.stdout) if result.ok else {}
     except json.JSONDecodeError:
@@ -145,17 +116,11 @@ def execute_stage(conn, storage: Storage, plan: StagePlan) -> StageResult:
              for f in plan.fetch]
     payload = json.dumps({"dest": plan.dest, "fetch": items, "delete": list(plan.delete),
                           "marker": plan.marker, "marker_name": MARKER}).encode()
-    conn.run(f"mkdir -p {shlex.quote(plan.dest)}", hide=True, in_stream=False)
-    name = f"/tmp/gpu-deploy-stage-{uuid.uuid4().hex}"
-    sftp = conn.sftp()
-    for path, data in ((name + ".json", payload), (name + ".py", HOST_SCRIPT.encode())):
-        with sftp.open(path, "wb") as handle:
-            sftp.chmod(path, 0o600)
-            handle.write(data)
-    result = conn.run(f"python3 {name}.py {name}.json; status=$?; rm -f {name}.py {name}.json; exit $status",
-                      hide=True, warn=True, in_stream=False)
-    if not result.ok:
-        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
-        raise HostError(f"Staging dataset {plan.dataset} into {plan.dest} failed: "
-                        f"{detail[-1] if detail else 'exit ' + str(result.exited)}")
+    job = f"/tmp/gpu-deploy-stage-{uuid.uuid4().hex}.json"  # presigned URLs: 0600, removed once read
+    write_atomic(conn, job, payload, mode=0o600)
+    try:
+        run(conn, python_program("python3", "fetch_dataset.py", job),
+            f"Staging dataset {plan.dataset} into {plan.dest}")
+    finally:
+        run(conn, ["rm", "-f", job], "Removing the staging plan", warn=True)
     return StageResult(plan, time.monotonic() - started)

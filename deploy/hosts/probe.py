@@ -1,4 +1,4 @@
-"""What a host has: one shell script run over SSH, its `key=value` lines parsed into facts.
+"""What a host has: one shell script (deploy/remote/probe.sh) run over SSH, its `key=value` lines parsed into facts.
 
 Parsing is pure (unit-tested on captured output); deciding what is missing for a runtime is pure too,
 and each problem is one sentence that says what to do.
@@ -6,49 +6,13 @@ and each problem is one sentence that says what to do.
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, field
 
 from deploy.errors import HostError
+from deploy.hosts.remote import cause, program_source, run, where
 
 NATIVE_MARKER = ".gpu-deploy/supervisor.py"
 """A native deploy (deploy.runtimes.native) keeps its supervisor here under REMOTE_DIR; the probe looks for it."""
-
-PROBE_SCRIPT = r"""
-export LC_ALL=C
-kv() { printf '%s=%s\n' "$1" "$2"; }
-kv os "$( (. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME") || uname -s)"
-kv kernel "$(uname -r)"
-kv arch "$(uname -m)"
-kv uid "$(id -u)"
-kv cpus "$(nproc 2>/dev/null)"
-kv mem_kb "$(awk '/MemTotal/ {print $2}' /proc/meminfo 2>/dev/null)"
-kv shm_kb "$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {print $4}')"
-if command -v nvidia-smi >/dev/null 2>&1; then
-  nvidia-smi --query-gpu=name,memory.total,driver_version,utilization.gpu,memory.used \
-    --format=csv,noheader,nounits 2>/dev/null | while IFS= read -r line; do kv gpu "$line"; done
-fi
-if command -v docker >/dev/null 2>&1; then
-  kv docker_client 1
-  kv docker "$(docker version --format '{{.Server.Version}}' 2>/dev/null)"
-  kv compose_v2 "$(docker compose version --short 2>/dev/null)"
-  kv runtimes "$(docker info --format '{{range $k, $v := .Runtimes}}{{$k}} {{end}}' 2>/dev/null)"
-fi
-if command -v docker-compose >/dev/null 2>&1; then
-  kv compose_v1 "$(docker-compose version --short 2>/dev/null)"
-fi
-kv python3 "$(python3 -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)"
-for tool in zstd gzip curl rsync tar apt-get sudo; do
-  command -v "$tool" >/dev/null 2>&1 && kv tool "$tool"
-done
-d="$REMOTE_DIR"
-while [ -n "$d" ] && [ ! -d "$d" ]; do d=$(dirname "$d"); done
-kv disk_dir "$d"
-kv disk_free_kb "$(df -Pk "$d" 2>/dev/null | awk 'NR==2 {print $4}')"
-kv remote_dir_exists "$([ -d "$REMOTE_DIR" ] && echo 1 || echo 0)"
-kv native "$([ -f "$REMOTE_DIR/$NATIVE_MARKER" ] && echo 1 || echo 0)"
-"""
-
 
 @dataclass(frozen=True)
 class Gpu:
@@ -155,11 +119,11 @@ def parse_facts(output: str) -> HostFacts:
 
 def probe(conn, remote_dir: str) -> HostFacts:
     """Run the probe on ``conn`` (a Fabric Connection or an invoke Context)."""
-    script = f"REMOTE_DIR={shlex.quote(remote_dir)}\nNATIVE_MARKER={shlex.quote(NATIVE_MARKER)}\n{PROBE_SCRIPT}"
     # The script holds no secret, so it may travel as an argument (stdin through invoke is slow).
-    result = conn.run(f"sh -c {shlex.quote(script)}", hide=True, warn=True, in_stream=False)
+    result = run(conn, ["sh", "-c", program_source("probe.sh"), "probe.sh", remote_dir, NATIVE_MARKER], "The probe",
+                 warn=True)
     if result.exited not in (0, None) and "os=" not in result.stdout:
-        raise HostError(f"The probe failed on {getattr(conn, 'host', 'localhost')}: {result.stderr.strip()[-300:]}")
+        raise HostError(f"The probe failed on {where(conn)}: {cause(result.stderr) or 'exit ' + str(result.exited)}")
     return parse_facts(result.stdout)
 
 

@@ -12,17 +12,17 @@ import fnmatch
 import os
 import posixpath
 import re
-import shlex
 import shutil
 import stat
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.errors import ConfigError, HostError
-from deploy.hosts import HostOptions, HostSpec, require_sftp
+from deploy.hosts.remote import run
+from deploy.hosts.rsync import remote, rsync_command, run_rsync
+from deploy.hosts.ssh import HostOptions, HostSpec, require_sftp
 
 PARTIAL_DIR = ".rsync-partial"
 
@@ -54,17 +54,6 @@ def remote_path(remote_dir: str, path: str) -> str:
     return joined
 
 
-def ssh_command(spec: HostSpec, options: HostOptions) -> list[str]:
-    """An OpenSSH command line with the same key, known_hosts and strictness as our connections."""
-    cmd = ["ssh", "-p", str(spec.port), "-o", "BatchMode=yes",
-           "-o", f"ConnectTimeout={int(options.connect_timeout)}",
-           "-o", f"UserKnownHostsFile={os.path.expanduser(options.known_hosts)}",
-           "-o", f"StrictHostKeyChecking={'yes' if options.strict_host_keys else 'accept-new'}"]
-    if options.key_file:
-        cmd += ["-i", os.path.expanduser(options.key_file), "-o", "IdentitiesOnly=yes"]
-    return cmd
-
-
 def _excluded(relative: str, exclude: Sequence[str]) -> bool:
     name = posixpath.basename(relative)
     return any(fnmatch.fnmatchcase(relative, p) or fnmatch.fnmatchcase(name, p) for p in exclude)
@@ -76,14 +65,14 @@ def pull(conn, spec: HostSpec, options: HostOptions, remote_dir: str, path: str,
     """Pull ``REMOTE_DIR/path`` into ``dest`` (a folder: ``dest/<basename of path>``)."""
     require_sftp(spec)
     source = remote_path(remote_dir, path)
-    kind = conn.run(f"if [ -d {shlex.quote(source)} ]; then echo dir; elif [ -e {shlex.quote(source)} ]; "
-                    "then echo file; else echo none; fi", hide=True, in_stream=False).stdout.strip()
+    kind = run(conn, ["sh", "-c", 'if [ -d "$1" ]; then echo dir; elif [ -e "$1" ]; then echo file; '
+                      'else echo none; fi', "sh", source], f"Looking at {source}").stdout.strip()
     if kind == "none":
         raise HostError(f"{source} does not exist on {spec.host}:{spec.port}; nothing to sync "
                         "(has training written it yet?).")
     target = Path(dest) / posixpath.basename(source)
     if method == "auto":
-        remote_rsync = conn.run("command -v rsync", hide=True, warn=True, in_stream=False).ok
+        remote_rsync = run(conn, ["sh", "-c", "command -v rsync"], "Looking for rsync", warn=True).ok
         method = "rsync" if remote_rsync and shutil.which("rsync") and shutil.which("ssh") else "sftp"
     if method == "rsync":
         return _rsync(spec, options, source, target, kind == "dir", exclude)
@@ -104,18 +93,15 @@ def _rsync(spec: HostSpec, options: HostOptions, source: str, target: Path, is_d
            exclude: Sequence[str]) -> PullResult:
     started = time.monotonic()
     target.parent.mkdir(parents=True, exist_ok=True)
-    remote = f"{spec.user}@{spec.host}:{shlex.quote(source)}" + ("/" if is_dir else "")
     local = str(target) + ("/" if is_dir else "")
-    cmd = ["rsync", "-a", "--stats", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}",
-           *[f"--exclude={p}" for p in exclude], "-e", shlex.join(ssh_command(spec, options)), remote, local]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise HostError(f"rsync from {spec.host}:{spec.port} failed (exit {proc.returncode}): "
-                        f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no message'}")
-    files = _stat(proc.stdout, "files")
-    total = _stat(proc.stdout, "total")
+    args = ["-a", "--stats", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}",
+            *[f"--exclude={p}" for p in exclude]]
+    out = run_rsync(rsync_command(spec, options, args, remote(spec, source) + ("/" if is_dir else ""), local), spec,
+                    "rsync from")
+    files = _stat(out, "files")
+    total = _stat(out, "total")
     return PullResult(source=source, dest=str(target), method="rsync", files=files,
-                      bytes=_stat(proc.stdout, "bytes"), skipped=max(0, total - files),
+                      bytes=_stat(out, "bytes"), skipped=max(0, total - files),
                       seconds=time.monotonic() - started)
 
 

@@ -191,6 +191,17 @@ def connect(spec: HostSpec, options: HostOptions = HostOptions()) -> Connection:
     return conn
 
 
+def ssh_command(spec: HostSpec, options: HostOptions) -> list[str]:
+    """An OpenSSH command line with the same key, known_hosts and strictness as our connections."""
+    cmd = ["ssh", "-p", str(spec.port), "-o", "BatchMode=yes",
+           "-o", f"ConnectTimeout={int(options.connect_timeout)}",
+           "-o", f"UserKnownHostsFile={os.path.expanduser(options.known_hosts)}",
+           "-o", f"StrictHostKeyChecking={'yes' if options.strict_host_keys else 'accept-new'}"]
+    if options.key_file:
+        cmd += ["-i", os.path.expanduser(options.key_file), "-o", "IdentitiesOnly=yes"]
+    return cmd
+
+
 def require_sftp(spec: HostSpec) -> None:
     """Refuse RunPod's proxy SSH before a file transfer fails obscurely on it."""
     if spec.is_runpod_proxy:

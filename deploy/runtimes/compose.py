@@ -1,25 +1,38 @@
-"""The training service under Compose on a host: v2 (`docker compose`) or v1 (`docker-compose`).
+"""The compose runtime: training as a Compose service on a host with Docker, v2 (`docker compose`) or v1.
 
-Commands are built here as strings and run through any runner with ``.run()`` (a Fabric
-Connection, an invoke Context). Nothing secret is ever part of them: the service reads its
-settings from ``REMOTE_DIR/.env`` (``env_file``), which Compose also uses for interpolation.
+Its facts are the host's image id, the compose files' digests and the container's state; its steps
+create REMOTE_DIR, install small tools, write the .env, load the image from the bucket (through an
+:class:`ImageSource`), upload the compose files and bring the service up. Commands are built from
+lists (deploy.hosts.remote) and nothing secret is ever part of them: the service reads its settings
+from ``REMOTE_DIR/.env`` (``env_file``), which Compose also uses for interpolation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 from deploy.errors import HostError
+from deploy.hosts.envfile import EnvShipment, remote_env_digest
+from deploy.hosts.probe import HostFacts, compose_problems
+from deploy.hosts.remote import run, write_atomic
+from deploy.hosts.ssh import HostSpec
+from deploy.runtimes.base import (STARTED_MARKER, HostRun, Log, Plan, Progress, ServiceState, Step, StepHandler,
+                                  write_env)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_FILE = "docker-compose.runpod.yml"
 GPU_FILE = "docker-compose.gpu.yml"
 SERVICE = "train"
 STOP_TIMEOUT = 120  # seconds Compose waits after SIGTERM; longer than the uploader's flush deadline
+SMALL_TOOLS = ("zstd", "curl")
+ENDED = ("exited", "dead")
 
 
 def compose_source(name: str) -> Path:
@@ -30,67 +43,61 @@ def compose_source(name: str) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class ServiceState:
-    """The training container as Compose left it."""
+def compose_files(gpu: bool) -> dict[str, bytes]:
+    names = (SERVICE_FILE, GPU_FILE) if gpu else (SERVICE_FILE,)
+    return {name: compose_source(name).read_bytes() for name in names}
 
-    exists: bool
-    running: bool = False
-    status: str = "absent"
-    started_at: str = ""
-    image_id: str = ""
-    restarts: int = 0
-    container: str = ""
+
+def file_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
 class ComposeProject:
-    """One Compose project in ``directory`` on a host."""
+    """One Compose project in ``directory`` on a host: the compose runtime's :class:`Service`."""
 
     command: str
     directory: str
     files: tuple[str, ...]
     name: str
     service: str = SERVICE
+    kind: ClassVar[str] = "container"
 
-    def cmd(self, *args: str) -> str:
-        files = " ".join(f"-f {shlex.quote(f)}" for f in self.files)
-        return (f"cd {shlex.quote(self.directory)} && {self.command} -p {shlex.quote(self.name)} {files} "
-                + " ".join(args))
+    def argv(self, *args: str) -> list[str]:
+        files = [arg for f in self.files for arg in ("-f", f)]
+        return [*self.command.split(), "-p", self.name, *files, *args]
 
-    def _run(self, conn, *args: str, what: str):
-        result = conn.run(self.cmd(*args), hide=True, warn=True, in_stream=False)
-        if not result.ok:
-            detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
-            raise HostError(f"`{self.command} {what}` failed in {self.directory}: "
-                            f"{detail[-1] if detail else 'exit ' + str(result.exited)}")
-        return result
+    def _run(self, conn: Any, *args: str, what: str) -> Any:
+        return run(conn, self.argv(*args), f"`{self.command} {what}` in {self.directory}", cwd=self.directory)
 
-    def up(self, conn, recreate: bool = False) -> None:
+    def start(self, conn: Any, recreate: bool = False) -> int:
         self._run(conn, "up", "-d", *(["--force-recreate"] if recreate else []), self.service, what="up")
+        return 0  # a (re)created container's logs start empty
 
-    def stop(self, conn, timeout: int = STOP_TIMEOUT) -> None:
+    def stop(self, conn: Any, timeout: int = STOP_TIMEOUT) -> None:
         self._run(conn, "stop", "-t", str(timeout), self.service, what="stop")
 
-    def logs(self, conn, tail: int = 100) -> str:
+    def logs(self, conn: Any, tail: int = 100) -> str:
         return self._run(conn, "logs", "--no-color", f"--tail={tail}", self.service, what="logs").stdout
 
     def logs_command(self, tail: int = 100, follow: bool = False) -> str:
-        return self.cmd("logs", "--no-color", f"--tail={tail}", *(["-f"] if follow else []), self.service)
+        argv = self.argv("logs", "--no-color", f"--tail={tail}", *(["-f"] if follow else []), self.service)
+        return f"cd {shlex.quote(self.directory)} && {shlex.join(argv)}"
 
-    def config_check(self, conn) -> None:
-        self._run(conn, "config", "-q", what="config")
+    def progress(self, conn: Any, since: int) -> Progress:
+        state = self.state(conn)
+        failed = state.exists and not state.running and state.status in ENDED
+        started = state.running and STARTED_MARKER in self.logs(conn, tail=200)
+        return Progress(state, started=started, failed=failed)
 
-    def state(self, conn) -> ServiceState:
-        label = f"label=com.docker.compose.project={self.name}"
-        service = f"label=com.docker.compose.service={self.service}"
-        ids = conn.run(f"docker ps -aq --filter {shlex.quote(label)} --filter {shlex.quote(service)}",
-                       hide=True, warn=True, in_stream=False).stdout.split()
+    def state(self, conn: Any) -> ServiceState:
+        ids = run(conn, ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={self.name}",
+                         "--filter", f"label=com.docker.compose.service={self.service}"], "docker ps",
+                  warn=True).stdout.split()
         if not ids:
             return ServiceState(exists=False)
         fmt = '{"state": {{json .State}}, "image": {{json .Image}}, "restarts": {{.RestartCount}}}'
-        out = conn.run(f"docker inspect --format {shlex.quote(fmt)} {ids[0]}", hide=True, warn=True,
-                       in_stream=False)
+        out = run(conn, ["docker", "inspect", "--format", fmt, ids[0]], "docker inspect", warn=True)
         if not out.ok:
             return ServiceState(exists=False)
         data = json.loads(out.stdout)
@@ -111,3 +118,164 @@ def _project_name(text: str) -> str:
     # Compose project names: lowercase letters, digits, dashes and underscores.
     cleaned = "".join(c if c.isalnum() or c in "-_" else "-" for c in text.lower())
     return cleaned.strip("-_") or "gpu-deploy"
+
+
+# --------------------------------------------------------------------------- desired, gathered, planned
+
+
+class ImageSource(Protocol):
+    """Where the training image comes from (the bucket's layer store: deploy.flow.sources.BucketImages)."""
+
+    def load_on_host(self, conn: Any, ref: str) -> str:
+        """Load ``ref`` on the host behind ``conn``; return the loaded image id."""
+
+
+@dataclass(frozen=True)
+class DesiredRun:
+    """What the operator asked for on one compose host."""
+
+    image_ref: str
+    image_id: str
+    remote_dir: str
+    env: EnvShipment
+    restart: bool = False
+    gpu_file: bool | None = None  # None: decided from the probe
+    image_bytes: int = 0
+    image_problem: str | None = None
+
+
+@dataclass(frozen=True)
+class HostState:
+    """What a compose host has now (read-only gathering)."""
+
+    facts: HostFacts
+    host_image_id: str
+    env_digest: str | None
+    file_digests: dict[str, str]
+    service: ServiceState
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComposePlan(Plan):
+    desired: DesiredRun
+    project: ComposeProject
+    runtime: ClassVar[str] = "compose"
+    idle: ClassVar[str] = "the service runs this image with these settings"
+
+    def header(self) -> list[str]:
+        d, p = self.desired, self.project
+        return [f"image     {d.image_ref} ({d.image_id[:19]})",
+                f"compose   {p.command} -p {p.name} " + " ".join(f"-f {f}" for f in p.files),
+                f"env keys  {', '.join(d.env.keys)}"]
+
+
+def _wants_gpu(desired: DesiredRun, facts: HostFacts) -> bool:
+    return bool(facts.gpus) if desired.gpu_file is None else desired.gpu_file
+
+
+def gather(conn: Any, desired: DesiredRun, facts: HostFacts) -> HostState:
+    """Read the host: its image, .env and compose file digests, the service."""
+    image = run(conn, ["docker", "image", "inspect", "--format", "{{.Id}}", desired.image_ref], "docker image inspect",
+                warn=True).stdout.strip() if facts.docker else ""
+    sums = run(conn, ["sha256sum", *(posixpath.join(desired.remote_dir, n) for n in (SERVICE_FILE, GPU_FILE))],
+               "sha256sum", warn=True).stdout
+    digests = {posixpath.basename(p): d for d, p in (line.split(None, 1) for line in sums.splitlines() if line)}
+    project = project_for(facts.compose_command or "docker compose", desired.remote_dir, _wants_gpu(desired, facts))
+    service = project.state(conn) if facts.docker else ServiceState(exists=False)
+    return HostState(facts=facts, host_image_id=image, env_digest=remote_env_digest(conn, desired.remote_dir),
+                     file_digests=digests, service=service)
+
+
+def plan_deploy(spec: HostSpec, desired: DesiredRun, state: HostState, facts: HostFacts | None = None) -> ComposePlan:
+    """Decide the steps from what the host has; pure, so the unit tests check it."""
+    facts = facts or state.facts
+    gpu = _wants_gpu(desired, facts)
+    project = project_for(facts.compose_command or "docker compose", desired.remote_dir, gpu)
+    problems = [desired.image_problem] if desired.image_problem else []
+    problems += compose_problems(facts, image_bytes=0 if state.host_image_id else desired.image_bytes, need_gpu=gpu)
+    if facts.native:
+        problems.append(f"{desired.remote_dir} holds a native deploy (no Docker); deploy there with --runtime=native "
+                        "(or auto), or choose another REMOTE_DIR for compose.")
+    steps: list[Step] = []
+    if not facts.remote_dir_exists:
+        steps.append(Step("create-dir", f"create {desired.remote_dir}"))
+    missing_tools = [t for t in SMALL_TOOLS if t not in facts.tools]
+    if missing_tools and facts.is_root and "apt-get" in facts.tools:
+        steps.append(Step("install-tools", f"apt-get install {' '.join(missing_tools)}"))
+    env_changed = state.env_digest != desired.env.digest
+    if env_changed:
+        steps.append(Step("write-env", f".env with {len(desired.env.keys)} keys, mode 0600"))
+    image_changed = state.host_image_id != desired.image_id
+    if image_changed:
+        steps.append(Step("load-image", f"load {desired.image_ref} from S3"))
+    wanted = {n: file_digest(b) for n, b in compose_files(gpu).items()}
+    files_changed = any(state.file_digests.get(n) != d for n, d in wanted.items())
+    if files_changed:
+        steps.append(Step("upload-compose", ", ".join(wanted)))
+    running_current = state.service.running and state.service.image_id == desired.image_id
+    if desired.restart:
+        steps.append(Step("restart", "recreate the service (resumes from the latest checkpoint in S3)"))
+    elif env_changed or image_changed or files_changed or not running_current:
+        why = "not running" if not state.service.running else "image or settings changed"
+        steps.append(Step("start", f"{project.command} up -d ({why})"))
+    return ComposePlan(spec=spec, desired=desired, project=project, steps=tuple(steps), problems=tuple(problems),
+                       facts=facts)
+
+
+# --------------------------------------------------------------------------- the runtime
+
+
+class ComposeRuntime:
+    """The compose strategy; ``images`` loads the image on a host (needed only to execute a plan)."""
+
+    name = "compose"
+
+    def __init__(self, images: ImageSource | None = None) -> None:
+        self.images = images
+
+    def desire(self, run: HostRun) -> DesiredRun:
+        return DesiredRun(image_ref=run.image_ref, image_id=run.image_id, remote_dir=run.remote_dir, env=run.env,
+                          restart=run.restart, image_bytes=run.image_bytes, image_problem=run.image_problem)
+
+    def gather(self, conn: Any, desired: DesiredRun, facts: HostFacts) -> HostState:
+        return gather(conn, desired, facts)
+
+    def plan(self, spec: HostSpec, desired: DesiredRun, state: HostState, facts: HostFacts) -> ComposePlan:
+        return plan_deploy(spec, desired, state, facts)
+
+    def service(self, remote_dir: str, facts: HostFacts) -> ComposeProject:
+        # The GPU file as deploy chose it from the probe: a group's start recreates the service with it.
+        return project_for(facts.compose_command or "docker compose", remote_dir, gpu=bool(facts.gpus))
+
+    @property
+    def handlers(self) -> Mapping[str, StepHandler]:
+        return {"create-dir": create_dir, "install-tools": install_tools, "write-env": write_env,
+                "load-image": self.load_image, "upload-compose": upload_compose, "start": start, "restart": start}
+
+    def load_image(self, conn: Any, plan: ComposePlan, log: Log) -> None:
+        if self.images is None:
+            raise HostError("The compose runtime was given no image source; deploy through deploy.flow.")
+        d = plan.desired
+        loaded = self.images.load_on_host(conn, d.image_ref)
+        if loaded != d.image_id:
+            raise HostError(f"The image loaded on {plan.spec.host} is {loaded[:19]}, not {d.image_id[:19]}.")
+
+
+def create_dir(conn: Any, plan: ComposePlan, log: Log) -> None:
+    run(conn, ["mkdir", "-p", plan.desired.remote_dir], f"Creating {plan.desired.remote_dir}")
+
+
+def install_tools(conn: Any, plan: ComposePlan, log: Log) -> None:
+    # Best effort: the tools speed up image loading, the load works without them.
+    missing = [t for t in SMALL_TOOLS if t not in plan.facts.tools]
+    run(conn, ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-qq", *missing],
+        "apt-get install", warn=True)
+
+
+def upload_compose(conn: Any, plan: ComposePlan, log: Log) -> None:
+    for name, data in compose_files(GPU_FILE in plan.project.files).items():
+        write_atomic(conn, posixpath.join(plan.desired.remote_dir, name), data, mode=0o644)
+
+
+def start(conn: Any, plan: ComposePlan, log: Log) -> int:
+    return plan.project.start(conn, recreate=plan.needs("restart"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import uuid
 from pathlib import Path
 
@@ -14,13 +16,14 @@ from deploy.hosts.results import pull, remote_path
 
 @pytest.fixture
 def remote(ssh_connection):
-    root = f"/tmp/gpu-deploy-pull-{uuid.uuid4().hex[:8]}"
+    root = f"/tmp/gpu-deploy pull {uuid.uuid4().hex[:8]}"  # a space: rsync -s and no hand quoting must hold
+    logs = shlex.quote(f"{root}/lightning_logs/version_0")
     ssh_connection.run(
-        f"mkdir -p {root}/lightning_logs/version_0/checkpoints && cd {root}/lightning_logs/version_0 && "
+        f"mkdir -p {logs}/checkpoints && cd {logs} && "
         "head -c 300000 /dev/urandom > events.out.tfevents.1 && echo 'lr: 0.1' > hparams.yaml && "
         "head -c 100000 /dev/urandom > checkpoints/last.ckpt")
     yield root
-    ssh_connection.run(f"rm -rf {root}")
+    ssh_connection.run(f"rm -rf {shlex.quote(root)}")
 
 
 @pytest.mark.parametrize("method", ["rsync", "sftp"])
@@ -34,7 +37,7 @@ def test_pull_is_incremental(method: str, ssh_server, ssh_connection, remote: st
     assert (got / "checkpoints/last.ckpt").stat().st_size == 100000
     second = pull(ssh_connection, spec, options, remote, "lightning_logs", tmp_path, method=method)
     assert (second.files, second.bytes, second.skipped) == (0, 0, 3)
-    ssh_connection.run(f"echo more >> {remote}/lightning_logs/version_0/hparams.yaml")
+    ssh_connection.run(f"echo more >> {shlex.quote(remote + '/lightning_logs/version_0/hparams.yaml')}")
     third = pull(ssh_connection, spec, options, remote, "lightning_logs", tmp_path, method=method,
                  exclude=["*.ckpt"])
     assert third.files == 1
@@ -51,3 +54,13 @@ def test_missing_remote_path_says_so(ssh_server, ssh_connection, remote: str, tm
     spec = HostSpec("127.0.0.1", ssh_server.port, ssh_server.user)
     with pytest.raises(HostError, match="does not exist"):
         pull(ssh_connection, spec, HostOptions(), remote, "nothing_here", tmp_path)
+
+
+def test_an_rsync_failure_names_ssh_s_cause(ssh_server, ssh_connection, remote: str, tmp_path: Path) -> None:
+    key = tmp_path / "loose_key"
+    key.write_bytes(Path(ssh_server.client_key).read_bytes())
+    os.chmod(key, 0o644)  # ssh refuses a key others can read, and says so before rsync's own summary
+    spec = HostSpec("127.0.0.1", ssh_server.port, ssh_server.user)
+    options = HostOptions(key_file=str(key), known_hosts=str(ssh_server.known_hosts))
+    with pytest.raises(HostError, match="UNPROTECTED PRIVATE KEY FILE.*Permission denied"):
+        pull(ssh_connection, spec, options, remote, "lightning_logs", tmp_path, method="rsync")

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 import uuid
 from pathlib import Path
 
 import pytest
 
-from deploy.hosts.envfile import EnvShipment
 from deploy.hosts import HostOptions, HostSpec
-from deploy.runtimes.native import NativeDesired, gather_native, plan_native, select_files, send_files
+from deploy.hosts.envfile import EnvShipment
 from deploy.hosts.probe import HostFacts
+from deploy.runtimes.native.plan import NativeDesired, gather_native, plan_native
+from deploy.runtimes.native.sync import send_files
+from deploy.runtimes.native.tree import select_files
 from deploy.settings import Secret
 
 
@@ -31,7 +34,7 @@ def test_only_changed_files_move_and_deleted_ones_go(method: str, tmp_path: Path
     (tree / "old.py").write_text("gone soon\n")
     (tree / ".gitignore").write_text("*.tmp\n")
     (tree / "scratch.tmp").write_text("local only\n")
-    remote_dir = f"/tmp/gpu-deploy-native-sync-{uuid.uuid4().hex[:8]}"
+    remote_dir = f"/tmp/gpu-deploy native sync {uuid.uuid4().hex[:8]}"  # a space: rsync -s, SFTP, shell quoting
     spec = HostSpec("127.0.0.1", ssh_server.port, ssh_server.user)
     options = HostOptions(key_file=str(ssh_server.client_key), known_hosts=str(ssh_server.known_hosts))
 
@@ -40,7 +43,7 @@ def test_only_changed_files_move_and_deleted_ones_go(method: str, tmp_path: Path
         facts = HostFacts(tools=frozenset({"rsync"}), remote_dir_exists=True)  # what the probe finds here
         plan = plan_native(spec, desired, gather_native(ssh_connection, desired), facts)
         assert plan.method == method
-        ssh_connection.run(f"mkdir -p {remote_dir}/.gpu-deploy")
+        ssh_connection.run(f"mkdir -p {shlex.quote(remote_dir)}/.gpu-deploy")
         if plan.needs("sync-code"):
             send_files(ssh_connection, plan, options)
         return plan
@@ -64,4 +67,4 @@ def test_only_changed_files_move_and_deleted_ones_go(method: str, tmp_path: Path
         assert not Path(remote_dir, "old.py").exists() and Path(remote_dir, "output.txt").exists()
         assert not sync().needs("sync-code")
     finally:
-        ssh_connection.run(f"rm -rf {remote_dir}", warn=True)
+        ssh_connection.run(f"rm -rf {shlex.quote(remote_dir)}", warn=True)

@@ -7,30 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from deploy.runtimes.compose import ServiceState
-from deploy.hosts.envfile import EnvShipment
-from deploy.errors import ConfigError
+from deploy.errors import ConfigError, HostError
+from deploy.flow.choose import choose_runtime
+from deploy.flow.sources import resolve_image
 from deploy.hosts import HostSpec
-from deploy.runtimes.native import (
-    APP,
-    BaseInterpreter,
-    LocalFile,
-    NativeDesired,
-    NativeState,
-    choose_runtime,
-    library_files,
-    parse_gathered,
-    parse_service,
-    plan_native,
-    release_digest,
-    requirements_digest,
-    select_files,
-    sha256,
-    train_requirements,
-)
-from deploy.hosts.probe import HostFacts
-from deploy.settings import Secret
-from deploy.remote.supervisor import read_env_file
+from deploy.hosts.envfile import EnvShipment, plan_env
+from deploy.hosts.probe import HostFacts, parse_facts
+from deploy.runtimes.base import ServiceState
+from deploy.runtimes.compose import plan_deploy
+from deploy.runtimes.native.layout import APP
+from deploy.runtimes.native.plan import NativeDesired, NativeState, parse_gathered, plan_native, release_digest
+from deploy.runtimes.native.service import parse_service
+from deploy.runtimes.native.shipped import library_files
+from deploy.runtimes.native.tree import LocalFile, select_files
+from deploy.runtimes.native.venv import BaseInterpreter, sha256, train_requirements
+from deploy.settings import Secret, load_settings
 
 SPEC = HostSpec("203.0.113.10", 40022)
 ENV = EnvShipment(keys=("AWS_SECRET_ACCESS_KEY", "S3_BUCKET"), _content=Secret("S3_BUCKET=b\nAWS_SECRET_ACCESS_KEY=x\n"))
@@ -49,9 +40,9 @@ RUNNING = ServiceState(exists=True, running=True, status="running", restarts=0, 
 def healthy(desired: NativeDesired = DESIRED, base: BaseInterpreter = BASE, **changes) -> NativeState:
     """The state a host is in right after deploying ``desired``."""
     state = NativeState(
-        base=base, files={rel: (f.size, f.mtime) for rel, f in desired.files.items()},
+        base=base, meta_exists=True, files={rel: (f.size, f.mtime) for rel, f in desired.files.items()},
         manifest=frozenset(desired.files),
-        venv={"base": base.identity, "requirements": requirements_digest(desired, base)},
+        venv={"base": base.identity, "requirements": desired.requirements_digest(base)},
         env_digest=desired.env.digest,
         supervisor_digests={n: sha256(b) for n, b in desired.supervisor_files().items()},
         release=release_digest(desired, base), service=RUNNING)
@@ -90,10 +81,15 @@ def test_an_explicit_runtime_wins_and_a_bad_one_is_named() -> None:
 # --------------------------------------------------------------------------- the plan
 
 
+def test_a_folder_without_our_metadata_gets_it_created() -> None:
+    plan = plan_native(SPEC, DESIRED, healthy(meta_exists=False), FACTS)
+    assert plan.steps[0].name == "create-dir" and plan.steps[0].detail.endswith("/workspace/train/.gpu-deploy")
+
+
 def test_a_fresh_pod_gets_every_step_in_order() -> None:
     state = NativeState(base=BASE)
     facts = HostFacts(tools=frozenset({"rsync"}))
-    plan = plan_native(SPEC, DESIRED, state, facts, "the host has no Docker engine")
+    plan = plan_native(SPEC, DESIRED, state, facts)
     assert names(plan) == ["create-dir", "write-env", "sync-code", "create-venv", "install-requirements",
                            "install-supervisor", "start"]
     assert plan.send == tuple(sorted(FILES)) and plan.method == "rsync" and not plan.problems
@@ -237,24 +233,18 @@ def test_select_files_records_size_mtime_and_exec_bit(tmp_path: Path) -> None:
     assert (f.size, f.mtime, f.executable, f.path) == (10, 1_700_000_000, True, str(tmp_path / "run.sh"))
 
 
-def test_the_library_and_the_train_extra_come_from_this_checkout() -> None:
+def test_only_the_training_code_and_what_it_imports_travel() -> None:
     lib = library_files()
     assert f"{APP}/deploy/training/entrypoint.py" in lib and f"{APP}/deploy/remote/supervisor.py" in lib
+    assert f"{APP}/deploy/__init__.py" in lib and f"{APP}/deploy/settings.py" in lib
     assert not any("__pycache__" in rel for rel in lib)
+    for room in ("hosts", "runtimes", "flow", "images", "dev"):  # the operator's code stays home
+        assert not any(rel.startswith(f"{APP}/deploy/{room}/") for rel in lib), room
     assert any(r.startswith("torch") for r in train_requirements())
-
-
-def test_the_supervisor_reads_env_files_like_compose(tmp_path: Path) -> None:
-    (tmp_path / ".env").write_text("# c\nA=1\nexport B = two words\nC=\"quoted # not a comment\"\nD='x'\nbad\nE=\n")
-    assert read_env_file(str(tmp_path / ".env")) == {"A": "1", "B": "two words", "C": "quoted # not a comment",
-                                                     "D": "x", "E": ""}
 
 
 def test_the_runtime_choice_stays_on_the_laptop() -> None:
     # Switching --runtime or NATIVE_PYTHON must not change the host's .env, which would restart training.
-    from deploy.hosts.envfile import plan_env
-    from deploy.settings import load_settings
-
     settings = load_settings(overrides={"RUNTIME": "native", "NATIVE_PYTHON": "/opt/conda/bin/python",
                                         "S3_BUCKET": "my-bucket"}, environ={})
     keys = plan_env(settings, environ={}).keys
@@ -262,14 +252,11 @@ def test_the_runtime_choice_stays_on_the_laptop() -> None:
 
 
 def test_the_probe_reports_a_native_deploy() -> None:
-    from deploy.hosts.probe import parse_facts
-
     assert parse_facts("os=Ubuntu\nnative=1\n").native and not parse_facts("os=Ubuntu\nnative=0\n").native
 
 
 def test_compose_refuses_a_folder_that_holds_a_native_deploy() -> None:
     from tests.unit.test_rollout import DESIRED as COMPOSE_DESIRED, FACTS as DOCKER_FACTS, healthy as compose_healthy
-    from deploy.flow.rollout import plan_deploy
 
     facts = HostFacts(**{**DOCKER_FACTS.__dict__, "native": True})
     plan = plan_deploy(SPEC, COMPOSE_DESIRED, compose_healthy(facts))
@@ -278,15 +265,10 @@ def test_compose_refuses_a_folder_that_holds_a_native_deploy() -> None:
 
 class MissingImage:
     def image_id(self, ref: str):
-        from deploy.errors import HostError
-
         raise HostError(f"The bucket has no image {ref}; push it first.")
 
 
 def test_a_missing_image_only_matters_to_compose_hosts() -> None:
-    from deploy.errors import HostError
-    from deploy.flow.rollout import resolve_image
-
     assert resolve_image(MissingImage(), "t:v1", "native") == ("", 0, None)
     assert resolve_image(MissingImage(), "t:v1", "auto") == ("", 0, "The bucket has no image t:v1; push it first.")
     with pytest.raises(HostError, match="push it first"):

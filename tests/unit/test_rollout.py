@@ -1,12 +1,12 @@
-"""deploy-runpod's plan: what changes on a host, decided from what the host has."""
+"""The compose runtime's plan: what changes on a host, decided from what the host has."""
 
 from __future__ import annotations
 
-from deploy.runtimes.compose import GPU_FILE, SERVICE_FILE, ServiceState
-from deploy.hosts.envfile import EnvShipment
 from deploy.hosts import HostSpec
+from deploy.hosts.envfile import EnvShipment
 from deploy.hosts.probe import Gpu, HostFacts
-from deploy.flow.rollout import DesiredRun, HostState, compose_files, file_digest, plan_deploy
+from deploy.runtimes.base import ServiceState
+from deploy.runtimes.compose import GPU_FILE, SERVICE_FILE, DesiredRun, HostState, compose_files, file_digest, plan_deploy
 from deploy.settings import Secret
 
 SPEC = HostSpec("203.0.113.10", 40022)
@@ -74,3 +74,14 @@ def test_a_pod_without_docker_is_a_problem_not_a_step() -> None:
                       service=ServiceState(exists=False))
     plan = plan_deploy(SPEC, DESIRED, state)
     assert plan.problems and "RunPod pods cannot run Docker" in plan.problems[0]
+
+
+def test_a_missing_image_is_a_problem_of_the_compose_plan() -> None:
+    missing = DesiredRun(**{**DESIRED.__dict__, "image_problem": "The bucket has no image train:v1; push it first."})
+    assert plan_deploy(SPEC, missing, healthy()).problems[0].endswith("push it first.")
+
+
+def test_too_little_disk_for_a_new_image_is_named() -> None:
+    big = DesiredRun(**{**DESIRED.__dict__, "image_bytes": 10**12})
+    state = HostState(**{**healthy().__dict__, "host_image_id": ""})
+    assert any("GB free" in p for p in plan_deploy(SPEC, big, state).problems)

@@ -1,0 +1,152 @@
+"""Running things on a host: one command helper, one atomic file write, the host-side programs' source.
+
+Every remote command is built from a list (``shlex.join``), so no caller quotes by hand, and a
+failure becomes one :class:`HostError` sentence with the real cause: the meaningful line of stderr,
+or the tail of the log file the command wrote. Every file deploy writes on a host goes through
+:func:`write_atomic`: the temporary file carries its final mode from the first byte, is created
+exclusively (a link planted at its name is never followed), and is renamed over the target, so a
+reader sees the old file or the new one, never half of it.
+
+Example::
+
+    run(conn, ["mkdir", "-p", "/workspace/run"], "Creating /workspace/run")
+    write_atomic(conn, "/workspace/run/.env", b"S3_BUCKET=b\\n", mode=0o600)
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+from collections.abc import Sequence
+from importlib import resources
+from typing import IO, Any
+
+from paramiko.sftp import CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_TRUNC, SFTP_FLAG_WRITE
+from paramiko.sftp_attr import SFTPAttributes
+from paramiko.sftp_client import SFTPClient
+from paramiko.sftp_file import SFTPFile
+
+from deploy.errors import HostError
+
+CHUNK = 32 * 1024  # paramiko's own SFTP write size
+# Lines that name a cause, in the order a person would look for them.
+_CAUSE = re.compile(r"denied|unprotected|refused|not found|no such|cannot|can't|could not|error|failed|invalid|"
+                    r"verification|timed out|no space|read-only", re.IGNORECASE)
+_SSH_BANNER = re.compile(r"UNPROTECTED PRIVATE KEY FILE|REMOTE HOST IDENTIFICATION HAS CHANGED|"
+                         r"Host key verification failed")
+
+
+def where(conn: Any) -> str:
+    """``host:port`` of a Fabric Connection, ``localhost`` for an invoke Context."""
+    host = getattr(conn, "host", None)
+    return f"{host}:{getattr(conn, 'port', 22)}" if host else "localhost"
+
+
+def cause(text: str, limit: int = 300) -> str:
+    """The line of ``text`` (a command's stderr, a log tail) that says what went wrong.
+
+    ssh's own verdicts come first (``UNPROTECTED PRIVATE KEY FILE`` is a banner, the
+    ``Permission denied`` after it is its consequence: both are kept); then the last line naming a
+    cause (``ERROR: ...``, an exception), never rsync's closing ``rsync error: ...`` summary; else
+    the last line.
+    """
+    lines = [line.strip(" @\t") for line in text.strip().splitlines() if line.strip(" @\t")]
+    if not lines:
+        return ""
+    named = [line for line in lines if _CAUSE.search(line) and not line.startswith("rsync error:")]
+    last = named[-1] if named else lines[-1]
+    banner = next((line for line in lines if _SSH_BANNER.search(line)), "")
+    return (f"{banner}; {last}" if banner and banner != last else last)[-limit:]
+
+
+def command(argv: Sequence[str], cwd: str | None = None, log_file: str | None = None) -> str:
+    """A shell command line from a list; ``cwd`` first, all output to ``log_file`` when given."""
+    line = shlex.join(argv)
+    if cwd:
+        line = f"cd {shlex.quote(cwd)} && {line}"
+    if log_file:
+        line = f"{line} > {shlex.quote(log_file)} 2>&1"
+    return line
+
+
+def run(conn: Any, argv: Sequence[str], what: str, *, cwd: str | None = None, log_file: str | None = None,
+        warn: bool = False) -> Any:
+    """Run ``argv`` on ``conn``; on failure raise ``HostError("<what> failed on host:port: <cause>")``.
+
+    ``log_file``: the command's output goes there and a failure quotes its last lines instead of
+    stderr. ``warn=True`` returns a failed result instead of raising (for commands that may fail).
+    """
+    result = conn.run(command(argv, cwd, log_file), hide=True, warn=True, in_stream=False)
+    if result.ok or warn:
+        return result
+    raise HostError(failure(conn, what, result, log_file))
+
+
+def failure(conn: Any, what: str, result: Any, log_file: str | None = None) -> str:
+    """The one sentence for a failed remote command."""
+    if log_file:
+        tail = conn.run(shlex.join(["tail", "-n", "20", log_file]), hide=True, warn=True, in_stream=False).stdout
+        detail = f"{cause(tail) or 'no output'} (full log: {log_file})"
+    else:
+        detail = cause(result.stderr) or cause(result.stdout) or f"exit {result.exited}"
+    return f"{what} failed on {where(conn)}: {detail}"
+
+
+def sftp_of(target: Any) -> SFTPClient:
+    """The SFTP client of a Fabric Connection, or ``target`` itself when it already is one."""
+    return target if isinstance(target, SFTPClient) else target.sftp()
+
+
+def write_atomic(target: Any, path: str, data: bytes | IO[bytes], mode: int = 0o600,
+                 mtime: int | None = None) -> None:
+    """Write ``path`` on the host whole, with ``mode`` from the first byte; never through a planted link.
+
+    ``target`` is a Fabric Connection or a paramiko SFTP client; ``data`` bytes or a binary file
+    object (copied in chunks). ``mtime`` sets the file's modification time (code sync compares it).
+    """
+    sftp = sftp_of(target)
+    tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.gpu-deploy.tmp")
+    try:
+        try:
+            sftp.remove(tmp)  # a stale temp from an interrupted write (removes a link, never its target)
+        except FileNotFoundError:
+            pass
+        with _create_exclusive(sftp, tmp, mode) as handle:
+            if isinstance(data, bytes):
+                handle.write(data)
+            else:
+                for chunk in iter(lambda: data.read(CHUNK), b""):
+                    handle.write(chunk)
+        if mtime is not None:
+            sftp.utime(tmp, (mtime, mtime))
+        sftp.posix_rename(tmp, path)
+    except OSError as exc:
+        raise HostError(f"Writing {path} over SFTP failed ({exc.strerror or exc}); check that its folder exists "
+                        "and is writable.") from exc
+
+
+def _create_exclusive(sftp: SFTPClient, path: str, mode: int) -> SFTPFile:
+    """SFTP OPEN with CREATE|EXCL and the permissions in the same request (``sftp.open`` sends none)."""
+    attrs = SFTPAttributes()
+    attrs.st_mode = mode
+    flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC | SFTP_FLAG_EXCL
+    kind, msg = sftp._request(CMD_OPEN, sftp._adjust_cwd(path), flags, attrs)
+    if kind != CMD_HANDLE:
+        raise OSError(f"unexpected SFTP reply to OPEN {path}")
+    handle = SFTPFile(sftp, msg.get_binary(), "wb")
+    handle.set_pipelined(True)
+    return handle
+
+
+def program_source(name: str) -> str:
+    """The text of a host-side program shipped in :mod:`deploy.remote` (``probe.sh``, ``rendezvous.py`` ...)."""
+    return resources.files("deploy.remote").joinpath(name).read_text()
+
+
+def python_program(python: str, name: str, *args: str) -> list[str]:
+    """``python -c <deploy/remote/name> args``: a standard-library program run on the host without a copy.
+
+    The program holds no secret, so it may travel as an argument (stdin through invoke is slow).
+    """
+    return [python, "-c", program_source(name), *args]

@@ -1,0 +1,193 @@
+"""What every runtime shares, once: the step, the plan, the service it runs, the result, the wait.
+
+A runtime is a strategy below the deploy flow (deploy.flow): it reads what a host has (``gather``,
+read-only), decides the steps (``plan``, pure: the unit tests check it), carries each step out (its
+``handlers``, one callable per step name) and names the service it runs (``service``: state, logs,
+start, stop). The flow calls only the :class:`Runtime` protocol, so a new runtime (compose, native,
+later others) adds a module here and changes nothing above it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from deploy.errors import HostError
+from deploy.hosts.envfile import EnvShipment, ship_env
+from deploy.hosts.probe import HostFacts
+from deploy.hosts.ssh import HostSpec
+
+STARTED_MARKER = "entrypoint: running"
+"""The entrypoint prints this once it launches training: the end of a start, for every runtime."""
+
+START_STEPS = ("start", "restart")
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One change a plan makes on a host: its name (a handler's key) and what it does, for people."""
+
+    name: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """The training service as the host reports it (a container, a supervised process)."""
+
+    exists: bool
+    running: bool = False
+    status: str = "absent"
+    started_at: str = ""
+    image_id: str = ""
+    restarts: int = 0
+    container: str = ""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One look at a starting service: its state, whether this start's output said it started, or gave up."""
+
+    state: ServiceState
+    started: bool
+    failed: bool
+
+
+@dataclass(frozen=True)
+class HostRun:
+    """What the operator asked for on one host, before a runtime turns it into its own desired state."""
+
+    spec: HostSpec
+    remote_dir: str
+    env: EnvShipment
+    image_ref: str = ""
+    image_id: str = ""
+    image_bytes: int = 0
+    image_problem: str | None = None  # the image is missing from the bucket: a problem where one is needed
+    restart: bool = False
+    native_python: str = "python3"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """What a runtime will do on one host. ``describe()`` is what ``--dry-run`` prints.
+
+    Runtimes subclass it with their own facts (:meth:`header`) and name what an empty plan means
+    (:attr:`idle`); steps, problems and the printed form are the same for every runtime.
+    """
+
+    spec: HostSpec
+    steps: tuple[Step, ...]
+    problems: tuple[str, ...] = ()
+    facts: HostFacts = field(default_factory=HostFacts)
+    runtime: ClassVar[str] = ""
+    reason: str = ""  # why this runtime was chosen for the host
+    idle: ClassVar[str] = "none"
+
+    @property
+    def noop(self) -> bool:
+        return not self.steps
+
+    def needs(self, name: str) -> bool:
+        return any(s.name == name for s in self.steps)
+
+    def header(self) -> list[str]:
+        """The runtime's own lines after ``host`` and ``runtime`` (image, code, interpreter ...)."""
+        return []
+
+    def describe(self) -> list[str]:
+        lines = [f"host      {self.spec}"]
+        if self.reason:
+            lines.append(f"runtime   {self.runtime} ({self.reason})")
+        lines += self.header()
+        lines += [f"problem   {p}" for p in self.problems]
+        if self.noop and not self.problems:
+            lines.append(f"changes   none: {self.idle}")
+        lines += [f"change    {s.name}: {s.detail}" for s in self.steps]
+        return lines
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    """What a deploy did on one host: the steps, the service after them, how long it took."""
+
+    spec: HostSpec
+    done: tuple[str, ...]
+    service: ServiceState
+    seconds: float
+    follow: str
+    runtime: str = "compose"
+
+
+class Service(Protocol):
+    """The training service a runtime runs in REMOTE_DIR; ``status``, ``logs`` and ``stop`` use only this."""
+
+    kind: str  # what the state describes: "container", "supervisor"
+
+    def state(self, conn: Any) -> ServiceState: ...
+
+    def logs(self, conn: Any, tail: int = 100) -> str: ...
+
+    def logs_command(self, tail: int = 100, follow: bool = False) -> str: ...
+
+    def start(self, conn: Any, recreate: bool = False) -> int:
+        """Start (``recreate``: restart) the service; return where this start's output begins."""
+
+    def progress(self, conn: Any, since: int) -> Progress: ...
+
+    def stop(self, conn: Any, timeout: int = 120) -> None: ...
+
+
+StepHandler = Callable[[Any, Any, Log], "int | None"]
+"""``handler(conn, plan, log)``; a start step returns where its output begins (see :meth:`Service.start`)."""
+
+
+class Runtime(Protocol):
+    """A way to run training on a host: compose (Docker), native (a supervised process) ..."""
+
+    name: str
+
+    def desire(self, run: HostRun) -> Any:
+        """The runtime's desired state for one host (computed on the operator's machine)."""
+
+    def gather(self, conn: Any, desired: Any, facts: HostFacts) -> Any:
+        """Read what the host has for this runtime; changes nothing."""
+
+    def plan(self, spec: HostSpec, desired: Any, state: Any, facts: HostFacts) -> Plan:
+        """Decide the steps; pure."""
+
+    @property
+    def handlers(self) -> Mapping[str, StepHandler]:
+        """One callable per step name the runtime's plans use."""
+
+    def service(self, remote_dir: str, facts: HostFacts) -> Service:
+        """The service this runtime runs in ``remote_dir``."""
+
+
+def wait_for_training(conn: Any, service: Service, since: int, timeout: float, interval: float = 1.0) -> ServiceState:
+    """Poll until the service runs and this start's output says training launched, or fail with its logs.
+
+    The host offers nothing to wait on over SSH, so this polls, once a second, for at most ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    progress = service.progress(conn, since)
+    while not progress.started and not progress.failed and time.monotonic() < deadline:
+        time.sleep(interval)
+        progress = service.progress(conn, since)
+    if progress.started:
+        return progress.state
+    state = progress.state
+    tail = service.logs(conn, tail=15) if state.exists else ""
+    raise HostError(f"Training did not start within {timeout:.0f} s ({service.kind} {state.status}, "
+                    f"{state.restarts} restarts); last log lines:\n{tail}")
+
+
+def write_env(conn: Any, plan: Any, log: Log) -> None:
+    """The ``write-env`` step, the same for every runtime: REMOTE_DIR/.env, mode 0600, atomically.
+
+    ``plan.desired`` has ``remote_dir`` and ``env`` in every runtime.
+    """
+    ship_env(conn, plan.desired.remote_dir, plan.desired.env)

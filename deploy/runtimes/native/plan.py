@@ -1,0 +1,214 @@
+"""The native runtime's desired state, what it gathers from a host, and the pure plan between them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from deploy.hosts.envfile import EnvShipment, remote_env_digest
+from deploy.hosts.probe import HostFacts
+from deploy.hosts.remote import cause, python_program, run
+from deploy.hosts.ssh import HostSpec
+from deploy.runtimes.base import Plan, ServiceState, Step
+from deploy.runtimes.native.layout import (APP, MANIFEST, META, RELEASE, REQUIREMENTS, SUPERVISOR_FILES, VENV,
+                                           VENV_MARKER)
+from deploy.runtimes.native.service import STOP_TIMEOUT, NativeService, service_state
+from deploy.runtimes.native.tree import DEPLOY_IGNORE, LocalFile
+from deploy.runtimes.native.venv import BaseInterpreter, requirements_digest, sha256
+
+COMPOSE_FILE = "docker-compose.runpod.yml"  # a compose deploy's service file: its REMOTE_DIR is not ours
+MAX_TREE_BYTES = 1 << 30
+SUPERVISOR_SOURCE = Path(__file__).resolve().parents[2] / "remote" / "supervisor.py"
+
+
+@dataclass(frozen=True)
+class NativeDesired:
+    """What the operator asked for on one host (computed on the laptop)."""
+
+    remote_dir: str
+    env: EnvShipment
+    python: str
+    source: str
+    files: Mapping[str, LocalFile]
+    train_requirements: tuple[str, ...]
+    user_requirements: str | None = None
+    restart: bool = False
+    local_rsync: bool = False
+    stop_timeout: int = STOP_TIMEOUT
+    max_restarts: int = 5
+
+    @property
+    def venv(self) -> str:
+        return f"{self.remote_dir.rstrip('/')}/{VENV}"
+
+    def run_config(self) -> dict:
+        """``run.json``: what the supervisor runs. No secrets: those stay in ``.env``, read on the host."""
+        d, bin_dir = self.remote_dir.rstrip("/"), f"{self.venv}/bin"
+        return {
+            "command": [f"{bin_dir}/python", "-m", "deploy.training.entrypoint"],
+            "env": {"ENABLE_S3_SYNC": "1", "CHECKPOINT": "s3", "VIRTUAL_ENV": self.venv, "PYTHONUNBUFFERED": "1"},
+            "prepend": {"PATH": [bin_dir], "PYTHONPATH": [d, f"{d}/{APP}"]},
+            "max_restarts": self.max_restarts, "backoff": 1.0, "stop_timeout": float(self.stop_timeout),
+        }
+
+    def supervisor_files(self) -> dict[str, bytes]:
+        return {"supervisor.py": SUPERVISOR_SOURCE.read_bytes(),
+                "run.json": (json.dumps(self.run_config(), indent=2, sort_keys=True) + "\n").encode()}
+
+    def requirements_digest(self, base: BaseInterpreter | None) -> str:
+        return requirements_digest(base, self.train_requirements, self.user_requirements)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for f in self.files.values())
+
+
+@dataclass(frozen=True)
+class NativeState:
+    """What the host has now (read-only gathering)."""
+
+    base: BaseInterpreter | None
+    base_error: str = ""
+    meta_exists: bool = False  # REMOTE_DIR/.gpu-deploy
+    files: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # shipped files as they are: size, mtime
+    manifest: frozenset[str] = frozenset()
+    venv: Mapping[str, str] | None = None  # the virtualenv's marker; None when there is no usable one
+    env_digest: str | None = None
+    supervisor_digests: Mapping[str, str | None] = field(default_factory=dict)
+    release: str | None = None
+    compose_deploy: bool = False
+    service: ServiceState = field(default_factory=lambda: ServiceState(exists=False))
+
+
+def release_digest(desired: NativeDesired, base: BaseInterpreter | None) -> str:
+    """What a running process started from: code, settings, packages and supervisor. A change restarts it."""
+    files = sorted((rel, f.size, f.mtime) for rel, f in desired.files.items())
+    return sha256(json.dumps({"files": files, "env": desired.env.digest,
+                              "requirements": desired.requirements_digest(base),
+                              "supervisor": {n: sha256(b) for n, b in desired.supervisor_files().items()}},
+                             sort_keys=True).encode())
+
+
+@dataclass(frozen=True, kw_only=True)
+class NativePlan(Plan):
+    desired: NativeDesired
+    state: NativeState
+    send: tuple[str, ...] = ()
+    delete: tuple[str, ...] = ()
+    method: str = "sftp"
+    runtime: ClassVar[str] = "native"
+    idle: ClassVar[str] = "training runs this code with these settings"
+
+    @property
+    def send_bytes(self) -> int:
+        return sum(self.desired.files[rel].size for rel in self.send)
+
+    def header(self) -> list[str]:
+        d, base = self.desired, self.state.base
+        python = (f"{d.python} = {base.executable} {base.version}, torch {base.torch or 'not installed'}"
+                  if base else f"{d.python} (not found)")
+        return [f"python    {python}; virtualenv {d.venv}",
+                f"code      {len(d.files)} files, {d.bytes / 1e6:.1f} MB from {d.source} (and gpu-deploy's "
+                "training code)",
+                f"env keys  {', '.join(d.env.keys)}"]
+
+
+def _problems(desired: NativeDesired, state: NativeState) -> list[str]:
+    problems: list[str] = []
+    if state.base is None:
+        problems.append(f"NATIVE_PYTHON ({desired.python}) does not run on the host ({state.base_error or 'not found'}); "
+                        "set NATIVE_PYTHON to the interpreter that has the image's torch (e.g. /usr/bin/python3 "
+                        "or /opt/conda/bin/python).")
+    if state.compose_deploy:
+        problems.append(f"{desired.remote_dir} holds a compose deploy ({COMPOSE_FILE}); deploy there with "
+                        "--runtime=compose, or choose another REMOTE_DIR for the native runtime.")
+    if desired.bytes > MAX_TREE_BYTES:
+        problems.append(f"The working tree {desired.source} is {desired.bytes / 1e9:.1f} GB; list large folders "
+                        f"in {DEPLOY_IGNORE} (datasets go through DATASET and the bucket).")
+    return problems
+
+
+def _venv_steps(desired: NativeDesired, state: NativeState, problems: list[str]) -> list[Step]:
+    base, steps = state.base, []
+    venv_ok = base is not None and state.venv is not None and state.venv.get("base") == base.identity
+    if not venv_ok:
+        why = "none yet" if state.venv is None else "the interpreter changed"
+        steps.append(Step("create-venv", f"{desired.python} -m venv --system-site-packages {desired.venv} ({why})"))
+        if base is not None and not base.has_pip and not base.has_venv:
+            problems.append(f"{base.executable} has neither pip nor the venv module; install them (Debian/Ubuntu: "
+                            f"apt-get install python3-pip python{base.short_version}-venv) or set NATIVE_PYTHON to "
+                            "another interpreter.")
+    if not venv_ok or (state.venv or {}).get("requirements") != desired.requirements_digest(base):
+        lists = "the train extra" + (f" and {REQUIREMENTS}" if desired.user_requirements is not None else "")
+        pin = f", torch pinned to {base.torch}" if base and base.torch else ""
+        steps.append(Step("install-requirements", f"pip install {lists} ({'changed' if venv_ok else 'new venv'}{pin})"))
+    return steps
+
+
+def plan_native(spec: HostSpec, desired: NativeDesired, state: NativeState, facts: HostFacts) -> NativePlan:
+    """Decide the steps from what the host has; pure, so the unit tests check it."""
+    problems = _problems(desired, state)
+    steps: list[Step] = []
+    if not state.meta_exists:
+        where = desired.remote_dir if not facts.remote_dir_exists else f"{desired.remote_dir}/{META}"
+        steps.append(Step("create-dir", f"create {where}"))
+    if state.env_digest != desired.env.digest:
+        steps.append(Step("write-env", f".env with {len(desired.env.keys)} keys, mode 0600"))
+    send = tuple(sorted(rel for rel, f in desired.files.items() if state.files.get(rel) != (f.size, f.mtime)))
+    delete = tuple(sorted(state.manifest - set(desired.files)))
+    method = "rsync" if desired.local_rsync and "rsync" in facts.tools else "sftp"
+    if send or delete:
+        size = sum(desired.files[rel].size for rel in send)
+        steps.append(Step("sync-code", f"{len(send)} files ({size / 1e6:.1f} MB) to send by {method}, "
+                                       f"{len(delete)} to remove, {len(desired.files) - len(send)} unchanged"))
+    steps += _venv_steps(desired, state, problems)
+    supervisor = {n: sha256(b) for n, b in desired.supervisor_files().items()}
+    if any(state.supervisor_digests.get(n) != d for n, d in supervisor.items()):
+        steps.append(Step("install-supervisor", ", ".join(f"{META}/{n}" for n in supervisor)))
+    current = state.release == release_digest(desired, state.base)
+    if desired.restart:
+        steps.append(Step("restart", "restart the supervised entrypoint (resumes from the latest checkpoint in S3)"))
+    elif not state.service.running or not current:
+        why = "not running" if not state.service.running else "code, settings or packages changed"
+        steps.append(Step("restart" if state.service.running else "start",
+                          f"the supervised entrypoint ({why}; resumes from the latest checkpoint in S3)"))
+    return NativePlan(spec=spec, desired=desired, state=state, steps=tuple(steps), send=send, delete=delete,
+                      method=method, problems=tuple(problems), facts=facts)
+
+
+# --------------------------------------------------------------------------- gathering
+
+
+def parse_gathered(output: str, error: str = "") -> NativeState:
+    """deploy/remote/native_facts.py's JSON as a :class:`NativeState`."""
+    try:
+        data = json.loads(output.strip().splitlines()[-1]) if output.strip() else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return NativeState(base=None, base_error=cause(error, limit=200) or "no output")
+    b = data["base"]
+    base = BaseInterpreter(executable=b["executable"], version=b["version"], site=tuple(b.get("site") or ()),
+                           torch=b.get("torch"), has_venv=bool(b.get("has_venv")), has_pip=bool(b.get("has_pip")))
+    manifest = frozenset(data.get("manifest") or ())
+    compose = bool(data.get("compose")) and COMPOSE_FILE not in manifest
+    service = data.get("service") or {}
+    return NativeState(base=base, meta_exists=bool(data.get("meta", True)),
+                       files={k: (int(v[0]), int(v[1])) for k, v in (data.get("files") or {}).items()},
+                       manifest=manifest, venv=data.get("venv"), supervisor_digests=data.get("supervisor") or {},
+                       release=data.get("release"), compose_deploy=compose, env_digest=data.get("env"),
+                       service=service_state(bool(service.get("alive")), service.get("state") or {}))
+
+
+def gather_native(conn: Any, desired: NativeDesired) -> NativeState:
+    """Read the host in one pass (NATIVE_PYTHON runs deploy/remote/native_facts.py); read-only."""
+    args = [desired.remote_dir, MANIFEST, VENV, VENV_MARKER, META, ",".join(SUPERVISOR_FILES), RELEASE, COMPOSE_FILE]
+    result = run(conn, python_program(desired.python, "native_facts.py", *args), "Reading the host", warn=True)
+    state = parse_gathered(result.stdout if result.ok else "", result.stderr)
+    if state.base is None:  # no interpreter ran the program: read what a shell can
+        state = NativeState(**{**state.__dict__, "env_digest": remote_env_digest(conn, desired.remote_dir),
+                               "service": NativeService(desired.remote_dir).state(conn)})
+    return state

@@ -1,0 +1,103 @@
+"""The native runtime: training as a supervised process in a virtualenv, for hosts without Docker (RunPod pods).
+
+A RunPod pod is a container already running a PyTorch image; it cannot run Docker. This runtime
+brings the same run there, through the same gather -> plan -> execute flow as compose:
+``REMOTE_DIR`` mirrors the working tree (:mod:`.tree`) and gets gpu-deploy's training code
+(:mod:`.shipped`) under ``.gpu-deploy/app``; a virtualenv on the volume sees NATIVE_PYTHON's torch
+(:mod:`.venv`); :mod:`deploy.remote.supervisor` runs ``python -m deploy.training.entrypoint``
+detached from the SSH session, restarted after a crash, stopped gracefully (:mod:`.service`).
+A second deploy with nothing changed plans nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from deploy.hosts.probe import HostFacts
+from deploy.hosts.remote import run, write_atomic
+from deploy.hosts.ssh import HostOptions, HostSpec
+from deploy.runtimes.base import HostRun, Log, StepHandler, write_env
+from deploy.runtimes.native.layout import META, RELEASE, REQUIREMENTS
+from deploy.runtimes.native.plan import NativeDesired, NativePlan, NativeState, gather_native, plan_native, release_digest
+from deploy.runtimes.native.service import NativeService
+from deploy.runtimes.native.shipped import library_files
+from deploy.runtimes.native.sync import send_files
+from deploy.runtimes.native.tree import select_files
+from deploy.runtimes.native.venv import create_venv, install_requirements, train_requirements
+
+
+def desired_native(run: HostRun, source: str | os.PathLike[str] = ".") -> NativeDesired:
+    """What one host should get: the run's .env, the tree in ``source`` and the training code, NATIVE_PYTHON."""
+    source = os.path.abspath(source)
+    files = {**select_files(source), **library_files()}
+    user_reqs = Path(source, REQUIREMENTS).read_text() if REQUIREMENTS in files else None
+    return NativeDesired(remote_dir=run.remote_dir, env=run.env, python=run.native_python, source=source,
+                         files=files, train_requirements=train_requirements(), user_requirements=user_reqs,
+                         restart=run.restart, local_rsync=bool(shutil.which("rsync") and shutil.which("ssh")))
+
+
+class NativeRuntime:
+    """The native strategy; ``options`` are the SSH settings rsync reuses, ``source`` the working tree."""
+
+    name = "native"
+
+    def __init__(self, options: HostOptions | None = None, source: str | os.PathLike[str] = ".") -> None:
+        self.options = options or HostOptions()
+        self.source = source
+
+    def desire(self, run: HostRun) -> NativeDesired:
+        return desired_native(run, self.source)
+
+    def gather(self, conn: Any, desired: NativeDesired, facts: HostFacts) -> NativeState:
+        return gather_native(conn, desired)
+
+    def plan(self, spec: HostSpec, desired: NativeDesired, state: NativeState, facts: HostFacts) -> NativePlan:
+        return plan_native(spec, desired, state, facts)
+
+    def service(self, remote_dir: str, facts: HostFacts) -> NativeService:
+        return NativeService(remote_dir)
+
+    @property
+    def handlers(self) -> Mapping[str, StepHandler]:
+        return {"create-dir": create_dir, "write-env": write_env, "sync-code": self.sync_code,
+                "create-venv": make_venv, "install-requirements": install, "install-supervisor": install_supervisor,
+                "start": start, "restart": start}
+
+    def sync_code(self, conn: Any, plan: NativePlan, log: Log) -> None:
+        send_files(conn, plan, self.options, log)
+
+
+def create_dir(conn: Any, plan: NativePlan, log: Log) -> None:
+    run(conn, ["mkdir", "-p", posixpath.join(plan.desired.remote_dir, META)], f"Creating {plan.desired.remote_dir}")
+
+
+def make_venv(conn: Any, plan: NativePlan, log: Log) -> None:
+    d, base = plan.desired, plan.state.base
+    assert base is not None  # a plan without an interpreter has a problem and never runs
+    create_venv(conn, d.python, d.venv, d.remote_dir, base)
+
+
+def install(conn: Any, plan: NativePlan, log: Log) -> None:
+    d, base = plan.desired, plan.state.base
+    assert base is not None
+    install_requirements(conn, d.venv, d.remote_dir, base, d.train_requirements, d.user_requirements)
+
+
+def install_supervisor(conn: Any, plan: NativePlan, log: Log) -> None:
+    for name, data in plan.desired.supervisor_files().items():
+        write_atomic(conn, posixpath.join(plan.desired.remote_dir, META, name), data, mode=0o644)
+
+
+def start(conn: Any, plan: NativePlan, log: Log) -> int:
+    """(Re)start the supervisor, then record what it runs: a later deploy with the same release does nothing."""
+    d = plan.desired
+    since = NativeService(d.remote_dir).start(conn)
+    write_atomic(conn, posixpath.join(d.remote_dir, RELEASE),
+                 json.dumps({"release": release_digest(d, plan.state.base)}).encode(), mode=0o644)
+    return since

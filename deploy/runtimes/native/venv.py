@@ -1,0 +1,102 @@
+"""The run's virtualenv on a native host: made from NATIVE_PYTHON, seeing its packages; pip only on change.
+
+``REMOTE_DIR/.venv`` is made with ``NATIVE_PYTHON -m venv --system-site-packages`` and sees every
+package that interpreter sees (the image's torch), even when that interpreter is itself a
+virtualenv. pip installs the ``train`` extra and the tree's ``requirements.txt`` there, only when
+they (or the interpreter) changed, with torch pinned to the interpreter's own build, so a
+requirement never swaps the image's CUDA torch for a download of several GB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, requires
+from pathlib import Path
+from typing import Any
+
+from deploy.errors import ConfigError
+from deploy.hosts.remote import run, write_atomic
+from deploy.runtimes.native.layout import META, REQUIREMENTS, VENV_MARKER
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+
+
+@dataclass(frozen=True)
+class BaseInterpreter:
+    """``NATIVE_PYTHON`` on the host: what the run's virtualenv is made from and sees."""
+
+    executable: str
+    version: str
+    site: tuple[str, ...] = ()
+    torch: str | None = None
+    has_venv: bool = True
+    has_pip: bool = True
+
+    @property
+    def identity(self) -> str:
+        return f"{self.executable} {self.version} torch {self.torch or 'none'}"
+
+    @property
+    def short_version(self) -> str:
+        return ".".join(self.version.split(".")[:2])
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def requirements_digest(base: BaseInterpreter | None, train: tuple[str, ...], user: str | None) -> str:
+    """What the virtualenv's packages depend on: the interpreter, its torch, both requirement lists."""
+    return sha256(json.dumps({"base": base.identity if base else None, "train": list(train), "user": user},
+                             sort_keys=True).encode())
+
+
+def train_requirements(repo: Path = PROJECT_ROOT) -> tuple[str, ...]:
+    """The project's ``train`` extra, from pyproject.toml (the one list the Dockerfile reads too)."""
+    try:
+        import tomllib  # Python 3.11+; the installed metadata below serves 3.10
+
+        with open(repo / "pyproject.toml", "rb") as handle:
+            return tuple(tomllib.load(handle)["project"]["optional-dependencies"]["train"])
+    except (ImportError, OSError, KeyError):
+        try:
+            reqs = requires("gpu-deploy") or []
+        except PackageNotFoundError as exc:
+            raise ConfigError("Cannot read the train extra: pyproject.toml is missing and gpu-deploy is not "
+                              "installed; run from a checkout of the project.") from exc
+        return tuple(r.split(";")[0].strip() for r in reqs if "extra == \"train\"" in r.replace("'", "\""))
+
+
+def create_venv(conn: Any, python: str, venv: str, remote_dir: str, base: BaseInterpreter) -> None:
+    """A virtualenv that sees what NATIVE_PYTHON sees: system site-packages, and a .pth for a venv interpreter."""
+    # The interpreter's own pip serves the venv (it installs by the running interpreter's prefix); a
+    # pip of the venv's own would also bring an old setuptools that shadows the image's.
+    own_pip = ["--without-pip"] if base.has_pip else []
+    run(conn, [python, "-m", "venv", "--clear", "--system-site-packages", *own_pip, venv], "Creating the virtualenv")
+    site_dir = posixpath.join(venv, "lib", f"python{base.short_version}", "site-packages")
+    # --system-site-packages reaches the base installation only; when NATIVE_PYTHON is itself a
+    # virtualenv (or has a user site), its own site-packages must be added, with their .pth files
+    # (addsitedir). Folders already on sys.path are skipped.
+    line = f"import site; list(map(site.addsitedir, {list(base.site)!r}))\n"
+    write_atomic(conn, posixpath.join(site_dir, "gpu-deploy-base.pth"), line.encode(), mode=0o644)
+    write_atomic(conn, posixpath.join(remote_dir, VENV_MARKER), json.dumps({"base": base.identity}).encode(),
+                 mode=0o644)
+
+
+def install_requirements(conn: Any, venv: str, remote_dir: str, base: BaseInterpreter, train: tuple[str, ...],
+                         user: str | None) -> None:
+    """pip install the train extra and the tree's requirements.txt, torch held at the interpreter's build."""
+    meta = posixpath.join(remote_dir, META)
+    write_atomic(conn, posixpath.join(meta, "requirements-train.txt"), ("\n".join(train) + "\n").encode(), mode=0o644)
+    pins = f"torch=={base.torch}\n" if base.torch else ""
+    write_atomic(conn, posixpath.join(meta, "constraints.txt"), pins.encode(), mode=0o644)
+    args = ["-r", f"{META}/requirements-train.txt", "-c", f"{META}/constraints.txt"]
+    if user is not None:
+        args += ["-r", REQUIREMENTS]
+    run(conn, [posixpath.join(venv, "bin", "python"), "-m", "pip", "install", "--disable-pip-version-check", *args],
+        "pip install", cwd=remote_dir, log_file=posixpath.join(meta, "pip.log"))
+    marker = {"base": base.identity, "requirements": requirements_digest(base, train, user)}
+    write_atomic(conn, posixpath.join(remote_dir, VENV_MARKER), json.dumps(marker).encode(), mode=0o644)
