@@ -2,8 +2,11 @@
 
     python -m deploy.training.entrypoint [options] [-- training command ...]
 
-1. Resolves ``CHECKPOINT`` (``s3``, an ``s3://`` URI, a local path, or empty; see
-   :mod:`deploy.training.resume`) to a verified local file and says what it chose.
+1. With ``ENABLE_S3_SYNC=1``, first sends the checkpoints a killed run staged but never uploaded
+   (found under ``--staged-root``, default the working directory; see
+   :mod:`deploy.training.recovery`). Then resolves ``CHECKPOINT`` (``s3``, an ``s3://`` URI, a local
+   path, or empty; see :mod:`deploy.training.resume`) to a verified local file and says what it
+   chose; for ``s3`` the newest recovered local file wins over an older object in the bucket.
 2. Runs the training command (after ``--``, else ``TRAIN_COMMAND``, else the demo:
    ``python -m deploy.training.demo fit``). For a
    LightningCLI ``fit`` it appends ``--ckpt_path=<file>`` and, with ``ENABLE_S3_SYNC=1``,
@@ -26,12 +29,15 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from deploy.errors import DeployError
 from deploy.settings import Settings, load_settings
 from deploy.storage import Storage
+from deploy.training.recovery import LocalCheckpoint, recover_staged
 from deploy.training.resume import ResumePlan, resolve_checkpoint
 
 DEMO_COMMAND = (sys.executable, "-m", "deploy.training.demo", "fit")
@@ -121,15 +127,31 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="where a checkpoint from S3 is downloaded (default: .resume)")
     parser.add_argument("--no-attach", action="store_true",
                         help="do not add the S3 callbacks to a LightningCLI command")
+    parser.add_argument("--staged-root", action="append", default=None, metavar="DIR",
+                        help="where to look for checkpoints a killed run left unsent (repeatable; "
+                             "default: the working directory)")
     return parser.parse_args(args), command
+
+
+def recover(settings: Settings, storage: Callable[[], Storage], roots: Sequence[str],
+            resume_dir: Path) -> LocalCheckpoint | None:
+    """Send what a killed run left staged (S3 sync on only); return the newest verified local file."""
+    if not settings.enable_s3_sync:
+        return None
+    recovery = recover_staged(storage, roots, resume_dir)
+    if recovery.uploaded or recovery.failed or recovery.unusable:
+        print(f"entrypoint: {recovery.message}", flush=True)
+    return recovery.newest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     options, command = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         settings = load_settings()
-        plan = resolve_checkpoint(settings.checkpoint, lambda: Storage.from_settings(settings),
-                                  Path(options.resume_dir))
+        storage = cache(lambda: Storage.from_settings(settings))
+        resume_dir = Path(options.resume_dir)
+        local = recover(settings, storage, options.staged_root or ["."], resume_dir)
+        plan = resolve_checkpoint(settings.checkpoint, storage, resume_dir, local=local)
     except DeployError as exc:
         print(f"entrypoint: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -2,7 +2,9 @@
 
 - ``s3``: the checkpoint with the highest global step in the bucket's ``checkpoints/``; when its
   download is corrupt or truncated (sha256 or size do not match its metadata, or it is not a
-  checkpoint archive), the next newest, and so on. None at all: start fresh.
+  checkpoint archive), the next newest, and so on. None at all: start fresh. A verified local
+  checkpoint that a killed run staged but had not uploaded (``local``, from
+  :mod:`deploy.training.recovery`) wins over every object with a lower or equal step.
 - ``s3://bucket/key``: that object (verified the same way; no fallback: you named it).
 - a local path: that file. Empty: start fresh.
 
@@ -18,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from urllib.parse import urlparse
 from deploy.storage.checkpoints import CheckpointInfo, list_checkpoints
 from deploy.errors import StorageError, TrainingError
 from deploy.storage import Storage
+from deploy.training.journal import looks_like_checkpoint
+from deploy.training.recovery import LocalCheckpoint
 
 S3_LATEST = "s3"
 
@@ -43,13 +46,7 @@ class ResumePlan:
     message: str = ""
 
 
-def looks_like_checkpoint(path: str | os.PathLike[str]) -> bool:
-    """``torch.save`` writes a zip archive; a truncated or overwritten one is not a valid zip."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return bool(archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+__all__ = ["S3_LATEST", "ResumePlan", "looks_like_checkpoint", "resolve_checkpoint", "resume_from_latest"]
 
 
 def _fetch(storage: Storage, key: str, dest_dir: Path) -> str:
@@ -71,15 +68,28 @@ def _is_damage(exc: StorageError) -> bool:
     return "is corrupt" in text or "truncated" in text
 
 
-def resume_from_latest(storage: Storage, dest_dir: Path,
-                       candidates: list[CheckpointInfo] | None = None) -> ResumePlan:
-    """Newest checkpoint first; skip the ones that do not verify, saying which and why."""
+def _from_local(local: LocalCheckpoint, skipped: list[str]) -> ResumePlan:
+    note = f"; skipped {len(skipped)} newer one(s) in S3 that failed verification: {'; '.join(skipped)}" \
+        if skipped else ""
+    return ResumePlan(S3_LATEST, local.path, local.path, local.step, tuple(skipped),
+                      f"resuming from {local.name} (step {local.step}) on this machine, where a killed run "
+                      f"left it unsent; nothing newer is in S3{note}")
+
+
+def resume_from_latest(storage: Storage, dest_dir: Path, candidates: list[CheckpointInfo] | None = None,
+                       local: LocalCheckpoint | None = None) -> ResumePlan:
+    """Newest checkpoint first; skip the ones that do not verify, saying which and why.
+
+    ``local`` (a verified file on this machine) is used when no object in the bucket has a higher step.
+    """
     ordered = list(reversed(candidates if candidates is not None else list_checkpoints(storage)))
-    if not ordered:
+    if not ordered and local is None:
         return ResumePlan(S3_LATEST, None, message=f"no checkpoint in {storage.url(storage.key('checkpoints'))}/; "
                                                    "starting fresh")
     skipped: list[str] = []
     for info in ordered:
+        if local is not None and (info.step is None or info.step <= local.step):
+            return _from_local(local, skipped)
         try:
             path = _fetch(storage, info.key, dest_dir)
         except StorageError as exc:
@@ -92,18 +102,24 @@ def resume_from_latest(storage: Storage, dest_dir: Path,
         note = f"; skipped {len(skipped)} newer one(s) that failed verification: {'; '.join(skipped)}" if skipped else ""
         return ResumePlan(S3_LATEST, path, storage.url(info.key), info.step, tuple(skipped),
                           f"resuming from {storage.url(info.key)}{step}{note}")
+    if local is not None:
+        return _from_local(local, skipped)
     raise TrainingError(f"Every checkpoint in {storage.url(storage.key('checkpoints'))}/ failed verification: "
                         + "; ".join(skipped) + ". Set CHECKPOINT= (empty) to start fresh.")
 
 
-def resolve_checkpoint(value: str, storage: Callable[[], Storage], dest_dir: Path) -> ResumePlan:
-    """Turn a ``CHECKPOINT`` value into a :class:`ResumePlan`. ``storage`` is only called when needed."""
+def resolve_checkpoint(value: str, storage: Callable[[], Storage], dest_dir: Path,
+                       local: LocalCheckpoint | None = None) -> ResumePlan:
+    """Turn a ``CHECKPOINT`` value into a :class:`ResumePlan`. ``storage`` is only called when needed.
+
+    ``local`` only matters for ``s3``: see :func:`resume_from_latest`.
+    """
     value = (value or "").strip()
     if not value:
         return ResumePlan("", None, message="CHECKPOINT is empty; starting fresh")
     dest_dir.mkdir(parents=True, exist_ok=True)
     if value.lower() == S3_LATEST:
-        return resume_from_latest(storage(), dest_dir)
+        return resume_from_latest(storage(), dest_dir, local=local)
     if value.startswith("s3://"):
         parts = urlparse(value)
         store = storage()

@@ -9,6 +9,11 @@ inherits the environment and working directory; nothing secret is in its argumen
 SIGINT and SIGTERM (its parent decides when to stop: it exits when the pipe closes, including when
 the parent is killed), and is restarted if it dies.
 
+Open multipart uploads are aborted wherever this side can see them: the worker aborts the ones left
+for a key whose upload failed (at once, and again once a later try of that key succeeded, in case
+the server was unreachable the first time), and :func:`abort_open_uploads` is what the callback
+calls for the upload in flight when it had to stop the worker at a stop deadline.
+
 Example::
 
     uploader = BackgroundUploader(ProcessTransfer())
@@ -22,10 +27,46 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from deploy.errors import StorageError
 from deploy.training.uploader import UploadJob
+
+
+def abort_open_uploads(storage: Any, keys: Iterable[str]) -> int:
+    """Abort every unfinished multipart upload for exactly these keys; returns how many.
+
+    One listing per key (a prefix equal to the key; other keys that merely start with it are left).
+    """
+    aborted = 0
+    for key in dict.fromkeys(keys):
+        for upload in storage.multipart_uploads(key):
+            if upload["key"] == key:
+                storage.abort_multipart(key, upload["upload_id"])
+                aborted += 1
+    return aborted
+
+
+def abort_open_uploads_within(storage: Any, keys: Iterable[str], timeout: float) -> int | None:
+    """:func:`abort_open_uploads` for at most ``timeout`` seconds (S3 may be what stalled the upload).
+
+    Returns the count, or None when it failed or ran out of time (the operator's abort task cleans
+    up later).
+    """
+    keys = list(keys)
+    outcome: list[int] = []
+
+    def work() -> None:
+        try:
+            outcome.append(abort_open_uploads(storage, keys))
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+
+    thread = threading.Thread(target=work, name="s3-abort-uploads", daemon=True)
+    thread.start()
+    thread.join(max(0.0, timeout))
+    return outcome[0] if outcome else None
 
 
 class ProcessTransfer:
@@ -36,6 +77,7 @@ class ProcessTransfer:
         self.python = python
         self._proc: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
+        self._closed = False
 
     def _worker(self) -> subprocess.Popen[str]:
         if self._proc is None or self._proc.poll() is not None:
@@ -47,6 +89,8 @@ class ProcessTransfer:
     def __call__(self, job: UploadJob) -> dict[str, Any]:
         request = {"key": job.key, "path": job.path, "metadata": dict(job.metadata), "delete": job.delete}
         with self._lock:
+            if self._closed:
+                raise StorageError("the upload helper process was stopped")
             proc = self._worker()
             assert proc.stdin is not None and proc.stdout is not None
             try:
@@ -75,8 +119,9 @@ class ProcessTransfer:
         """Close the pipe; the worker finishes its job and exits (or is killed after ``timeout``).
 
         Deliberately without the lock: after a flush that ran out of time the uploader's thread may
-        still be waiting for an answer, and closing must not wait for it.
+        still be waiting for an answer, and closing must not wait for it. No worker starts after this.
         """
+        self._closed = True
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -102,21 +147,37 @@ def serve(nice: int) -> None:
     from deploy.storage import Storage
 
     storage: Storage | None = None
+    failed_keys: set[str] = set()  # keys whose upload failed: a multipart upload may be left open
     for line in sys.stdin:
         job = json.loads(line)
         try:
             storage = storage or Storage.from_settings(load_settings())
-            if job["delete"]:
-                storage.delete(job["key"])
-                answer = {"ok": True, "key": job["key"]}
-            else:
-                result = storage.upload_file(job["path"], job["key"], metadata=job["metadata"])
-                answer = {"ok": True, "key": result.key, "bytes": result.bytes, "sha256": result.sha256,
-                          "seconds": result.seconds}
+            answer = _serve_one(storage, job)
+            if job["key"] in failed_keys:
+                failed_keys.discard(job["key"])
+                _abort_quietly(storage, job["key"])  # the first abort may have found S3 unreachable
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent, which retries
             answer = {"ok": False, "error": str(exc) or type(exc).__name__}
+            if storage is not None and not job["delete"]:
+                failed_keys.add(job["key"])
+                _abort_quietly(storage, job["key"])
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
+
+
+def _serve_one(storage: Any, job: dict[str, Any]) -> dict[str, Any]:
+    if job["delete"]:
+        storage.delete(job["key"])
+        return {"ok": True, "key": job["key"]}
+    result = storage.upload_file(job["path"], job["key"], metadata=job["metadata"])
+    return {"ok": True, "key": result.key, "bytes": result.bytes, "sha256": result.sha256, "seconds": result.seconds}
+
+
+def _abort_quietly(storage: Any, key: str) -> None:
+    try:
+        abort_open_uploads(storage, [key])
+    except Exception:  # noqa: BLE001 - the retry goes on either way; the next success tries again
+        pass
 
 
 if __name__ == "__main__":

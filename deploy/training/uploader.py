@@ -4,8 +4,13 @@ The training loop only ever calls :meth:`BackgroundUploader.submit`, which never
 touches the network. The worker thread moves one job at a time and retries a failed job with
 exponential backoff until it lands or a flush deadline runs out, so an S3 outage of minutes costs
 training nothing. When the queue is full the oldest pending job is set aside (its file is still
-on disk) and tried again at the next flush; a job for a key that is already waiting replaces the
-older one (``last.ckpt`` written twice before the first upload started only needs the second).
+on disk) and tried again at the next flush, from its source file; if Lightning removed that file
+meanwhile (top-k rotation) the job is *dropped*, and the flush says so. A job for a key that is
+already waiting replaces the older one (``last.ckpt`` written twice before the first upload started
+only needs the second).
+
+A job with a ``journal`` entry (see :mod:`deploy.training.journal`) is durable: when the uploader is
+closed before it landed, its snapshot and entry stay on disk, so the next start sends it.
 
 Example::
 
@@ -40,6 +45,8 @@ class UploadJob:
     (a snapshot made for this job). ``copy_first`` means the worker copies ``path`` to a temp file
     before uploading, for files that keep growing (TensorBoard event files).
     ``source`` is the file a person knows (for messages and to retry a job set aside).
+    ``journal`` is the job's journal entry: removed with the job once it landed (or was replaced),
+    kept when the uploader closes before that.
     """
 
     key: str
@@ -49,6 +56,7 @@ class UploadJob:
     copy_first: bool = False
     delete: bool = False
     source: str = ""
+    journal: str = ""
 
     @property
     def label(self) -> str:
@@ -57,7 +65,7 @@ class UploadJob:
 
 @dataclass(frozen=True)
 class UploadEvent:
-    """What the worker did with a job: ``uploaded``, ``deleted``, ``retrying``, ``failed``, ``set_aside``."""
+    """What happened to a job: ``uploaded``, ``deleted``, ``retrying``, ``failed``, ``set_aside``, ``dropped``."""
 
     kind: str
     job: UploadJob
@@ -69,16 +77,21 @@ class UploadEvent:
 
 @dataclass(frozen=True)
 class FlushResult:
-    """The state after a flush: how many jobs landed in total, and what is still not in the bucket."""
+    """The state after a flush: how many jobs landed in total, and what is still not in the bucket.
+
+    ``dropped`` names jobs set aside when the queue was full whose file was removed (top-k rotation)
+    before they could be sent: they will never reach the bucket.
+    """
 
     completed: int
     pending: int
     failed: tuple[str, ...] = ()
     seconds: float = 0.0
+    dropped: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return self.pending == 0 and not self.failed
+        return self.pending == 0 and not self.failed and not self.dropped
 
 
 @dataclass(frozen=True)
@@ -124,7 +137,7 @@ def _log_event(event: UploadEvent) -> None:
     if event.kind == "retrying":
         log.warning("S3 upload of %s failed (attempt %d): %s; retrying in %.1f s",
                     event.job.label, event.attempt, event.error, event.delay)
-    elif event.kind in ("failed", "set_aside"):
+    elif event.kind in ("failed", "set_aside", "dropped"):
         log.warning("S3 upload of %s %s: %s", event.job.label, event.kind.replace("_", " "), event.error)
     else:
         log.info("S3 %s %s", event.kind, event.job.key)
@@ -153,6 +166,7 @@ class BackgroundUploader:
         self._set_aside: OrderedDict[str, UploadJob] = OrderedDict()
         self._active: UploadJob | None = None
         self._failed: dict[str, str] = {}
+        self._dropped: list[str] = []
         self._completed = 0
         self._deadline: float | None = None  # while flushing: give up retrying after this
         self._closed = False
@@ -167,7 +181,7 @@ class BackgroundUploader:
             if self._closed:
                 raise RuntimeError("the uploader is closed")
             replaced = self._pending.pop(job.key, None)
-            self._set_aside.pop(job.key, None)
+            replaced_aside = self._set_aside.pop(job.key, None)
             self._failed.pop(job.key, None)
             if len(self._pending) >= self.max_pending:
                 _, aside = self._pending.popitem(last=False)
@@ -175,11 +189,13 @@ class BackgroundUploader:
             self._pending[job.key] = job
             self._ensure_thread()
             self._cond.notify_all()
-        if replaced is not None:
-            self._discard(replaced)
+        for old in (replaced, replaced_aside):
+            if old is not None:
+                self._release(old)
         if aside is not None:
-            # Keep the queue bounded (each job may hold a snapshot on disk); flush() tries it again.
-            self._release(aside)
+            # Keep the queue bounded (each job may hold a snapshot on disk); flush() tries it again
+            # from its source file, and its journal entry (if any) still names that file.
+            self._release_snapshot(aside)
             self._emit(UploadEvent("set_aside", aside, error=f"more than {self.max_pending} uploads waiting"))
 
     @property
@@ -200,13 +216,11 @@ class BackgroundUploader:
         """
         started = time.monotonic()
         deadline = started + max(0.0, timeout)
+        dropped = self._requeue_set_aside()
+        for job in dropped:
+            self._release(job)
+            self._emit(UploadEvent("dropped", job, error="its file was removed before it could be sent"))
         with self._cond:
-            requeue = list(self._set_aside.values())
-            self._set_aside.clear()
-            for job in requeue:
-                if job.source and os.path.exists(job.source) and job.key not in self._pending:
-                    self._pending[job.key] = UploadJob(key=job.key, path=job.source, metadata=job.metadata,
-                                                       copy_first=True, source=job.source)
             self._deadline = deadline
             if self._pending:
                 self._ensure_thread()
@@ -218,21 +232,53 @@ class BackgroundUploader:
             result = FlushResult(completed=self._completed,
                                  pending=len(self._pending) + (self._active is not None),
                                  failed=tuple(self._failed.values()),
-                                 seconds=time.monotonic() - started)
+                                 seconds=time.monotonic() - started,
+                                 dropped=tuple(self._dropped))
         return result
+
+    def _requeue_set_aside(self) -> list[UploadJob]:
+        """Queue the set-aside jobs again from their source files; return those whose file is gone."""
+        dropped: list[UploadJob] = []
+        with self._cond:
+            requeue = list(self._set_aside.values())
+            self._set_aside.clear()
+            for job in requeue:
+                if job.key in self._pending:
+                    self._release(job)  # a newer version is waiting already
+                elif job.source and os.path.exists(job.source):
+                    self._pending[job.key] = UploadJob(key=job.key, path=job.source, metadata=job.metadata,
+                                                       copy_first=True, source=job.source, journal=job.journal)
+                else:
+                    dropped.append(job)
+                    self._dropped.append(f"{job.label}: removed before it could be sent")
+        return dropped
+
+    def shutdown(self) -> UploadJob | None:
+        """Stop taking and retrying jobs at once, without waiting; return the job still in flight.
+
+        Waiting jobs are given up (journaled ones stay on disk for the next start). The caller may
+        then stop the transfer under the job in flight and :meth:`join` the worker.
+        """
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            leftovers = list(self._pending.values()) + list(self._set_aside.values())
+            self._pending.clear()
+            self._set_aside.clear()
+            active = self._active
+        for job in leftovers:
+            self._abandon(job)
+        return active
+
+    def join(self, timeout: float = 1.0) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout=max(0.0, timeout))
 
     def close(self, timeout: float = 0.0) -> FlushResult:
         """Flush for up to ``timeout`` seconds, then stop the worker; what is left is reported."""
         result = self.flush(timeout)
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-            leftovers = list(self._pending.values())
-            self._pending.clear()
-        for job in leftovers:
-            self._release(job)
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)
+        self.shutdown()
+        self.join(1.0)
         return result
 
     # ----------------------------------------------------------------- the worker
@@ -281,7 +327,7 @@ class BackgroundUploader:
                 with self._cond:
                     if self._closed:
                         self._failed[job.key] = f"{job.label}: {exc}"
-                        self._release(job)
+                        self._abandon(job)
                         return
                     superseded = job.key in self._pending  # a newer version is queued: drop this one
                     deadline = self._deadline
@@ -296,7 +342,7 @@ class BackgroundUploader:
                     self._cond.wait_for(lambda: self._closed, timeout=delay)
                     if self._closed:
                         self._failed[job.key] = f"{job.label}: {exc}"
-                        self._release(job)
+                        self._abandon(job)
                         return
                 continue
             with self._cond:
@@ -322,13 +368,27 @@ class BackgroundUploader:
         finally:
             os.unlink(tmp)
 
-    def _discard(self, job: UploadJob) -> None:
-        self._release(job)
-
     @staticmethod
-    def _release(job: UploadJob) -> None:
+    def _release_snapshot(job: UploadJob) -> None:
         if job.owned and job.path:
-            try:
-                os.unlink(job.path)
-            except FileNotFoundError:
-                pass
+            _unlink(job.path)
+
+    @classmethod
+    def _release(cls, job: UploadJob) -> None:
+        """The job is finished with (landed, replaced, or can never land): its files go."""
+        cls._release_snapshot(job)
+        if job.journal:
+            _unlink(job.journal)
+
+    @classmethod
+    def _abandon(cls, job: UploadJob) -> None:
+        """The uploader stops before the job landed: a journaled job stays on disk for the next start."""
+        if not job.journal:
+            cls._release_snapshot(job)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

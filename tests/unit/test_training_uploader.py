@@ -66,7 +66,8 @@ def test_submit_never_waits_for_a_slow_upload(tmp_path: Path) -> None:
     uploader = BackgroundUploader(FlakyTransfer(gate=gate), backoff=FAST, max_pending=4)
     started = time.monotonic()
     for n in range(10):
-        uploader.submit(UploadJob(key=f"k/{n}", path=write(tmp_path, f"{n}.ckpt", b"x")))
+        path = write(tmp_path, f"{n}.ckpt", b"x")
+        uploader.submit(UploadJob(key=f"k/{n}", path=path, source=path))
     assert time.monotonic() - started < 0.5
     gate.set()
     assert uploader.close(timeout=5).ok

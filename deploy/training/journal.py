@@ -1,0 +1,192 @@
+"""The upload journal: which checkpoint files were staged for upload and not yet confirmed in the bucket.
+
+:class:`~deploy.training.callbacks.S3CheckpointSync` hard-links each finished checkpoint into the
+staging folder ``.s3-sync/`` beside it and writes a small JSON entry next to the link (key, epoch and
+step metadata, the source file, when it was staged). The uploader removes both once the object is
+in the bucket. Whatever is still there after a kill -9, an OOM kill or a preemption was never
+confirmed: :func:`find_staged` finds it on the next start, :func:`usable_file` checks it is a whole
+checkpoint, and :mod:`deploy.training.recovery` sends it before training continues.
+
+The entry is written after the link and renamed into place, so an entry always names a complete
+snapshot; a link without an entry (killed between the two) is removed as debris.
+
+Example::
+
+    staged = stage("ckpts/epoch=0-step=10.ckpt", "run/checkpoints/epoch=0-step=10.ckpt", {"step": "10"})
+    ...                                  # the process is killed before the upload
+    for entry in find_staged(["."]):     # the next start
+        print(entry.key, usable_file(entry))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+STAGING_DIR = ".s3-sync"
+"""Folder beside the checkpoints where finished files wait (hard-linked) for their upload."""
+ENTRY_SUFFIX = ".json"
+SCAN_DEPTH = 6
+"""How deep below a root :func:`find_staged` looks (``lightning_logs/version_N/checkpoints/.s3-sync`` is 4)."""
+_SKIP_DIRS = frozenset({".git", ".venv", "__pycache__", "node_modules", ".resume"})
+
+
+@dataclass(frozen=True)
+class StagedCheckpoint:
+    """One journal entry: a checkpoint file staged for ``key`` and not yet confirmed in the bucket."""
+
+    entry: str
+    key: str
+    snapshot: str
+    source: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    size: int = 0
+    staged_at: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.source or self.snapshot)
+
+    @property
+    def step(self) -> int | None:
+        raw = self.metadata.get("step")
+        return int(raw) if raw is not None and str(raw).isdigit() else None
+
+
+def looks_like_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """``torch.save`` writes a zip archive; a truncated or overwritten one is not a valid zip."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return bool(archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _link_or_copy(path: str, target: str) -> None:
+    try:
+        os.link(path, target)
+    except OSError:
+        shutil.copyfile(path, target)  # no hard links on this file system: pay for one copy
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)  # an entry is either whole or absent
+
+
+def stage(path: str, key: str, metadata: Mapping[str, str]) -> StagedCheckpoint:
+    """Snapshot ``path`` into its folder's staging folder and journal it for ``key``.
+
+    Lightning replaces checkpoint files by rename, so the link keeps the finished bytes even when
+    ``last.ckpt`` is written again or a top-k file is deleted before its upload starts.
+    """
+    staging = os.path.join(os.path.dirname(path) or ".", STAGING_DIR)
+    os.makedirs(staging, exist_ok=True)
+    snapshot = os.path.join(staging, f"{uuid.uuid4().hex[:12]}-{os.path.basename(path)}")
+    _link_or_copy(path, snapshot)
+    staged = StagedCheckpoint(entry=snapshot + ENTRY_SUFFIX, key=key, snapshot=os.path.abspath(snapshot),
+                              source=os.path.abspath(path), metadata=dict(metadata),
+                              size=os.path.getsize(snapshot), staged_at=time.time())
+    _write_json(staged.entry, {"key": staged.key, "snapshot": staged.snapshot, "source": staged.source,
+                               "metadata": dict(staged.metadata), "size": staged.size,
+                               "staged_at": staged.staged_at})
+    return staged
+
+
+def load(entry: str) -> StagedCheckpoint | None:
+    """Read one journal entry; None when it is not a readable entry."""
+    try:
+        with open(entry, encoding="utf-8") as handle:
+            data = json.load(handle)
+        return StagedCheckpoint(entry=entry, key=str(data["key"]), snapshot=str(data["snapshot"]),
+                                source=str(data.get("source") or ""),
+                                metadata={str(k): str(v) for k, v in dict(data.get("metadata") or {}).items()},
+                                size=int(data.get("size") or 0), staged_at=float(data.get("staged_at") or 0.0))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def discard(staged: StagedCheckpoint) -> None:
+    """Remove an entry and its snapshot (the object is in the bucket, or can never get there)."""
+    for path in (staged.snapshot, staged.entry):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _staging_dirs(root: str, depth: int) -> Iterator[str]:
+    """Every ``.s3-sync`` folder below ``root``, not following links, at most ``depth`` levels down."""
+    try:
+        with os.scandir(root) as entries:
+            dirs = [e for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return
+    for entry in dirs:
+        if entry.name == STAGING_DIR:
+            yield entry.path
+        elif depth > 0 and entry.name not in _SKIP_DIRS:
+            yield from _staging_dirs(entry.path, depth - 1)
+
+
+def sweep(staging: str) -> list[StagedCheckpoint]:
+    """The readable entries in one staging folder; debris (a link without an entry, a bad entry) is removed."""
+    try:
+        names = set(os.listdir(staging))
+    except OSError:
+        return []
+    found: list[StagedCheckpoint] = []
+    claimed: set[str] = set()
+    for name in sorted(n for n in names if n.endswith(ENTRY_SUFFIX)):
+        staged = load(os.path.join(staging, name))
+        if staged is None:
+            os.unlink(os.path.join(staging, name))
+            continue
+        found.append(staged)
+        claimed.add(os.path.basename(staged.snapshot))
+    for name in names - claimed:
+        if not name.endswith(ENTRY_SUFFIX):
+            try:
+                os.unlink(os.path.join(staging, name))  # a snapshot whose entry was never written
+            except OSError:
+                pass
+    return found
+
+
+def find_staged(roots: Iterable[str], depth: int = SCAN_DEPTH) -> list[StagedCheckpoint]:
+    """Every journal entry under ``roots`` (each staging folder once), oldest staged first."""
+    seen: set[str] = set()
+    found: list[StagedCheckpoint] = []
+    for root in roots:
+        for staging in _staging_dirs(root, depth):
+            real = os.path.realpath(staging)
+            if real not in seen:
+                seen.add(real)
+                found.extend(sweep(staging))
+    return sorted(found, key=lambda s: s.staged_at)
+
+
+def usable_file(staged: StagedCheckpoint) -> str | None:
+    """The file holding the staged checkpoint, checked: its snapshot, else its unchanged source.
+
+    The source stands in only when it was not written again after staging (``last.ckpt`` is),
+    since its bytes would then belong to a later step than the entry's metadata says.
+    """
+    snapshot = staged.snapshot
+    if os.path.isfile(snapshot) and (not staged.size or os.path.getsize(snapshot) == staged.size):
+        return snapshot if looks_like_checkpoint(snapshot) else None
+    source = staged.source
+    if source and os.path.isfile(source) and os.path.getmtime(source) <= staged.staged_at + 1.0:
+        return source if looks_like_checkpoint(source) else None
+    return None
