@@ -149,44 +149,30 @@ def test_pull_of_an_archive() -> None:
 # --------------------------------------------------------------------------- the catalog, on mock_aws
 
 
-@pytest.fixture
-def storage():
-    moto = pytest.importorskip("moto")
-    import boto3
-
-    from deploy.storage import Storage
-
-    with moto.mock_aws():
-        client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="testing",
-                              aws_secret_access_key="testing")
-        client.create_bucket(Bucket="bkt")
-        yield Storage(client, "bkt", "p")
-
-
-def test_gc_deletes_only_old_layers_no_manifest_uses(storage) -> None:
-    store = ImageStore(storage)
+def test_gc_deletes_only_old_layers_no_manifest_uses(moto_storage) -> None:
+    store = ImageStore(moto_storage)
     used, unused = record(A), record(B)
     for layer in (used, unused):
-        storage.client.put_object(Bucket="bkt", Key=layer.key, Body=b"layer")
+        moto_storage.client.put_object(Bucket=moto_storage.bucket, Key=layer.key, Body=b"layer")
         store.write_layer_record(layer)
     store.write_manifest(manifest(A))
-    assert images.plan_gc(storage).delete == []           # younger than the grace period
+    assert images.plan_gc(moto_storage).delete == []  # younger than the grace period
     later = datetime.now(timezone.utc) + timedelta(hours=2)
-    plan = images.plan_gc(storage, now=later)
+    plan = images.plan_gc(moto_storage, now=later)
     assert sorted(key for key, _ in plan.delete) == sorted([unused.key, unused.key + ".json"])
     assert plan.describe()[0].startswith("2 object(s), ") and "1 layer(s) in use." in plan.describe()[0]
     assert plan.describe()[1] == f"  delete  {unused.key}  5 bytes"
-    images.execute_deletes(storage, [key for key, _ in plan.delete])
+    images.execute_deletes(moto_storage, [key for key, _ in plan.delete])
     assert store.find_layer(A) is not None and store.find_layer(B) is None
 
 
-def test_delete_plan_names_the_manifest_and_keeps_the_layers(storage) -> None:
-    store = ImageStore(storage)
+def test_delete_plan_names_the_manifest_and_keeps_the_layers(moto_storage) -> None:
+    store = ImageStore(moto_storage)
     store.write_manifest(manifest(A))
-    plan = images.plan_delete(storage, "team/train:v3")
+    plan = images.plan_delete(moto_storage, "team/train:v3")
     assert plan.keys == [KEY]
     assert plan.describe() == [
         "team/train:v3: delete 1 object(s); its layers stay until `fab images.gc` removes the ones no image uses.",
         f"  delete  {KEY}"]
-    assert images.plan_delete(storage, "team/other:v1").describe() == [
+    assert images.plan_delete(moto_storage, "team/other:v1").describe() == [
         "team/other:v1: nothing to delete (not in the bucket)."]

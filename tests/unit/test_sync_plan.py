@@ -167,28 +167,13 @@ def test_an_empty_prefix_is_named_rather_than_planned(tmp_path: Path) -> None:
         plan_download(FakeStorage({}), "p/none", tmp_path)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def moto_storage():
-    """A real :class:`Storage` on moto's in-process S3 (``mock_aws``): for the head-based file plans."""
-    moto = pytest.importorskip("moto")
-    import boto3
-
-    from deploy.storage import Storage
-
-    with moto.mock_aws():
-        client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="testing",
-                              aws_secret_access_key="testing")
-        client.create_bucket(Bucket="bkt")
-        yield Storage(client, "bkt", "p")
-
-
 def test_one_file_with_the_same_bytes_but_other_metadata_is_written_again(moto_storage, tmp_path: Path) -> None:
     from deploy.storage.sync import plan_upload_file
 
     path = tmp_path / "epoch=1-step=10.ckpt"
     path.write_bytes(b"weights")
     key = moto_storage.key("checkpoints", path.name)
-    moto_storage.client.put_object(Bucket="bkt", Key=key, Body=b"weights",
+    moto_storage.client.put_object(Bucket=moto_storage.bucket, Key=key, Body=b"weights",
                                    Metadata={"sha256": sha(b"weights"), "step": "10"})
     same = plan_upload_file(moto_storage, path, key, {"step": "10"})
     assert [(i.action, i.reason) for i in same.items] == [(SKIP, "unchanged")]
@@ -201,11 +186,11 @@ def test_one_file_download_skips_a_matching_local_copy(moto_storage, tmp_path: P
     from deploy.storage.sync import plan_download_file
 
     key = moto_storage.key("checkpoints", "last.ckpt")
-    moto_storage.client.put_object(Bucket="bkt", Key=key, Body=b"old script, no metadata")
+    moto_storage.client.put_object(Bucket=moto_storage.bucket, Key=key, Body=b"old script, no metadata")
     dest = tmp_path / "last.ckpt"
     assert [i.reason for i in plan_download_file(moto_storage, key, dest).items] == ["new"]
     dest.write_bytes(b"old script, no metadata")
     assert [(i.action, i.reason) for i in plan_download_file(moto_storage, key, dest).items] == [
         (SKIP, "unchanged (md5)")]
-    with pytest.raises(StorageError, match="No object s3://bkt/p/checkpoints/nope.ckpt"):
+    with pytest.raises(StorageError, match="No object s3://unit-bucket/p/checkpoints/nope.ckpt"):
         plan_download_file(moto_storage, moto_storage.key("checkpoints", "nope.ckpt"), dest)
