@@ -114,13 +114,43 @@ def transfer_config(settings: Settings, multipart_threshold: int | None = None,
     )
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file, read in chunks (checkpoints are gigabytes: never read one whole)."""
-    digest = hashlib.sha256()
+def hash_file(path: str | os.PathLike[str], md5: bool = False) -> tuple[str, str | None]:
+    """sha256 (and md5 when asked) of a file in one pass, read in chunks (checkpoints are gigabytes);
+    hashlib releases the GIL, so threads help."""
+    sha = hashlib.sha256()
+    digest_md5 = hashlib.md5(usedforsecurity=False) if md5 else None
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+            sha.update(chunk)
+            if digest_md5 is not None:
+                digest_md5.update(chunk)
+    return sha.hexdigest(), (digest_md5.hexdigest() if digest_md5 is not None else None)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file: ``file_sha256("last.ckpt") == hash_file("last.ckpt")[0]``."""
+    return hash_file(path)[0]
+
+
+def verify_download(url: str, path: str | os.PathLike[str], size: int, sha256: str | None = None,
+                    md5: str | None = None, need_sha256: bool = False) -> tuple[str | None, str | None]:
+    """Check a downloaded temp file before it is renamed into place: its size, then its sha256
+    (the object's metadata) or md5 (a single-part ETag) when expected.
+
+    Returns the file's ``(sha256, md5)`` as far as they were computed (sha256 when expected or
+    ``need_sha256``, md5 when expected); raises :class:`StorageError` naming ``url`` otherwise.
+    """
+    got = os.path.getsize(path)
+    if got != size:
+        raise StorageError(f"{url} arrived truncated: {got} of {size} bytes.")
+    if not (sha256 or md5 or need_sha256):
+        return None, None
+    sha, digest_md5 = hash_file(path, md5=md5 is not None)
+    if sha256 and sha != sha256:
+        raise StorageError(f"{url} is corrupt: sha256 {sha} does not match its metadata {sha256}.")
+    if md5 is not None and digest_md5 != md5:
+        raise StorageError(f"{url} is corrupt: md5 {digest_md5} does not match its ETag {md5}.")
+    return sha, digest_md5
 
 
 def safe_relative(path: str) -> str:
@@ -285,15 +315,7 @@ class Storage:
                 self.client.download_file(self.bucket, key, tmp, Config=self.config, Callback=progress)
             except (ClientError, BotoCoreError) as exc:
                 raise self.explain(exc, key) from exc
-            size = os.path.getsize(tmp)
-            if size != info.size:
-                raise StorageError(f"{self.url(key)} arrived truncated: {size} of {info.size} bytes.")
-            digest = None
-            if verify and info.sha256:
-                digest = file_sha256(tmp)
-                if digest != info.sha256:
-                    raise StorageError(
-                        f"{self.url(key)} is corrupt: sha256 {digest} does not match its metadata {info.sha256}.")
+            digest, _ = verify_download(self.url(key), tmp, info.size, info.sha256 if verify else None)
             os.replace(tmp, dest)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -25,8 +25,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.storage import CHUNK
-
 CACHE_DIR_VARIABLE = "GPU_DEPLOY_CACHE_DIR"
 _FORMAT = 1
 
@@ -40,18 +38,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ[CACHE_DIR_VARIABLE]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "gpu-deploy"
-
-
-def hash_file(path: str | os.PathLike[str], md5: bool = False) -> tuple[str, str | None]:
-    """sha256 (and md5 when asked) of a file in one pass; hashlib releases the GIL, so threads help."""
-    sha = hashlib.sha256()
-    digest_md5 = hashlib.md5(usedforsecurity=False) if md5 else None
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            sha.update(chunk)
-            if digest_md5 is not None:
-                digest_md5.update(chunk)
-    return sha.hexdigest(), (digest_md5.hexdigest() if digest_md5 is not None else None)
 
 
 def multipart_etag(path: str | os.PathLike[str], part_size: int) -> str:

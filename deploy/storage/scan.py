@@ -18,8 +18,8 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy.errors import StorageError
-from deploy.storage.bucket import ObjectInfo, Storage, safe_relative
-from deploy.storage.cache import LocalFacts, RemoteFacts, SyncCache, hash_file
+from deploy.storage.bucket import ObjectInfo, Storage, hash_file, safe_relative
+from deploy.storage.cache import LocalFacts, RemoteFacts, SyncCache
 
 HASH_WORKERS = max(2, min(4, os.cpu_count() or 2))
 HEAD_WORKERS = 16

@@ -31,8 +31,8 @@ from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
 from deploy.errors import DeployError, StorageError
-from deploy.storage.bucket import Storage
-from deploy.storage.cache import LocalFacts, RemoteFacts, SyncCache, hash_file
+from deploy.storage.bucket import Storage, verify_download
+from deploy.storage.cache import LocalFacts, RemoteFacts, SyncCache
 from deploy.storage.plan import DOWNLOAD, UP, UPLOAD, SyncItem, SyncPlan, files
 from deploy.storage.scan import HASH_WORKERS, LocalFile, hash_locals, remote_md5, sha256_of
 
@@ -246,16 +246,11 @@ def _finish_download(storage: Storage, item: SyncItem, tmp: Path, responses: "_R
     etag = seen.get("etag") or item.etag
     if item.etag and etag != item.etag:
         raise StorageError(f"{url} changed while it was downloaded; run again.")
-    size = tmp.stat().st_size
-    if size != item.size:
-        raise StorageError(f"{url} arrived truncated: {size} of {item.size} bytes.")
     expected = seen.get("metadata", {}).get("sha256") or item.sha256
-    check_md5 = not expected and remote_md5(etag) is not None and not seen.get("encrypted")
-    sha, md5 = hash_file(tmp, md5=check_md5)
-    if expected and sha != expected:
-        raise StorageError(f"{url} is corrupt: sha256 {sha} does not match its metadata {expected}.")
-    if check_md5 and md5 != etag:
-        raise StorageError(f"{url} is corrupt: md5 {md5} does not match its ETag {etag}.")
+    # Without sha256 metadata, a plain md5 ETag is the object's md5 (not for KMS/SSE-C objects).
+    md5_etag = remote_md5(etag) if not expected and not seen.get("encrypted") else None
+    sha, md5 = verify_download(url, tmp, item.size, expected, md5_etag, need_sha256=True)
+    assert sha is not None
     os.replace(tmp, item.path)
     st = os.stat(item.path)
     cache.remember_local(item.rel, LocalFacts(st.st_size, st.st_mtime_ns, sha, md5))
