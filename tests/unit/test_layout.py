@@ -1,0 +1,148 @@
+"""The package's shape, checked from its imports: no cycles, and each room imports only what it may.
+
+- No import cycle anywhere in ``deploy/``, counting imports inside functions (a cycle hidden in a
+  function is still a cycle).
+- ``deploy/remote/`` runs on the GPU host with the standard library only.
+- ``deploy/training/`` runs on the host too: it may use the bucket, settings and errors, never the
+  operator's SSH, image, runtime or flow code.
+- ``deploy/dev/`` (embedded servers, quick start, base image) is tooling: no library module imports it.
+- Runtimes sit below the flow: no runtime imports the flow.
+- Every module imports in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "deploy"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py")) if "__pycache__" not in p.parts}
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every module name an ``import`` or ``from ... import`` in the file names, anywhere in it."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            # `from deploy.storage import sync` names the submodule deploy.storage.sync
+            found.update(f"{node.module}.{alias.name}" for alias in node.names
+                         if f"{node.module}.{alias.name}" in MODULES)
+    return found
+
+
+def edges() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for name, path in MODULES.items():
+        targets = {n for n in imported_names(path) if n in MODULES and n != name}
+        # A name from a package's __init__ that the __init__ only re-exports is still that package.
+        graph[name] = targets
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    counter = [0]
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def in_room(module: str, room: str) -> bool:
+    return module == room or module.startswith(room + ".")
+
+
+def test_no_import_cycles_in_the_package() -> None:
+    assert cycles(edges()) == []
+
+
+def test_host_programs_use_the_standard_library_only() -> None:
+    for name, path in MODULES.items():
+        if not in_room(name, "deploy.remote"):
+            continue
+        outside = sorted(n for n in imported_names(path) if n.split(".")[0] not in sys.stdlib_module_names)
+        assert outside == [], f"{name} runs on the host with the standard library only, but imports {outside}"
+
+
+def test_training_side_imports_no_operator_code() -> None:
+    allowed = ("deploy.errors", "deploy.settings", "deploy.storage", "deploy.training", "deploy.remote")
+    for name, targets in edges().items():
+        if in_room(name, "deploy.training"):
+            bad = sorted(t for t in targets if not any(in_room(t, a) for a in allowed) and t != "deploy")
+            assert bad == [], f"{name} runs on the host but imports operator code: {bad}"
+
+
+def test_library_never_imports_dev_tooling() -> None:
+    for name, targets in edges().items():
+        if not in_room(name, "deploy.dev"):
+            assert not [t for t in targets if in_room(t, "deploy.dev")], f"{name} imports deploy.dev"
+
+
+def test_runtimes_sit_below_the_flow() -> None:
+    for name, targets in edges().items():
+        if in_room(name, "deploy.runtimes"):
+            assert not [t for t in targets if in_room(t, "deploy.flow")], f"{name} imports the flow"
+
+
+def _import_fresh(module: str) -> tuple[str, int, str]:
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, cwd=ROOT)
+    return module, proc.returncode, proc.stderr.strip().splitlines()[-1:] and proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("room", sorted({".".join(m.split(".")[:2]) for m in MODULES}))
+def test_every_module_imports_in_a_fresh_interpreter(room: str) -> None:
+    modules = [m for m in MODULES if in_room(m, room)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        failed = [(m, err) for m, code, err in pool.map(_import_fresh, modules) if code != 0]
+    assert failed == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
