@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,7 @@ from deploy.runtimes.compose import plan_deploy
 from deploy.runtimes.native.layout import APP
 from deploy.runtimes.native.plan import NativeDesired, NativeState, parse_gathered, plan_native, release_digest
 from deploy.runtimes.native.service import parse_service
-from deploy.runtimes.native.shipped import library_files
+from deploy.runtimes.native.shipped import host_modules, library_files
 from deploy.runtimes.native.tree import LocalFile, select_files
 from deploy.runtimes.native.venv import BaseInterpreter, sha256, train_requirements
 from deploy.settings import Secret, load_settings
@@ -273,3 +276,17 @@ def test_a_missing_image_only_matters_to_compose_hosts() -> None:
     assert resolve_image(MissingImage(), "t:v1", "auto") == ("", 0, "The bucket has no image t:v1; push it first.")
     with pytest.raises(HostError, match="push it first"):
         resolve_image(MissingImage(), "t:v1", "compose")
+
+
+def test_the_shipped_closure_covers_what_importing_the_host_code_loads() -> None:
+    # A fresh interpreter imports every module of training/ and remote/; every deploy module that
+    # loads must be in what the native runtime ships (else the host fails with ModuleNotFoundError).
+    shipped = host_modules()
+    roots = sorted(m for m in shipped if m.startswith(("deploy.training.", "deploy.remote.")))
+    code = ("import importlib, json, sys\n"
+            f"for name in {roots!r}: importlib.import_module(name)\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m == 'deploy' or m.startswith('deploy.'))))")
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                       timeout=300).stdout)
+    assert set(loaded) <= shipped, sorted(set(loaded) - shipped)
+    assert {"deploy.training.entrypoint", "deploy.remote.supervisor", "deploy.storage"} <= shipped
