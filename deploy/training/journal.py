@@ -35,7 +35,7 @@ STAGING_DIR = ".s3-sync"
 ENTRY_SUFFIX = ".json"
 SCAN_DEPTH = 6
 """How deep below a root :func:`find_staged` looks (``lightning_logs/version_N/checkpoints/.s3-sync`` is 4)."""
-_SKIP_DIRS = frozenset({".git", ".venv", "__pycache__", "node_modules", ".resume"})
+_SKIP_DIRS = frozenset({"__pycache__", "node_modules"})
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,11 @@ def discard(staged: StagedCheckpoint) -> None:
 
 
 def _staging_dirs(root: str, depth: int) -> Iterator[str]:
-    """Every ``.s3-sync`` folder below ``root``, not following links, at most ``depth`` levels down."""
+    """Every ``.s3-sync`` folder below ``root``, not following links, at most ``depth`` levels down.
+
+    Hidden folders and folders this process cannot write (a read-only dataset mount) are not
+    entered: no staging folder can have been created there.
+    """
     try:
         with os.scandir(root) as entries:
             dirs = [e for e in entries if e.is_dir(follow_symlinks=False)]
@@ -136,7 +140,8 @@ def _staging_dirs(root: str, depth: int) -> Iterator[str]:
     for entry in dirs:
         if entry.name == STAGING_DIR:
             yield entry.path
-        elif depth > 0 and entry.name not in _SKIP_DIRS:
+        elif depth > 0 and not entry.name.startswith(".") and entry.name not in _SKIP_DIRS \
+                and os.access(entry.path, os.W_OK):
             yield from _staging_dirs(entry.path, depth - 1)
 
 

@@ -109,10 +109,15 @@ STOP = StopRequest()
 
 
 def agree_to_stop(trainer: Any) -> bool:
-    """True on every rank when any rank was asked to stop: one small all-reduce per batch in DDP."""
+    """True on every rank when any rank was asked to stop: one small all-reduce per batch in DDP.
+
+    A rank that was not signalled itself starts its flush deadline at the agreement.
+    """
     asked = STOP.requested
     if getattr(trainer, "world_size", 1) > 1:
-        return bool(trainer.strategy.reduce_boolean_decision(asked, all=False))
+        asked = bool(trainer.strategy.reduce_boolean_decision(asked, all=False))
+        if asked:
+            STOP.request()
     return asked
 
 

@@ -11,11 +11,31 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from deploy.storage.checkpoints import CheckpointInfo, list_checkpoints
+from lightning.pytorch import Callback
+
 from deploy.settings import load_settings
 from deploy.storage import Storage
+from deploy.storage.checkpoints import CheckpointInfo, list_checkpoints
 
 REPO = Path(__file__).resolve().parents[2]
+RECORDER = "tests.integration.training_runs.StepRecorder"
+
+
+class StepRecorder(Callback):
+    """Appends ``global_step`` after every training batch to ``path`` (in the run's working directory),
+    so a test knows the last step a process trained. Attach with ``--trainer.callbacks+=`` + RECORDER."""
+
+    def __init__(self, path: str = "steps.log") -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(f"{trainer.global_step}\n")
+
+
+def recorded_steps(cwd: Path, name: str = "steps.log") -> list[int]:
+    path = cwd / name
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
 
 
 def demo_fit(*extra: str, step_delay: float = 0.02, every: int = 10) -> list[str]:
