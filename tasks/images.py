@@ -10,6 +10,7 @@ from rich.filesize import decimal
 
 from deploy import images as lib
 from deploy.storage import Storage
+from deploy.storage.permissions import ensure_reachable
 from tasks._boundary import DRY_RUN_HELP, ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
 from tasks._flags import number
 from tasks._progress import RichImageProgress
@@ -21,7 +22,9 @@ IMAGE_HELP = "Image name:tag (default: IMAGE from settings)."
 
 def _storage(env_file):
     settings = settings_from_flags(env_file=env_file)
-    return settings, Storage.from_settings(settings)
+    storage = Storage.from_settings(settings)
+    ensure_reachable(settings.aws_endpoint_url)  # seconds, not botocore's minute of retries
+    return settings, storage
 
 
 @task(name="image-to-s3", auto_shortflags=False, help={

@@ -66,10 +66,8 @@ def _carry_out(storage: Storage, plan: SyncPlan, dry_run: bool, cache: SyncCache
                started: float | None = None) -> None:
     """Print the plan; stop there on --dry-run; else transfer with a progress bar and summarise."""
     if dry_run or not plan.transfers:
-        headline = plan.headline()
-        if started is not None and not plan.transfers:
-            headline = headline.rstrip(".") + f"; checked in {time.monotonic() - started:.1f} s."
-        print(headline)
+        took = time.monotonic() - started if started is not None and not plan.transfers else None
+        print(plan.headline(checked_in=took))
         if dry_run:
             for line in plan.lines():
                 print(line)

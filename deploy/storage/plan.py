@@ -94,13 +94,14 @@ class SyncPlan:
     def verb(self) -> str:
         return UPLOAD if self.direction == UP else DOWNLOAD
 
-    def headline(self) -> str:
-        """One line: what would move where, and what is already in place."""
+    def headline(self, checked_in: float | None = None) -> str:
+        """One line: what would move where, and what is already in place (and how long checking took)."""
         source, target = (self.local, self.remote) if self.direction == UP else (self.remote, self.local)
         moving, skipped = self.transfers, self.skipped
         if not moving:
+            took = f"; checked in {checked_in:.1f} s" if checked_in is not None else ""
             return (f"Nothing to {self.verb}: {files(len(skipped))} ({decimal(sum(i.size for i in skipped))}) "
-                    f"already in {target}.")
+                    f"already in {target}{took}.")
         return (f"{self.verb.capitalize()} {files(len(moving))} ({decimal(self.bytes_to_move)}) "
                 f"from {source} to {target}; {len(skipped)} unchanged.")
 

@@ -52,7 +52,7 @@ class SyncResult:
     def summary(self) -> str:
         skipped = len(self.plan.skipped)
         if not self.moved:
-            return self.plan.headline().rstrip(".") + f"; checked in {self.seconds:.1f} s."
+            return self.plan.headline(checked_in=self.seconds)
         verb = "Uploaded" if self.plan.direction == UP else "Downloaded"
         rate = int(self.bytes / self.seconds) if self.seconds > 0 else 0
         return (f"{verb} {files(len(self.moved))}, {decimal(self.bytes)} in {self.seconds:.1f} s "
