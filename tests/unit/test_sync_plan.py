@@ -99,7 +99,7 @@ def test_a_second_plan_with_a_warm_cache_heads_nothing(tmp_path: Path) -> None:
     plan = plan_upload(store, tmp_path, "p/d", cache=SyncCache(tmp_path.parent / "cache.json"))  # type: ignore[arg-type]
     assert (len(plan.skipped), plan.transfers, store.heads) == (29, (), 0)
     assert plan.headline().startswith("Nothing to upload: 29 files")
-    assert plan.headline(checked_in=0.5).endswith(f"already in s3://bucket/p/d; checked in 0.5 s.")
+    assert plan.headline(checked_in=0.5).endswith("already in s3://bucket/p/d; checked in 0.5 s.")
 
 
 def test_objects_without_metadata_compare_by_md5(tmp_path: Path) -> None:
