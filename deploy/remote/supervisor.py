@@ -217,10 +217,10 @@ def lock_held(paths: Paths) -> bool:
 def training_leader(paths: Paths) -> int | None:
     """The recorded training pid if that very process still runs (same boot, same start time)."""
     record = read_json(paths.training)
-    pid = record.get("pid")
-    if not isinstance(pid, int) or record.get("boot_id") != boot_id():
-        return None
-    return pid if start_ticks(pid) == record.get("start_ticks") else None
+    pid, ticks = record.get("pid"), record.get("start_ticks")
+    if not isinstance(pid, int) or not isinstance(ticks, int) or record.get("boot_id") != boot_id():
+        return None  # ticks is None when the command had already exited as it was recorded
+    return pid if start_ticks(pid) == ticks else None
 
 
 def training_running(paths: Paths) -> bool:
@@ -405,22 +405,59 @@ def rotate(paths: Paths, limit: int) -> None:
         pass
 
 
-def start(paths: Paths) -> int:
-    """Detach a daemon that supervises the command; print its pid and where its log starts."""
+def refusal(paths: Paths) -> dict | None:
+    """Why ``start`` must not start here (as its JSON answer), or None."""
     running = read_pid(paths.pid)
     if alive(running, paths):
-        print(json.dumps({"error": f"already running (pid {running})", "pid": running}))
-        return 1
+        return {"error": f"already running (pid {running})", "pid": running}
     if training_running(paths):
         leader = training_leader(paths)
-        print(json.dumps({"error": f"a training started here earlier still runs without its supervisor (pid "
-                                   f"{leader or 'unknown'}); stop it first (fab stop), then start again",
-                          "orphan": leader}))
-        return 1
+        return {"error": f"a training started here earlier still runs without its supervisor (pid "
+                         f"{leader or 'unknown'}); stop it first (fab stop), then start again", "orphan": leader}
     try:
         read_env_file(paths.env)
     except ValueError as exc:
-        print(json.dumps({"error": str(exc)}))
+        return {"error": str(exc)}
+    return None
+
+
+def daemon(paths: Paths, config: dict, write_end: int) -> None:
+    """The detached daemon's life: stdio to the log, signals, pid file, the loop; never returns."""
+    code = 1
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        logfd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(devnull, 0)
+        os.dup2(logfd, 1)
+        os.dup2(logfd, 2)
+        os.close(devnull)
+        os.close(logfd)
+        os.chdir(paths.dir)
+        supervisor = Supervisor(paths, config)
+        signal.signal(signal.SIGTERM, supervisor.on_term)
+        signal.signal(signal.SIGINT, supervisor.on_term)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        write_atomic(paths.pid, f"{os.getpid()}\n")
+        supervisor.set_state("starting", started_at=now())
+        os.write(write_end, str(os.getpid()).encode())
+        os.close(write_end)
+        code = supervisor.loop()
+    except BaseException as exc:  # noqa: BLE001 - the daemon has no terminal: say it in the log
+        log_line(paths, f"crashed: {exc.__class__.__name__}: {exc}")
+    finally:
+        try:
+            if read_pid(paths.pid) == os.getpid():
+                os.unlink(paths.pid)
+        except OSError:
+            pass
+        os._exit(code)
+
+
+def start(paths: Paths) -> int:
+    """Detach a daemon that supervises the command; print its pid and where its log starts."""
+    refused = refusal(paths)
+    if refused:
+        print(json.dumps(refused))
         return 1
     config = {**DEFAULTS, **read_json(paths.config)}
     os.makedirs(paths.meta, exist_ok=True)
@@ -438,34 +475,7 @@ def start(paths: Paths) -> int:
         os.setsid()
         if os.fork() != 0:
             os._exit(0)
-        code = 1
-        try:
-            devnull = os.open(os.devnull, os.O_RDWR)
-            logfd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.dup2(devnull, 0)
-            os.dup2(logfd, 1)
-            os.dup2(logfd, 2)
-            os.close(devnull)
-            os.close(logfd)
-            os.chdir(paths.dir)
-            supervisor = Supervisor(paths, config)
-            signal.signal(signal.SIGTERM, supervisor.on_term)
-            signal.signal(signal.SIGINT, supervisor.on_term)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
-            write_atomic(paths.pid, f"{os.getpid()}\n")
-            supervisor.set_state("starting", started_at=now())
-            os.write(write_end, str(os.getpid()).encode())
-            os.close(write_end)
-            code = supervisor.loop()
-        except BaseException as exc:  # noqa: BLE001 - the daemon has no terminal: say it in the log
-            log_line(paths, f"crashed: {exc.__class__.__name__}: {exc}")
-        finally:
-            try:
-                if read_pid(paths.pid) == os.getpid():
-                    os.unlink(paths.pid)
-            except OSError:
-                pass
-            os._exit(code)
+        daemon(paths, config, write_end)
     os.close(write_end)
     os.waitpid(first, 0)
     with os.fdopen(read_end, "rb") as pipe:
