@@ -190,6 +190,16 @@ def _parse_path(raw: str) -> str:
     return os.path.expanduser(raw.strip())
 
 
+def _parse_dollars(raw: str) -> float:
+    try:
+        value = float(raw.strip().lstrip("$"))
+    except ValueError:
+        raise ValueError(f"must be a price in dollars such as 0.80, got {raw!r}") from None
+    if not 0 < value < 1000:
+        raise ValueError(f"must be more than 0 and less than 1000, got {raw!r}")
+    return value
+
+
 # --------------------------------------------------------------------------- the keys
 
 
@@ -327,6 +337,37 @@ class Settings:
         "SHIP_ENV_EXCLUDE", "Keys never shipped (glob patterns; wins over the include list), besides RUNPOD_*, "
         "SSH_*, REMOTE_DIR, ENV_FILE and SHIP_ENV_*, which never leave the laptop.",
         "LOCAL_*", default="", group="deploy")
+
+    runpod_api_key: Secret | None = setting(
+        "RUNPOD_API_KEY", "RunPod API key for the pods tasks (Settings > API Keys); stays on the laptop.",
+        "your-runpod-api-key", parse=_parse_secret, secret=True, group="pods")
+    pod_gpu_types: str = setting(
+        "POD_GPU_TYPES", "GPU types to try in order, comma-separated (fab pods.gpus lists them).",
+        "NVIDIA L40S,NVIDIA RTX A6000", default="NVIDIA L40S,NVIDIA RTX A6000", group="pods")
+    pod_gpu_count: int = setting(
+        "POD_GPU_COUNT", "GPUs per pod.", "1", default=1, parse=_parse_int(1, 16), group="pods")
+    pod_cloud_type: str = setting(
+        "POD_CLOUD_TYPE", "RunPod cloud: SECURE, COMMUNITY (cheaper, less reliable) or ALL.", "ALL",
+        default="ALL", parse=_parse_choice(("ALL", "SECURE", "COMMUNITY")), group="pods")
+    pod_data_centers: str = setting(
+        "POD_DATA_CENTERS", "Data centers to try in order, comma-separated, such as EU-RO-1 (empty: any).", "", default="",
+        group="pods")
+    pod_container_disk_gb: int = setting(
+        "POD_CONTAINER_DISK_GB", "Container disk in GB (lost when the pod stops).", "20", default=20,
+        parse=_parse_int(1, 4096), group="pods")
+    pod_volume_gb: int = setting(
+        "POD_VOLUME_GB", "Volume at /workspace in GB (kept while the pod exists, billed even when stopped).",
+        "50", default=50, parse=_parse_int(0, 65536), group="pods")
+    pod_image: str = setting(
+        "POD_IMAGE", "Image the pod runs; it must start sshd with the PUBLIC_KEY env authorised (RunPod's do).",
+        "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04",
+        default="runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04", group="pods")
+    pod_public_key: str | None = setting(
+        "POD_PUBLIC_KEY", "SSH public key file the pod authorises (default: RUNPOD_SSH_KEY + .pub).",
+        "~/.ssh/id_ed25519.pub", parse=_parse_path, group="pods")
+    max_price_per_hour: float | None = setting(
+        "MAX_PRICE_PER_HOUR", "Refuse GPU types whose pod costs more dollars per hour than this.", "1.50",
+        parse=_parse_dollars, group="pods")
 
     env_file: str = field(default=DEFAULT_ENV_FILE, compare=False)
     env_file_found: bool = field(default=False, compare=False)
@@ -471,7 +512,8 @@ def env_example() -> str:
     """The text of `.env.example`: every key with its help line and a safe example value."""
     lines = ["# Settings for gpu-deploy. Copy to .env and fill in; .env is never committed.", ""]
     group = None
-    titles = {"s3": "S3 bucket", "training": "Training", "host": "GPU host (SSH)", "deploy": "Deploy"}
+    titles = {"s3": "S3 bucket", "training": "Training", "host": "GPU host (SSH)", "deploy": "Deploy",
+              "pods": "RunPod pods (fab pods.*)"}
     for spec in SETTING_FIELDS:
         meta = spec.metadata
         if meta["group"] != group:
