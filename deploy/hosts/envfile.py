@@ -39,11 +39,11 @@ import fnmatch
 import hashlib
 import os
 import posixpath
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from deploy.errors import ConfigError, HostError
+from deploy.errors import ConfigError
+from deploy.hosts.remote import run, write_atomic
 from deploy.remote.supervisor import DOTENV_KEY, dotenv_refusal
 from deploy.settings import SETTING_FIELDS, TRAINING_SERVICE_KEYS, Secret, Settings, read_env_file
 
@@ -136,24 +136,13 @@ def plan_env(settings: Settings, extra: Mapping[str, str] | None = None,
 
 def remote_env_digest(conn, remote_dir: str) -> str | None:
     """sha256 of the host's current `.env`, or None (compared, so an unchanged file is not rewritten)."""
-    path = posixpath.join(remote_dir, ".env")
-    result = conn.run(f"sha256sum {shlex.quote(path)} 2>/dev/null", hide=True, warn=True, in_stream=False)
+    result = run(conn, ["sha256sum", posixpath.join(remote_dir, ".env")], "Reading the host's .env", warn=True)
     return result.stdout.split()[0] if result.ok and result.stdout.strip() else None
 
 
 def ship_env(conn, remote_dir: str, shipment: EnvShipment) -> bool:
-    """Write ``REMOTE_DIR/.env`` with mode 0600 atomically; False when it was already identical."""
+    """Write ``REMOTE_DIR/.env`` atomically, mode 0600 from its first byte; False when it was already identical."""
     if remote_env_digest(conn, remote_dir) == shipment.digest:
         return False
-    path = posixpath.join(remote_dir, ".env")
-    tmp = path + ".tmp"
-    try:
-        sftp = conn.sftp()
-        with sftp.open(tmp, "wb") as handle:
-            sftp.chmod(tmp, 0o600)  # before a single byte of it is written
-            handle.write(shipment.content())
-        sftp.posix_rename(tmp, path)
-    except OSError as exc:
-        raise HostError(f"Writing {path} on {conn.host}:{conn.port} failed ({exc}); check that "
-                        f"{remote_dir} exists and is writable.") from exc
+    write_atomic(conn, posixpath.join(remote_dir, ".env"), shipment.content(), mode=0o600)
     return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -20,8 +21,10 @@ from tests.unit.test_envship import ACCEPTED, keyed
 def test_env_lands_with_mode_0600_and_is_not_rewritten(ssh_connection, tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("S3_BUCKET=my-bucket\nAWS_SECRET_ACCESS_KEY=topsecret-123456\n")
     shipment = plan_env(load_settings(env_file=tmp_path / ".env", environ={}), environ={})
-    remote_dir = f"/tmp/gpu-deploy-env-{uuid.uuid4().hex[:8]}"
-    ssh_connection.run(f"mkdir -p {remote_dir}")
+    remote_dir = f"/tmp/gpu-deploy env {uuid.uuid4().hex[:8]}"  # a space: every command quotes the path
+    ssh_connection.run(shlex.join(["mkdir", "-p", remote_dir]))
+    ssh_connection.sftp().open(f"{remote_dir}/.env", "w").close()
+    ssh_connection.sftp().chmod(f"{remote_dir}/.env", 0o644)  # an older, world-readable file is replaced
     try:
         assert ship_env(ssh_connection, remote_dir, shipment) is True
         attrs = ssh_connection.sftp().stat(f"{remote_dir}/.env")
@@ -29,9 +32,9 @@ def test_env_lands_with_mode_0600_and_is_not_rewritten(ssh_connection, tmp_path:
         with ssh_connection.sftp().open(f"{remote_dir}/.env") as handle:
             assert handle.read() == shipment.content()
         assert ship_env(ssh_connection, remote_dir, shipment) is False
-        assert ssh_connection.run(f"ls -A {remote_dir}").stdout.split() == [".env"]
+        assert ssh_connection.sftp().listdir(remote_dir) == [".env"]
     finally:
-        ssh_connection.run(f"rm -rf {remote_dir}")
+        ssh_connection.run(shlex.join(["rm", "-rf", remote_dir]))
 
 
 def compose_commands() -> list[list[str]]:
