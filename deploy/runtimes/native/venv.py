@@ -21,6 +21,11 @@ from deploy.errors import ConfigError
 from deploy.hosts.remote import run, write_atomic
 from deploy.runtimes.native.layout import META, REQUIREMENTS, VENV_MARKER
 
+try:
+    import tomllib  # Python 3.11+; on 3.10 the installed package's metadata serves instead
+except ImportError:  # pragma: no cover - Python 3.10
+    tomllib = None  # type: ignore[assignment]
+
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -57,8 +62,8 @@ def requirements_digest(base: BaseInterpreter | None, train: tuple[str, ...], us
 def train_requirements(repo: Path = PROJECT_ROOT) -> tuple[str, ...]:
     """The project's ``train`` extra, from pyproject.toml (the one list the Dockerfile reads too)."""
     try:
-        import tomllib  # Python 3.11+; the installed metadata below serves 3.10
-
+        if tomllib is None:
+            raise ImportError("tomllib")
         with open(repo / "pyproject.toml", "rb") as handle:
             return tuple(tomllib.load(handle)["project"]["optional-dependencies"]["train"])
     except (ImportError, OSError, KeyError):
