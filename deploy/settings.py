@@ -330,7 +330,7 @@ class Settings:
         "/workspace/data", parse=_parse_remote_dir, group="deploy")
     ship_env_include: str = setting(
         "SHIP_ENV_INCLUDE", "More keys of the .env file to ship to the host's .env (glob patterns, comma-separated; "
-        "* ships every key). Shipped without listing: the S3, training and deploy settings above and "
+        "* ships every key). Shipped without listing: the S3, training and deploy settings and "
         f"{', '.join(TRAINING_SERVICE_KEYS)}; every other key stays on the laptop.", "MYAPP_*,SENTRY_DSN",
         default="", group="deploy")
     ship_env_exclude: str = setting(

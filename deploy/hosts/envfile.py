@@ -49,6 +49,8 @@ from deploy.settings import SETTING_FIELDS, TRAINING_SERVICE_KEYS, Secret, Setti
 
 # Always kept on the laptop, whatever the include list says.
 OPERATOR_ONLY = ("RUNPOD_*", "SSH_*", "REMOTE_DIR", "ENV_FILE", "SHIP_ENV_*")
+# Settings groups the host reads; the others (host, pods ...) steer the operator's side only.
+SHIPPED_GROUPS = ("s3", "training", "deploy")
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def _setting_values(settings: Settings) -> tuple[dict[str, str], set[str]]:
     for spec in SETTING_FIELDS:
         key = spec.metadata["key"]
         value = getattr(settings, spec.name)
-        if spec.metadata["group"] == "host" or value is None or value == "":
+        if spec.metadata["group"] not in SHIPPED_GROUPS or value is None or value == "":
             continue
         values[key] = value.reveal() if isinstance(value, Secret) else (
             ("1" if value else "0") if isinstance(value, bool) else str(value))

@@ -115,6 +115,15 @@ def test_training_keys_go_and_operator_keys_stay(tmp_path: Path) -> None:
     assert {"RUNPOD_HOST", "RUNPOD_API_KEY", "REMOTE_DIR", "SSH_STRICT_HOST_KEYS"} <= set(shipment.left_behind)
 
 
+def test_settings_that_steer_the_operators_side_stay_on_the_laptop(tmp_path: Path) -> None:
+    settings, environ = settings_with(tmp_path, "S3_BUCKET=my-bucket\nRUNTIME=native\nPOD_GPU_COUNT=2\n"
+                                                "MAX_PRICE_PER_HOUR=1.5\nDATASET=ljspeech\n")
+    shipment = plan_env(settings, environ=environ)
+    assert {"S3_BUCKET", "DATASET"} <= set(shipment.keys)
+    assert {"RUNTIME", "POD_GPU_COUNT", "MAX_PRICE_PER_HOUR"} <= set(shipment.left_behind)
+    assert not {"RUNTIME", "POD_GPU_COUNT", "MAX_PRICE_PER_HOUR"} & set(shipment.keys)
+
+
 def test_unrelated_tokens_stay_on_the_laptop_by_default(tmp_path: Path) -> None:
     settings, environ = settings_with(tmp_path, (
         "S3_BUCKET=my-bucket\nGITHUB_TOKEN=ghp-x\nAWS_SESSION_TOKEN=other-account\nOPENAI_API_KEY=k\n"
