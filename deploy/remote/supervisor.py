@@ -20,7 +20,6 @@ command, non-secret environment additions, restart limits). It behaves like the 
 - ``stop`` sends SIGTERM to the daemon, which passes it to the command (the entrypoint forwards it
   to training, whose callbacks flush pending uploads), waits up to the timeout, then kills the
   whole process group.
-
 - The training process is tracked apart from the daemon, so a daemon killed with ``kill -9`` leaves
   no untracked training behind: the command holds ``.gpu-deploy/train.lock`` (an ``flock`` the daemon
   takes and hands to it) for its lifetime, and ``.gpu-deploy/training.json`` records its pid, process
@@ -32,7 +31,7 @@ command, non-secret environment additions, restart limits). It behaves like the 
 the daemon lives (``alive``) and whether a training runs without it (``status: orphaned``).
 
 The ``.env`` dialect (shared with :mod:`deploy.hosts.envfile`, which writes it): UTF-8 lines
-``KEY='value'`` ending in ``\n``, the value taken literally. See :func:`parse_dotenv`.
+``KEY='value'`` ending in ``\\n``, the value taken literally. See :func:`parse_dotenv`.
 
 One file on purpose (more than the ~450 lines a module gets): it is copied to the host alone and run
 by any python3 >= 3.8 with the standard library only.
