@@ -112,7 +112,8 @@ def deploy_group(specs: list[HostSpec], rollout: Rollout, settings: Settings, op
         for o in planned:
             if o.result is not None:
                 log("\n".join(o.result.describe()))
-        failed = [Outcome(o.spec, error=o.error or HostError(f"{o.spec.host}:{o.spec.port}: {o.result.plan.problems[0]}"))
+        failed = [Outcome(o.spec, error=o.error or HostError(f"{o.spec.host}:{o.spec.port}: "
+                                                             f"{o.result.plan.problems[0]}"))
                   for o in planned if o.error is not None or o.result.plan.problems]
         if failed:
             return failed + [Outcome(o.spec, error=HostError("not started: another host failed"))

@@ -97,6 +97,7 @@ def read_marker(conn, dest: str) -> dict:
 
 
 def plan_for_host(conn, storage: Storage, dataset: str, dest: str) -> StagePlan:
+    """List the dataset in the bucket, read the host's marker, and plan (read-only on both sides)."""
     files = list_dataset(storage, dataset)
     for i, f in enumerate(files):  # sha256 lets the host verify what it fetched, when we know it
         info = storage.head(f.key) if f.size else None

@@ -6,7 +6,8 @@ from deploy.hosts import HostSpec
 from deploy.hosts.envfile import EnvShipment
 from deploy.hosts.probe import Gpu, HostFacts
 from deploy.runtimes.base import ServiceState
-from deploy.runtimes.compose import GPU_FILE, SERVICE_FILE, DesiredRun, HostState, compose_files, file_digest, plan_deploy
+from deploy.runtimes.compose import (GPU_FILE, SERVICE_FILE, DesiredRun, HostState, compose_files, file_digest,
+                                     plan_deploy)
 from deploy.settings import Secret
 
 SPEC = HostSpec("203.0.113.10", 40022)

@@ -119,7 +119,8 @@ class NativePlan(Plan):
 def _problems(desired: NativeDesired, state: NativeState) -> list[str]:
     problems: list[str] = []
     if state.base is None:
-        problems.append(f"NATIVE_PYTHON ({desired.python}) does not run on the host ({state.base_error or 'not found'}); "
+        problems.append(f"NATIVE_PYTHON ({desired.python}) does not run on the host "
+                        f"({state.base_error or 'not found'}); "
                         "set NATIVE_PYTHON to the interpreter that has the image's torch (e.g. /usr/bin/python3 "
                         "or /opt/conda/bin/python).")
     if state.compose_deploy:

@@ -24,7 +24,8 @@ from deploy.hosts.remote import run, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec
 from deploy.runtimes.base import HostRun, Log, StepHandler, write_env
 from deploy.runtimes.native.layout import META, RELEASE, REQUIREMENTS
-from deploy.runtimes.native.plan import NativeDesired, NativePlan, NativeState, gather_native, plan_native, release_digest
+from deploy.runtimes.native.plan import (NativeDesired, NativePlan, NativeState, gather_native, plan_native,
+                                         release_digest)
 from deploy.runtimes.native.service import NativeService
 from deploy.runtimes.native.shipped import library_files
 from deploy.runtimes.native.sync import send_files
