@@ -9,13 +9,18 @@ from typing import Any, ClassVar
 import pytest
 
 from deploy.errors import HostError
+from deploy.flow.choose import runtimes
 from deploy.flow.rollout import STAGE_DATASET, HostDeploy, Rollout, execute, with_stage
 from deploy.hosts import HostSpec
 from deploy.hosts.dataset import RemoteFile, plan_stage
 from deploy.hosts.envfile import EnvShipment
 from deploy.hosts.probe import Gpu, HostFacts
 from deploy.runtimes.base import HostRun, Plan, Progress, ServiceState, Step, wait_for_training
+from deploy.runtimes.compose import HostState, plan_deploy
+from deploy.runtimes.native.plan import NativeState, plan_native
 from deploy.settings import Secret, load_settings
+from tests.unit.test_native import DESIRED as NATIVE
+from tests.unit.test_rollout import DESIRED as COMPOSE
 
 SPEC = HostSpec("203.0.113.10", 40022)
 RUN = HostRun(spec=SPEC, remote_dir="/workspace/run", env=EnvShipment(keys=(), _content=Secret("")))
@@ -146,3 +151,15 @@ def test_a_multi_node_host_gets_its_rank_and_its_gpus_in_the_env() -> None:
         assert pair in text or pair.replace("'", "") in text, pair
     single = Rollout(image_ref="t:v1", image_id="", image_bytes=0, remote_dir="/w").host_run(SPEC, settings, 0, facts)
     assert "NODE_RANK" not in single.env.keys and single.remote_dir == "/w"
+
+
+def test_every_step_a_runtime_plans_has_a_handler() -> None:
+    available = runtimes()
+    fresh_vm = HostFacts(is_root=True, docker="26.1", compose_v2="2.27", tools=frozenset({"apt-get"}))
+    compose = plan_deploy(SPEC, COMPOSE, HostState(facts=fresh_vm, host_image_id="", env_digest=None,
+                                                   file_digests={}, service=ServiceState(exists=False)))
+    native = plan_native(SPEC, NATIVE, NativeState(base=None), HostFacts())
+    restarts = [Step("restart", "")]
+    for name, plan in (("compose", compose), ("native", native)):
+        names = {s.name for s in [*plan.steps, *restarts]}
+        assert names <= set(available[name].handlers), (name, names - set(available[name].handlers))
