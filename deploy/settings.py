@@ -200,6 +200,28 @@ def _parse_dollars(raw: str) -> float:
     return value
 
 
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _parse_run_id(raw: str) -> str:
+    value = raw.strip()
+    if not _RUN_ID_RE.match(value) or value.endswith(".json"):
+        raise ValueError(f"must be letters, digits, '.', '_' and '-' (up to 128), got {raw!r}")
+    return value
+
+
+def _parse_host_prices(raw: str) -> str:
+    for part in (p.strip() for p in raw.split(",") if p.strip()):
+        host, sep, price = part.rpartition("=")
+        if sep and not host.strip():
+            raise ValueError(f"has {part!r} without a host name; write host1=1.20,host2=0.80 or 1.20")
+        try:
+            _parse_dollars(price)
+        except ValueError:
+            raise ValueError(f"has {part!r}; write dollars per hour as 1.20, or host1=1.20,host2=0.80") from None
+    return raw.strip()
+
+
 # --------------------------------------------------------------------------- the keys
 
 
@@ -292,6 +314,14 @@ class Settings:
     image: str = setting(
         "IMAGE", "Training image (name:tag) in the local Docker engine.", "gpu-deploy-train:latest",
         default="gpu-deploy-train:latest", group="training")
+    # The run ledger (deploy.ledger): which run a deploy continues, and what a host costs.
+    run_id: str = setting(
+        "RUN_ID", "Run to deploy into (fab runs lists them); empty: continue the newest unfinished run, else a "
+        "new one. Training gets it too.", "", default="", parse=_parse_run_id, group="training")
+    host_price_per_hour: str = setting(
+        "HOST_PRICE_PER_HOUR", "Dollars per hour a GPU host costs, for the run's cost: 1.20 for every host, or "
+        "per host as host1=1.20,host2=0.80 (pods report their own price).", "1.20", default="",
+        parse=_parse_host_prices, group="host")
     runpod_host: str | None = setting(
         "RUNPOD_HOST", "SSH address of the GPU host (public IP of the pod's exposed TCP port).",
         "203.0.113.10", group="host")
