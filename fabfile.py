@@ -2,7 +2,7 @@
 
 from invoke import Collection
 
-from tasks import config, images, runpod, s3
+from tasks import config, images, pods, runpod, s3
 
 ns = Collection()
 ns.add_task(config.config)
@@ -12,3 +12,4 @@ ns.add_collection(s3.ns)
 ns.add_task(images.image_to_s3)
 ns.add_task(images.image_from_s3)
 ns.add_collection(images.ns)
+ns.add_collection(pods.ns)

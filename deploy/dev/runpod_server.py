@@ -1,0 +1,368 @@
+"""A local RunPod control plane whose pods are real containers: for tests and demos, never shipped.
+
+It answers the GraphQL the official ``runpod`` SDK sends (point ``RUNPOD_API_BASE_URL`` at :attr:`url`),
+recognised from the SDK's own query text (``podFindAndDeployOnDemand``, ``podRentInterruptable``,
+``pod(input:``, ``myself { pods``, ``gpuTypes``, ``podStop``, ``podResume``, ``podTerminate``), so a
+change in the SDK's queries breaks the tests rather than production. Answers follow RunPod's documented
+shapes; errors come back as HTTP 200 with an ``errors`` list, a wrong key as HTTP 401, as RunPod does.
+
+Each pod is a Docker container from the pod image (:mod:`deploy.dev.podimage`: sshd, python, torch, no
+Docker), whatever ``imageName`` says (that is the "pull"), with its ``env`` (``PUBLIC_KEY``), a Docker
+volume at ``volumeMountPath`` (kept across stop and resume, removed on terminate) and port 22 published
+on 127.0.0.1. ``runtime`` stays null for the pod's pull delay, then lists port 22 with ``isIpPublic``.
+
+Controls for tests (methods): :meth:`refuse_capacity` (RunPod's "no longer any instances available"),
+:meth:`lose_pod` (kill the container), :meth:`set_pull_delay`, ``public_ip = False`` (port 22 only on a
+private IP, so no public endpoint ever appears). How a lost pod looks: RunPod stops a reclaimed
+interruptible pod (``desiredStatus`` EXITED, ``runtime`` null, volume kept); a machine that fails leaves
+the pod ``RUNNING`` with ``runtime`` null until RunPod notices. ``lose_pod(how="exited")`` and
+``lose_pod(how="vanished")`` mimic the two.
+
+One cohesive program (HTTP handler, GraphQL matching, pod bookkeeping, containers), hence its length.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+LABEL = "gpu-deploy.runpod-server"
+NO_CAPACITY = "There are no longer any instances available with the requested specifications. Please refresh and try again."
+NO_RESOURCES = "This machine does not have the resources to deploy your pod. Please try a different machine."
+
+
+@dataclass(frozen=True)
+class GpuOffer:
+    """One GPU type the server offers: RunPod's id and display name, memory, $/GPU-hour per cloud."""
+
+    id: str
+    name: str
+    memory_gb: int
+    secure_price: float | None
+    community_price: float | None
+
+    def price(self, cloud_type: str) -> float | None:
+        if cloud_type == "SECURE":
+            return self.secure_price
+        if cloud_type == "COMMUNITY":
+            return self.community_price
+        offered = [p for p in (self.secure_price, self.community_price) if p is not None]
+        return min(offered) if offered else None
+
+    def to_api(self, gpu_count: int = 1) -> dict[str, Any]:
+        return {"id": self.id, "displayName": self.name, "memoryInGb": self.memory_gb, "manufacturer": "Nvidia",
+                "maxGpuCount": 8, "cudaCores": 0, "secureCloud": self.secure_price is not None,
+                "communityCloud": self.community_price is not None, "securePrice": self.secure_price,
+                "communityPrice": self.community_price, "oneMonthPrice": None, "threeMonthPrice": None,
+                "oneWeekPrice": None, "communitySpotPrice": None, "secureSpotPrice": None,
+                "lowestPrice": {"minimumBidPrice": None,
+                                "uninterruptablePrice": (self.price("ALL") or 0) * gpu_count}}
+
+
+DEFAULT_GPUS = (
+    GpuOffer("NVIDIA RTX A6000", "RTX A6000", 48, 0.49, 0.33),
+    GpuOffer("NVIDIA L40S", "L40S", 48, 0.86, 0.79),
+    GpuOffer("NVIDIA GeForce RTX 4090", "RTX 4090", 24, 0.69, 0.34),
+    GpuOffer("NVIDIA A100 80GB PCIe", "A100 PCIe", 80, 1.64, 1.19),
+    GpuOffer("NVIDIA H100 80GB HBM3", "H100 SXM", 80, 2.99, None),
+)
+
+
+@dataclass
+class ServerPod:
+    id: str
+    name: str
+    image: str
+    gpu: GpuOffer
+    gpu_count: int
+    cloud_type: str
+    volume_gb: int
+    container_disk_gb: int
+    mount: str
+    env: dict[str, str]
+    status: str = "RUNNING"
+    container_id: str = ""
+    ready_at: float = 0.0
+    started_at: float = field(default_factory=time.monotonic)
+    changed: str = ""
+
+    @property
+    def cost_per_hr(self) -> float:
+        return round((self.gpu.price(self.cloud_type) or 0.0) * self.gpu_count, 4)
+
+
+def _input_fields(query: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The scalar fields and the env list of a mutation's ``input: {...}``, as the SDK writes them."""
+    env = dict(re.findall(r'\{\s*key:\s*"([^"]*)",\s*value:\s*"([^"]*)"\s*\}', query))
+    body = re.sub(r"env:\s*\[.*?\]", "", query, flags=re.S)
+    fields = {k: (quoted if quoted or raw.startswith('"') else raw)
+              for k, raw, quoted in re.findall(r'(\w+):\s*("([^"]*)"|[^,\s}]+)', body)}
+    return fields, env
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_HTTPServer"
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        plane = self.server.plane
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        if self.headers.get("Authorization") != f"Bearer {plane.api_key}":
+            self._send(401, {"errors": [{"message": "Unauthorized"}]})
+            return
+        try:
+            query = json.loads(body)["query"]
+        except (ValueError, KeyError, TypeError):
+            self._send(400, {"errors": [{"message": "Must provide query string."}]})
+            return
+        self._send(200, plane.answer(query))
+
+    def _send(self, code: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet: tests read their own output
+        pass
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    plane: "RunPodServer"
+
+
+class QueryMismatch(Exception):
+    """The SDK sent a query this server does not recognise: the SDK changed, so the tests should fail."""
+
+
+class RunPodServer:
+    """The control plane. ``start()`` serves on 127.0.0.1; ``stop()`` removes every pod container it made."""
+
+    def __init__(self, docker_client: Any, pod_image: str, api_key: str = "rp-test-key",
+                 gpus: tuple[GpuOffer, ...] = DEFAULT_GPUS, pull_delay: float = 0.0) -> None:
+        self.docker = docker_client
+        self.pod_image = pod_image
+        self.api_key = api_key
+        self.gpus = {g.id: g for g in gpus}
+        self.pull_delay = pull_delay
+        self.public_ip = True
+        self.pods: dict[str, ServerPod] = {}
+        self.operations: list[str] = []
+        self.mismatches: list[str] = []
+        self._refused: set[str] = set()
+        self._lock = threading.RLock()
+        self._instance = secrets.token_hex(4)
+        self._http: _HTTPServer | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> "RunPodServer":
+        self._http = _HTTPServer(("127.0.0.1", 0), _Handler)
+        self._http.plane = self
+        threading.Thread(target=self._http.serve_forever, name="runpod-server", daemon=True).start()
+        return self
+
+    @property
+    def url(self) -> str:
+        """The value for RUNPOD_API_BASE_URL (the SDK appends /graphql)."""
+        assert self._http is not None, "start() the server first"
+        return f"http://127.0.0.1:{self._http.server_address[1]}"
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Remove every container and volume this server made (a test's pods never outlive the session)."""
+        labels = {"label": f"{LABEL}={self._instance}"}
+        for container in self.docker.containers.list(all=True, filters=labels):
+            container.remove(force=True)
+        for volume in self.docker.volumes.list(filters=labels):
+            volume.remove(force=True)
+        with self._lock:
+            self.pods.clear()
+
+    # ----------------------------------------------------------------- controls for tests
+
+    def refuse_capacity(self, gpu_id: str, refuse: bool = True) -> None:
+        """Create (and resume) calls for ``gpu_id`` fail with RunPod's no-capacity error."""
+        with self._lock:
+            (self._refused.add if refuse else self._refused.discard)(gpu_id)
+
+    def set_pull_delay(self, seconds: float, pod_id: str | None = None) -> None:
+        """Delay before ``runtime`` appears: for new pods, or from now for ``pod_id``."""
+        with self._lock:
+            if pod_id is None:
+                self.pull_delay = seconds
+            else:
+                self.pods[pod_id].ready_at = time.monotonic() + seconds
+
+    def lose_pod(self, pod_id: str, how: str = "exited") -> None:
+        """Kill the pod's container: ``exited`` (reclaimed: EXITED) or ``vanished`` (machine gone: still RUNNING)."""
+        if how not in ("exited", "vanished"):
+            raise ValueError(f"how must be 'exited' or 'vanished', got {how!r}")
+        with self._lock:
+            pod = self.pods[pod_id]
+            self.docker.containers.get(pod.container_id).kill()
+            if how == "exited":
+                self._set_status(pod, "EXITED", "Stopped by RunPod: the machine was reclaimed")
+
+    def container(self, pod_id: str) -> Any:
+        return self.docker.containers.get(self.pods[pod_id].container_id)
+
+    # ----------------------------------------------------------------- GraphQL
+
+    def answer(self, query: str) -> dict[str, Any]:
+        """The JSON answer to one GraphQL document, matched by the operation names in the SDK's text."""
+        routes = (
+            (r"\bpodFindAndDeployOnDemand\s*\(", "podFindAndDeployOnDemand", self._deploy),
+            (r"\bpodRentInterruptable\s*\(", "podRentInterruptable", self._deploy),
+            (r"\bpodStop\s*\(", "podStop", self._stop),
+            (r"\bpodResume\s*\(", "podResume", self._resume),
+            (r"\bpodTerminate\s*\(", "podTerminate", self._terminate),
+            (r"\bpod\s*\(\s*input:", "pod", self._get_pod),
+            (r"\bmyself\s*\{\s*pods\s*\{", "myself", self._my_pods),
+            (r"\bgpuTypes\b", "gpuTypes", self._gpu_types),
+        )
+        for pattern, name, handler in routes:
+            if re.search(pattern, query):
+                with self._lock:
+                    self.operations.append(name)
+                    try:
+                        return {"data": {name: handler(query)} if name != "myself" else handler(query)}
+                    except _Refusal as refusal:
+                        return {"errors": [{"message": str(refusal)}]}
+        self.mismatches.append(query)
+        return {"errors": [{"message": "Cannot query field on type Query (the local control plane does not know "
+                                       "this operation)."}]}
+
+    def _pod_id(self, query: str) -> str:
+        match = re.search(r'podId:\s*"([^"]+)"', query)
+        if not match:
+            raise _Refusal("podId is required")
+        return match.group(1)
+
+    def _deploy(self, query: str) -> dict[str, Any]:
+        fields, env = _input_fields(query)
+        gpu = self.gpus.get(fields.get("gpuTypeId", ""))
+        if gpu is None:
+            raise _Refusal(f"Invalid GPU type: {fields.get('gpuTypeId')}")
+        if gpu.id in self._refused:
+            raise _Refusal(NO_CAPACITY)
+        cloud = fields.get("cloudType", "ALL")
+        if gpu.price(cloud) is None:
+            raise _Refusal(NO_CAPACITY)
+        pod = ServerPod(id=secrets.token_hex(7), name=fields.get("name", ""), image=fields.get("imageName", ""),
+                        gpu=gpu, gpu_count=int(fields.get("gpuCount", "1")), cloud_type=cloud,
+                        volume_gb=int(fields.get("volumeInGb", "0")),
+                        container_disk_gb=int(fields.get("containerDiskInGb", "10")),
+                        mount=fields.get("volumeMountPath") or "/runpod-volume", env=env)
+        self._run_container(pod)
+        self.pods[pod.id] = pod
+        return {"id": pod.id, "imageName": pod.image, "env": [f"{k}={v}" for k, v in env.items()],
+                "machineId": f"m-{pod.id[:8]}", "machine": {"podHostId": f"{pod.id}-{self._instance}"}}
+
+    def _run_container(self, pod: ServerPod) -> None:
+        labels = {LABEL: self._instance, f"{LABEL}.pod": pod.id}
+        volume = self.docker.volumes.create(name=f"gpu-deploy-pod-{pod.id}", labels=labels)
+        container = self.docker.containers.run(
+            self.pod_image, detach=True, name=f"gpu-deploy-pod-{pod.id}", labels=labels,
+            environment={**pod.env, "RUNPOD_POD_ID": pod.id}, ports={"22/tcp": ("127.0.0.1", None)},
+            volumes={volume.name: {"bind": pod.mount, "mode": "rw"}})
+        pod.container_id = container.id
+        pod.ready_at = time.monotonic() + self.pull_delay
+        self._set_status(pod, "RUNNING", "Rented by User")
+
+    def _set_status(self, pod: ServerPod, status: str, why: str) -> None:
+        pod.status = status
+        pod.started_at = time.monotonic()
+        stamp = datetime.now(timezone.utc).strftime("%a %b %d %Y %H:%M:%S GMT+0000 (Coordinated Universal Time)")
+        pod.changed = f"{why}: {stamp}"
+
+    def _stop(self, query: str) -> dict[str, Any]:
+        pod = self._known(self._pod_id(query))
+        container = self.docker.containers.get(pod.container_id)
+        if container.status == "running":
+            container.stop(timeout=10)
+        self._set_status(pod, "EXITED", "Exited by user")
+        return {"id": pod.id, "desiredStatus": pod.status}
+
+    def _resume(self, query: str) -> dict[str, Any]:
+        pod = self._known(self._pod_id(query))
+        if pod.gpu.id in self._refused:
+            raise _Refusal(NO_RESOURCES)
+        self.docker.containers.get(pod.container_id).start()
+        pod.ready_at = time.monotonic()  # the image is on the machine already
+        self._set_status(pod, "RUNNING", "Resumed by user")
+        return {"id": pod.id, "desiredStatus": pod.status, "imageName": pod.image,
+                "env": [f"{k}={v}" for k, v in pod.env.items()], "machineId": f"m-{pod.id[:8]}",
+                "machine": {"podHostId": f"{pod.id}-{self._instance}"}}
+
+    def _terminate(self, query: str) -> None:
+        pod = self._known(self._pod_id(query))
+        self.docker.containers.get(pod.container_id).remove(force=True)
+        self.docker.volumes.get(f"gpu-deploy-pod-{pod.id}").remove(force=True)
+        del self.pods[pod.id]
+        return None
+
+    def _known(self, pod_id: str) -> ServerPod:
+        if pod_id not in self.pods:
+            raise _Refusal(f"Pod not found: {pod_id}")
+        return self.pods[pod_id]
+
+    def _get_pod(self, query: str) -> dict[str, Any] | None:
+        pod = self.pods.get(self._pod_id(query))
+        return self._pod_json(pod) if pod else None
+
+    def _my_pods(self, query: str) -> dict[str, Any]:
+        return {"myself": {"pods": [self._pod_json(p) for p in self.pods.values()]}}
+
+    def _gpu_types(self, query: str) -> list[dict[str, Any]]:
+        wanted = re.search(r'gpuTypes\s*\(\s*input:\s*\{\s*id:\s*"([^"]+)"', query)
+        count = re.search(r"gpuCount:\s*(\d+)", query)
+        offers = [self.gpus[wanted.group(1)]] if wanted and wanted.group(1) in self.gpus else (
+            [] if wanted else list(self.gpus.values()))
+        return [g.to_api(int(count.group(1)) if count else 1) for g in offers]
+
+    def _runtime(self, pod: ServerPod) -> dict[str, Any] | None:
+        """RunPod's ``runtime``: null until the pull delay passed and while the container is not running."""
+        if pod.status != "RUNNING" or time.monotonic() < pod.ready_at:
+            return None
+        container = self.docker.containers.get(pod.container_id)
+        if container.status != "running":
+            return None
+        bound = (container.attrs["NetworkSettings"]["Ports"] or {}).get("22/tcp") or []
+        if not bound:
+            return None
+        ports = [{"ip": "127.0.0.1", "isIpPublic": True, "privatePort": 22, "publicPort": int(bound[0]["HostPort"]),
+                  "type": "tcp"}]
+        if not self.public_ip:
+            ports = [{"ip": "10.65.0.2", "isIpPublic": False, "privatePort": 22, "publicPort": 22, "type": "tcp"}]
+        return {"uptimeInSeconds": int(time.monotonic() - pod.started_at), "ports": ports, "gpus": []}
+
+    def _pod_json(self, pod: ServerPod) -> dict[str, Any]:
+        runtime = self._runtime(pod)
+        return {"id": pod.id, "containerDiskInGb": pod.container_disk_gb, "costPerHr": pod.cost_per_hr,
+                "desiredStatus": pod.status, "dockerArgs": "", "dockerId": None,
+                "env": [f"{k}={v}" for k, v in pod.env.items()], "gpuCount": pod.gpu_count, "imageName": pod.image,
+                "lastStatusChange": pod.changed, "machineId": f"m-{pod.id[:8]}", "memoryInGb": 62, "name": pod.name,
+                "podType": "RESERVED", "port": None, "ports": "22/tcp",
+                "uptimeSeconds": int(time.monotonic() - pod.started_at) if runtime else 0, "vcpuCount": 8,
+                "volumeInGb": pod.volume_gb, "volumeMountPath": pod.mount, "runtime": runtime,
+                "machine": {"gpuDisplayName": pod.gpu.name}}
+
+
+class _Refusal(Exception):
+    """An answer RunPod gives as ``errors`` with HTTP 200."""

@@ -1,0 +1,131 @@
+"""The pod tasks as library calls: bring a pod up for the run, take one down, list the project's pods.
+
+Each call plans first (plain data a ``--dry-run`` prints) and then acts; results are records. The
+tasks in ``tasks/pods.py`` only parse flags and print, and a watcher can call :func:`bring_up` to
+replace a lost pod with the same fallback list.
+
+Example::
+
+    result = bring_up(settings, Path("."), timeout=900, progress=print)
+    print(result.host)                          # root@203.0.113.7:40122
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploy.hosts import HostOptions, HostSpec
+from deploy.pods import state
+from deploy.pods.api import PodApi
+from deploy.pods.guard import check_termination, pod_listing
+from deploy.pods.models import RUNNING, Pod, PodError
+from deploy.pods.plan import (CheckpointVerdict, PodOptions, UpPlan, choose_pod, name_prefix, new_pod_name, plan_up,
+                              project_pods, project_slug, read_public_key)
+from deploy.pods.provision import Progress, create_first, wait_for_ssh
+from deploy.settings import Settings
+from deploy.storage import Storage
+
+
+def prefix_for(settings: Settings, folder: str | os.PathLike[str]) -> str:
+    """The project's pod name prefix: ``gpu-deploy-<S3_PREFIX or folder name>-``."""
+    return name_prefix(project_slug(settings.s3_prefix, folder))
+
+
+@dataclass(frozen=True)
+class UpResult:
+    plan: UpPlan
+    pod: Pod | None = None
+    """None for a dry run."""
+
+    @property
+    def host(self) -> str | None:
+        ssh = self.pod.ssh if self.pod else None
+        return ssh.host_spec() if ssh else None
+
+
+def plan_pod(settings: Settings, folder: str | os.PathLike[str], api: PodApi | None = None) -> UpPlan:
+    """The ordered create calls for the project's next pod (asks the API for GPU types and prices)."""
+    api = api or PodApi(settings.runpod_api_key)
+    options = PodOptions.from_settings(settings)
+    public_key = read_public_key(settings.pod_public_key, settings.runpod_ssh_key)
+    return plan_up(options, api.gpu_types(), new_pod_name(prefix_for(settings, folder)), public_key)
+
+
+def bring_up(settings: Settings, folder: str | os.PathLike[str], timeout: float, dry_run: bool = False,
+             progress: Progress = print, api: PodApi | None = None) -> UpResult:
+    """Create the pod (first GPU type with capacity), wait for its public SSH port, remember it in ``folder``."""
+    api = api or PodApi(settings.runpod_api_key)
+    plan = plan_pod(settings, folder, api)
+    if dry_run:
+        return UpResult(plan)
+    pod_id, _ = create_first(api, plan.attempts, progress)
+    state.record_pod(folder, Pod(id=pod_id, name=plan.attempts[0].name, status=RUNNING))
+    pod = wait_for_ssh(api, pod_id, timeout, progress)
+    state.record_pod(folder, pod)
+    return UpResult(plan, pod)
+
+
+def list_project(settings: Settings, folder: str | os.PathLike[str], api: PodApi | None = None) -> list[Pod]:
+    """The project's pods as the API reports them now; the state file is brought up to date."""
+    api = api or PodApi(settings.runpod_api_key)
+    pods = project_pods(api.pods(), prefix_for(settings, folder))
+    state.refresh(folder, pods)
+    return pods
+
+
+@dataclass(frozen=True)
+class DownPlan:
+    pod: Pod
+    action: str
+    """``terminate`` or ``stop``."""
+    verdict: CheckpointVerdict | None = None
+    refused: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        lines = [f"{self.action} pod {self.pod.id} ({self.pod.name}, {self.pod.status.lower()})"]
+        if self.verdict:
+            lines.append(f"checkpoints: {self.verdict.reason}")
+        return lines + self.notes
+
+
+def _verdict(settings: Settings, pod: Pod) -> CheckpointVerdict:
+    """Compare the pod's checkpoints with S3; a pod that cannot be reached over SSH cannot be judged safe."""
+    storage = Storage.from_settings(settings)
+    ssh = pod.ssh
+    if pod.status != RUNNING or ssh is None:
+        return check_termination(storage, None, unreachable=pod.stage)
+    spec = HostSpec(ssh.ip, ssh.port, settings.runpod_user)
+    options = HostOptions.from_settings(settings)
+    return check_termination(storage, lambda: pod_listing(spec, options, settings.remote_dir))
+
+
+def plan_down(settings: Settings, folder: str | os.PathLike[str], pod_id: str | None, stop: bool, force: bool,
+              api: PodApi | None = None) -> DownPlan:
+    """Which pod, terminate or stop, and (for terminate without --force) whether S3 has its newest checkpoint."""
+    api = api or PodApi(settings.runpod_api_key)
+    pod = choose_pod(api.pods(), pod_id, prefix_for(settings, folder))
+    if stop:
+        return DownPlan(pod, "stop", notes=[f"the volume ({pod.volume_gb} GB) is kept and still billed"])
+    if force:
+        return DownPlan(pod, "terminate", notes=["--force: checkpoints are not compared with S3"])
+    verdict = _verdict(settings, pod)
+    refused = None if verdict.safe else (f"Not terminating pod {pod.id}: {verdict.reason}; wait for the upload, "
+                                         f"or pass --force to lose it.")
+    return DownPlan(pod, "terminate", verdict, refused)
+
+
+def take_down(settings: Settings, folder: str | os.PathLike[str], plan: DownPlan, api: PodApi | None = None) -> None:
+    """Do what ``plan`` says (refusing as it says) and bring the state file up to date."""
+    if plan.refused:
+        raise PodError(plan.refused)
+    api = api or PodApi(settings.runpod_api_key)
+    if plan.action == "stop":
+        api.stop(plan.pod.id)
+        state.record_pod(folder, Pod(id=plan.pod.id, name=plan.pod.name, status="EXITED", gpu=plan.pod.gpu,
+                                     gpu_count=plan.pod.gpu_count, cost_per_hr=plan.pod.cost_per_hr))
+    else:
+        api.terminate(plan.pod.id)
+        state.forget_pod(folder, plan.pod.id)

@@ -1,0 +1,130 @@
+"""`fab pods.*`: RunPod pods from the API: GPU types and prices, up, list with cost, down.
+
+``fab pods.up`` creates the run's pod (GPU types tried in order) and waits for its public SSH port,
+then remembers it in ``.gpu-deploy/pods.json`` so ``fab deploy-runpod`` finds it without RUNPOD_HOST.
+Mutating tasks take ``--dry-run``; listings take ``--json``.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import sys
+from pathlib import Path
+
+from invoke import Collection, task
+
+from deploy.pods.lifecycle import bring_up, list_project, plan_down, take_down
+from deploy.pods.models import EXITED, RUNNING, Pod
+from deploy.pods.plan import spend_so_far, stopped_volume_per_day
+from tasks._boundary import DRY_RUN_HELP, ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
+from tasks._flags import number
+from tasks._table import make_table, print_table
+
+DEFAULT_TIMEOUT = 900.0  # large PyTorch images take minutes to pull on a fresh machine
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _uptime(seconds: int) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
+
+
+def _state(pod: Pod) -> str:
+    if pod.status == EXITED:
+        return "stopped"
+    return pod.stage if pod.status == RUNNING and pod.ssh is None else pod.status.lower()
+
+
+@task(name="list", default=True, auto_shortflags=False, help={"json": JSON_HELP, "env_file": ENV_FILE_HELP})
+@boundary
+def list_pods(c, json=False, env_file=None):
+    """The project's pods: state, GPU, $/h, uptime, spend so far, and what stopped pods still bill."""
+    settings = settings_from_flags(env_file=env_file)
+    pods = list_project(settings, Path.cwd())
+    if json:
+        print(jsonlib.dumps([{**p.to_dict(), "spend_so_far": round(spend_so_far(p), 4),
+                              "stopped_volume_per_day": round(stopped_volume_per_day(p), 4)} for p in pods], indent=2))
+        return
+    if not pods:
+        print("This project has no pods; fab pods.up creates one.")
+        return
+    table = make_table(("id", "name", "state", "GPU", "$/h", "uptime", "spent", "ssh"),
+                       right=("$/h", "uptime", "spent"))
+    idle = 0.0
+    for pod in pods:
+        idle += stopped_volume_per_day(pod)
+        ssh = pod.ssh
+        table.add_row(pod.id, pod.name, _state(pod),
+                      f"{pod.gpu_count} x {pod.gpu}" if pod.gpu else "-", f"{pod.cost_per_hr:.2f}",
+                      _uptime(pod.uptime_seconds), f"{spend_so_far(pod):.2f}",
+                      f"{ssh.ip}:{ssh.port}" if ssh else "-")
+    print_table(table)
+    stopped = [p for p in pods if stopped_volume_per_day(p)]
+    if stopped:
+        print(f"{len(stopped)} stopped pod(s) still bill their volume: ${idle:.2f}/day "
+              f"({', '.join(p.id for p in stopped)}); fab pods.down --pod ID terminates one.")
+
+
+@task(auto_shortflags=False, help={"json": JSON_HELP, "env_file": ENV_FILE_HELP})
+@boundary
+def gpus(c, json=False, env_file=None):
+    """GPU types RunPod offers, with memory and on-demand $/h per GPU on the secure and community clouds."""
+    from deploy.pods.api import PodApi
+
+    settings = settings_from_flags(env_file=env_file)
+    found = sorted(PodApi(settings.runpod_api_key).gpu_types(), key=lambda g: (g.memory_gb, g.id))
+    if json:
+        print(jsonlib.dumps([g.to_dict() for g in found], indent=2))
+        return
+    table = make_table(("id", "memory", "secure $/h", "community $/h"), right=("memory", "secure $/h", "community $/h"))
+    for gpu in found:
+        table.add_row(gpu.id, f"{gpu.memory_gb} GB",
+                      *("-" if p is None else f"{p:.2f}" for p in (gpu.secure_price, gpu.community_price)))
+    print_table(table)
+
+
+@task(auto_shortflags=False, help={
+    "dry_run": DRY_RUN_HELP,
+    "timeout": f"Seconds to wait for the pod's public SSH port (default {DEFAULT_TIMEOUT:.0f}; image pulls are slow).",
+    "env_file": ENV_FILE_HELP})
+@boundary
+def up(c, dry_run=False, timeout=None, env_file=None):
+    """Create the run's pod (POD_GPU_TYPES in order) and wait until its SSH port is public."""
+    seconds = number(DEFAULT_TIMEOUT if timeout is None else timeout, "--timeout", minimum=1)
+    settings = settings_from_flags(env_file=env_file)
+    result = bring_up(settings, Path.cwd(), seconds, dry_run=dry_run, progress=_say)
+    if result.pod is None:
+        print("\n".join(result.plan.lines()))
+        print(f"Dry run: pod {result.plan.attempts[0].name} would be created with the first that has capacity.")
+        return
+    pod = result.pod
+    print(f"Pod {pod.id} is up: {pod.gpu_count} x {pod.gpu or '?'}, ${pod.cost_per_hr:.2f}/h, SSH {result.host}.")
+    print(f"fab deploy-runpod finds it (.gpu-deploy/pods.json); elsewhere use:\nRUNPOD_HOST={result.host}")
+    sys.stdout.flush()
+
+
+@task(auto_shortflags=False, help={
+    "pod": "Pod id or name (default: the project's only pod).",
+    "stop": "Stop instead of terminate: the GPU is released, the volume kept (and billed).",
+    "force": "Terminate even when the pod may hold a checkpoint that is not in S3.",
+    "dry_run": DRY_RUN_HELP, "env_file": ENV_FILE_HELP})
+@boundary
+def down(c, pod=None, stop=False, force=False, dry_run=False, env_file=None):
+    """Terminate the pod (or --stop it); refuses while its newest checkpoint is not in S3, unless --force."""
+    settings = settings_from_flags(env_file=env_file)
+    plan = plan_down(settings, Path.cwd(), pod, stop=stop, force=force)
+    print("\n".join(plan.lines()))
+    if dry_run:
+        print("Dry run: nothing changed." if not plan.refused else f"Dry run: {plan.refused}")
+        return
+    take_down(settings, Path.cwd(), plan)
+    print(f"Pod {plan.pod.id} {'stopped' if plan.action == 'stop' else 'terminated'}.")
+
+
+ns = Collection("pods")
+ns.add_task(list_pods, default=True)
+for _task in (gpus, up, down):
+    ns.add_task(_task)

@@ -1,0 +1,63 @@
+"""Fixtures for the pod tests: the pod image, the local RunPod control plane, an operator's pod settings.
+
+Import them into a test module (``from tests.harness.runpod import pod_image, runpod_server, runpod_env``).
+Every pod container a test made is removed after the test, and the server's controls are reset.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.dev.runpod_server import RunPodServer
+
+API_KEY = "rp-test-" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="session")
+def pod_image(docker_client) -> str:
+    """The test pod image (base image + sshd), built once and cached by recipe hash."""
+    from deploy.dev.podimage import ensure_pod_image
+
+    return ensure_pod_image(docker_client).tag
+
+
+@pytest.fixture(scope="session")
+def runpod_server(docker_client, pod_image: str) -> Iterator[RunPodServer]:
+    """The local control plane for the whole session; stopping it removes every pod container."""
+    server = RunPodServer(docker_client, pod_image, api_key=API_KEY).start()
+    yield server
+    server.stop()
+
+
+def ssh_key_pair(folder: Path) -> Path:
+    """A fresh ed25519 key pair without a passphrase; returns the private key's path."""
+    key = folder / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "operator@test", "-f", str(key)], check=True)
+    return key
+
+
+@pytest.fixture
+def runpod_env(runpod_server: RunPodServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """An operator's pod settings pointed at the control plane, exported to the environment (fab sees them)."""
+    env = {
+        "RUNPOD_API_BASE_URL": runpod_server.url,
+        "RUNPOD_API_KEY": API_KEY,
+        "RUNPOD_SSH_KEY": str(ssh_key_pair(tmp_path)),
+        "SSH_KNOWN_HOSTS": str(tmp_path / "known_hosts"),
+        "POD_GPU_TYPES": "NVIDIA L40S,NVIDIA RTX A6000",
+        "POD_VOLUME_GB": "20",
+        "S3_PREFIX": f"pods-{uuid.uuid4().hex[:8]}",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    yield env
+    runpod_server.cleanup()
+    for gpu in runpod_server.gpus:
+        runpod_server.refuse_capacity(gpu, refuse=False)
+    runpod_server.public_ip = True
+    runpod_server.set_pull_delay(0.0)
