@@ -1,5 +1,5 @@
-"""SSH hosts: connecting (ssh), what a host has (probe), its .env (envfile), dataset staging (dataset),
-results back (results).
+"""SSH hosts: connecting (ssh), running a command or writing a file there (remote), rsync (rsync), what a
+host has (probe), its .env (envfile), dataset staging (dataset), results back (results).
 
 ``from deploy.hosts import HostSpec, connect`` is the documented entry point.
 """
