@@ -87,6 +87,7 @@ class S3CheckpointSync(SyncCallback):
         """(step, file) of the checkpoint the last graceful stop saved."""
         self._undo: Callable[[], None] | None = None
         self._staged_dirs: set[str] = set()
+        self._intents: dict[str, journal.StagedCheckpoint] = {}
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -94,7 +95,8 @@ class S3CheckpointSync(SyncCallback):
         self.saved_on_stop = None
         if not self._start(trainer):
             return
-        self._undo = install_checkpoint_io(trainer, lambda inner: SyncCheckpointIO(inner, self._saved, self._removed))
+        self._undo = install_checkpoint_io(
+            trainer, lambda inner: SyncCheckpointIO(inner, self._saved, self._removed, on_saving=self._saving))
         assert self.storage is not None
         rank_zero_info(f"S3CheckpointSync: uploading checkpoints to {self.storage.url(self._key(''))}/")
 
@@ -119,15 +121,28 @@ class S3CheckpointSync(SyncCallback):
             self.uploader.submit(UploadJob(key=staged.key, path=path, metadata=staged.metadata, owned=snapshot,
                                            copy_first=not snapshot, source=staged.source, journal=staged.entry))
 
-    def _saved(self, path: str, checkpoint: dict[str, Any]) -> None:
-        if self.uploader is None or not os.path.isfile(path):
-            return  # a directory (sharded strategies) or a remote URL: not ours to send
+    @staticmethod
+    def _metadata(checkpoint: dict[str, Any]) -> dict[str, str]:
+        return checkpoint_metadata(int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)))
+
+    def _saving(self, path: str, checkpoint: dict[str, Any]) -> None:
+        """Before Lightning writes ``path``: journal the intent, so a kill during the write is noticed."""
+        if self.uploader is None or "://" in path:
+            return
         folder = os.path.dirname(path) or "."
         if folder not in self._staged_dirs:
             self._staged_dirs.add(folder)
             self._adopt_staging(folder)
-        meta = checkpoint_metadata(int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)))
-        staged = journal.stage(path, self._key(os.path.basename(path)), meta)
+        self._intents[path] = journal.intend(path, self._key(os.path.basename(path)), self._metadata(checkpoint))
+
+    def _saved(self, path: str, checkpoint: dict[str, Any]) -> None:
+        intent = self._intents.pop(path, None)
+        if self.uploader is None or not os.path.isfile(path):
+            if intent is not None:
+                journal.discard(intent)
+            return  # a directory (sharded strategies) or a remote URL: not ours to send
+        meta = self._metadata(checkpoint)
+        staged = journal.stage(path, self._key(os.path.basename(path)), meta, intent=intent)
         self.uploader.submit(UploadJob(key=staged.key, path=staged.snapshot, metadata=meta, owned=True,
                                        source=path, journal=staged.entry))
         self.submitted.append(path)

@@ -21,18 +21,23 @@ from deploy.errors import TrainingError
 class SyncCheckpointIO(CheckpointIO):
     """A checkpoint IO that delegates to ``inner`` and reports each file once it is written.
 
-    ``on_saved(path, checkpoint)`` runs after ``inner.save_checkpoint`` returned, i.e. after the
-    file is complete on disk; ``on_removed(path)`` after ``inner.remove_checkpoint``.
+    ``on_saving(path, checkpoint)`` runs before ``inner.save_checkpoint`` (so a kill while the file
+    is written leaves a trace), ``on_saved(path, checkpoint)`` after it returned, i.e. after the file
+    is complete on disk; ``on_removed(path)`` after ``inner.remove_checkpoint``.
     """
 
     def __init__(self, inner: CheckpointIO, on_saved: Callable[[str, dict[str, Any]], None],
-                 on_removed: Callable[[str], None]) -> None:
+                 on_removed: Callable[[str], None],
+                 on_saving: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         super().__init__()
         self.inner = inner
+        self._on_saving = on_saving
         self._on_saved = on_saved
         self._on_removed = on_removed
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if self._on_saving is not None:
+            self._on_saving(str(path), checkpoint)
         self.inner.save_checkpoint(checkpoint, path, storage_options=storage_options)
         self._on_saved(str(path), checkpoint)
 

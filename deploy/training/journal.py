@@ -7,8 +7,11 @@ in the bucket. Whatever is still there after a kill -9, an OOM kill or a preempt
 confirmed: :func:`find_staged` finds it on the next start, :func:`usable_file` checks it is a whole
 checkpoint, and :mod:`deploy.training.recovery` sends it before training continues.
 
-The entry is written after the link and renamed into place, so an entry always names a complete
-snapshot; a link without an entry (killed between the two) is removed as debris.
+Before the checkpoint file is written, an *intent* entry (no snapshot yet) is written for it, and
+replaced by the full entry once the file is complete and linked: a kill while Lightning writes the
+file, or between the write and the link, leaves the intent, and the next start sends the file if it
+turns out whole (:func:`usable_file`). Entries are renamed into place, so each is whole or absent;
+a link without an entry is removed as debris.
 
 Example::
 
@@ -85,23 +88,37 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
     os.replace(tmp, path)  # an entry is either whole or absent
 
 
-def stage(path: str, key: str, metadata: Mapping[str, str]) -> StagedCheckpoint:
-    """Snapshot ``path`` into its folder's staging folder and journal it for ``key``.
+def _save(staged: StagedCheckpoint) -> StagedCheckpoint:
+    _write_json(staged.entry, {"key": staged.key, "snapshot": staged.snapshot, "source": staged.source,
+                               "metadata": dict(staged.metadata), "size": staged.size,
+                               "staged_at": staged.staged_at})
+    return staged
+
+
+def intend(path: str, key: str, metadata: Mapping[str, str]) -> StagedCheckpoint:
+    """Journal that ``path`` is about to be written for ``key`` (no snapshot yet); see the module doc."""
+    staging = os.path.join(os.path.dirname(path) or ".", STAGING_DIR)
+    os.makedirs(staging, exist_ok=True)
+    entry = os.path.join(staging, f"{uuid.uuid4().hex[:12]}-{os.path.basename(path)}{ENTRY_SUFFIX}")
+    return _save(StagedCheckpoint(entry=entry, key=key, snapshot="", source=os.path.abspath(path),
+                                  metadata=dict(metadata), staged_at=time.time()))
+
+
+def stage(path: str, key: str, metadata: Mapping[str, str], intent: StagedCheckpoint | None = None) -> StagedCheckpoint:
+    """Snapshot ``path`` into its folder's staging folder and journal it for ``key`` (completing ``intent``).
 
     Lightning replaces checkpoint files by rename, so the link keeps the finished bytes even when
     ``last.ckpt`` is written again or a top-k file is deleted before its upload starts.
     """
     staging = os.path.join(os.path.dirname(path) or ".", STAGING_DIR)
     os.makedirs(staging, exist_ok=True)
-    snapshot = os.path.join(staging, f"{uuid.uuid4().hex[:12]}-{os.path.basename(path)}")
+    entry = intent.entry if intent is not None else \
+        os.path.join(staging, f"{uuid.uuid4().hex[:12]}-{os.path.basename(path)}{ENTRY_SUFFIX}")
+    snapshot = entry[: -len(ENTRY_SUFFIX)]
     _link_or_copy(path, snapshot)
-    staged = StagedCheckpoint(entry=snapshot + ENTRY_SUFFIX, key=key, snapshot=os.path.abspath(snapshot),
-                              source=os.path.abspath(path), metadata=dict(metadata),
-                              size=os.path.getsize(snapshot), staged_at=time.time())
-    _write_json(staged.entry, {"key": staged.key, "snapshot": staged.snapshot, "source": staged.source,
-                               "metadata": dict(staged.metadata), "size": staged.size,
-                               "staged_at": staged.staged_at})
-    return staged
+    return _save(StagedCheckpoint(entry=entry, key=key, snapshot=os.path.abspath(snapshot),
+                                  source=os.path.abspath(path), metadata=dict(metadata),
+                                  size=os.path.getsize(snapshot), staged_at=time.time()))
 
 
 def load(entry: str) -> StagedCheckpoint | None:
@@ -120,6 +137,8 @@ def load(entry: str) -> StagedCheckpoint | None:
 def discard(staged: StagedCheckpoint) -> None:
     """Remove an entry and its snapshot (the object is in the bucket, or can never get there)."""
     for path in (staged.snapshot, staged.entry):
+        if not path:
+            continue
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -159,7 +178,7 @@ def sweep(staging: str) -> list[StagedCheckpoint]:
             os.unlink(os.path.join(staging, name))
             continue
         found.append(staged)
-        claimed.add(os.path.basename(staged.snapshot))
+        claimed.add(name[: -len(ENTRY_SUFFIX)])  # its snapshot, present or not yet made
     for name in names - claimed:
         if not name.endswith(ENTRY_SUFFIX):
             try:
@@ -186,12 +205,17 @@ def usable_file(staged: StagedCheckpoint) -> str | None:
     """The file holding the staged checkpoint, checked: its snapshot, else its unchanged source.
 
     The source stands in only when it was not written again after staging (``last.ckpt`` is),
-    since its bytes would then belong to a later step than the entry's metadata says.
+    since its bytes would then belong to a later step than the entry's metadata says. For an
+    intent (no snapshot: killed while the file was written), the source counts only when it was
+    written after the intent and is a whole checkpoint.
     """
+    source = staged.source
+    if not staged.snapshot:
+        fresh = source and os.path.isfile(source) and os.path.getmtime(source) >= staged.staged_at - 1.0
+        return source if fresh and looks_like_checkpoint(source) else None
     snapshot = staged.snapshot
     if os.path.isfile(snapshot) and (not staged.size or os.path.getsize(snapshot) == staged.size):
         return snapshot if looks_like_checkpoint(snapshot) else None
-    source = staged.source
     if source and os.path.isfile(source) and os.path.getmtime(source) <= staged.staged_at + 1.0:
         return source if looks_like_checkpoint(source) else None
     return None

@@ -12,9 +12,11 @@ import torch
 pytest.importorskip("lightning")
 
 from deploy.training.resume import resolve_checkpoint  # noqa: E402
+from deploy.storage.checkpoints import parse_checkpoint_name  # noqa: E402
 from tests.integration.training_runs import (  # noqa: E402
     demo_fit,
     finish,
+    local_checkpoints,
     output,
     start,
     storage_for,
@@ -25,7 +27,7 @@ from tests.integration.training_runs import (  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def test_run_killed_with_sigkill_continues_from_the_last_uploaded_step(s3_env, tmp_path: Path) -> None:
+def test_run_killed_with_sigkill_continues_from_the_newest_checkpoint_written(s3_env, tmp_path: Path) -> None:
     env = {"ENABLE_S3_SYNC": "1", "CHECKPOINT": "s3"}
     storage = storage_for()
     first = start(tmp_path, demo_fit("--trainer.max_epochs=1000"), env)
@@ -33,14 +35,17 @@ def test_run_killed_with_sigkill_continues_from_the_last_uploaded_step(s3_env, t
     os.killpg(first.pid, signal.SIGKILL)  # no flush, no goodbye: a preempted machine
     first.wait()
     before = {c.key: c.step for c in uploaded(storage)}
-    last = max(before.values())
+    written = local_checkpoints(tmp_path)
+    # The newest file written before the kill, uploaded or not: the restart sends what is missing.
+    last = max(parse_checkpoint_name(name).step for name in written)
 
     second = start(tmp_path, demo_fit(f"--trainer.max_steps={last + 20}", "--trainer.max_epochs=-1"), env)
     assert finish(second, 120, tmp_path) == 0, output(tmp_path)[-3000:]
     text = output(tmp_path)
-    assert f"(step {last})" in text and "Restoring states from the checkpoint path" in text
+    assert f"(step {last})" in text and "Restoring states from the checkpoint path" in text, text[-3000:]
     after = {c.key: c.step for c in uploaded(storage)}
-    new_steps = sorted(step for key, step in after.items() if key not in before)
+    assert {key.rsplit("/", 1)[-1] for key in after} >= set(written)  # nothing written before the kill is lost
+    new_steps = sorted(step for key, step in after.items() if key not in before and key.rsplit("/", 1)[-1] not in written)
     assert new_steps == [last + 10, last + 20]  # continued from `last`: not from 0, not from an older one
 
 

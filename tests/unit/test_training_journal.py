@@ -204,3 +204,22 @@ def test_a_set_aside_job_whose_file_was_rotated_away_is_counted_and_reported(tmp
         assert not result.ok and result.pending == 0 and not result.failed
         assert len(result.dropped) == 1 and "epoch=0-step=2.ckpt" in result.dropped[0]
         assert [e.job.key for e in events if e.kind == "dropped"] == ["k/1"]
+
+
+def test_a_kill_while_the_file_was_written_is_caught_by_its_intent(tmp_path: Path) -> None:
+    old = checkpoint(tmp_path / "c" / "last.ckpt", "an earlier step")
+    earlier = time.time() - 60
+    os.utime(old, (earlier, earlier))
+    intent = journal.intend(str(old), "k/last.ckpt", {"step": "40"})
+    assert journal.usable_file(intent) is None  # still the earlier file: not what the intent is about
+
+    (tmp_path / "c" / "last.ckpt").write_bytes(b"PK\x03\x04 half of a zip")  # killed mid-write
+    assert journal.usable_file(intent) is None
+
+    checkpoint(tmp_path / "c" / "last.ckpt", "step 40")  # written whole, killed before it was linked
+    [found] = journal.find_staged([str(tmp_path)])
+    assert found.snapshot == "" and found.step == 40
+    assert journal.usable_file(found) == str(tmp_path / "c" / "last.ckpt")
+
+    staged = journal.stage(str(tmp_path / "c" / "last.ckpt"), "k/last.ckpt", {"step": "40"}, intent=intent)
+    assert staged.entry == intent.entry and [s.snapshot for s in journal.find_staged([str(tmp_path)])] == [staged.snapshot]
