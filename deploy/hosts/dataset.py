@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from deploy.errors import StorageError
+from deploy.hosts.paths import checked_relative
 from deploy.hosts.remote import python_program, run, write_atomic
 from deploy.storage import DATASETS, Storage
 
@@ -67,17 +68,42 @@ class StageResult:
 def list_dataset(storage: Storage, name: str) -> list[RemoteFile]:
     """The files of ``datasets/<name>/`` in the bucket (sha256 when this project uploaded them)."""
     prefix = storage.key(DATASETS, name) + "/"
-    files = [RemoteFile(path=obj.key[len(prefix):], key=obj.key, size=obj.size, etag=obj.etag)
-             for obj in storage.list(prefix) if not obj.key.endswith("/")]
+    files: dict[str, RemoteFile] = {}
+    for obj in storage.list(prefix):
+        if obj.key.endswith("/"):
+            continue  # a folder marker some tools create, not a file
+        # The key decides where the file lands under DATA_DIR: one checked function, as for sync downloads.
+        path = checked_relative(obj.key[len(prefix):], f"The key {obj.key!r} of dataset {name}: the file")
+        if path in files:
+            raise StorageError(f"The keys {files[path].key!r} and {obj.key!r} of dataset {name} both land at "
+                               f"{path!r}; remove one from the bucket.")
+        files[path] = RemoteFile(path=path, key=obj.key, size=obj.size, etag=obj.etag)
     if not files:
         raise StorageError(f"No dataset {name!r} in {storage.url(prefix)}; upload it first "
                            "(fab s3.upload-dataset) or set DATASET to a local folder.")
-    return files
+    return list(files.values())
+
+
+def _staged(marker: dict, dataset: str) -> dict:
+    """The files the host's marker says were staged, minus any entry that is not a safe path.
+
+    The marker lives on the host, so it is untrusted: an entry such as ``../../etc/x`` would
+    otherwise end up in the next stage's delete list.
+    """
+    files = marker.get("files") if isinstance(marker, dict) and marker.get("dataset") == dataset else None
+    safe: dict = {}
+    for path, info in (files.items() if isinstance(files, dict) else ()):
+        try:
+            if isinstance(path, str) and checked_relative(path) == path:
+                safe[path] = info
+        except StorageError:
+            continue
+    return safe
 
 
 def plan_stage(files: list[RemoteFile], marker: dict, dataset: str, dest: str) -> StagePlan:
     """Compare the bucket's files with the host's marker: fetch what is new or changed."""
-    synced = marker.get("files", {}) if marker.get("dataset") == dataset else {}
+    synced = _staged(marker, dataset)
     fetch = tuple(f for f in files
                   if synced.get(f.path) != {"etag": f.etag, "size": f.size})
     present = {f.path for f in files}
@@ -91,9 +117,10 @@ def read_marker(conn, dest: str) -> dict:
     """The marker the host kept from its last stage into ``dest`` (empty when there is none)."""
     result = run(conn, ["cat", posixpath.join(dest, MARKER)], "Reading the dataset marker", warn=True)
     try:
-        return json.loads(result.stdout) if result.ok else {}
+        found = json.loads(result.stdout) if result.ok else {}
     except json.JSONDecodeError:
         return {}
+    return found if isinstance(found, dict) else {}
 
 
 def plan_for_host(conn, storage: Storage, dataset: str, dest: str) -> StagePlan:
