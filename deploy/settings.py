@@ -367,6 +367,15 @@ class Settings:
         "SHIP_ENV_EXCLUDE", "Keys never shipped (glob patterns; wins over the include list), besides RUNPOD_*, "
         "SSH_*, REMOTE_DIR, ENV_FILE and SHIP_ENV_*, which never leave the laptop.",
         "LOCAL_*", default="", group="deploy")
+    # The training project (deploy.project): whose code and requirements training runs; operator-side.
+    train_project: str = setting(
+        "TRAIN_PROJECT", "Folder of the training project whose code runs on the host and whose requirements.txt "
+        "(or pyproject.toml) the image and virtualenv install (default: the folder fab runs in).", "../my-trainer",
+        default=".", parse=_parse_path, group="project")
+    base_image: str = setting(
+        "BASE_IMAGE", "Image fab image-build installs the dependencies on; its CUDA torch is kept.",
+        "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime", default="pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
+        group="project")
 
     runpod_api_key: Secret | None = setting(
         "RUNPOD_API_KEY", "RunPod API key for the pods tasks (Settings > API Keys); stays on the laptop.",
@@ -543,7 +552,7 @@ def env_example() -> str:
     lines = ["# Settings for gpu-deploy. Copy to .env and fill in; .env is never committed.", ""]
     group = None
     titles = {"s3": "S3 bucket", "training": "Training", "host": "GPU host (SSH)", "deploy": "Deploy",
-              "pods": "RunPod pods (fab pods.*)"}
+              "project": "Training project (your trainer)", "pods": "RunPod pods (fab pods.*)"}
     for spec in SETTING_FIELDS:
         meta = spec.metadata
         if meta["group"] != group:
