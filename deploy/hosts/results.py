@@ -4,6 +4,15 @@ rsync over the same SSH settings when both ends have it; otherwise SFTP comparin
 Either way an interrupted file never lands at its final path (rsync's temp files and
 ``--partial-dir``; ``.part`` files renamed when complete for SFTP), and a second run with nothing
 new moves nothing.
+
+The host is not trusted to stay inside REMOTE_DIR. Before anything moves, one command on the host
+resolves the source (links followed) and every symlink under it: a source that resolves outside
+REMOTE_DIR is refused, and links that lead outside it are skipped and named in the summary line.
+rsync then runs with ``--safe-links`` (links stay links, and one that climbs out of the transferred
+tree is ignored) and never ``--copy-links``/``--copy-unsafe-links``, which would copy what a link
+points to, wherever that is. SFTP copies regular files, and a link only when it resolves to a
+regular file inside REMOTE_DIR; every name the server lists goes through
+:func:`deploy.hosts.paths.checked_relative`, so ``../x`` never lands outside ``--dest``.
 """
 
 from __future__ import annotations
@@ -16,10 +25,11 @@ import shutil
 import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from deploy.errors import ConfigError, HostError
+from deploy.errors import ConfigError, HostError, StorageError
+from deploy.hosts.paths import checked_relative
 from deploy.hosts.remote import run
 from deploy.hosts.rsync import remote, rsync_command, run_rsync
 from deploy.hosts.ssh import HostOptions, HostSpec, require_sftp
@@ -36,16 +46,26 @@ class PullResult:
     bytes: int
     skipped: int
     seconds: float
+    outside_links: tuple[str, ...] = ()
+    """Links under the source that lead outside REMOTE_DIR (``rel -> target``): never followed."""
 
     def summary(self) -> str:
         moved = f"{self.files} files, {self.bytes / 1e6:.1f} MB" if self.files else "nothing new"
-        return f"{self.source} -> {self.dest}: {moved} ({self.skipped} unchanged) by {self.method} in {self.seconds:.1f} s"
+        line = f"{self.source} -> {self.dest}: {moved} ({self.skipped} unchanged) by {self.method} in {self.seconds:.1f} s"
+        if self.outside_links:
+            n = len(self.outside_links)
+            line += (f"; skipped {n} link{'s' if n > 1 else ''} leading outside REMOTE_DIR: "
+                     + ", ".join(self.outside_links[:5]) + (" ..." if n > 5 else ""))
+        return line
 
 
 def remote_path(remote_dir: str, path: str) -> str:
-    """``path`` resolved inside ``remote_dir``; paths that leave it are refused."""
+    """``path`` resolved inside ``remote_dir``; paths that leave it are refused (local check, no host needed)."""
     if not path or path.strip() in (".", "/"):
         raise ConfigError("Give a path under REMOTE_DIR to sync, e.g. --path=lightning_logs.")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+        raise ConfigError(f"The path {path!r} holds a control character; give a plain path under REMOTE_DIR.")
+    remote_dir = posixpath.normpath(remote_dir)
     joined = posixpath.normpath(posixpath.join(remote_dir, path))
     if joined != remote_dir and not joined.startswith(remote_dir.rstrip("/") + "/"):
         raise ConfigError(f"The path {path!r} leaves REMOTE_DIR ({remote_dir}); give a path inside it.")
@@ -59,24 +79,72 @@ def _excluded(relative: str, exclude: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(relative, p) or fnmatch.fnmatchcase(name, p) for p in exclude)
 
 
+# Host side, POSIX sh: $1 REMOTE_DIR, $2 the source. Prints "root\0src\0kind\0", then "link\0target\0"
+# for every symlink under the source (target "" when it does not resolve); NUL-separated, so any name survives.
+_RESOLVE = r"""
+root=$(readlink -f -- "$1") || root=""
+src=$(readlink -f -- "$2") || src=""
+if [ -z "$src" ] || [ ! -e "$src" ]; then kind=none
+elif [ -d "$src" ]; then kind=dir
+else kind=file; fi
+printf '%s\0%s\0%s\0' "$root" "$src" "$kind"
+[ "$kind" = dir ] && find "$src" -type l -exec sh -c \
+  'for l; do printf "%s\0%s\0" "$l" "$(readlink -f -- "$l")"; done' sh {} +
+exit 0
+"""
+
+
+def _inside(root: str, path: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The source as the host resolved it: its real path, file or dir, and links that lead out of REMOTE_DIR."""
+
+    source: str
+    kind: str
+    outside: tuple[tuple[str, str], ...]  # (path relative to source, where it leads)
+
+
+def resolve_on_host(conn, spec: HostSpec, remote_dir: str, source: str) -> Resolved:
+    """Resolve ``source`` and the links under it on the host; refuse a source that leads out of REMOTE_DIR."""
+    out = run(conn, ["sh", "-c", _RESOLVE, "resolve", remote_dir, source], f"Looking at {source}").stdout
+    fields = out.split("\0")
+    if len(fields) < 3:
+        raise HostError(f"Resolving {source} on {spec.host}:{spec.port} gave no answer; is it a POSIX host?")
+    root, real, kind = fields[:3]
+    if kind == "none":
+        raise HostError(f"{source} does not exist on {spec.host}:{spec.port}; nothing to sync "
+                        "(has training written it yet?).")
+    if not root or not _inside(root, real) or real == root:
+        raise HostError(f"{source} on {spec.host}:{spec.port} is a link to {real}, outside REMOTE_DIR "
+                        f"({remote_dir}); refusing to copy it.")
+    links = fields[3:-1] if len(fields) % 2 == 0 else fields[3:]
+    outside = tuple((posixpath.relpath(link, real), target) for link, target in zip(links[::2], links[1::2])
+                    if not target or not _inside(root, target))
+    return Resolved(real, kind, outside)
+
+
 def pull(conn, spec: HostSpec, options: HostOptions, remote_dir: str, path: str, dest: str | os.PathLike[str],
          exclude: Sequence[str] = (), method: str = "auto",
          progress: Callable[[int], None] | None = None) -> PullResult:
     """Pull ``REMOTE_DIR/path`` into ``dest`` (a folder: ``dest/<basename of path>``)."""
     require_sftp(spec)
     source = remote_path(remote_dir, path)
-    kind = run(conn, ["sh", "-c", 'if [ -d "$1" ]; then echo dir; elif [ -e "$1" ]; then echo file; '
-                      'else echo none; fi', "sh", source], f"Looking at {source}").stdout.strip()
-    if kind == "none":
-        raise HostError(f"{source} does not exist on {spec.host}:{spec.port}; nothing to sync "
-                        "(has training written it yet?).")
+    resolved = resolve_on_host(conn, spec, remote_dir, source)
     target = Path(dest) / posixpath.basename(source)
     if method == "auto":
         remote_rsync = run(conn, ["sh", "-c", "command -v rsync"], "Looking for rsync", warn=True).ok
         method = "rsync" if remote_rsync and shutil.which("rsync") and shutil.which("ssh") else "sftp"
+    skip = [rel for rel, _ in resolved.outside]
     if method == "rsync":
-        return _rsync(spec, options, source, target, kind == "dir", exclude)
-    return _sftp(conn, source, target, kind == "dir", exclude, progress or (lambda n: None))
+        result = _rsync(spec, options, resolved.source, target, resolved.kind == "dir", exclude)
+    else:
+        result = _sftp(conn, spec, resolved.source, target, resolved.kind == "dir", exclude, skip,
+                       progress or (lambda n: None))
+    links = tuple(f"{rel} -> {where or '(nowhere)'}" for rel, where in resolved.outside)
+    return replace(result, source=source, outside_links=links)
 
 
 _STAT = {"files": re.compile(r"Number of regular files transferred: ([\d,.]+)"),
@@ -94,7 +162,8 @@ def _rsync(spec: HostSpec, options: HostOptions, source: str, target: Path, is_d
     started = time.monotonic()
     target.parent.mkdir(parents=True, exist_ok=True)
     local = str(target) + ("/" if is_dir else "")
-    args = ["-a", "--stats", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}",
+    # --safe-links: links come as links, one that climbs out of the tree is ignored (never --copy-links).
+    args = ["-a", "--safe-links", "--stats", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}",
             *[f"--exclude={p}" for p in exclude]]
     out = run_rsync(rsync_command(spec, options, args, remote(spec, source) + ("/" if is_dir else ""), local), spec,
                     "rsync from")
@@ -105,21 +174,39 @@ def _rsync(spec: HostSpec, options: HostOptions, source: str, target: Path, is_d
                       seconds=time.monotonic() - started)
 
 
-def _walk(sftp, root: str, relative: str = "") -> Iterator[tuple[str, object]]:
-    for attrs in sftp.listdir_attr(posixpath.join(root, relative) if relative else root):
-        rel = posixpath.join(relative, attrs.filename) if relative else attrs.filename
-        if stat.S_ISDIR(attrs.st_mode):
-            yield from _walk(sftp, root, rel)
+def _walk(sftp, root: str, skip: set[str], relative: str = "") -> Iterator[tuple[str, object]]:
+    """Regular files under ``root`` (and links that resolve to one inside REMOTE_DIR), by checked relative path."""
+    folder = posixpath.join(root, relative) if relative else root
+    for attrs in sftp.listdir_attr(folder):
+        name = attrs.filename
+        try:
+            plain = checked_relative(name, "The file name") == name and "/" not in name
+        except StorageError:
+            plain = False
+        if not plain:  # a server that sends "../x" or "a/b" as a name is not copied from
+            raise HostError(f"The host listed the name {name!r} in {folder}, which is not a plain file name; "
+                            "refusing to copy from it.")
+        rel = posixpath.join(relative, name) if relative else name
+        if rel in skip:
+            continue
+        link = stat.S_ISLNK(attrs.st_mode)
+        if link:
+            try:
+                attrs = sftp.stat(posixpath.join(root, rel))  # the host resolved it inside REMOTE_DIR
+            except OSError:
+                continue  # a dangling link
+        if stat.S_ISDIR(attrs.st_mode) and not link:  # a link to a folder is not walked: no cycles
+            yield from _walk(sftp, root, skip, rel)
         elif stat.S_ISREG(attrs.st_mode):
             yield rel, attrs
 
 
-def _sftp(conn, source: str, target: Path, is_dir: bool, exclude: Sequence[str],
-          progress: Callable[[int], None]) -> PullResult:
+def _sftp(conn, spec: HostSpec, source: str, target: Path, is_dir: bool, exclude: Sequence[str],
+          skip: Sequence[str], progress: Callable[[int], None]) -> PullResult:
     started = time.monotonic()
     sftp = conn.sftp()
     if is_dir:
-        entries = [(rel, a) for rel, a in _walk(sftp, source) if not _excluded(rel, exclude)]
+        entries = [(rel, a) for rel, a in _walk(sftp, source, set(skip)) if not _excluded(rel, exclude)]
     else:
         entries = [("", sftp.stat(source))]
     files = moved = skipped = 0

@@ -64,3 +64,66 @@ def test_an_rsync_failure_names_ssh_s_cause(ssh_server, ssh_connection, remote: 
     options = HostOptions(key_file=str(key), known_hosts=str(ssh_server.known_hosts))
     with pytest.raises(HostError, match="UNPROTECTED PRIVATE KEY FILE.*Permission denied"):
         pull(ssh_connection, spec, options, remote, "lightning_logs", tmp_path, method="rsync")
+
+
+@pytest.fixture
+def planted(ssh_connection, remote: str):
+    """REMOTE_DIR with links that lead out: to /etc, to a file beside REMOTE_DIR, and one that stays inside."""
+    secret = f"{remote}-outside.txt"
+    logs = f"{remote}/lightning_logs"
+    ssh_connection.run(" && ".join([
+        f"echo secret > {shlex.quote(secret)}",
+        f"ln -s /etc {shlex.quote(logs + '/etc_link')}",
+        f"ln -s {shlex.quote(secret)} {shlex.quote(logs + '/version_0/stolen.txt')}",
+        f"ln -s ../../../{shlex.quote(posixpath_basename(secret))} {shlex.quote(logs + '/version_0/relative.txt')}",
+        f"ln -s hparams.yaml {shlex.quote(logs + '/version_0/inside.yaml')}",
+        f"ln -s /etc {shlex.quote(remote + '/etc_at_top')}",
+    ]))
+    yield remote
+    ssh_connection.run(f"rm -f {shlex.quote(secret)}")
+
+
+def posixpath_basename(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+@pytest.mark.parametrize("method", ["rsync", "sftp"])
+def test_links_that_leave_remote_dir_are_skipped_and_named(method: str, ssh_server, ssh_connection, planted: str,
+                                                          tmp_path: Path) -> None:
+    spec = HostSpec("127.0.0.1", ssh_server.port, ssh_server.user)
+    options = HostOptions(key_file=str(ssh_server.client_key), known_hosts=str(ssh_server.known_hosts))
+    result = pull(ssh_connection, spec, options, planted, "lightning_logs", tmp_path, method=method)
+    got = tmp_path / "lightning_logs"
+    assert (got / "version_0/hparams.yaml").read_text() == "lr: 0.1\n"
+    leaked = [p for p in got.rglob("*") if p.is_file() and (p.read_bytes() == b"secret\n" or p.name == "passwd")]
+    assert leaked == []
+    assert not (got / "etc_link").exists()  # never a folder full of /etc (a dangling or absent link at most)
+    summary = result.summary()
+    assert "skipped 3 links leading outside REMOTE_DIR" in summary and "etc_link -> /etc" in summary
+    assert "\n" not in summary
+
+
+@pytest.mark.parametrize("method", ["rsync", "sftp"])
+def test_a_path_that_is_a_link_out_of_remote_dir_is_refused(method: str, ssh_server, ssh_connection, planted: str,
+                                                           tmp_path: Path) -> None:
+    spec = HostSpec("127.0.0.1", ssh_server.port, ssh_server.user)
+    options = HostOptions(key_file=str(ssh_server.client_key), known_hosts=str(ssh_server.known_hosts))
+    for path in ("etc_at_top", "lightning_logs/etc_link", "lightning_logs/version_0/stolen.txt"):
+        with pytest.raises(HostError, match="outside REMOTE_DIR"):
+            pull(ssh_connection, spec, options, planted, path, tmp_path, method=method)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_hostile_sftp_name_is_refused(tmp_path: Path) -> None:
+    from deploy.hosts.results import _walk
+
+    class Attrs:
+        def __init__(self, name: str) -> None:
+            self.filename, self.st_mode, self.st_size, self.st_mtime = name, 0o100644, 1, 0
+
+    class HostileSftp:  # what a compromised server could list; a real sshd never sends it
+        def listdir_attr(self, folder: str) -> list[Attrs]:
+            return [Attrs("../../escaped.txt")]
+
+    with pytest.raises(HostError, match="not a plain file name"):
+        list(_walk(HostileSftp(), "/workspace/run/lightning_logs", set()))
