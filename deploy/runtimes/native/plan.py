@@ -16,6 +16,7 @@ from deploy.runtimes.base import Plan, ServiceState, Step
 from deploy.runtimes.native.layout import (APP, MANIFEST, META, RELEASE, REQUIREMENTS, SUPERVISOR_FILES, VENV,
                                            VENV_MARKER)
 from deploy.runtimes.native.service import STOP_TIMEOUT, NativeService, service_state
+from deploy.runtimes.native.sync import describe_sync, diff_files, sync_method
 from deploy.runtimes.native.tree import DEPLOY_IGNORE, LocalFile
 from deploy.runtimes.native.venv import BaseInterpreter, requirements_digest, sha256
 
@@ -35,6 +36,7 @@ class NativeDesired:
     files: Mapping[str, LocalFile]
     train_requirements: tuple[str, ...]
     user_requirements: str | None = None
+    requirements_source: str = ""  # requirements.txt or pyproject.toml (deploy.project)
     restart: bool = False
     local_rsync: bool = False
     stop_timeout: int = STOP_TIMEOUT
@@ -143,7 +145,8 @@ def _venv_steps(desired: NativeDesired, state: NativeState, problems: list[str])
                             f"apt-get install python3-pip python{base.short_version}-venv) or set NATIVE_PYTHON to "
                             "another interpreter.")
     if not venv_ok or (state.venv or {}).get("requirements") != desired.requirements_digest(base):
-        lists = "the train extra" + (f" and {REQUIREMENTS}" if desired.user_requirements is not None else "")
+        lists = "the train extra" + (f" and {desired.requirements_source or REQUIREMENTS}"
+                                     if desired.user_requirements is not None else "")
         pin = f", torch pinned to {base.torch}" if base and base.torch else ""
         steps.append(Step("install-requirements", f"pip install {lists} ({'changed' if venv_ok else 'new venv'}{pin})"))
     return steps
@@ -158,13 +161,10 @@ def plan_native(spec: HostSpec, desired: NativeDesired, state: NativeState, fact
         steps.append(Step("create-dir", f"create {where}"))
     if state.env_digest != desired.env.digest:
         steps.append(Step("write-env", f".env with {len(desired.env.keys)} keys, mode 0600"))
-    send = tuple(sorted(rel for rel, f in desired.files.items() if state.files.get(rel) != (f.size, f.mtime)))
-    delete = tuple(sorted(state.manifest - set(desired.files)))
-    method = "rsync" if desired.local_rsync and "rsync" in facts.tools else "sftp"
+    send, delete = diff_files(desired.files, state.files, state.manifest)
+    method = sync_method(desired.local_rsync, facts.tools)
     if send or delete:
-        size = sum(desired.files[rel].size for rel in send)
-        steps.append(Step("sync-code", f"{len(send)} files ({size / 1e6:.1f} MB) to send by {method}, "
-                                       f"{len(delete)} to remove, {len(desired.files) - len(send)} unchanged"))
+        steps.append(Step("sync-code", describe_sync(desired.files, send, delete, method)))
     steps += _venv_steps(desired, state, problems)
     supervisor = {n: sha256(b) for n, b in desired.supervisor_files().items()}
     if any(state.supervisor_digests.get(n) != d for n, d in supervisor.items()):

@@ -16,14 +16,14 @@ import os
 import posixpath
 import shutil
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from deploy.hosts.probe import HostFacts
+from deploy.project import TrainProject
 from deploy.hosts.remote import run, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec
 from deploy.runtimes.base import HostRun, Log, StepHandler, write_env
-from deploy.runtimes.native.layout import META, RELEASE, REQUIREMENTS
+from deploy.runtimes.native.layout import META, RELEASE
 from deploy.runtimes.native.plan import (NativeDesired, NativePlan, NativeState, gather_native, plan_native,
                                          release_digest)
 from deploy.runtimes.native.service import NativeService
@@ -35,16 +35,16 @@ from deploy.runtimes.native.venv import create_venv, install_requirements, train
 
 def desired_native(run: HostRun, source: str | os.PathLike[str] = ".") -> NativeDesired:
     """What one host should get: the run's .env, the tree in ``source`` and the training code, NATIVE_PYTHON."""
-    source = os.path.abspath(source)
-    files = {**select_files(source), **library_files()}
-    user_reqs = Path(source, REQUIREMENTS).read_text() if REQUIREMENTS in files else None
-    return NativeDesired(remote_dir=run.remote_dir, env=run.env, python=run.native_python, source=source,
-                         files=files, train_requirements=train_requirements(), user_requirements=user_reqs,
-                         restart=run.restart, local_rsync=bool(shutil.which("rsync") and shutil.which("ssh")))
+    project = TrainProject.at(source)
+    files = {**select_files(project.root), **library_files()}
+    return NativeDesired(remote_dir=run.remote_dir, env=run.env, python=run.native_python, source=project.root,
+                         files=files, train_requirements=train_requirements(), user_requirements=project.requirements,
+                         requirements_source=project.requirements_source, restart=run.restart,
+                         local_rsync=bool(shutil.which("rsync") and shutil.which("ssh")))
 
 
 class NativeRuntime:
-    """The native strategy; ``options`` are the SSH settings rsync reuses, ``source`` the working tree."""
+    """The native strategy; ``options`` are the SSH settings rsync reuses, ``source`` the training project."""
 
     name = "native"
 
@@ -87,7 +87,8 @@ def make_venv(conn: Any, plan: NativePlan, log: Log) -> None:
 def install(conn: Any, plan: NativePlan, log: Log) -> None:
     d, base = plan.desired, plan.state.base
     assert base is not None
-    install_requirements(conn, d.venv, d.remote_dir, base, d.train_requirements, d.user_requirements)
+    install_requirements(conn, d.venv, d.remote_dir, base, d.train_requirements, d.user_requirements,
+                         d.requirements_source)
 
 
 def install_supervisor(conn: Any, plan: NativePlan, log: Log) -> None:

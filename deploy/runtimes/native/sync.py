@@ -1,15 +1,18 @@
-"""Code to a native host: only files whose size or mtime differ move (rsync, else SFTP); stale ones go.
+"""The training project's code to a host, for every runtime: only files whose size or mtime differ move
+(rsync, else SFTP); stale ones go.
 
 A manifest remembers what was shipped, so only files a previous deploy shipped and the tree no
-longer has are removed: what training writes in REMOTE_DIR is never touched.
+longer has are removed: what training writes in REMOTE_DIR is never touched. The native runtime
+and the compose runtime (which bind-mounts REMOTE_DIR as the container's /workspace) both plan
+with :func:`diff_files` and carry out with :func:`send_files`.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from deploy.errors import HostError
 from deploy.hosts.remote import run, where, write_atomic
@@ -17,7 +20,46 @@ from deploy.hosts.rsync import remote, rsync_command, run_rsync
 from deploy.hosts.ssh import HostOptions, HostSpec
 from deploy.runtimes.base import Log
 from deploy.runtimes.native.layout import MANIFEST
-from deploy.runtimes.native.plan import NativePlan
+from deploy.runtimes.native.tree import LocalFile
+
+
+class CodeTarget(Protocol):
+    """Where the code goes and what it is: ``remote_dir`` and ``files`` (a runtime's desired state)."""
+
+    remote_dir: str
+    files: Mapping[str, LocalFile]
+
+
+class CodePlan(Protocol):
+    """What :func:`send_files` needs of a runtime's plan (NativePlan, ComposePlan)."""
+
+    spec: HostSpec
+    desired: Any  # a CodeTarget
+    send: tuple[str, ...]
+    delete: tuple[str, ...]
+    method: str
+
+    @property
+    def send_bytes(self) -> int: ...
+
+
+def diff_files(files: Mapping[str, LocalFile], remote: Mapping[str, tuple[int, int]],
+               manifest: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What to send (new, or size/mtime differ) and what to remove (shipped before, gone from the tree); pure."""
+    send = tuple(sorted(rel for rel, f in files.items() if remote.get(rel) != (f.size, f.mtime)))
+    delete = tuple(sorted(set(manifest) - set(files)))
+    return send, delete
+
+
+def sync_method(local_rsync: bool, host_tools: Iterable[str]) -> str:
+    """rsync when both ends have it, else SFTP."""
+    return "rsync" if local_rsync and "rsync" in host_tools else "sftp"
+
+
+def describe_sync(files: Mapping[str, LocalFile], send: tuple[str, ...], delete: tuple[str, ...], method: str) -> str:
+    size = sum(files[rel].size for rel in send)
+    return (f"{len(send)} files ({size / 1e6:.1f} MB) to send by {method}, {len(delete)} to remove, "
+            f"{len(files) - len(send)} unchanged")
 
 
 def _mkdirs(conn: Any, remote_dir: str, rels: Iterable[str]) -> None:
@@ -32,7 +74,7 @@ def _rsync(spec: HostSpec, options: HostOptions, root: str, rels: list[str], des
     run_rsync(argv, spec, "rsync to", stdin="\n".join(rels) + "\n")
 
 
-def _sftp(conn: Any, plan: NativePlan) -> None:
+def _sftp(conn: Any, plan: CodePlan) -> None:
     d = plan.desired
     sftp = conn.sftp()
     for rel in plan.send:
@@ -45,7 +87,7 @@ def _sftp(conn: Any, plan: NativePlan) -> None:
             raise HostError(f"Reading {f.path} to send it failed ({exc.strerror or exc}).") from exc
 
 
-def _remove(conn: Any, plan: NativePlan) -> None:
+def _remove(conn: Any, plan: CodePlan) -> None:
     sftp = conn.sftp()
     for rel in plan.delete:
         try:
@@ -57,7 +99,7 @@ def _remove(conn: Any, plan: NativePlan) -> None:
                             f"({exc.strerror or exc}).") from exc
 
 
-def send_files(conn: Any, plan: NativePlan, options: HostOptions, log: Log = lambda s: None) -> None:
+def send_files(conn: Any, plan: CodePlan, options: HostOptions, log: Log = lambda s: None) -> None:
     """Copy the plan's changed files (rsync per local root, else SFTP), remove stale ones, record the manifest."""
     d = plan.desired
     if plan.send:

@@ -92,15 +92,22 @@ def create_venv(conn: Any, python: str, venv: str, remote_dir: str, base: BaseIn
 
 
 def install_requirements(conn: Any, venv: str, remote_dir: str, base: BaseInterpreter, train: tuple[str, ...],
-                         user: str | None) -> None:
-    """pip install the train extra and the tree's requirements.txt, torch held at the interpreter's build."""
+                         user: str | None, source: str = REQUIREMENTS) -> None:
+    """pip install the train extra and the project's requirements, torch held at the interpreter's build.
+
+    ``requirements.txt`` is installed where it lies (its relative lines work as written); a
+    pyproject.toml's dependencies (``source``) are written beside the train extra's list first.
+    """
     meta = posixpath.join(remote_dir, META)
     write_atomic(conn, posixpath.join(meta, "requirements-train.txt"), ("\n".join(train) + "\n").encode(), mode=0o644)
     pins = f"torch=={base.torch}\n" if base.torch else ""
     write_atomic(conn, posixpath.join(meta, "constraints.txt"), pins.encode(), mode=0o644)
     args = ["-r", f"{META}/requirements-train.txt", "-c", f"{META}/constraints.txt"]
-    if user is not None:
+    if user is not None and source in ("", REQUIREMENTS):
         args += ["-r", REQUIREMENTS]
+    elif user is not None:
+        write_atomic(conn, posixpath.join(meta, "requirements-project.txt"), user.encode(), mode=0o644)
+        args += ["-r", f"{META}/requirements-project.txt"]
     run(conn, [posixpath.join(venv, "bin", "python"), "-m", "pip", "install", "--disable-pip-version-check", *args],
         "pip install", cwd=remote_dir, log_file=posixpath.join(meta, "pip.log"))
     marker = {"base": base.identity, "requirements": requirements_digest(base, train, user)}
