@@ -10,9 +10,11 @@ from invoke import Collection, task
 
 from deploy.errors import DeployError
 from deploy.hosts import connect, for_each_host, require_sftp
-from deploy.hosts.results import pull
+from deploy.errors import ConfigError
+from deploy.hosts.results import pull, remote_path
 from deploy.hosts.ssh import ssh_command
 from tasks._boundary import DRY_RUN_HELP, ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
+from tasks._flags import number, whole
 from tasks._hosts import HOSTS_HELP, options, raise_if_failed, targets
 
 
@@ -31,12 +33,16 @@ from tasks._hosts import HOSTS_HELP, options, raise_if_failed, targets
 @boundary
 def sync_from_runpod(c, path="lightning_logs", dest=".", exclude=None, method="auto", hosts=None, env_file=None):
     """Bring a path under REMOTE_DIR back from the host, incrementally."""
+    if method not in ("auto", "rsync", "sftp"):
+        raise ConfigError(f"--method must be auto, rsync or sftp, got {method!r}.")
     settings = settings_from_flags(env_file=env_file)
     specs = targets(c, settings, hosts)[:1]  # results come from the first host (rank 0)
     opts = options(settings)
+    for spec in specs:  # checked here, before any connection: a bad --path never waits for a timeout
+        require_sftp(spec)
+        remote_path(spec.workdir(settings.remote_dir), path)
 
     def work(spec):
-        require_sftp(spec)
         with connect(spec, opts) as conn:
             return pull(conn, spec, opts, spec.workdir(settings.remote_dir), path, dest, exclude or (), method=method)
 
@@ -74,7 +80,7 @@ def ssh(c, hosts=None, env_file=None):
     }
 )
 @boundary
-def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart=False, dry_run=False, wait=300,
+def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart=False, dry_run=False, wait=None,
                   hosts=None, env_file=None):
     """Deploy the training to the GPU host(s): probe, provision, ship .env, image or code, start."""
     from deploy.flow.group import deploy_group
@@ -82,6 +88,8 @@ def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart
     from deploy.flow.sources import BucketImages, resolve_image, stage_local_dataset
     from deploy.storage import Storage
 
+    seconds = number(300 if wait is None else wait, "--wait")  # None defaults: invoke would cast with a traceback
+    nodes = None if nodes is None else whole(nodes, "--nodes", minimum=1)
     settings = settings_from_flags(env_file=env_file, IMAGE=image, DATASET=dataset, NUM_NODES=nodes, RUNTIME=runtime)
     settings.require("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET",
                      *([] if hosts or hasattr(c, "host") else ["RUNPOD_HOST"]))
@@ -95,7 +103,7 @@ def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart
         print(f"dataset   {what}")
     rollout = Rollout(image_ref=settings.image, image_id=image_id, image_bytes=image_bytes,
                       remote_dir=settings.remote_dir, data_dir=settings.data_dir, dataset=dataset_name,
-                      restart=restart, wait=float(wait), num_nodes=settings.num_nodes,
+                      restart=restart, wait=seconds, num_nodes=settings.num_nodes,
                       master_addr=settings.master_addr or specs[0].host, master_port=settings.master_port,
                       runtime=settings.runtime, native_python=settings.native_python, image_problem=image_problem)
     run = deploy_group if settings.num_nodes > 1 else deploy_hosts
@@ -126,17 +134,18 @@ def _storage_or_none(settings):
 @task(auto_shortflags=False, help={"json": JSON_HELP, "tail": "How many log lines to show (default 10).",
                                    "hosts": HOSTS_HELP, "env_file": ENV_FILE_HELP})
 @boundary
-def status(c, json=False, tail=10, hosts=None, env_file=None):
+def status(c, json=False, tail=None, hosts=None, env_file=None):
     """Show the service, GPUs, last log lines and the newest checkpoint in S3."""
     from deploy.flow.status import run_status
 
+    lines = whole(10 if tail is None else tail, "--tail")
     settings = settings_from_flags(env_file=env_file)
     opts = options(settings)
     storage = _storage_or_none(settings)
 
     def work(spec):
         with connect(spec, opts) as conn:
-            return run_status(conn, str(spec), spec.workdir(settings.remote_dir), storage, tail=int(tail))
+            return run_status(conn, str(spec), spec.workdir(settings.remote_dir), storage, tail=lines)
 
     outcomes = for_each_host(targets(c, settings, hosts), work)
     if json:
@@ -153,26 +162,28 @@ def status(c, json=False, tail=10, hosts=None, env_file=None):
                                    "tail": "How many lines to start with (default 100).", "hosts": HOSTS_HELP,
                                    "env_file": ENV_FILE_HELP})
 @boundary
-def logs(c, follow=False, tail=100, hosts=None, env_file=None):
+def logs(c, follow=False, tail=None, hosts=None, env_file=None):
     """Print the training service's logs."""
     from deploy.flow.status import service_on
 
+    lines = whole(100 if tail is None else tail, "--tail")
     settings = settings_from_flags(env_file=env_file)
     opts = options(settings)
     for spec in targets(c, settings, hosts):
         with connect(spec, opts) as conn:
             service, _ = service_on(conn, spec.workdir(settings.remote_dir))
             print(f"--- {spec}")
-            conn.run(service.logs_command(tail=int(tail), follow=follow), hide=False, warn=True, in_stream=False)
+            conn.run(service.logs_command(tail=lines, follow=follow), hide=False, warn=True, in_stream=False)
 
 
 @task(auto_shortflags=False, help={"timeout": "Seconds to wait for pending uploads to flush before the kill "
                                               "(default 120).", "hosts": HOSTS_HELP, "env_file": ENV_FILE_HELP})
 @boundary
-def stop(c, timeout=120, hosts=None, env_file=None):
+def stop(c, timeout=None, hosts=None, env_file=None):
     """Stop training gracefully: SIGTERM, pending uploads flush, then the container (or native process) stops."""
     from deploy.flow.status import service_on
 
+    seconds = whole(120 if timeout is None else timeout, "--timeout", minimum=1)
     settings = settings_from_flags(env_file=env_file)
     opts = options(settings)
 
@@ -181,7 +192,7 @@ def stop(c, timeout=120, hosts=None, env_file=None):
             service, _ = service_on(conn, spec.workdir(settings.remote_dir))
             before = service.state(conn)
             if before.running:
-                service.stop(conn, timeout=int(timeout))
+                service.stop(conn, timeout=seconds)
             return before.running
 
     outcomes = for_each_host(targets(c, settings, hosts), work)

@@ -15,7 +15,9 @@ Example::
 from __future__ import annotations
 
 import os
+import posixpath
 import socket
+import stat
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,9 +52,7 @@ class HostSpec:
         remote_dir = None
         slash = text.find("/")
         if slash > 0:
-            text, remote_dir = text[:slash], text[slash:].rstrip("/") or None
-            if remote_dir in (None, "/") or ".." in remote_dir.split("/"):
-                raise ConfigError(f"The folder in {text + (remote_dir or '/')!r} must be an absolute path without '..'.")
+            text, remote_dir = text[:slash], host_folder(text[slash:], f"The folder in {text!r}")
         user, _, hostport = text.rpartition("@")
         host, port = hostport, default_port
         if hostport.startswith("["):
@@ -67,8 +67,8 @@ class HostSpec:
         return cls(host=host, port=port, user=user or default_user, remote_dir=remote_dir)
 
     def workdir(self, default: str) -> str:
-        """Where this host's run lives: its own folder, else REMOTE_DIR."""
-        return self.remote_dir or default
+        """Where this host's run lives: its own folder, else REMOTE_DIR (normalised, see :func:`host_folder`)."""
+        return self.remote_dir or host_folder(default, "REMOTE_DIR")
 
     @property
     def is_runpod_proxy(self) -> bool:
@@ -81,6 +81,22 @@ class HostSpec:
 
     def __str__(self) -> str:
         return f"{self.user}@{self.host}:{self.port}{self.remote_dir or ''}"
+
+
+def host_folder(path: str, what: str = "The folder") -> str:
+    """A folder on a host in normal form (``/dir//sub/`` is ``/dir/sub``), or a ConfigError naming ``what``.
+
+    Refused up front: control characters (a newline or NUL in a folder ends up in commands and
+    files), a relative path, ``..`` and the root itself. Commands still quote every folder.
+    """
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+        raise ConfigError(f"{what} {path!r} holds a control character; give a plain absolute folder.")
+    if not path.startswith("/") or ".." in path.split("/"):
+        raise ConfigError(f"{what} {path!r} must be an absolute path without '..', e.g. /workspace/run.")
+    normal = "/" + posixpath.normpath(path).lstrip("/")  # normpath keeps a leading '//'
+    if normal == "/":
+        raise ConfigError(f"{what} {path!r} is the root folder; give a folder of its own, e.g. /workspace/run.")
+    return normal
 
 
 def _port(raw: str, text: str) -> int:
@@ -145,6 +161,22 @@ class AcceptNewHostKeys(paramiko.MissingHostKeyPolicy):
             handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
+def check_key_file(key_file: str) -> str:
+    """The key file's path, refused unless only its owner can read it.
+
+    OpenSSH (and so rsync) refuses a private key that group or others can read while paramiko uses
+    it, so the SFTP and rsync paths would disagree; refusing it here makes both fail alike, at once.
+    """
+    key = os.path.expanduser(key_file)
+    if not os.path.isfile(key):
+        raise ConfigError(f"The SSH key file {key} does not exist; check RUNPOD_SSH_KEY.")
+    mode = stat.S_IMODE(os.stat(key).st_mode)
+    if mode & 0o077:
+        raise ConfigError(f"The SSH key file {key} can be read by others (mode {mode:04o}), so ssh refuses it; "
+                          f"run `chmod 600 {key}`.")
+    return key
+
+
 def connection(spec: HostSpec, options: HostOptions = HostOptions()) -> Connection:
     """A Fabric `Connection` (not yet open) with our host key policy and quiet, non-interactive runs."""
     config = Config(overrides={
@@ -154,9 +186,7 @@ def connection(spec: HostSpec, options: HostOptions = HostOptions()) -> Connecti
     })
     connect_kwargs: dict = {"banner_timeout": options.connect_timeout, "auth_timeout": options.connect_timeout}
     if options.key_file:
-        key = os.path.expanduser(options.key_file)
-        if not os.path.isfile(key):
-            raise ConfigError(f"The SSH key file {key} does not exist; check RUNPOD_SSH_KEY.")
+        key = check_key_file(options.key_file)
         connect_kwargs.update(key_filename=[key], look_for_keys=False)
     conn = Connection(spec.host, user=spec.user, port=spec.port, config=config,
                       connect_timeout=int(options.connect_timeout), connect_kwargs=connect_kwargs)
@@ -198,7 +228,7 @@ def ssh_command(spec: HostSpec, options: HostOptions) -> list[str]:
            "-o", f"UserKnownHostsFile={os.path.expanduser(options.known_hosts)}",
            "-o", f"StrictHostKeyChecking={'yes' if options.strict_host_keys else 'accept-new'}"]
     if options.key_file:
-        cmd += ["-i", os.path.expanduser(options.key_file), "-o", "IdentitiesOnly=yes"]
+        cmd += ["-i", check_key_file(options.key_file), "-o", "IdentitiesOnly=yes"]
     return cmd
 
 

@@ -56,13 +56,39 @@ def test_missing_remote_path_says_so(ssh_server, ssh_connection, remote: str, tm
         pull(ssh_connection, spec, HostOptions(), remote, "nothing_here", tmp_path)
 
 
-def test_an_rsync_failure_names_ssh_s_cause(ssh_server, ssh_connection, remote: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["rsync", "sftp"])
+def test_a_key_others_can_read_is_refused_alike_by_both_transfers(method: str, ssh_server, tmp_path: Path) -> None:
+    from deploy.hosts import connect
+
     key = tmp_path / "loose_key"
     key.write_bytes(Path(ssh_server.client_key).read_bytes())
-    os.chmod(key, 0o644)  # ssh refuses a key others can read, and says so before rsync's own summary
+    os.chmod(key, 0o644)  # OpenSSH refuses it, paramiko would use it: both paths must say the same
     spec = HostSpec("127.0.0.1", ssh_server.port, ssh_server.user)
     options = HostOptions(key_file=str(key), known_hosts=str(ssh_server.known_hosts))
-    with pytest.raises(HostError, match="UNPROTECTED PRIVATE KEY FILE.*Permission denied"):
+    with pytest.raises(ConfigError, match=f"run `chmod 600 {key}`"):
+        if method == "sftp":
+            connect(spec, options)
+        else:
+            from deploy.hosts.rsync import rsync_command
+            rsync_command(spec, options, ["-a"], "a", "b")
+
+
+def test_an_rsync_failure_names_ssh_s_cause(ssh_server, ssh_connection, remote: str, tmp_path: Path) -> None:
+    import subprocess
+
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    spec = HostSpec("127.0.0.1", ssh_server.port, ssh_server.user)
+    options = HostOptions(key_file=str(stranger), known_hosts=str(ssh_server.known_hosts))
+    with pytest.raises(HostError, match=r"Permission denied \(publickey"):
+        pull(ssh_connection, spec, options, remote, "lightning_logs", tmp_path, method="rsync")
+    other = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    kind, blob = Path(f"{other}.pub").read_text().split()[:2]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{spec.port} {kind} {blob}\n")  # the host's key "changed"
+    options = HostOptions(key_file=str(ssh_server.client_key), known_hosts=str(known))
+    with pytest.raises(HostError, match="REMOTE HOST IDENTIFICATION HAS CHANGED.*Host key verification failed"):
         pull(ssh_connection, spec, options, remote, "lightning_logs", tmp_path, method="rsync")
 
 

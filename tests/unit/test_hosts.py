@@ -19,13 +19,17 @@ from deploy.settings import load_settings
         ("[2001:db8::1]:2222", HostSpec("2001:db8::1", 2222, "root")),
         ("2001:db8::1", HostSpec("2001:db8::1", 22, "root")),
         ("root@127.0.0.1:2201/tmp/node0/", HostSpec("127.0.0.1", 2201, "root", "/tmp/node0")),
+        ("h:2222/dir//sub", HostSpec("h", 2222, "root", "/dir/sub")),
+        ("h:2222//dir/./sub///", HostSpec("h", 2222, "root", "/dir/sub")),
+        ("h/with space/and;semicolon", HostSpec("h", 22, "root", "/with space/and;semicolon")),
     ],
 )
 def test_host_spec_parse(text: str, expected: HostSpec) -> None:
     assert HostSpec.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["host:abc", "host:0", "host:70000", "root@", "", "h:22/a/../b"])
+@pytest.mark.parametrize("text", ["host:abc", "host:0", "host:70000", "root@", "", "h:22/a/../b", "h:22/",
+                                  "h:22//", "h:22/a\nb", "h:22/a\x00b", "h:22/a\tb"])
 def test_host_spec_parse_rejects_bad_input(text: str) -> None:
     with pytest.raises(ConfigError):
         HostSpec.parse(text)
@@ -54,3 +58,25 @@ def test_runpod_proxy_is_detected_and_refused_for_file_transfer() -> None:
     with pytest.raises(HostError, match="exposed TCP port"):
         require_sftp(spec)
     require_sftp(HostSpec.parse("root@203.0.113.10:40022"))
+
+
+@pytest.mark.parametrize(("remote_dir", "expected"), [("/workspace/run/", "/workspace/run"),
+                                                      ("//workspace//run", "/workspace/run"),
+                                                      ("/work space/r;un", "/work space/r;un")])
+def test_remote_dir_is_normalised_where_a_host_uses_it(remote_dir: str, expected: str) -> None:
+    assert HostSpec("h").workdir(remote_dir) == expected
+
+
+@pytest.mark.parametrize("remote_dir", ["relative/run", "/a/../b", "/", "/run\n", "/r\x7fun"])
+def test_a_bad_remote_dir_is_refused_in_one_sentence(remote_dir: str) -> None:
+    with pytest.raises(ConfigError, match="REMOTE_DIR") as err:
+        HostSpec("h").workdir(remote_dir)
+    assert "\n" not in str(err.value)
+
+
+def test_a_path_under_a_folder_given_with_slashes_is_not_refused() -> None:
+    from deploy.hosts.results import remote_path
+
+    spec = HostSpec.parse("h:22/workspace//run/")
+    assert remote_path(spec.workdir("/ignored"), "lightning_logs") == "/workspace/run/lightning_logs"
+    assert remote_path("/workspace//run/", "lightning_logs/") == "/workspace/run/lightning_logs"
