@@ -26,7 +26,7 @@ DEFAULT_FLUSH_TIMEOUT = 60.0
 """Seconds a flush may take when ``S3_SYNC_FLUSH_TIMEOUT`` is not read (see :mod:`deploy.training.stop`)."""
 CLOSE_TIMEOUT = 5.0
 """Seconds the upload helper gets to finish its job once a flush is over, when time is left."""
-ABORT_TIMEOUT = 5.0
+ABORT_TIMEOUT = 3.0
 """Seconds spent aborting the multipart upload of a job cut short, at most."""
 
 

@@ -138,3 +138,22 @@ def test_upload_helper_process_survives_ctrl_c_and_is_restarted_when_killed(s3_e
     finally:
         transfer.close()
     assert storage.head(job.key).metadata["step"] == "3"
+
+
+def test_upload_helper_aborts_the_multipart_upload_a_failed_try_left_open(s3_env, tmp_path: Path) -> None:
+    from deploy.errors import StorageError
+    from deploy.training.transfer import ProcessTransfer
+    from deploy.training.uploader import UploadJob
+
+    storage = Storage.from_settings(load_settings())
+    key = storage.key("checkpoints", "epoch=0-step=5.ckpt")
+    other = storage.key("checkpoints", "epoch=0-step=5.ckpt.other")
+    for name in (key, other):  # an upload of this key cut short, and one of another key
+        storage.client.create_multipart_upload(Bucket=storage.bucket, Key=name)
+    transfer = ProcessTransfer()
+    try:
+        with pytest.raises(StorageError):
+            transfer(UploadJob(key=key, path=str(tmp_path / "gone.ckpt")))  # this try fails
+    finally:
+        transfer.close()
+    assert [u["key"] for u in storage.multipart_uploads(storage.key("checkpoints") + "/")] == [other]

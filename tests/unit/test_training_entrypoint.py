@@ -29,3 +29,19 @@ def test_flags_the_user_gave_win() -> None:
     assert launch.command.count("--trainer.strategy=ddp_find_unused_parameters_true") == 1
     assert "--trainer.strategy=ddp" not in launch.command
     assert "--trainer.devices=auto" in launch.command
+
+
+def test_staged_checkpoints_are_only_looked_for_with_s3_sync_on(tmp_path, monkeypatch) -> None:
+    from deploy.training import entrypoint
+    from deploy.training.recovery import Recovery
+
+    calls = []
+    monkeypatch.setattr(entrypoint, "recover_staged", lambda storage, roots, dest: calls.append(roots) or Recovery())
+
+    def no_storage():
+        raise AssertionError("S3 must not be touched")
+
+    assert entrypoint.recover(load_settings(environ={}), no_storage, ["."], tmp_path) is None
+    assert calls == []
+    assert entrypoint.recover(load_settings(environ={"ENABLE_S3_SYNC": "1"}), no_storage, ["/runs"], tmp_path) is None
+    assert calls == [["/runs"]]
