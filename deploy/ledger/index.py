@@ -1,0 +1,229 @@
+"""Listing runs fast: a summary per run, and ``runs/_index.json``, a cache of them that readers keep.
+
+A summary is computed from the run's objects alone (:func:`summarize`), so anyone can recompute it.
+Writers never touch the index: after each write they give ``runs/_touched/<run-id>`` a new ETag
+(:func:`deploy.ledger.store.touch`). A reader (``fab runs``):
+
+1. reads the index (one GET): per run, its summary and the ``_touched`` ETag seen *before* the run
+   was read for it;
+2. lists ``runs/`` with a delimiter (the run folders, and format-0 ``<id>.json`` objects) and
+   ``runs/_touched/`` (one key per run: a thousand runs are one page);
+3. reads in full only the runs whose ETag differs from the index's, or that the index lacks;
+4. merges what it learned back with a conditional write (``If-Match`` on the ETag it read; on a
+   conflict it reads again and merges again; per run the summary that saw more events wins).
+
+A write that lands after step 2 changes the ETag after the reader looked, so the next reader
+re-reads that run: the index can lag by one read, never lose a change. Where a provider lacks
+conditional writes the merge falls back to a plain write; it is a cache, so the worst case is a
+re-read. Figures: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from deploy.ledger.cost import run_cost
+from deploy.ledger.model import CLOSING, ENDING, OPENING, iso, now, parse_time
+from deploy.errors import StorageError
+from deploy.ledger.store import INDEX, RUNS, TOUCHED, ConditionFailed, RunData, get_json, put_json, read_run
+from deploy.storage import CHECKPOINTS, Storage
+from deploy.storage.checkpoints import CHECKPOINT_SUFFIX, CheckpointInfo, sort_checkpoints
+
+INDEX_FORMAT = 1
+RETRIES = 8
+SILENT_AFTER = 600.0
+"""Seconds without a sign of life after which an open run shows as ``silent`` rather than ``running``."""
+
+
+def state_of(run: RunData, moment: datetime | None = None) -> tuple[str, bool]:
+    """(state for people, open): ``finished``, ``failed (exit 1)``, ``stopped``, ``lost``, ``running``,
+    ``silent``; open while some host has no closing event (its cost still grows)."""
+    hours_open = _open_hosts(run)
+    last = run.events[-1] if run.events else None
+    if any(e.kind in ENDING for e in run.events):
+        return "finished", bool(hours_open)
+    if hours_open:
+        seen = last_seen(run)
+        if last is not None and last.kind == "exited":
+            return f"failed (exit {last.data.get('code', '?')})", True
+        if seen is not None and ((moment or now()) - seen).total_seconds() > SILENT_AFTER:
+            return "silent", True
+        return "running", True
+    return (last.kind if last is not None else "created"), False
+
+
+def _open_hosts(run: RunData) -> set[str]:
+    opened: set[str] = set()
+    for event in run.events:
+        if not event.host:
+            continue
+        if event.kind in OPENING:
+            opened.add(event.host)
+        elif event.kind in CLOSING:
+            opened.discard(event.host)
+    return opened
+
+
+def last_seen(run: RunData) -> datetime | None:
+    moments = [e.at for e in run.events] + [h.at for h in run.heartbeats]
+    return max(moments) if moments else None
+
+
+def restarts(run: RunData) -> int:
+    """Process starts after the first (crash restarts, redeploys, replacements); deploys when training
+    reported no start."""
+    starts = sum(1 for e in run.events if e.kind == "started")
+    if not starts:
+        starts = sum(1 for e in run.events if e.kind in ("deployed", "restarted", "replaced"))
+    return max(0, starts - 1)
+
+
+def hosts_of(run: RunData) -> list[dict[str, Any]]:
+    """Every host the run used, in order of first use, with the GPU an event reported for it."""
+    hosts: dict[str, dict[str, Any]] = {}
+    for event in run.events:
+        if event.host and event.kind in OPENING:
+            entry = hosts.setdefault(event.host, {"host": event.host, "gpu": "", "gpus": 0})
+            if event.data.get("gpu"):
+                entry["gpu"], entry["gpus"] = str(event.data["gpu"]), int(event.data.get("gpus") or 0)
+    return list(hosts.values())
+
+
+def summarize(run: RunData, moment: datetime | None = None) -> dict[str, Any]:
+    """The row of ``fab runs`` for one run: plain JSON, computed from the run's objects only."""
+    state, is_open = state_of(run, moment)
+    cost = run_cost(run.events, run.heartbeats)
+    beat = run.heartbeats[-1] if run.heartbeats else None
+    seen = last_seen(run)
+    record = run.record
+    return {
+        "run_id": run.run_id, "created": iso(record.created), "state": state, "open": is_open,
+        "format": record.format, "image": record.image, "commit": record.commit, "dirty": record.dirty,
+        "hosts": hosts_of(run), "restarts": restarts(run), "events": len(run.events),
+        "hours": round(cost.hours, 6), "dollars": cost.dollars, "cost_complete": cost.complete,
+        "cost": cost.describe(), "step": beat.step if beat else None,
+        "last_seen": iso(seen) if seen else None,
+    }
+
+
+def _fresher(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
+    """``b`` saw at least as much of the run as ``a``: more events, or as many and a later sign of life."""
+    if a is None:
+        return True
+    return (b.get("events", 0), b.get("last_seen") or "") >= (a.get("events", 0), a.get("last_seen") or "")
+
+
+
+def merge_index(storage: Storage, summaries: dict[str, dict[str, Any]]) -> None:
+    """Merge ``summaries`` into ``runs/_index.json`` with compare-and-swap; a fresher entry is kept."""
+    key = storage.key(RUNS, INDEX)
+    for _ in range(RETRIES):
+        found = get_json(storage, key)
+        runs = dict((found[0] or {}).get("runs") or {}) if found and isinstance(found[0], dict) else {}
+        changed = {rid: s for rid, s in summaries.items() if _fresher(runs.get(rid), s) and runs.get(rid) != s}
+        if not changed:
+            return
+        runs.update(changed)
+        body = {"format": INDEX_FORMAT, "updated": iso(now()), "runs": runs}
+        try:
+            put_json(storage, key, body, if_none_match=found is None, if_match=found[1] if found else None)
+            return
+        except ConditionFailed:
+            continue  # another writer won: read its version and merge again
+    # Persistent contention: leave it; the next writer or reader merges again.
+
+
+def _run_folders(storage: Storage) -> tuple[set[str], set[str]]:
+    """(run ids with a folder, run ids with a format-0 object), from one delimited listing."""
+    prefix = storage.key(RUNS) + "/"
+    folders: set[str] = set()
+    flat: set[str] = set()
+    try:
+        for page in storage.client.get_paginator("list_objects_v2").paginate(
+                Bucket=storage.bucket, Prefix=prefix, Delimiter="/"):
+            folders.update(p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", []))
+            for obj in page.get("Contents", []):
+                name = obj["Key"][len(prefix):]
+                if name.endswith(".json") and not name.startswith("_"):
+                    flat.add(name[:-len(".json")])
+    except (ClientError, BotoCoreError) as exc:
+        raise storage.explain(exc, prefix) from exc
+    return {f for f in folders if not f.startswith("_")}, flat - folders
+
+
+def _touched(storage: Storage) -> dict[str, str]:
+    """Run id -> the ETag of its ``_touched`` object (changes with every write to the run)."""
+    prefix = storage.key(RUNS, TOUCHED) + "/"
+    return {o.key[len(prefix):]: o.etag for o in storage.list(prefix)}
+
+
+def _read_summaries(storage: Storage, todo: list[str], touched: dict[str, str], workers: int) -> dict[str, Any]:
+    def one(run_id: str) -> dict[str, Any] | None:
+        run = read_run(storage, run_id, workers=4)
+        return None if run is None else {**summarize(run), "touched": touched.get(run_id, "")}
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
+        return {s["run_id"]: s for s in pool.map(one, todo) if s is not None}
+
+
+def list_runs(storage: Storage, workers: int = 16, refresh: bool = False) -> list[dict[str, Any]]:
+    """Every run's summary, newest first; reads in full only the runs that changed since the index."""
+    found = get_json(storage, storage.key(RUNS, INDEX))
+    cached: dict[str, Any] = {}
+    if found and isinstance(found[0], dict) and found[0].get("format") == INDEX_FORMAT:
+        cached = dict(found[0].get("runs") or {})
+    touched = _touched(storage)  # before the runs are read: a later write shows up next time
+    folders, flat = _run_folders(storage)
+    present = folders | flat
+    todo = sorted(rid for rid in present
+                  if refresh or rid not in cached or cached[rid].get("touched", "") != touched.get(rid, ""))
+    if todo:
+        fresh = _read_summaries(storage, todo, touched, workers)
+        cached.update(fresh)
+        try:
+            merge_index(storage, fresh)
+        except StorageError:
+            pass  # a read-only key can still list; the index is only a cache
+    rows = [s for rid, s in cached.items() if rid in present]
+    return sorted(rows, key=lambda s: s.get("created") or "", reverse=True)
+
+
+def current_run(storage: Storage) -> dict[str, Any] | None:
+    """The newest run not yet finished (the one a deploy continues), or None."""
+    runs = list_runs(storage)
+    return runs[0] if runs and runs[0].get("state") != "finished" else None
+
+
+RUN_METADATA = "run"
+"""Checkpoint object metadata naming the run that uploaded it (the training side sets it from RUN_ID)."""
+
+
+def run_checkpoints(storage: Storage, run: RunData) -> list[CheckpointInfo]:
+    """The checkpoints in ``checkpoints/`` that belong to ``run``, oldest first.
+
+    Those whose ``run`` metadata names it; those without that metadata (older uploads, the old
+    scripts' layout) when they were uploaded between the run's creation and its end (or now).
+    """
+    prefix = storage.key(CHECKPOINTS) + "/"
+    listed = [o for o in storage.list(prefix) if o.key.endswith(CHECKPOINT_SUFFIX)]
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(listed) or 1))) as pool:
+        objects = [h or o for h, o in zip(pool.map(storage.head, [o.key for o in listed]), listed)]
+    end = next((e.at for e in reversed(run.events) if e.kind in ENDING), None)
+    mine = []
+    for obj in objects:
+        owner = {k.lower(): v for k, v in obj.metadata.items()}.get(RUN_METADATA)
+        uploaded = obj.last_modified
+        if owner:
+            if owner == run.run_id:
+                mine.append(obj)
+        elif uploaded is not None and uploaded >= run.record.created and (end is None or uploaded <= end):
+            mine.append(obj)
+    return sort_checkpoints(CheckpointInfo.from_object(o) for o in mine)
+
+
+def parse_created(summary: dict[str, Any]) -> datetime | None:
+    return parse_time(summary.get("created"))

@@ -1,0 +1,291 @@
+"""Progress from the training itself: a heartbeat file on the host, and the run's events and heartbeat in S3.
+
+:class:`Heartbeat` is a Lightning callback. On global rank zero it reports the global step, epoch,
+the latest logged metrics, steps/s and the ETA to ``max_steps``/``max_epochs``:
+
+- every ``every`` seconds (default 5) to ``lightning_logs/heartbeat.json`` under the working
+  directory (``HEARTBEAT_FILE`` overrides), which is ``REMOTE_DIR/lightning_logs/heartbeat.json`` on
+  the host in both runtimes; ``fab status`` reads it (a stale one while the process lives is a hang);
+- at most every ``record_every`` seconds (default 60) into the run's record in the bucket, when
+  ``RUN_ID`` is set and S3 is configured (``runs/<run-id>/heartbeat/<writer>.json``).
+
+A background thread does all the writing: the training loop only hands it a small dict.
+
+:class:`TrainingLedger` is the training side's writer of the run ledger (deploy.ledger reads it):
+the entrypoint records ``started``, then ``finished`` (exit 0) or ``exited`` with the code. It
+writes the same objects as ``deploy.ledger.store.RunLedger`` with the bucket client alone, because
+the training image carries no operator code; a unit test reads what it writes with deploy.ledger.
+
+Attach it like the S3 callbacks (the entrypoint does for a LightningCLI ``fit``)::
+
+    python -m piper.train fit --trainer.callbacks+=deploy.training.heartbeat.Heartbeat
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+
+from deploy.errors import DeployError
+from deploy.settings import Settings, load_settings
+from deploy.storage import Storage
+
+HEARTBEAT_FILE = os.path.join("lightning_logs", "heartbeat.json")
+RUN_HOST_ENV = "RUN_HOST"
+"""How the operator addresses this host (``root@10.0.0.5:22``): deploy puts it in the host's .env."""
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_COUNTER = itertools.count()
+
+
+def _iso(moment: datetime | None = None) -> str:
+    return (moment or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class TrainingLedger:
+    """Events and heartbeats of one run, written by the training side (format 1 of deploy.ledger)."""
+
+    def __init__(self, storage: Storage, run_id: str, host: str = "", role: str = "train") -> None:
+        self.storage = storage
+        self.run_id = run_id
+        self.host = host
+        self.writer = _UNSAFE.sub("-", f"{role}-{socket.gethostname()}")[:64]
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> "TrainingLedger | None":
+        """The run's ledger when ``RUN_ID`` is set and S3 sync is on, else None (nothing is recorded)."""
+        settings = settings or load_settings()
+        if not (settings.run_id and settings.enable_s3_sync):
+            return None
+        try:
+            storage = Storage.from_settings(settings)
+        except DeployError:
+            return None
+        return cls(storage, settings.run_id, os.environ.get(RUN_HOST_ENV, "") or socket.gethostname())
+
+    def _put(self, key: str, data: dict[str, Any], new: bool = False) -> None:
+        args: dict[str, Any] = {"Bucket": self.storage.bucket, "Key": key, "ContentType": "application/json",
+                                "Body": json.dumps(data, sort_keys=True, separators=(",", ":")).encode()}
+        if new:
+            args["IfNoneMatch"] = "*"  # the key is unique; the condition only guards against a collision
+        self.storage.client.put_object(**args)
+
+    def _touch(self) -> None:
+        self._put(self.storage.key("runs", "_touched", self.run_id), {"nonce": secrets.token_hex(8)})
+
+    def event(self, kind: str, **data: Any) -> None:
+        """One event object (``runs/<id>/events/<time>-<writer>-<pid>-<n>.json``), then the run's touch."""
+        moment = datetime.now(timezone.utc)
+        name = f"{moment:%Y%m%dT%H%M%S.%fZ}-{self.writer}-{os.getpid()}-{next(_COUNTER)}.json"
+        body = {"format": 1, "kind": kind, "at": _iso(moment), "writer": self.writer, "host": self.host,
+                "data": {k: v for k, v in data.items() if v is not None}}
+        self._put(self.storage.key("runs", self.run_id, "events", name), body, new=True)
+        self._touch()
+
+    def heartbeat(self, beat: dict[str, Any]) -> None:
+        """Replace this writer's heartbeat object, then the run's touch."""
+        body = {"format": 1, **beat, "writer": self.writer, "host": self.host}
+        self._put(self.storage.key("runs", self.run_id, "heartbeat", f"{self.writer}.json"), body)
+        self._touch()
+
+
+def record_in_background(ledger: TrainingLedger | None, kind: str, timeout: float = 10.0, **data: Any) -> bool:
+    """Write one event from a daemon thread, waiting at most ``timeout`` s: S3 trouble never holds training."""
+    if ledger is None:
+        return False
+    done: list[bool] = []
+
+    def work() -> None:
+        try:
+            ledger.event(kind, **data)
+            done.append(True)
+        except Exception as exc:  # noqa: BLE001 - the ledger is a record, never a reason to stop training
+            print(f"gpu-deploy: could not record {kind!r} in the run ledger: {exc}", flush=True)
+
+    thread = threading.Thread(target=work, name=f"ledger-{kind}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(done)
+
+
+def write_file_atomic(path: str, data: dict[str, Any]) -> None:
+    """Write JSON to ``path`` through a temp file and a rename, so a reader never sees half of it."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+    os.replace(tmp, path)
+
+
+class _Writer(threading.Thread):
+    """Takes the newest beat from the training loop; writes the file and, when due, the record."""
+
+    def __init__(self, path: str, ledger: TrainingLedger | None, every: float, record_every: float) -> None:
+        super().__init__(name="heartbeat-writer", daemon=True)
+        self.path, self.ledger, self.every, self.record_every = path, ledger, every, record_every
+        self._beat: dict[str, Any] | None = None
+        self._notes: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._last_record = -math.inf
+        self._warned = False
+
+    def offer(self, beat: dict[str, Any]) -> None:
+        with self._lock:
+            self._beat = beat
+        self._wake.set()
+
+    def note(self, **data: Any) -> None:
+        with self._lock:
+            self._notes.append(data)
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        self.join(timeout)
+
+    def run(self) -> None:
+        while True:
+            self._wake.wait(self.every)
+            self._wake.clear()
+            with self._lock:
+                beat, notes, self._notes = self._beat, self._notes, []
+            final = self._stopping
+            self._write(beat, notes, final)
+            if final:
+                return
+
+    def _write(self, beat: dict[str, Any] | None, notes: list[dict[str, Any]], final: bool) -> None:
+        try:
+            if beat is not None:
+                write_file_atomic(self.path, beat)
+            if self.ledger is None:
+                return
+            for data in notes:
+                self.ledger.event("note", **data)
+            due = time.monotonic() - self._last_record >= self.record_every
+            if beat is not None and (due or final):
+                self.ledger.heartbeat(beat)
+                self._last_record = time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - never let the heartbeat end a training
+            if not self._warned:
+                self._warned = True
+                print(f"gpu-deploy: heartbeat not written ({exc}); training goes on", flush=True)
+
+
+def _metrics(trainer: Trainer) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for name, value in list(trainer.callback_metrics.items())[:16]:
+        try:
+            number = float(value.item() if hasattr(value, "item") else value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            found[str(name)] = number
+    return found
+
+
+def eta_seconds(step: int, rate: float | None, max_steps: int | None, max_epochs: int | None,
+                steps_per_epoch: float | None) -> float | None:
+    """Seconds left at ``rate`` steps/s to ``max_steps``, else to ``max_epochs`` of ``steps_per_epoch``."""
+    if not rate:
+        return None
+    if max_steps and max_steps > 0:
+        total: float = max_steps
+    elif max_epochs and max_epochs > 0 and steps_per_epoch and math.isfinite(steps_per_epoch):
+        total = max_epochs * steps_per_epoch
+    else:
+        return None
+    return max(0.0, (total - step) / rate)
+
+
+class Heartbeat(Callback):
+    """Report progress every ``every`` s to a file on the host, and every ``record_every`` s to the run record.
+
+    Args:
+        every: seconds between two heartbeat file writes.
+        record_every: seconds between two heartbeats in the bucket (``RUN_ID`` and S3 needed).
+        path: the file; default ``HEARTBEAT_FILE`` or ``lightning_logs/heartbeat.json``.
+        ledger: a :class:`TrainingLedger` (tests); default from the settings, or none.
+    """
+
+    def __init__(self, every: float = 5.0, record_every: float = 60.0, path: str | None = None,
+                 ledger: TrainingLedger | None = None) -> None:
+        if every <= 0 or record_every <= 0:
+            raise ValueError(f"every and record_every must be > 0 seconds, got {every} and {record_every}")
+        self.every, self.record_every = every, record_every
+        self.path = path or os.environ.get("HEARTBEAT_FILE") or HEARTBEAT_FILE
+        self.ledger = ledger
+        self._writer: _Writer | None = None
+        self._last: tuple[float, int] | None = None
+        self._rate: float | None = None
+        self._next = 0.0
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit" or not trainer.is_global_zero or self._writer is not None:
+            return
+        if self.ledger is None:
+            self.ledger = TrainingLedger.from_settings()
+        self._writer = _Writer(self.path, self.ledger, self.every, self.record_every)
+        self._writer.start()
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        version = getattr(trainer.logger, "version", None) if trainer.logger is not None else None
+        if self._writer is not None and version is not None:
+            name = version if isinstance(version, str) else f"version_{version}"
+            self._writer.note(what=f"logging to logs/{name}", log_version=name)
+        self._beat(trainer, force=True)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._beat(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._beat(trainer, force=True)  # validation metrics are new: report them now
+
+    def _beat(self, trainer: Trainer, force: bool = False) -> None:
+        if self._writer is None:
+            return
+        now = time.monotonic()
+        if not force and now < self._next:
+            return
+        self._next = now + self.every
+        step = int(trainer.global_step)
+        if self._last is not None and now > self._last[0] and step >= self._last[1]:
+            self._rate = (step - self._last[1]) / (now - self._last[0]) or self._rate
+        self._last = (now, step)
+        batches = trainer.num_training_batches
+        per_epoch = (batches / max(1, trainer.accumulate_grad_batches)
+                     if isinstance(batches, (int, float)) and math.isfinite(batches) else None)
+        max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        self._writer.offer({
+            "at": _iso(), "pid": os.getpid(), "step": step, "epoch": int(trainer.current_epoch),
+            "max_steps": max_steps, "max_epochs": trainer.max_epochs if (trainer.max_epochs or 0) > 0 else None,
+            "steps_per_second": self._rate,
+            "eta_seconds": eta_seconds(step, self._rate, max_steps, trainer.max_epochs, per_epoch),
+            "metrics": _metrics(trainer)})
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit" and self._writer is not None:
+            self._beat(trainer, force=True)
+            self._writer.stop()
+            if self._writer.is_alive():
+                rank_zero_warn("Heartbeat: the last heartbeat is still being written; leaving it")
+            self._writer = None
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "fit")
