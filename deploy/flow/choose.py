@@ -33,4 +33,4 @@ def choose_runtime(requested: str, facts: HostFacts) -> tuple[str, str]:
 def runtimes(images: ImageSource | None = None, options: HostOptions | None = None,
              source: str = ".") -> dict[str, Runtime]:
     """Every runtime by name, with the collaborators a deploy hands them (none are needed to watch or stop)."""
-    return {"compose": ComposeRuntime(images), "native": NativeRuntime(options, source)}
+    return {"compose": ComposeRuntime(images, options, source), "native": NativeRuntime(options, source)}

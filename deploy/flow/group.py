@@ -83,7 +83,7 @@ def start_group(conns: list[Any], deploys: list[HostDeploy], wait: float, log: L
 
 def _plan_all(conns: list[Any], specs: list[HostSpec], rollout: Rollout, settings: Settings, storage: Storage,
               images: ImageSource, options: HostOptions) -> list[Outcome]:
-    available = runtimes(images, options)
+    available = runtimes(images, options, settings.train_project)
 
     def plan_one(spec: HostSpec) -> HostDeploy:
         rank = specs.index(spec)

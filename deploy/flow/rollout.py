@@ -160,7 +160,7 @@ def deploy_hosts(specs: list[HostSpec], rollout: Rollout, settings: Settings, op
 
     Each host runs compose or native (no Docker, e.g. a RunPod pod) as ``rollout.runtime`` and its probe say.
     """
-    available = runtimes(images, options)
+    available = runtimes(images, options, settings.train_project)  # both runtimes ship TRAIN_PROJECT's code
 
     def work(spec: HostSpec) -> DeployResult | None:
         require_sftp(spec)  # .env and code travel over SFTP: refuse RunPod's proxy SSH before connecting

@@ -1,30 +1,44 @@
 """The compose runtime: training as a Compose service on a host with Docker, v2 (`docker compose`) or v1.
 
-Its facts are the host's image id, the compose files' digests and the container's state; its steps
-create REMOTE_DIR, install small tools, write the .env, load the image from the bucket (through an
-:class:`ImageSource`), upload the compose files and bring the service up. Commands are built from
-lists (deploy.hosts.remote) and nothing secret is ever part of them: the service reads its settings
-from ``REMOTE_DIR/.env`` (``env_file``), which Compose also uses for interpolation.
+The image holds the dependencies only; the training project's code reaches REMOTE_DIR by the same
+incremental sync the native runtime uses (deploy.runtimes.native.sync), and the service bind-mounts
+REMOTE_DIR as its working directory ``/workspace`` (``data/`` and ``lightning_logs/`` below it,
+``PYTHONPATH`` = the project, then gpu-deploy's training code), exactly as the native runtime runs in
+REMOTE_DIR: a code-only change moves the changed files and recreates the container, no image moves.
+
+Its facts are the host's image id, the compose files' digests, the shipped files and the container's
+state; its steps create REMOTE_DIR, install small tools, write the .env, sync the code, load the image
+from the bucket (through an :class:`ImageSource`), upload the compose files and bring the service up.
+Commands are built from lists (deploy.hosts.remote) and nothing secret is ever part of them: the
+service reads its settings from ``REMOTE_DIR/.env`` (``env_file``), which Compose also uses for
+interpolation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import shlex
+import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from deploy.errors import HostError
 from deploy.hosts.envfile import EnvShipment, remote_env_digest
 from deploy.hosts.probe import HostFacts, compose_problems
-from deploy.hosts.remote import run, write_atomic
-from deploy.hosts.ssh import HostSpec
+from deploy.hosts.remote import python_program, run, write_atomic
+from deploy.hosts.ssh import HostOptions, HostSpec
+from deploy.project import TrainProject
 from deploy.runtimes.base import (STARTED_MARKER, HostRun, Log, Plan, Progress, ServiceState, Step, StepHandler,
                                   write_env)
+from deploy.runtimes.native.layout import MANIFEST, META, RELEASE, SUPERVISOR_FILES, VENV, VENV_MARKER
+from deploy.runtimes.native.shipped import library_files
+from deploy.runtimes.native.sync import describe_sync, diff_files, send_files, sync_method
+from deploy.runtimes.native.tree import LocalFile, select_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_FILE = "docker-compose.runpod.yml"
@@ -33,6 +47,10 @@ SERVICE = "train"
 STOP_TIMEOUT = 120  # seconds Compose waits after SIGTERM; longer than the uploader's flush deadline
 SMALL_TOOLS = ("zstd", "curl")
 ENDED = ("exited", "dead")
+WORKDIR = "/workspace"  # REMOTE_DIR inside the container
+TRAINING_ENV = {"ENABLE_S3_SYNC": "1", "CHECKPOINT": "s3", "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": f"{WORKDIR}:{WORKDIR}/{META}/app"}
+"""What the service file sets for the entrypoint; the native runtime's run.json sets the same (a test holds them equal)."""
 
 
 def compose_source(name: str) -> Path:
@@ -142,6 +160,17 @@ class DesiredRun:
     gpu_file: bool | None = None  # None: decided from the probe
     image_bytes: int = 0
     image_problem: str | None = None
+    files: Mapping[str, LocalFile] = field(default_factory=dict)  # the project's code and gpu-deploy's training code
+    source: str = ""
+    local_rsync: bool = False
+
+    def code_digest(self) -> str:
+        """What the running container's code is: a change (re)creates it."""
+        return code_digest(self.files)
+
+
+def code_digest(files: Mapping[str, LocalFile]) -> str:
+    return file_digest(json.dumps(sorted((rel, f.size, f.mtime) for rel, f in files.items())).encode())
 
 
 @dataclass(frozen=True)
@@ -153,18 +182,31 @@ class HostState:
     env_digest: str | None
     file_digests: dict[str, str]
     service: ServiceState
+    code: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # shipped files as they are: size, mtime
+    manifest: frozenset[str] = frozenset()
+    release: str | None = None  # the code the service was (re)created with
 
 
 @dataclass(frozen=True, kw_only=True)
 class ComposePlan(Plan):
     desired: DesiredRun
     project: ComposeProject
+    send: tuple[str, ...] = ()
+    delete: tuple[str, ...] = ()
+    method: str = "sftp"
     runtime: ClassVar[str] = "compose"
-    idle: ClassVar[str] = "the service runs this image with these settings"
+    idle: ClassVar[str] = "the service runs this image, code and settings"
+
+    @property
+    def send_bytes(self) -> int:
+        return sum(self.desired.files[rel].size for rel in self.send)
 
     def header(self) -> list[str]:
         d, p = self.desired, self.project
+        size = sum(f.size for f in d.files.values())
         return [f"image     {d.image_ref} ({d.image_id[:19]})",
+                f"code      {len(d.files)} files, {size / 1e6:.1f} MB from {d.source or '.'} (and gpu-deploy's "
+                f"training code), mounted at {WORKDIR}",
                 f"compose   {p.command} -p {p.name} " + " ".join(f"-f {f}" for f in p.files),
                 f"env keys  {', '.join(d.env.keys)}"]
 
@@ -182,8 +224,27 @@ def gather(conn: Any, desired: DesiredRun, facts: HostFacts) -> HostState:
     digests = {posixpath.basename(p): d for d, p in (line.split(None, 1) for line in sums.splitlines() if line)}
     project = project_for(facts.compose_command or "docker compose", desired.remote_dir, _wants_gpu(desired, facts))
     service = project.state(conn) if facts.docker else ServiceState(exists=False)
+    code, manifest, release = gather_code(conn, desired.remote_dir, facts)
     return HostState(facts=facts, host_image_id=image, env_digest=remote_env_digest(conn, desired.remote_dir),
-                     file_digests=digests, service=service)
+                     file_digests=digests, service=service, code=code, manifest=manifest, release=release)
+
+
+def gather_code(conn: Any, remote_dir: str, facts: HostFacts) -> tuple[dict[str, tuple[int, int]], frozenset[str], str | None]:
+    """The shipped files (size, mtime), the manifest and the code release, read by the host's python3.
+
+    The same read-only program the native runtime runs (deploy/remote/native_facts.py); without a
+    python3 on the host nothing is known and every file is sent.
+    """
+    if not facts.python3 or not facts.remote_dir_exists:
+        return {}, frozenset(), None
+    args = [remote_dir, MANIFEST, VENV, VENV_MARKER, META, ",".join(SUPERVISOR_FILES), RELEASE, SERVICE_FILE]
+    result = run(conn, python_program("python3", "native_facts.py", *args), "Reading the shipped code", warn=True)
+    try:
+        data = json.loads(result.stdout.strip().splitlines()[-1]) if result.ok else {}
+    except (ValueError, IndexError):
+        data = {}
+    files = {k: (int(v[0]), int(v[1])) for k, v in (data.get("files") or {}).items()}
+    return files, frozenset(data.get("manifest") or ()), data.get("release")
 
 
 def plan_deploy(spec: HostSpec, desired: DesiredRun, state: HostState, facts: HostFacts | None = None) -> ComposePlan:
@@ -205,6 +266,11 @@ def plan_deploy(spec: HostSpec, desired: DesiredRun, state: HostState, facts: Ho
     env_changed = state.env_digest != desired.env.digest
     if env_changed:
         steps.append(Step("write-env", f".env with {len(desired.env.keys)} keys, mode 0600"))
+    send, delete = diff_files(desired.files, state.code, state.manifest)
+    method = sync_method(desired.local_rsync, facts.tools)
+    if send or delete:
+        steps.append(Step("sync-code", describe_sync(desired.files, send, delete, method)))
+    code_changed = bool(desired.files) and state.release != desired.code_digest()
     image_changed = state.host_image_id != desired.image_id
     if image_changed:
         steps.append(Step("load-image", f"load {desired.image_ref} from S3"))
@@ -213,29 +279,38 @@ def plan_deploy(spec: HostSpec, desired: DesiredRun, state: HostState, facts: Ho
     if files_changed:
         steps.append(Step("upload-compose", ", ".join(wanted)))
     running_current = state.service.running and state.service.image_id == desired.image_id
-    if desired.restart:
-        steps.append(Step("restart", "recreate the service (resumes from the latest checkpoint in S3)"))
-    elif env_changed or image_changed or files_changed or not running_current:
-        why = "not running" if not state.service.running else "image or settings changed"
+    if desired.restart or (running_current and code_changed and not (env_changed or image_changed or files_changed)):
+        # Compose recreates a container only when its configuration changed; new code needs --force-recreate.
+        why = "code changed; " if not desired.restart else ""
+        steps.append(Step("restart", f"recreate the service ({why}resumes from the latest checkpoint in S3)"))
+    elif env_changed or image_changed or files_changed or code_changed or not running_current:
+        why = "not running" if not state.service.running else "image, code or settings changed"
         steps.append(Step("start", f"{project.command} up -d ({why})"))
     return ComposePlan(spec=spec, desired=desired, project=project, steps=tuple(steps), problems=tuple(problems),
-                       facts=facts)
+                       facts=facts, send=send, delete=delete, method=method)
 
 
 # --------------------------------------------------------------------------- the runtime
 
 
 class ComposeRuntime:
-    """The compose strategy; ``images`` loads the image on a host (needed only to execute a plan)."""
+    """The compose strategy; ``images`` loads the image on a host (needed only to execute a plan), ``options``
+    are the SSH settings rsync reuses, ``source`` the training project."""
 
     name = "compose"
 
-    def __init__(self, images: ImageSource | None = None) -> None:
+    def __init__(self, images: ImageSource | None = None, options: HostOptions | None = None,
+                 source: str | os.PathLike[str] = ".") -> None:
         self.images = images
+        self.options = options or HostOptions()
+        self.source = source
 
     def desire(self, run: HostRun) -> DesiredRun:
+        project = TrainProject.at(self.source)
         return DesiredRun(image_ref=run.image_ref, image_id=run.image_id, remote_dir=run.remote_dir, env=run.env,
-                          restart=run.restart, image_bytes=run.image_bytes, image_problem=run.image_problem)
+                          restart=run.restart, image_bytes=run.image_bytes, image_problem=run.image_problem,
+                          files={**select_files(project.root), **library_files()}, source=project.root,
+                          local_rsync=bool(shutil.which("rsync") and shutil.which("ssh")))
 
     def gather(self, conn: Any, desired: DesiredRun, facts: HostFacts) -> HostState:
         return gather(conn, desired, facts)
@@ -250,7 +325,11 @@ class ComposeRuntime:
     @property
     def handlers(self) -> Mapping[str, StepHandler]:
         return {"create-dir": create_dir, "install-tools": install_tools, "write-env": write_env,
-                "load-image": self.load_image, "upload-compose": upload_compose, "start": start, "restart": start}
+                "sync-code": self.sync_code, "load-image": self.load_image, "upload-compose": upload_compose,
+                "start": start, "restart": start}
+
+    def sync_code(self, conn: Any, plan: ComposePlan, log: Log) -> None:
+        send_files(conn, plan, self.options, log)
 
     def load_image(self, conn: Any, plan: ComposePlan, log: Log) -> None:
         if self.images is None:
@@ -278,4 +357,11 @@ def upload_compose(conn: Any, plan: ComposePlan, log: Log) -> None:
 
 
 def start(conn: Any, plan: ComposePlan, log: Log) -> int:
-    return plan.project.start(conn, recreate=plan.needs("restart"))
+    """(Re)create the service, then record the code it runs: a later deploy with the same code does nothing."""
+    since = plan.project.start(conn, recreate=plan.needs("restart"))
+    d = plan.desired
+    if d.files:
+        run(conn, ["mkdir", "-p", posixpath.join(d.remote_dir, META)], "Creating the deploy folder")
+        write_atomic(conn, posixpath.join(d.remote_dir, RELEASE), json.dumps({"release": d.code_digest()}).encode(),
+                     mode=0o644)
+    return since
