@@ -41,7 +41,9 @@ if [ -n "$PUBLIC_KEY" ]; then
     chmod 600 /root/.ssh/authorized_keys
 fi
 ssh-keygen -A >/dev/null
-exec /usr/sbin/sshd -D -e
+# SSHD_PORT/SSHD_LISTEN: only for a control plane that runs pods on the host's network (tests reach
+# loopback servers that way); a pod on its own network listens on port 22 as on RunPod.
+exec /usr/sbin/sshd -D -e -p "${SSHD_PORT:-22}" -o "ListenAddress=${SSHD_LISTEN:-0.0.0.0}"
 """
 
 

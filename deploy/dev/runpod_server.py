@@ -11,6 +11,9 @@ Docker), whatever ``imageName`` says (that is the "pull"), with its ``env`` (``P
 volume at ``volumeMountPath`` (kept across stop and resume, removed on terminate) and port 22 published
 on 127.0.0.1. ``runtime`` stays null for the pod's pull delay, then lists port 22 with ``isIpPublic``.
 
+``host_network=True`` runs pods on the host's network instead (sshd on a free loopback port, reported as
+the public port of 22), so a pod reaches servers that listen on 127.0.0.1, such as the test S3 server.
+
 Controls for tests (methods): :meth:`refuse_capacity` (RunPod's "no longer any instances available"),
 :meth:`lose_pod` (kill the container), :meth:`set_pull_delay`, ``public_ip = False`` (port 22 only on a
 private IP, so no public endpoint ever appears). How a lost pod looks: RunPod stops a reclaimed
@@ -32,6 +35,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from deploy.dev.embedded import free_port
 
 LABEL = "gpu-deploy.runpod-server"
 NO_CAPACITY = "There are no longer any instances available with the requested specifications. Please refresh and try again."
@@ -89,6 +94,8 @@ class ServerPod:
     env: dict[str, str]
     status: str = "RUNNING"
     container_id: str = ""
+    host_port: int = 0
+    """With host networking: the loopback port sshd listens on (else Docker's published port)."""
     ready_at: float = 0.0
     started_at: float = field(default_factory=time.monotonic)
     changed: str = ""
@@ -149,12 +156,14 @@ class RunPodServer:
     """The control plane. ``start()`` serves on 127.0.0.1; ``stop()`` removes every pod container it made."""
 
     def __init__(self, docker_client: Any, pod_image: str, api_key: str = "rp-test-key",
-                 gpus: tuple[GpuOffer, ...] = DEFAULT_GPUS, pull_delay: float = 0.0) -> None:
+                 gpus: tuple[GpuOffer, ...] = DEFAULT_GPUS, pull_delay: float = 0.0,
+                 host_network: bool = False) -> None:
         self.docker = docker_client
         self.pod_image = pod_image
         self.api_key = api_key
         self.gpus = {g.id: g for g in gpus}
         self.pull_delay = pull_delay
+        self.host_network = host_network
         self.public_ip = True
         self.pods: dict[str, ServerPod] = {}
         self.operations: list[str] = []
@@ -277,10 +286,15 @@ class RunPodServer:
     def _run_container(self, pod: ServerPod) -> None:
         labels = {LABEL: self._instance, f"{LABEL}.pod": pod.id}
         volume = self.docker.volumes.create(name=f"gpu-deploy-pod-{pod.id}", labels=labels)
+        environment = {**pod.env, "RUNPOD_POD_ID": pod.id}
+        network: dict[str, Any] = {"ports": {"22/tcp": ("127.0.0.1", None)}}
+        if self.host_network:
+            pod.host_port = free_port()
+            environment.update(SSHD_PORT=str(pod.host_port), SSHD_LISTEN="127.0.0.1")
+            network = {"network_mode": "host"}
         container = self.docker.containers.run(
-            self.pod_image, detach=True, name=f"gpu-deploy-pod-{pod.id}", labels=labels,
-            environment={**pod.env, "RUNPOD_POD_ID": pod.id}, ports={"22/tcp": ("127.0.0.1", None)},
-            volumes={volume.name: {"bind": pod.mount, "mode": "rw"}})
+            self.pod_image, detach=True, name=f"gpu-deploy-pod-{pod.id}", labels=labels, environment=environment,
+            volumes={volume.name: {"bind": pod.mount, "mode": "rw"}}, **network)
         pod.container_id = container.id
         pod.ready_at = time.monotonic() + self.pull_delay
         self._set_status(pod, "RUNNING", "Rented by User")
@@ -344,10 +358,10 @@ class RunPodServer:
         if container.status != "running":
             return None
         bound = (container.attrs["NetworkSettings"]["Ports"] or {}).get("22/tcp") or []
-        if not bound:
+        public = pod.host_port or (int(bound[0]["HostPort"]) if bound else 0)
+        if not public:
             return None
-        ports = [{"ip": "127.0.0.1", "isIpPublic": True, "privatePort": 22, "publicPort": int(bound[0]["HostPort"]),
-                  "type": "tcp"}]
+        ports = [{"ip": "127.0.0.1", "isIpPublic": True, "privatePort": 22, "publicPort": public, "type": "tcp"}]
         if not self.public_ip:
             ports = [{"ip": "10.65.0.2", "isIpPublic": False, "privatePort": 22, "publicPort": 22, "type": "tcp"}]
         return {"uptimeInSeconds": int(time.monotonic() - pod.started_at), "ports": ports, "gpus": []}

@@ -2,8 +2,9 @@
 
 RunPod answers a create call at once, but the pod's ``runtime`` stays null while the machine pulls the
 image (minutes for a large PyTorch image), and a ``runtime.ports`` entry for port 22 with a public IP
-appears only after that. So :func:`wait_for_ssh` polls the API (not SSH) and reports each change of
-state once, with the time elapsed; a watcher can call the same two functions to replace a lost pod.
+appears only after that, a moment before sshd answers on it. So :func:`wait_for_ssh` polls the API (then
+the port, for sshd's banner) and reports each change of state once, with the time elapsed; a watcher
+can call the same two functions to replace a lost pod.
 
 Progress goes to an observer (any callable taking one line of text), so the library has no idea
 whether a console, a log or a run record is listening.
@@ -17,12 +18,13 @@ Example::
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from deploy.pods.api import PodApi
-from deploy.pods.models import RUNNING, NoCapacityError, Pod, PodError, PodRequest
+from deploy.pods.models import RUNNING, Endpoint, NoCapacityError, Pod, PodError, PodRequest
 
 Progress = Callable[[str], None]
 
@@ -55,31 +57,42 @@ class Clock:
     sleep: Callable[[float], None] = time.sleep
 
 
-def wait_for_ssh(api: PodApi, pod_id: str, timeout: float, progress: Progress = _quiet, interval: float = 2.0,
-                 clock: Clock | None = None) -> Pod:
-    """Poll until the pod is RUNNING with a public port for 22; one progress line per change of state.
+def ssh_answers(endpoint: Endpoint, timeout: float = 3.0) -> bool:
+    """True once the port sends an SSH banner: RunPod lists the port as soon as the container runs, before sshd is up."""
+    try:
+        with socket.create_connection((endpoint.ip, endpoint.port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(4) == b"SSH-"
+    except OSError:
+        return False
 
-    A pod that stops, disappears or has no public port within ``timeout`` seconds is a :class:`PodError`
-    that says what it was doing (the pod is left as it is: ``fab pods.down`` decides what to do with it).
+
+def wait_for_ssh(api: PodApi, pod_id: str, timeout: float, progress: Progress = _quiet, interval: float = 2.0,
+                 clock: Clock | None = None, probe: Callable[[Endpoint], bool] = ssh_answers) -> Pod:
+    """Poll until the pod is RUNNING with a public port for 22 where sshd answers; one line per change of state.
+
+    A pod that stops, disappears or has no answering public port within ``timeout`` seconds is a
+    :class:`PodError` that says what it was doing (the pod is left as it is: ``fab pods.down`` decides).
     """
     clock = clock or Clock()
     started = clock.now()
     last = ""
-    pod: Pod | None = None
     while True:
         pod = api.get(pod_id)
         elapsed = clock.now() - started
         if pod is None:
             raise PodError(f"Pod {pod_id} disappeared while starting (terminated by someone, or by RunPod).")
-        if pod.stage != last:
-            last = pod.stage
-            progress(f"{elapsed:5.0f} s  {pod_id}: {last}")
-        if pod.status == RUNNING and pod.ssh is not None:
+        ready = pod.status == RUNNING and pod.ssh is not None and probe(pod.ssh)
+        stage = pod.stage if ready or pod.ssh is None else f"{pod.stage}, sshd not answering yet"
+        if stage != last:
+            last = stage
+            progress(f"{elapsed:5.0f} s  {pod_id}: {stage}")
+        if ready:
             return pod
         if pod.status not in (RUNNING, ""):
             raise PodError(f"Pod {pod_id} is {pod.status} instead of starting; see it in RunPod's console, then "
-                           f"fab pods.down {pod_id}.")
+                           f"fab pods.down --pod {pod_id}.")
         if elapsed >= timeout:
-            raise PodError(f"Pod {pod_id} has no public SSH port after {timeout:.0f} s (it is {pod.stage}); wait "
-                           f"longer with --timeout, or remove it with fab pods.down {pod_id}.")
+            raise PodError(f"Pod {pod_id} has no public SSH port after {timeout:.0f} s (it is {stage}); wait "
+                           f"longer with --timeout, or remove it with fab pods.down --pod {pod_id}.")
         clock.sleep(min(interval, max(0.0, timeout - elapsed)))

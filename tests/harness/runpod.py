@@ -55,6 +55,7 @@ def runpod_env(runpod_server: RunPodServer, tmp_path: Path, monkeypatch: pytest.
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    runpod_server.operations.clear()
     yield env
     runpod_server.cleanup()
     for gpu in runpod_server.gpus:

@@ -65,7 +65,7 @@ def test_no_capacity_anywhere_names_every_try() -> None:
 def test_wait_reports_each_state_once_and_returns_the_public_endpoint() -> None:
     api = ScriptedApi(states=[pod(), pod(), pod(), pod(ports=PRIVATE), pod(ports=PUBLIC)])
     lines: list[str] = []
-    found = wait_for_ssh(api, "pod1", timeout=60, progress=lines.append, clock=FakeClock())
+    found = wait_for_ssh(api, "pod1", timeout=60, progress=lines.append, clock=FakeClock(), probe=lambda e: True)
     assert found.ssh is not None and found.ssh.host_spec() == "root@203.0.113.7:40122"
     assert [line.split(": ", 1)[1] for line in lines] == [
         "starting (pulling the image)", "running, no public SSH port yet", "running, SSH at 203.0.113.7:40122"]
@@ -75,7 +75,7 @@ def test_wait_reports_each_state_once_and_returns_the_public_endpoint() -> None:
 def test_a_pod_that_never_gets_a_public_port_times_out_in_one_sentence() -> None:
     clock = FakeClock()
     with pytest.raises(PodError, match=r"Pod pod1 has no public SSH port after 30 s \(it is running, no public SSH "
-                                       r"port yet\); wait longer with --timeout, or remove it with fab pods.down"):
+                                       r"port yet\); wait longer with --timeout, or remove it with fab pods.down --pod pod1"):
         wait_for_ssh(ScriptedApi(states=[pod(ports=PRIVATE)]), "pod1", timeout=30, clock=clock)
     assert clock.t == pytest.approx(30)
 
@@ -85,3 +85,12 @@ def test_a_pod_that_exits_or_disappears_while_starting_fails_at_once() -> None:
         wait_for_ssh(ScriptedApi(states=[pod(), pod(status="EXITED")]), "pod1", timeout=60, clock=FakeClock())
     with pytest.raises(PodError, match="Pod pod1 disappeared while starting"):
         wait_for_ssh(ScriptedApi(states=[None]), "pod1", timeout=60, clock=FakeClock())
+
+
+def test_a_listed_port_counts_only_once_sshd_answers_on_it() -> None:
+    api = ScriptedApi(states=[pod(ports=PUBLIC)])
+    answers = iter([False, False, True])
+    lines: list[str] = []
+    wait_for_ssh(api, "pod1", timeout=60, progress=lines.append, clock=FakeClock(), probe=lambda e: next(answers))
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "running, SSH at 203.0.113.7:40122, sshd not answering yet", "running, SSH at 203.0.113.7:40122"]
