@@ -56,13 +56,16 @@ def test_a_failure_with_a_log_file_quotes_the_log(tmp_path) -> None:
                                     "exit 1"], "pip install", log_file=log)
 
 
-def test_rsync_protects_args_and_quotes_nothing_by_hand() -> None:
-    argv = rsync_command(SPEC, HostOptions(key_file="/k", known_hosts="/kh"), ["-a"], "/local dir/",
+def test_rsync_protects_args_and_quotes_nothing_by_hand(tmp_path) -> None:
+    key = tmp_path / "k"
+    key.write_text("a key\n")
+    key.chmod(0o600)
+    argv = rsync_command(SPEC, HostOptions(key_file=str(key), known_hosts="/kh"), ["-a"], "/local dir/",
                          remote(SPEC, "/workspace/my run/"))
     assert argv[:3] == ["rsync", "--protect-args", "-a"]
     assert argv[-1] == "root@203.0.113.10:/workspace/my run/" and argv[-2] == "/local dir/"
     ssh = argv[argv.index("-e") + 1]
-    assert ssh.startswith("ssh -p 40022 -o BatchMode=yes") and "-i /k" in ssh
+    assert ssh.startswith("ssh -p 40022 -o BatchMode=yes") and f"-i {key}" in ssh
 
 
 def test_an_ipv6_host_is_bracketed_for_rsync() -> None:
