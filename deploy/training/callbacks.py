@@ -197,6 +197,7 @@ class S3CheckpointSync(SyncCallback):
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._report_stop(self._stop(f"{type(exception).__name__}"))
         self._unhook()
+        STOP.release(trainer)
 
     def _unhook(self) -> None:
         if self._undo is not None:

@@ -63,13 +63,14 @@ class StopRequest:
     def arm(self, trainer: Any, coordinated: bool = False) -> None:
         """Take over SIGTERM for ``trainer``'s fit (call once Lightning registered its handlers).
 
-        A new trainer starts a fresh record; arming again for the same trainer only adds
-        coordination. Does nothing off the main thread (signals can only be handled there).
+        A new fit (another trainer, or Lightning registered its handler again) starts a fresh
+        record; arming again within the same fit only adds coordination. Does nothing off the main
+        thread (signals can only be handled there).
         """
         if threading.current_thread() is not threading.main_thread():
             return
         with self._lock:
-            if self._trainer is not trainer:
+            if self._trainer is not trainer or signal.getsignal(signal.SIGTERM) != self._on_sigterm:
                 self._trainer = trainer
                 self.received_at = None
                 self.coordinated = False

@@ -166,3 +166,4 @@ class SyncCallback(Callback):
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._stop(f"{type(exception).__name__}")
+        STOP.release(trainer)
