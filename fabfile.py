@@ -2,7 +2,7 @@
 
 from invoke import Collection
 
-from tasks import config, images, pods, runpod, s3
+from tasks import config, images, pods, runpod, runs, s3, tensorboard
 
 ns = Collection()
 ns.add_task(config.config)
@@ -13,3 +13,5 @@ ns.add_task(images.image_to_s3)
 ns.add_task(images.image_from_s3)
 ns.add_collection(images.ns)
 ns.add_collection(pods.ns)
+ns.add_collection(runs.ns)
+ns.add_task(tensorboard.tensorboard)

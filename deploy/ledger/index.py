@@ -192,6 +192,19 @@ def list_runs(storage: Storage, workers: int = 16, refresh: bool = False) -> lis
     return sorted(rows, key=lambda s: s.get("created") or "", reverse=True)
 
 
+def find_run(storage: Storage, run_id: str) -> RunData:
+    """``run_id``, or the newest run for ``latest``; a :class:`StorageError` naming the id otherwise."""
+    if run_id == "latest":
+        runs = list_runs(storage)
+        if not runs:
+            raise StorageError(f"No runs in {storage.url(storage.key(RUNS))} yet; `fab deploy-runpod` starts one.")
+        run_id = str(runs[0]["run_id"])
+    found = read_run(storage, run_id)
+    if found is None:
+        raise StorageError(f"No run {run_id!r} in {storage.url(storage.key(RUNS))}; `fab runs` lists them.")
+    return found
+
+
 def current_run(storage: Storage) -> dict[str, Any] | None:
     """The newest run not yet finished (the one a deploy continues), or None."""
     runs = list_runs(storage)

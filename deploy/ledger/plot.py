@@ -77,7 +77,9 @@ def markers(run: RunData, series: Sequence[Series]) -> list[Marker]:
         host = event.host or host
         if label:
             before = [step for wall, step in points if wall <= event.at.timestamp()]
-            found.append(Marker(step=before[-1] if before else 0, label=label))
+            step = before[-1] if before else 0
+            if not found or found[-1].step != step:  # a move and its start are one marker
+                found.append(Marker(step=step, label=label))
     return found
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from deploy.ledger.cost import run_cost
 from deploy.ledger.index import summarize
-from deploy.ledger.model import Event, duration, iso, now
-from deploy.ledger.store import RunData
+from deploy.ledger.model import FORMAT, Event, duration, iso, now
+from deploy.ledger.store import FORMAT_MISSING, RunData
 
 _SKIP_DATA = ("price_per_hour",)
 
@@ -38,6 +38,12 @@ def timeline(run: RunData) -> list[str]:
     return lines
 
 
+def _format_note(version: int) -> str:
+    if version == FORMAT_MISSING:
+        return "  (no record.json: events only)"
+    return "" if version == FORMAT else f"  (record format {version})"
+
+
 def describe_run(run: RunData, checkpoints: Sequence[Any] = (), moment: datetime | None = None,
                  prices: dict[str, float] | None = None) -> list[str]:
     """The whole ``fab runs.show`` text."""
@@ -46,7 +52,7 @@ def describe_run(run: RunData, checkpoints: Sequence[Any] = (), moment: datetime
     source = record.image + (f" ({record.image_id[:19]})" if record.image_id else "")
     if record.commit:
         source += ("; " if source else "") + f"git {record.commit[:12]}" + (" (dirty)" if record.dirty else "")
-    lines = [f"run         {run.run_id}" + (f"  (record format {record.format})" if record.format != 1 else ""),
+    lines = [f"run         {run.run_id}" + _format_note(record.format),
              f"state       {summary['state']}, {summary['restarts']} restart(s)",
              f"created     {iso(record.created)} ({duration((moment - record.created).total_seconds())} ago)",
              f"command     {record.command or '?'}",

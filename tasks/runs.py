@@ -1,0 +1,81 @@
+"""The run ledger: `fab runs` (every run, its state, hosts and cost) and `fab runs.show RUN`."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import os
+
+from invoke import Collection, task
+
+from tasks._boundary import ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
+from tasks._table import make_table, print_table
+
+
+def _storage(env_file):
+    from deploy.storage import Storage
+
+    settings = settings_from_flags(env_file=env_file)
+    return settings, Storage.from_settings(settings)
+
+
+@task(name="list", default=True, auto_shortflags=False,
+      help={"json": JSON_HELP, "refresh": "Read every run in full instead of trusting the index.",
+            "env_file": ENV_FILE_HELP})
+@boundary
+def list_(c, json=False, refresh=False, env_file=None):
+    """List the runs in the bucket, newest first: state, hosts, GPUs, restarts, step, hours and cost."""
+    from deploy.ledger.index import list_runs
+    from deploy.ledger.show import TABLE_COLUMNS, table_row
+
+    _, storage = _storage(env_file)
+    rows = list_runs(storage, refresh=refresh)
+    if json:
+        print(jsonlib.dumps(rows, indent=2))
+        return
+    if not rows:
+        print(f"No runs in {storage.url(storage.key('runs'))} yet; `fab deploy-runpod` starts one.")
+        return
+    table = make_table(TABLE_COLUMNS, right=("hosts", "restarts", "step", "hours"))
+    for row in rows:
+        table.add_row(*table_row(row))
+    print_table(table)
+
+
+@task(auto_shortflags=False,
+      help={"run": "Run id (`fab runs` lists them), or 'latest'.", "json": JSON_HELP,
+            "plot": "Also draw the loss curves with restart and host-change markers into this PNG "
+                    "(needs the plot extra).", "env_file": ENV_FILE_HELP})
+@boundary
+def show(c, run="latest", json=False, plot=None, env_file=None):
+    """Show one run: its record, events as a timeline, cost per host, progress and checkpoints."""
+    from deploy.ledger.cost import parse_prices
+    from deploy.ledger.index import find_run, run_checkpoints
+    from deploy.ledger.show import describe_run, run_json
+
+    settings, storage = _storage(env_file)
+    data = find_run(storage, run)
+    checkpoints = run_checkpoints(storage, data)
+    prices = parse_prices(settings.host_price_per_hour or "")
+    if json:
+        print(jsonlib.dumps(run_json(data, checkpoints, prices=prices), indent=2, default=str))
+    else:
+        print("\n".join(describe_run(data, checkpoints, prices=prices)))
+    if plot:
+        print(_plot(storage, data, plot))
+
+
+def _plot(storage, data, path: str) -> str:
+    from deploy.ledger.logs import download_logs, local_log_cache, run_log_versions
+    from deploy.ledger.plot import plot_run
+
+    versions = run_log_versions(storage, data)
+    folder = local_log_cache(storage) / data.run_id  # the same cache `fab tensorboard` uses
+    download_logs(storage, folder, versions)
+    out, curves, marks = plot_run(data, [os.path.join(folder, v) for v in versions], path)
+    what = f"{curves} loss curve(s)" if curves else "no loss curve yet (no logs in the bucket for this run)"
+    return f"plot      {out}: {what}, {marks} restart/host marker(s) from logs {', '.join(versions) or '-'}"
+
+
+ns = Collection("runs")
+ns.add_task(list_, default=True)
+ns.add_task(show)
