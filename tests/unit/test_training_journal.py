@@ -223,3 +223,24 @@ def test_a_kill_while_the_file_was_written_is_caught_by_its_intent(tmp_path: Pat
 
     staged = journal.stage(str(tmp_path / "c" / "last.ckpt"), "k/last.ckpt", {"step": "40"}, intent=intent)
     assert staged.entry == intent.entry and [s.snapshot for s in journal.find_staged([str(tmp_path)])] == [staged.snapshot]
+
+
+def test_a_newer_object_in_the_bucket_still_wins_over_an_older_local_file(tmp_path: Path) -> None:
+    local = LocalCheckpoint(str(checkpoint(tmp_path / "r" / "epoch=0-step=20.ckpt")), 20, "epoch=0-step=20.ckpt",
+                            "p/checkpoints/epoch=0-step=20.ckpt")
+    newer = checkpoint(tmp_path / "bucket" / "epoch=0-step=30.ckpt").read_bytes()
+
+    class Bucket:
+        def key(self, *parts: str) -> str:
+            return "/".join(("p", *parts))
+
+        def url(self, key: str = "") -> str:
+            return f"s3://bucket/{key}"
+
+        def download_file(self, key: str, dest: Path) -> None:
+            Path(dest).write_bytes(newer)
+
+    plan = resume_from_latest(Bucket(), tmp_path / "r", [info("epoch=0-step=20.ckpt", 20),
+                                                        info("epoch=0-step=30.ckpt", 30)], local=local)
+    assert plan.step == 30 and plan.path == str(tmp_path / "r" / "epoch=0-step=30.ckpt")
+    assert not Path(local.path).exists()  # the resume folder keeps one checkpoint
