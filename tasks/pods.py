@@ -14,7 +14,7 @@ from pathlib import Path
 from invoke import Collection, task
 
 from deploy.pods.lifecycle import bring_up, list_project, plan_down, take_down
-from deploy.pods.models import EXITED, RUNNING, Pod
+from deploy.pods.models import RUNNING, Pod
 from deploy.pods.plan import spend_so_far, stopped_volume_per_day
 from tasks._boundary import DRY_RUN_HELP, ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
 from tasks._flags import number
@@ -33,9 +33,8 @@ def _uptime(seconds: int) -> str:
 
 
 def _state(pod: Pod) -> str:
-    if pod.status == EXITED:
-        return "stopped"
-    return pod.stage if pod.status == RUNNING and pod.ssh is None else pod.status.lower()
+    """The table's state column: the SSH address has its own column."""
+    return pod.stage if pod.status != RUNNING or pod.ssh is None else "running"
 
 
 @task(name="list", default=True, auto_shortflags=False, help={"json": JSON_HELP, "env_file": ENV_FILE_HELP})

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from deploy.errors import ConfigError
 from deploy.hosts import HostOptions, HostSpec
 from deploy.pods import state
 from deploy.pods.api import PodApi
@@ -93,7 +93,11 @@ class DownPlan:
 
 def _verdict(settings: Settings, pod: Pod) -> CheckpointVerdict:
     """Compare the pod's checkpoints with S3; a pod that cannot be reached over SSH cannot be judged safe."""
-    storage = Storage.from_settings(settings)
+    try:
+        storage = Storage.from_settings(settings)
+    except ConfigError as exc:
+        return CheckpointVerdict(False, f"its checkpoints cannot be compared with S3 ({str(exc).rstrip('.')})",
+                                 "set the S3 settings")
     ssh = pod.ssh
     if pod.status != RUNNING or ssh is None:
         return check_termination(storage, None, unreachable=pod.stage)
@@ -112,8 +116,8 @@ def plan_down(settings: Settings, folder: str | os.PathLike[str], pod_id: str | 
     if force:
         return DownPlan(pod, "terminate", notes=["--force: checkpoints are not compared with S3"])
     verdict = _verdict(settings, pod)
-    refused = None if verdict.safe else (f"Not terminating pod {pod.id}: {verdict.reason}; wait for the upload, "
-                                         f"or pass --force to lose it.")
+    refused = None if verdict.safe else (f"Not terminating pod {pod.id}: {verdict.reason}; {verdict.hint}, "
+                                         "or pass --force to terminate it anyway.")
     return DownPlan(pod, "terminate", verdict, refused)
 
 

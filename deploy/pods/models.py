@@ -107,6 +107,8 @@ class Pod:
     @property
     def stage(self) -> str:
         """A word for progress lines: what the pod is doing from the operator's point of view."""
+        if self.status == EXITED:
+            return "stopped"
         if self.status != RUNNING:
             return self.status.lower() or "unknown"
         if not self.has_runtime:

@@ -200,6 +200,8 @@ class CheckpointVerdict:
 
     safe: bool
     reason: str
+    hint: str = "wait for the upload"
+    """What the operator can do instead of forcing."""
 
 
 def judge_termination(on_pod: tuple[Sequence[int], int] | None, s3_step: int | None, s3_age: str | None,
@@ -210,7 +212,7 @@ def judge_termination(on_pod: tuple[Sequence[int], int] | None, s3_step: int | N
              else "there is no checkpoint in S3")
     if on_pod is None:
         return CheckpointVerdict(False, f"the pod is {unreachable or 'unreachable'}, so its checkpoints cannot be "
-                                        f"compared with S3 ({in_s3})")
+                                        f"compared with S3 ({in_s3})", "resume it in RunPod's console to check")
     pod_steps, pending_uploads = on_pod
     if pending_uploads:
         return CheckpointVerdict(False, f"{pending_uploads} checkpoint{'s are' if pending_uploads > 1 else ' is'} "

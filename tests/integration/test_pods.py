@@ -87,7 +87,7 @@ def test_pods_lists_the_projects_pods_with_cost_and_stopped_volume_billing(
     stopped = fab("pods.down", "--stop", "--pod", pod_id)
     assert stopped.returncode == 0 and f"Pod {pod_id} stopped." in stopped.stdout
     table = fab("pods").stdout
-    assert re.search(rf"{pod_id}\s+\S+\s+stopped", table)
+    assert re.search(rf"{pod_id}\s+\S+\s+stopped\s", table)
     assert f"1 stopped pod(s) still bill their volume: $0.13/day ({pod_id})" in table  # 20 GB x $0.20 / 30
 
 
@@ -126,9 +126,20 @@ def test_down_refuses_while_the_pods_newest_checkpoint_is_not_in_s3(
     assert re.fullmatch(
         rf"Error: Not terminating pod {pod_id}: the newest checkpoint on the pod \(step 20\) is not in S3 \(the newest "
         r"checkpoint in S3 is step 10, uploaded (less than a minute|\d+ min) ago\); wait for the upload, or pass "
-        r"--force to lose it\.\n", refused.stderr)
+        r"--force to terminate it anyway\.\n", refused.stderr)
     forced = fab("pods.down", "--force")
     assert forced.returncode == 0 and runpod_server.pods == {}
+
+
+def test_down_refuses_a_stopped_pod_whose_checkpoints_cannot_be_read(
+        runpod_server: RunPodServer, runpod_env: dict[str, str], s3_env: dict[str, str]) -> None:
+    pod_id, _ = up()
+    assert fab("pods.down", "--stop").returncode == 0
+    message = one_sentence(fab("pods.down"))
+    assert message == (f"Error: Not terminating pod {pod_id}: the pod is stopped, so its checkpoints cannot be compared "
+                       "with S3 (there is no checkpoint in S3); resume it in RunPod's console to check, or pass --force "
+                       "to terminate it anyway.")
+    assert fab("pods.down", "--force").returncode == 0 and runpod_server.pods == {}
 
 
 # ----------------------------------------------------------------------------- bad input: one sentence each
