@@ -30,7 +30,6 @@ Attach them to any LightningCLI with no code change (settings come from the envi
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -51,8 +50,6 @@ from deploy.training.uploader import FlushResult, UploadJob
 
 __all__ = ["DEFAULT_FLUSH_TIMEOUT", "STAGING_DIR", "S3CheckpointSync", "S3LogSync", "SyncCheckpointIO",
            "install_checkpoint_io", "storage_transfer"]
-
-log = logging.getLogger(__name__)
 
 STOP_CHECKPOINT = "stop-epoch={epoch}-step={step}.ckpt"
 """The name of the checkpoint a graceful stop saves (``step=N`` in it, as in Lightning's names)."""
