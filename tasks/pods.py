@@ -34,6 +34,8 @@ def _uptime(seconds: int) -> str:
 
 def _state(pod: Pod) -> str:
     """The table's state column: the SSH address has its own column."""
+    if pod.status == RUNNING and not pod.has_runtime:
+        return "no runtime (starting, or its machine is down)"
     return pod.stage if pod.status != RUNNING or pod.ssh is None else "running"
 
 

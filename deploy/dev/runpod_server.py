@@ -14,7 +14,7 @@ on 127.0.0.1. ``runtime`` stays null for the pod's pull delay, then lists port 2
 ``host_network=True`` runs pods on the host's network instead (sshd on a free loopback port, reported as
 the public port of 22), so a pod reaches servers that listen on 127.0.0.1, such as the test S3 server.
 
-Controls for tests (methods): :meth:`refuse_capacity` (RunPod's "no longer any instances available"),
+Controls for tests (methods, and ``POST /control`` for another process): :meth:`refuse_capacity` (RunPod's "no longer any instances available"),
 :meth:`lose_pod` (kill the container), :meth:`set_pull_delay`, ``public_ip = False`` (port 22 only on a
 private IP, so no public endpoint ever appears). How a lost pod looks: RunPod stops a reclaimed
 interruptible pod (``desiredStatus`` EXITED, ``runtime`` null, volume kept); a machine that fails leaves
@@ -124,6 +124,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Authorization") != f"Bearer {plane.api_key}":
             self._send(401, {"errors": [{"message": "Unauthorized"}]})
             return
+        if self.path.split("?")[0] == "/control":
+            try:
+                self._send(200, plane.control(json.loads(body)))
+            except (ValueError, KeyError, TypeError) as exc:
+                self._send(400, {"error": f"{exc.__class__.__name__}: {exc}"})
+            return
         try:
             query = json.loads(body)["query"]
         except (ValueError, KeyError, TypeError):
@@ -191,7 +197,8 @@ class RunPodServer:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
-        self.cleanup()
+        if self.docker is not None:
+            self.cleanup()
 
     def cleanup(self) -> None:
         """Remove every container and volume this server made (a test's pods never outlive the session)."""
@@ -227,6 +234,27 @@ class RunPodServer:
             self.docker.containers.get(pod.container_id).kill()
             if how == "exited":
                 self._set_status(pod, "EXITED", "Stopped by RunPod: the machine was reclaimed")
+
+    def control(self, command: dict[str, Any]) -> dict[str, Any]:
+        """The controls over HTTP (``POST /control`` with the API key), for a test or demo in another process.
+
+        ``{"action": "refuse_capacity", "gpu": ID, "refuse": true}``, ``{"action": "lose_pod", "pod": ID,
+        "how": "exited"}``, ``{"action": "pull_delay", "seconds": 5, "pod": ID or null}``,
+        ``{"action": "public_ip", "value": false}``; the answer lists the pods by id with their status.
+        """
+        action = command["action"]
+        if action == "refuse_capacity":
+            self.refuse_capacity(command["gpu"], bool(command.get("refuse", True)))
+        elif action == "lose_pod":
+            self.lose_pod(command["pod"], command.get("how", "exited"))
+        elif action == "pull_delay":
+            self.set_pull_delay(float(command["seconds"]), command.get("pod"))
+        elif action == "public_ip":
+            self.public_ip = bool(command["value"])
+        else:
+            raise ValueError(f"unknown action {action!r}")
+        with self._lock:
+            return {"pods": {pod.id: pod.status for pod in self.pods.values()}}
 
     def container(self, pod_id: str) -> Any:
         return self.docker.containers.get(self.pods[pod_id].container_id)
@@ -380,3 +408,25 @@ class RunPodServer:
 
 class _Refusal(Exception):
     """An answer RunPod gives as ``errors`` with HTTP 200."""
+
+
+def main() -> None:  # pragma: no cover - for people: python -m deploy.dev.runpod_server
+    """Serve until Ctrl-C; prints the two settings that point fab at it."""
+    import docker
+
+    from deploy.dev.podimage import ensure_pod_image
+
+    client = docker.from_env(timeout=900)
+    server = RunPodServer(client, ensure_pod_image(client).tag, api_key="rp-local-" + secrets.token_hex(6),
+                          host_network=True).start()
+    print(f"RUNPOD_API_BASE_URL={server.url}\nRUNPOD_API_KEY={server.api_key}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

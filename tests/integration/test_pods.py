@@ -15,6 +15,8 @@ import pytest
 from deploy.dev.runpod_server import RunPodServer
 from deploy.hosts import HostOptions, HostSpec, connect
 from deploy.pods import state
+from deploy.pods.api import PodApi
+from deploy.pods.lifecycle import bring_up
 from deploy.settings import load_settings
 from deploy.storage import Storage
 from tests.harness.fab import run_fab
@@ -140,6 +142,25 @@ def test_down_refuses_a_stopped_pod_whose_checkpoints_cannot_be_read(
                        "with S3 (there is no checkpoint in S3); resume it in RunPod's console to check, or pass --force "
                        "to terminate it anyway.")
     assert fab("pods.down", "--force").returncode == 0 and runpod_server.pods == {}
+
+
+def test_lost_pods_look_as_runpod_reports_them(runpod_server: RunPodServer, runpod_env: dict[str, str],
+                                              tmp_path: Path) -> None:
+    # What a watcher sees: a reclaimed pod is stopped (EXITED, no runtime); a failed machine leaves it RUNNING
+    # without a runtime.
+    settings = load_settings()
+    api = PodApi(settings.runpod_api_key)
+    reclaimed = bring_up(settings, tmp_path, timeout=60, progress=lambda line: None).pod
+    failed = bring_up(settings, tmp_path, timeout=60, progress=lambda line: None).pod
+    runpod_server.lose_pod(reclaimed.id, how="exited")
+    runpod_server.lose_pod(failed.id, how="vanished")
+    after = {pod.id: pod for pod in api.pods()}
+    assert (after[reclaimed.id].status, after[reclaimed.id].has_runtime, after[reclaimed.id].stage) == (
+        "EXITED", False, "stopped")
+    assert (after[failed.id].status, after[failed.id].has_runtime, after[failed.id].ssh) == ("RUNNING", False, None)
+    assert runpod_server.container(failed.id).status != "running"
+    table = fab("pods").stdout
+    assert re.search(rf"{failed.id}\s+\S+\s+no runtime \(starting, or its machine is down\)", table)
 
 
 # ----------------------------------------------------------------------------- bad input: one sentence each

@@ -47,3 +47,4 @@ def test_an_unknown_operation_is_an_error_and_recorded() -> None:
     plane = server()
     answer = plane.answer("query { myself { endpoints { id } } }")
     assert "errors" in answer and plane.mismatches == ["query { myself { endpoints { id } } }"]
+
