@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,23 @@ PYPROJECT = "pyproject.toml"
 DEPS_TAG_PREFIX = "deps-"
 DIGEST_LENGTH = 12
 DEPS_LABEL = "gpu-deploy.deps"  # the image label that records which dependencies it holds
+KIT_ROOT = Path(__file__).resolve().parents[1]  # this checkout: its pyproject.toml has the train extra
+
+
+def train_requirements(repo: Path = KIT_ROOT) -> tuple[str, ...]:
+    """gpu-deploy's ``train`` extra, from pyproject.toml (the one list the Dockerfile reads too)."""
+    try:
+        if tomllib is None:
+            raise ImportError("tomllib")
+        with open(repo / PYPROJECT, "rb") as handle:
+            return tuple(tomllib.load(handle)["project"]["optional-dependencies"]["train"])
+    except (ImportError, OSError, KeyError):
+        try:
+            reqs = requires("gpu-deploy") or []
+        except PackageNotFoundError as exc:
+            raise ConfigError("Cannot read the train extra: pyproject.toml is missing and gpu-deploy is not "
+                              "installed; run from a checkout of the project.") from exc
+        return tuple(r.split(";")[0].strip() for r in reqs if "extra == \"train\"" in r.replace("'", "\""))
 
 
 @dataclass(frozen=True)

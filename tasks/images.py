@@ -49,6 +49,40 @@ def image_to_s3(c, image=None, codec="zstd", format="layers", force=False, dry_r
     print(result.summary())
 
 
+@task(name="image-build", auto_shortflags=False, help={
+    "image": "Image name whose tag becomes deps-<digest> (default: IMAGE); the image is tagged IMAGE too.",
+    "base_image": "Image to install the dependencies on (default: BASE_IMAGE); its torch is kept.",
+    "project": "The training project folder (default: TRAIN_PROJECT, else the folder fab runs in).",
+    "push": "Push the image to the bucket afterwards (only the layers it lacks), as image-to-s3 does.",
+    "force": "Build even when the engine has an image for these dependencies.",
+    "network": "Docker network for the build's RUN steps (e.g. none on an offline machine).",
+    "dry_run": DRY_RUN_HELP,
+    "env_file": ENV_FILE_HELP,
+})
+@boundary
+def image_build(c, image=None, base_image=None, project=None, push=False, force=False, network=None, dry_run=False,
+                env_file=None):
+    """Build the training image: BASE_IMAGE + the train extra + the training project's requirements (no code)."""
+    from deploy.images.build import build, plan_build
+    from deploy.project import TrainProject
+
+    settings = settings_from_flags(env_file=env_file, IMAGE=image, BASE_IMAGE=base_image, TRAIN_PROJECT=project)
+    client = lib.docker_client()
+    plan = plan_build(client, TrainProject.from_settings(settings), settings.image, settings.base_image, force)
+    for line in plan.describe():
+        print(line)
+    if dry_run:
+        return
+    result = build(client, plan, network_mode=network)
+    print(result.summary())
+    if push:
+        storage = Storage.from_settings(settings)
+        ensure_reachable(settings.aws_endpoint_url)
+        for ref in dict.fromkeys(result.tags):
+            pushed = lib.push(client, storage, ref, progress=RichImageProgress())
+            print(pushed.summary())
+
+
 @task(name="image-from-s3", auto_shortflags=False, help={
     "image": IMAGE_HELP,
     "hosts": "Host (user@host:port) to load the image on (default: fab -H, else RUNPOD_HOST, else this machine).",

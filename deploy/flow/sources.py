@@ -1,4 +1,9 @@
-"""Where a deploy's inputs come from before any host is touched: the image in the bucket, a local dataset."""
+"""Where a deploy's inputs come from before any host is touched: the image in the bucket, a local dataset.
+
+The image holds the training project's dependencies (deploy.images.build); when the one in the bucket
+was built for other requirements than the project has now, deploy says so in one line naming the
+command, or (``--build``) builds and pushes it first.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ from typing import Any
 
 from deploy.errors import HostError
 from deploy.images import ImageRef, pull
+from deploy.images.build import image_deps
 from deploy.images.store import ImageStore
+from deploy.project import TrainProject, train_requirements
 from deploy.runtimes.base import Log
 from deploy.storage import DATASETS, Storage
 from deploy.storage.sync import cache_for, plan_upload
@@ -17,23 +24,59 @@ from deploy.storage.sync import execute as execute_sync
 class BucketImages:
     """The image comes from the bucket's layer store (``fab image-to-s3`` put it there)."""
 
-    def __init__(self, storage: Storage, log: Log = lambda s: None) -> None:
+    def __init__(self, storage: Storage, log: Log = lambda s: None, deps: str | None = None) -> None:
         self.storage = storage
         self.log = log
+        self.deps = deps  # the dependency digest the training project needs now (None: do not compare)
 
     def image_id(self, ref: str) -> tuple[str, int]:
-        """The image id and uncompressed size the bucket holds for ``ref``."""
+        """The image id and uncompressed size the bucket holds for ``ref``; says when it is stale."""
         parsed = ImageRef.parse(ref)
         manifest = ImageStore(self.storage).read_manifest(parsed.name, parsed.tag)
         if manifest is None:
-            raise HostError(f"The bucket has no image {ref} under {self.storage.url()}; push it first with "
-                            f"`fab image-to-s3 --image={ref}`.")
+            raise HostError(f"The bucket has no image {ref} under {self.storage.url()}; build and push it with "
+                            f"`fab image-build --push` (or push a local one with `fab image-to-s3 --image={ref}`).")
+        line = stale_line(ref, image_deps(manifest.config), self.deps)
+        if line:
+            self.log(line)
         return manifest.image_id, sum(layer.size for layer in manifest.layers)
 
     def load_on_host(self, conn: Any, ref: str) -> str:
         result = pull(conn, self.storage, ref, where=f"{conn.host}:{conn.port}")
         self.log(result.summary())
         return result.image_id or ""
+
+
+def stale_line(ref: str, stored: str | None, wanted: str | None) -> str:
+    """One line when the image was built for other dependencies than the project needs; else ""."""
+    if not stored or not wanted or stored == wanted:
+        return ""
+    return (f"image     {ref} in the bucket holds older requirements (deps-{stored}; the training project now "
+            f"needs deps-{wanted}): run `fab image-build --push`, or deploy with `fab deploy-runpod --build`")
+
+
+def bucket_images(storage: Storage, settings: Any, log: Log = lambda s: None) -> BucketImages:
+    """The bucket's images, compared with what TRAIN_PROJECT's requirements need now."""
+    project = TrainProject.from_settings(settings)
+    return BucketImages(storage, log=log, deps=project.deps_digest(train_requirements(), settings.base_image))
+
+
+def build_and_push(settings: Any, storage: Storage, dry_run: bool = False, log: Log = print) -> str:
+    """``deploy-runpod --build``: the image for TRAIN_PROJECT's requirements, built unless the engine has it,
+    pushed (only the layers the bucket lacks) and tagged IMAGE; returns IMAGE."""
+    from deploy.images import docker_client, push
+    from deploy.images.build import build, plan_build
+
+    client = docker_client()
+    plan = plan_build(client, TrainProject.from_settings(settings), settings.image, settings.base_image)
+    for line in plan.describe():
+        log(line)
+    if dry_run:
+        return settings.image
+    log(build(client, plan).summary())
+    for ref in dict.fromkeys((plan.ref, settings.image)):
+        log(push(client, storage, ref).summary())
+    return settings.image
 
 
 def resolve_image(images: Any, ref: str, runtime: str) -> tuple[str, int, str | None]:

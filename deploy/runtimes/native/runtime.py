@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from deploy.hosts.probe import HostFacts
-from deploy.project import TrainProject
 from deploy.hosts.remote import run, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec
+from deploy.project import TrainProject, train_requirements
 from deploy.runtimes.base import HostRun, Log, StepHandler, write_env
 from deploy.runtimes.native.layout import META, RELEASE
 from deploy.runtimes.native.plan import (NativeDesired, NativePlan, NativeState, gather_native, plan_native,
@@ -30,7 +30,7 @@ from deploy.runtimes.native.service import NativeService
 from deploy.runtimes.native.shipped import library_files
 from deploy.runtimes.native.sync import send_files
 from deploy.runtimes.native.tree import select_files
-from deploy.runtimes.native.venv import create_venv, install_requirements, train_requirements
+from deploy.runtimes.native.venv import create_venv, install_requirements
 
 
 def desired_native(run: HostRun, source: str | os.PathLike[str] = ".") -> NativeDesired:

@@ -13,20 +13,12 @@ import hashlib
 import json
 import posixpath
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, requires
-from pathlib import Path
 from typing import Any
 
-from deploy.errors import ConfigError
 from deploy.hosts.remote import run, write_atomic
+from deploy.project import train_requirements  # noqa: F401 - the runtime reads the train extra through here
 from deploy.runtimes.native.layout import META, REQUIREMENTS, VENV_MARKER
 
-try:
-    import tomllib  # Python 3.11+; on 3.10 the installed package's metadata serves instead
-except ImportError:  # pragma: no cover - Python 3.10
-    tomllib = None  # type: ignore[assignment]
-
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass(frozen=True)
@@ -57,22 +49,6 @@ def requirements_digest(base: BaseInterpreter | None, train: tuple[str, ...], us
     """What the virtualenv's packages depend on: the interpreter, its torch, both requirement lists."""
     return sha256(json.dumps({"base": base.identity if base else None, "train": list(train), "user": user},
                              sort_keys=True).encode())
-
-
-def train_requirements(repo: Path = PROJECT_ROOT) -> tuple[str, ...]:
-    """The project's ``train`` extra, from pyproject.toml (the one list the Dockerfile reads too)."""
-    try:
-        if tomllib is None:
-            raise ImportError("tomllib")
-        with open(repo / "pyproject.toml", "rb") as handle:
-            return tuple(tomllib.load(handle)["project"]["optional-dependencies"]["train"])
-    except (ImportError, OSError, KeyError):
-        try:
-            reqs = requires("gpu-deploy") or []
-        except PackageNotFoundError as exc:
-            raise ConfigError("Cannot read the train extra: pyproject.toml is missing and gpu-deploy is not "
-                              "installed; run from a checkout of the project.") from exc
-        return tuple(r.split(";")[0].strip() for r in reqs if "extra == \"train\"" in r.replace("'", "\""))
 
 
 def create_venv(conn: Any, python: str, venv: str, remote_dir: str, base: BaseInterpreter) -> None:
