@@ -73,6 +73,7 @@ def ssh(c, hosts=None, env_file=None):
         "runtime": "compose (Docker), native (a supervised process, hosts without Docker such as RunPod pods) or "
                    "auto: compose when the host has Docker and Compose (default: RUNTIME).",
         "restart": "Recreate the service even if nothing changed (it resumes from S3).",
+        "build": "Build the image for TRAIN_PROJECT's requirements (fab image-build) and push it first.",
         "dry_run": DRY_RUN_HELP,
         "wait": "Seconds to wait for training to start (default 300).",
         "hosts": HOSTS_HELP,
@@ -80,12 +81,12 @@ def ssh(c, hosts=None, env_file=None):
     }
 )
 @boundary
-def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart=False, dry_run=False, wait=None,
-                  hosts=None, env_file=None):
+def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart=False, build=False, dry_run=False,
+                  wait=None, hosts=None, env_file=None):
     """Deploy the training to the GPU host(s): probe, provision, ship .env, image or code, start."""
     from deploy.flow.group import deploy_group
     from deploy.flow.rollout import Rollout, deploy_hosts
-    from deploy.flow.sources import BucketImages, resolve_image, stage_local_dataset
+    from deploy.flow.sources import bucket_images, build_and_push, resolve_image, stage_local_dataset
     from deploy.storage import Storage
 
     seconds = number(300 if wait is None else wait, "--wait")  # None defaults: invoke would cast with a traceback
@@ -95,7 +96,9 @@ def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart
                      *([] if hosts or hasattr(c, "host") else ["RUNPOD_HOST"]))
     specs = targets(c, settings, hosts)
     storage = Storage.from_settings(settings)
-    images = BucketImages(storage, log=print)
+    if build:
+        build_and_push(settings, storage, dry_run=dry_run, log=print)
+    images = bucket_images(storage, settings, log=print)  # says when the bucket's image is stale
     image_id, image_bytes, image_problem = resolve_image(images, settings.image, settings.runtime)
     dataset_name = settings.dataset
     if dataset_name and os.path.isdir(dataset_name):
