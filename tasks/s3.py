@@ -22,6 +22,7 @@ from deploy.storage.checkpoints import (
     latest_checkpoint,
     list_checkpoints,
     list_log_versions,
+    metric_names,
     parse_checkpoint_name,
 )
 from deploy.errors import ConfigError, StorageError
@@ -114,17 +115,23 @@ def checkpoints(c, json=False, env_file=None, bucket=None, prefix=None):
     if not found:
         print(f"No checkpoints under {storage.url(storage.key(CHECKPOINTS))}.")
         return
-    table = make_table(("name", "epoch", "step", "val_loss", "size", "uploaded"),
-                       right=("epoch", "step", "val_loss", "size"),
+    metrics = metric_names(found) or ["val_loss"]  # the metrics the names carry: val_loss, val_mel ...
+    table = make_table(("name", "epoch", "step", *metrics, "size", "uploaded"),
+                       right=("epoch", "step", *metrics, "size"),
                        title=f"Checkpoints in {storage.url(storage.key(CHECKPOINTS))}")
     for cp in found:
         table.add_row(
             cp.name, "-" if cp.epoch is None else str(cp.epoch),
             "-" if cp.step is None else str(cp.step) + ("" if cp.step_source == "metadata" else "*"),
-            "-" if cp.val_loss is None else f"{cp.val_loss:g}", decimal(cp.size),
+            *("-" if cp.metrics.get(m) is None else f"{cp.metrics[m]:g}" for m in metrics),
+            decimal(cp.size) + (f" != {decimal(cp.recorded_size)} recorded!" if cp.size_mismatch else ""),
             cp.uploaded.strftime("%Y-%m-%d %H:%M:%S") if cp.uploaded else "-")
     print_table(table)
     print(f"{len(found)} checkpoints; latest: {found[-1].name} (* step read from the file name).")
+    for cp in found:
+        if cp.size_mismatch:
+            print(f"{cp.name} is {cp.size} bytes but was uploaded as {cp.recorded_size}: it is damaged or was "
+                  "replaced, and resuming skips it.")
 
 
 @task(auto_shortflags=False,

@@ -4,6 +4,10 @@ Lightning names checkpoints ``epoch=749-step=355500-val_loss=27.5963.ckpt`` (plu
 and ``-v1`` duplicates). A string sort puts ``step=9`` after ``step=14`` and ``version_9`` after
 ``version_14``; everything here orders by numbers.
 
+Every other ``name=value`` pair in a name is a metric the listing shows (``val_loss``, Piper's
+``val_mel`` ...), and an object whose size differs from the ``size`` its uploader recorded is flagged
+(a truncated or replaced file: resume would skip it).
+
 "Latest" is the highest global step, read from the object's ``step`` metadata (written by
 :func:`checkpoint_metadata`), else from ``step=N`` in the name; a checkpoint with no known step
 (``last.ckpt`` from an older script) ranks below every one with a step, and such checkpoints rank
@@ -35,6 +39,7 @@ from deploy.storage.scan import head  # names wrong credentials as such, not as 
 CHECKPOINT_SUFFIX = ".ckpt"
 EPOCH_KEY = "epoch"
 STEP_KEY = "step"
+SIZE_KEY = "size"  # metadata the training side's uploader records
 _EPOCH_ZERO = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # "-" starts a new "name=value" pair only when a name follows: values may be negative (val_loss=-0.5).
@@ -130,6 +135,15 @@ class CheckpointInfo:
     step_source: str
     """Where ``step`` came from: ``metadata``, ``name`` or ``none``."""
     sha256: str | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    """Every metric the name carries (``val_mel``, ``val_loss`` ...), plus ``val_loss`` metadata."""
+    recorded_size: int | None = None
+    """The ``size`` metadata the uploader wrote; None for objects older scripts uploaded."""
+
+    @property
+    def size_mismatch(self) -> bool:
+        """The object is not the size its uploader recorded (truncated, or replaced by something else)."""
+        return self.recorded_size is not None and self.recorded_size != self.size
 
     @classmethod
     def from_object(cls, obj: ObjectInfo) -> "CheckpointInfo":
@@ -143,6 +157,9 @@ class CheckpointInfo:
                 val_loss = float(meta["val_loss"])
             except ValueError:
                 val_loss = None
+        metrics = dict(parsed.metrics)
+        if val_loss is not None:
+            metrics.setdefault("val_loss", val_loss)
         if meta_step is not None:
             step, source = meta_step, "metadata"
         elif parsed.step is not None:
@@ -151,7 +168,8 @@ class CheckpointInfo:
             step, source = None, "none"
         return cls(name=obj.name, key=obj.key, size=obj.size, uploaded=obj.last_modified,
                    epoch=meta_epoch if meta_epoch is not None else parsed.epoch, step=step,
-                   val_loss=val_loss, step_source=source, sha256=obj.sha256)
+                   val_loss=val_loss, step_source=source, sha256=obj.sha256, metrics=metrics,
+                   recorded_size=_int_or_none(meta.get(SIZE_KEY)))
 
     def sort_key(self) -> tuple[Any, ...]:
         """Known steps first by step, then last-modified, then name (so ties are deterministic)."""
@@ -162,8 +180,18 @@ class CheckpointInfo:
             "name": self.name, "key": self.key, "size": self.size,
             "uploaded": self.uploaded.isoformat() if self.uploaded else None,
             "epoch": self.epoch, "step": self.step, "val_loss": self.val_loss,
-            "step_source": self.step_source, "sha256": self.sha256,
+            "step_source": self.step_source, "sha256": self.sha256, "metrics": dict(self.metrics),
+            "recorded_size": self.recorded_size, "size_mismatch": self.size_mismatch,
         }
+
+
+def metric_names(checkpoints: Iterable[CheckpointInfo]) -> list[str]:
+    """The metrics any checkpoint carries, in first-seen order: a listing's metric columns.
+
+    >>> metric_names([CheckpointInfo.from_object(ObjectInfo(key="c/epoch=1-step=9-val_mel=0.41.ckpt", size=1))])
+    ['val_mel']
+    """
+    return list(dict.fromkeys(name for cp in checkpoints for name in cp.metrics))
 
 
 def sort_checkpoints(checkpoints: Iterable[CheckpointInfo]) -> list[CheckpointInfo]:
