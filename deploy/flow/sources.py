@@ -34,8 +34,9 @@ class BucketImages:
         parsed = ImageRef.parse(ref)
         manifest = ImageStore(self.storage).read_manifest(parsed.name, parsed.tag)
         if manifest is None:
-            raise HostError(f"The bucket has no image {ref} under {self.storage.url()}; build and push it with "
-                            f"`fab image-build --push` (or push a local one with `fab image-to-s3 --image={ref}`).")
+            raise HostError(f"The bucket has no image {ref} under {self.storage.url()}; push it first: "
+                            f"`fab image-build --push` builds and pushes it, `fab image-to-s3 --image={ref}` pushes "
+                            "a local one.")
         line = stale_line(ref, image_deps(manifest.config), self.deps)
         if line:
             self.log(line)
