@@ -48,6 +48,9 @@ def _save(folder: str | os.PathLike[str], pods: dict[str, dict[str, Any]]) -> No
     """Write atomically (temp file + rename), so a crash never leaves half a file."""
     path = state_path(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
+    ignore = path.parent / ".gitignore"
+    if not ignore.exists():  # local state, like .pytest_cache: git leaves the folder alone without a rule
+        ignore.write_text("# gpu-deploy's local state; never committed\n*\n")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".pods-", suffix=".tmp")
     with os.fdopen(fd, "w") as handle:
         json.dump({"pods": pods}, handle, indent=2, sort_keys=True)

@@ -45,6 +45,7 @@ def test_the_state_file_gives_deploy_the_running_pods_hosts(tmp_path: Path) -> N
     state.record_pod(tmp_path, Pod.from_api(POD))
     state.record_pod(tmp_path, Pod(id="zz", name="gpu-deploy-p-2", status="RUNNING"))  # no port yet
     assert state.known_hosts(tmp_path) == ["root@203.0.113.7:40122"]
+    assert (tmp_path / ".gpu-deploy" / ".gitignore").read_text().endswith("*\n")  # git never offers to commit it
     state.forget_pod(tmp_path, "o019t372yrbcfp")
     assert state.known_hosts(tmp_path) == [] and list(state.load(tmp_path)) == ["zz"]
 
