@@ -11,6 +11,7 @@ from invoke import Collection, task
 from deploy.errors import DeployError
 from deploy.hosts import connect, for_each_host, require_sftp
 from deploy.errors import ConfigError
+from deploy.settings import ENV_FILE_VARIABLE
 from deploy.hosts.results import pull, remote_path
 from deploy.hosts.ssh import ssh_command
 from tasks._boundary import DRY_RUN_HELP, ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
@@ -87,9 +88,14 @@ def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart
     from deploy.flow.group import deploy_group
     from deploy.flow.rollout import Rollout, deploy_hosts
     from deploy.flow.sources import bucket_images, build_and_push, resolve_image, stage_local_dataset
+    from deploy.ledger.runs import open_run
     from deploy.storage import Storage
 
     seconds = number(300 if wait is None else wait, "--wait")  # None defaults: invoke would cast with a traceback
+    if env_file:
+        # The flag names the active env file as ENV_FILE does; the working-tree selection reads ENV_FILE,
+        # so this file stays on the laptop whatever its name (deploy.runtimes.native.tree).
+        os.environ[ENV_FILE_VARIABLE] = env_file
     nodes = None if nodes is None else whole(nodes, "--nodes", minimum=1)
     settings = settings_from_flags(env_file=env_file, IMAGE=image, DATASET=dataset, NUM_NODES=nodes, RUNTIME=runtime)
     settings.require("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET",
@@ -104,13 +110,22 @@ def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart
     if dataset_name and os.path.isdir(dataset_name):
         dataset_name, what = stage_local_dataset(storage, dataset_name, dry_run=dry_run)
         print(f"dataset   {what}")
+    ledger, which = open_run(storage, settings, image=settings.image, image_id=image_id, dry_run=dry_run)
+    print(which)
     rollout = Rollout(image_ref=settings.image, image_id=image_id, image_bytes=image_bytes,
                       remote_dir=settings.remote_dir, data_dir=settings.data_dir, dataset=dataset_name,
                       restart=restart, wait=seconds, num_nodes=settings.num_nodes,
                       master_addr=settings.master_addr or specs[0].host, master_port=settings.master_port,
-                      runtime=settings.runtime, native_python=settings.native_python, image_problem=image_problem)
-    run = deploy_group if settings.num_nodes > 1 else deploy_hosts
-    outcomes = run(specs, rollout, settings, options(settings), storage, images, dry_run=dry_run, log=print)
+                      runtime=settings.runtime, native_python=settings.native_python, image_problem=image_problem,
+                      run_id=ledger.run_id)
+    if settings.num_nodes > 1:
+        outcomes = deploy_group(specs, rollout, settings, options(settings), storage, images, dry_run=dry_run, log=print)
+        for o in outcomes:
+            if o.result is not None:
+                ledger.report(o.spec, None, o.result)
+    else:
+        outcomes = deploy_hosts(specs, rollout, settings, options(settings), storage, images, dry_run=dry_run,
+                                log=print, report=ledger.report)
     for o in outcomes:
         if o.error is not None:
             print(f"{o.spec}: failed: {o.error}")
@@ -202,6 +217,11 @@ def stop(c, timeout=None, hosts=None, env_file=None):
     for o in outcomes:
         if o.error is None:
             print(f"{o.spec}: {'stopped' if o.result else 'was not running'}")
+    storage = _storage_or_none(settings)
+    if storage is not None:
+        from deploy.ledger.runs import record_stops
+
+        record_stops(storage, settings, [str(o.spec) for o in outcomes if o.error is None and o.result])
     raise_if_failed(outcomes)
 
 

@@ -68,3 +68,40 @@ def test_only_changed_files_move_and_deleted_ones_go(method: str, tmp_path: Path
         assert not sync().needs("sync-code")
     finally:
         ssh_connection.run(f"rm -rf {shlex.quote(remote_dir)}", warn=True)
+
+
+def _modes_after_sync(method: str, tmp_path: Path, ssh_server, ssh_connection) -> dict[str, int]:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name, mode in (("private.cfg", 0o600), ("run.sh", 0o755), ("plain.py", 0o644), ("group.py", 0o640)):
+        (tree / name).write_text(name)
+        os.chmod(tree / name, mode)
+    (tree / "prod.env").write_text("AWS_SECRET_ACCESS_KEY=never-shipped\n")
+    remote_dir = f"/tmp/gpu-deploy modes {uuid.uuid4().hex[:8]}"
+    spec = HostSpec("127.0.0.1", ssh_server.port, ssh_server.user)
+    options = HostOptions(key_file=str(ssh_server.client_key), known_hosts=str(ssh_server.known_hosts))
+    desired = desired_for(tree, remote_dir, rsync=method == "rsync")
+    facts = HostFacts(tools=frozenset({"rsync"}), remote_dir_exists=True)
+    plan = plan_native(spec, desired, gather_native(ssh_connection, desired), facts)
+    assert plan.method == method
+    ssh_connection.run(f"mkdir -p {shlex.quote(remote_dir)}/.gpu-deploy")
+    try:
+        send_files(ssh_connection, plan, options)
+        assert not Path(remote_dir, "prod.env").exists()
+        return {name: stat.S_IMODE(Path(remote_dir, name).stat().st_mode)
+                for name in ("private.cfg", "run.sh", "plain.py", "group.py")}
+    finally:
+        ssh_connection.run(f"rm -rf {shlex.quote(remote_dir)}", warn=True)
+
+
+EXPECTED_MODES = {"private.cfg": 0o600, "run.sh": 0o755, "plain.py": 0o644, "group.py": 0o640}
+
+
+def test_rsync_keeps_mode_bits_and_leaves_env_files_home(tmp_path: Path, ssh_server, ssh_connection) -> None:
+    assert _modes_after_sync("rsync", tmp_path, ssh_server, ssh_connection) == EXPECTED_MODES
+
+
+@pytest.mark.xfail(strict=True, reason="deploy/runtimes/native/sync.py _sftp must write with mode=f.mode "
+                                       "(LocalFile.mode); today it writes 0755 or 0644")
+def test_sftp_keeps_mode_bits_and_leaves_env_files_home(tmp_path: Path, ssh_server, ssh_connection) -> None:
+    assert _modes_after_sync("sftp", tmp_path, ssh_server, ssh_connection) == EXPECTED_MODES
