@@ -200,6 +200,16 @@ def _parse_dollars(raw: str) -> float:
     return value
 
 
+def _parse_hours(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError(f"must be a number of hours such as 12 or 0.5, got {raw!r}") from None
+    if not 0 < value <= 24 * 365:
+        raise ValueError(f"must be more than 0 and at most a year (8760), got {raw!r}")
+    return value
+
+
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -407,6 +417,30 @@ class Settings:
     max_price_per_hour: float | None = setting(
         "MAX_PRICE_PER_HOUR", "Refuse GPU types whose pod costs more dollars per hour than this.", "1.50",
         parse=_parse_dollars, group="pods")
+    # Managed runs (fab train): the watcher's guardrails. Operator-side like the pod settings.
+    max_restarts: int = setting(
+        "MAX_RESTARTS", "fab train: redeploys after the training failed (its supervisor gave up) before the "
+        "watcher stops the run.", "3", default=3, parse=_parse_int(0, 100), group="pods")
+    on_success: str = setting(
+        "ON_SUCCESS", "fab train: what happens to the pod once training exited 0 and results are synced: "
+        "terminate (nothing bills) or stop (the volume is kept and billed).", "terminate", default="terminate",
+        parse=_parse_choice(("terminate", "stop")), group="pods")
+    max_hours: float | None = setting(
+        "MAX_HOURS", "fab train: stop the run gracefully after this many hours (warns at 80%).", "24",
+        parse=_parse_hours, group="pods")
+    max_spend: float | None = setting(
+        "MAX_SPEND", "fab train: stop the run gracefully once it has cost this many dollars (warns at 80%).", "50",
+        parse=_parse_dollars, group="pods")
+    idle_minutes: int = setting(
+        "IDLE_MINUTES", "fab train: GPUs below IDLE_GPU_PERCENT with no new step for this long: warn, and stop "
+        "after as long again (0: never).", "30", default=30, parse=_parse_int(0, 10080), group="pods")
+    idle_gpu_percent: int = setting(
+        "IDLE_GPU_PERCENT", "fab train: GPU utilisation under this percent counts as idle.", "5", default=5,
+        parse=_parse_int(0, 100), group="pods")
+    lost_after_seconds: int = setting(
+        "LOST_AFTER_SECONDS", "fab train: a pod RUNNING without a runtime, or unreachable over SSH, this long "
+        "is lost and replaced (an EXITED or vanished pod at once).", "30", default=30,
+        parse=_parse_int(5, 3600), group="pods")
 
     env_file: str = field(default=DEFAULT_ENV_FILE, compare=False)
     env_file_found: bool = field(default=False, compare=False)
