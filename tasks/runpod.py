@@ -209,14 +209,15 @@ def stop(c, timeout=None, hosts=None, env_file=None):
         with connect(spec, opts) as conn:
             service, _ = service_on(conn, spec.workdir(settings.remote_dir))
             before = service.state(conn)
-            if before.running:
+            if before.running or before.status == "orphaned":  # a training whose supervisor was killed
                 service.stop(conn, timeout=seconds)
-            return before.running
+                return "stopped" if before.running else "stopped a training whose supervisor was gone"
+            return "was not running"
 
     outcomes = for_each_host(targets(c, settings, hosts), work)
     for o in outcomes:
         if o.error is None:
-            print(f"{o.spec}: {'stopped' if o.result else 'was not running'}")
+            print(f"{o.spec}: {o.result}")
     storage = _storage_or_none(settings)
     if storage is not None:
         from deploy.ledger.runs import record_stops

@@ -57,6 +57,36 @@ def interpreter() -> dict:
             "torch": torch, "has_venv": has_venv, "has_pip": importlib.util.find_spec("pip") is not None}
 
 
+def training_running(root: str, meta: str) -> bool:
+    """Whether a training started here still holds ``train.lock`` (the supervisor's lock; see supervisor.py).
+
+    Tested without creating the file or keeping the lock: a read-only open and a non-blocking flock.
+    """
+    try:
+        import fcntl
+
+        fd = os.open(os.path.join(root, meta, "train.lock"), os.O_RDONLY)
+    except (ImportError, OSError):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the lock if it was taken
+    return False
+
+
+def service(root: str, meta: str) -> dict:
+    """The supervisor's liveness and state.json; ``status: orphaned`` when it is gone but its training runs."""
+    alive = supervisor_alive(root, meta)
+    state = load(root, os.path.join(meta, "state.json"))
+    running = training_running(root, meta)
+    if not alive and running:
+        state = dict(state or {}, status="orphaned")
+    return {"alive": alive, "state": state, "training": {"running": running}}
+
+
 def supervisor_alive(root: str, meta: str) -> bool:
     try:
         with open(os.path.join(root, meta, "supervisor.pid")) as handle:
@@ -86,7 +116,7 @@ def facts(root: str, manifest_path: str, venv: str, venv_marker: str, meta: str,
         "release": (load(root, release) or {}).get("release"),
         "compose": os.path.exists(os.path.join(root, compose_file)),
         "env": digest(root, ".env"),
-        "service": {"alive": supervisor_alive(root, meta), "state": load(root, os.path.join(meta, "state.json"))},
+        "service": service(root, meta),
     }
 
 

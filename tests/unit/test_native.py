@@ -20,7 +20,7 @@ from deploy.runtimes.base import ServiceState
 from deploy.runtimes.compose import plan_deploy
 from deploy.runtimes.native.layout import APP
 from deploy.runtimes.native.plan import NativeDesired, NativeState, parse_gathered, plan_native, release_digest
-from deploy.runtimes.native.service import parse_service
+from deploy.runtimes.native.service import parse_service, service_state
 from deploy.runtimes.native.shipped import host_modules, library_files
 from deploy.runtimes.native.tree import LocalFile, select_files
 from deploy.runtimes.native.venv import BaseInterpreter, sha256, train_requirements
@@ -198,11 +198,37 @@ def test_gathered_json_becomes_state_and_our_own_compose_file_is_not_a_compose_d
 
 def test_service_state_from_the_supervisor() -> None:
     assert parse_service("") == ServiceState(exists=False)
-    running = parse_service('alive\n{"status": "running", "restarts": 2, "child": 77, "started_at": "2026-01-01T00:00:00Z"}')
+    assert parse_service('{"alive": false, "training": {"running": false, "pid": null}}') == ServiceState(exists=False)
+    running = parse_service('{"alive": true, "status": "running", "restarts": 2, "child": 77, '
+                            '"started_at": "2026-01-01T00:00:00Z", "training": {"running": true, "pid": 77}}')
     assert running.running and running.restarts == 2 and running.container == "pid 77"
-    dead = parse_service('gone\n{"status": "running", "restarts": 0}')  # the pod restarted
+    dead = parse_service('{"alive": false, "status": "running", "restarts": 0}')  # the pod restarted
     assert not dead.running and dead.status == "dead"
-    assert parse_service('gone\n{"status": "stopped"}').status == "stopped"
+    assert parse_service('{"alive": false, "status": "stopped"}').status == "stopped"
+
+
+def test_a_training_whose_supervisor_was_killed_is_orphaned_not_running() -> None:
+    orphan = parse_service('{"alive": false, "status": "orphaned", "training": {"running": true, "pid": 4242}}')
+    assert orphan.exists and not orphan.running and orphan.status == "orphaned" and orphan.container == "pid 4242"
+    # native_facts folds it into the state it gathers for the plan: a deploy then plans a start
+    assert service_state(False, {"status": "orphaned"}).status == "orphaned"
+
+
+def test_native_facts_sees_a_held_train_lock(tmp_path: Path) -> None:
+    import fcntl
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("native_facts_under_test",
+                                                  Path(__file__).resolve().parents[2] / "deploy/remote/native_facts.py")
+    facts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(facts)
+    (tmp_path / ".gpu-deploy").mkdir()
+    (tmp_path / ".gpu-deploy/state.json").write_text('{"status": "running"}')
+    assert facts.service(str(tmp_path), ".gpu-deploy") == {"alive": False, "state": {"status": "running"},
+                                                          "training": {"running": False}}
+    with open(tmp_path / ".gpu-deploy/train.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert facts.service(str(tmp_path), ".gpu-deploy")["state"]["status"] == "orphaned"
 
 
 # --------------------------------------------------------------------------- the working tree

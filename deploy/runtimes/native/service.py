@@ -1,8 +1,11 @@
 """The supervised run on a native host: deploy.remote.supervisor started, watched and stopped over SSH.
 
-The supervisor keeps ``.gpu-deploy/supervisor.pid`` and ``state.json``; one shell command reads
-both (is the pid a live supervisor, what does it say it is doing), so ``status`` and the wait for
-training cost one round trip each.
+The supervisor keeps ``.gpu-deploy/supervisor.pid`` and ``state.json`` and tracks the training
+itself (``train.lock``, ``training.json``); ``supervisor.py status --dir`` reports all of it as one
+JSON line, including ``status: orphaned`` when the supervisor was killed but its training lives. One
+command reads it, so ``status`` and the wait for training cost one round trip each. An orphaned
+training is not a running service: a deploy starts one, and every start stops what runs first
+(an orphan included), so there is never a second training beside the first.
 """
 
 from __future__ import annotations
@@ -17,34 +20,47 @@ from typing import Any, ClassVar
 from deploy.errors import HostError
 from deploy.hosts.remote import cause, run, where
 from deploy.runtimes.base import STARTED_MARKER, Progress, ServiceState
-from deploy.runtimes.native.layout import LOG, META, SUPERVISOR, VENV
+from deploy.runtimes.native.layout import LOG, SUPERVISOR, VENV
 
 STOP_TIMEOUT = 120
-GAVE_UP = ("failed", "exited", "stopped", "dead")
+GAVE_UP = ("failed", "exited", "stopped", "dead", "orphaned")
+ORPHANED = "orphaned"
+# $1 the venv's python, $2 supervisor.py, $3 REMOTE_DIR: the supervisor's own status (nothing when not deployed).
+STATUS_SCRIPT = 'S="$2"; [ -f "$S" ] || exit 0; P="$1"; [ -x "$P" ] || P=python3; exec "$P" "$S" status --dir "$3"'
 
 
 def service_state(alive: bool, state: Mapping) -> ServiceState:
-    """Whether the supervisor lives and what its state.json says, as a :class:`ServiceState`."""
-    if not state and not alive:
+    """Whether the supervisor lives and what it says (``supervisor.py status``), as a :class:`ServiceState`.
+
+    ``status: orphaned`` (the supervisor is gone, its training lives) is not running: the training
+    has no supervisor to restart or stop it, so a deploy starts one and the start stops the orphan.
+    """
+    training = state.get("training") if isinstance(state.get("training"), dict) else {}
+    recorded = {k for k in state if k not in ("alive", "training")}  # what state.json itself holds
+    if not recorded and not alive and not training.get("running"):
         return ServiceState(exists=False)
     status = state.get("status", "running" if alive else "absent")
-    if not alive and status in ("starting", "running", "restarting", "stopping"):
+    if not alive and training.get("running"):
+        status = ORPHANED
+    elif not alive and status in ("starting", "running", "restarting", "stopping"):
         status = "dead"  # the pod restarted, or the supervisor was killed
+    pid = training.get("pid") or state.get("child")
     return ServiceState(exists=True, running=alive and status in ("starting", "running", "restarting"), status=status,
                         started_at=state.get("started_at", ""), restarts=int(state.get("restarts", 0)),
-                        container=f"pid {state['child']}" if state.get("child") else "")
+                        container=f"pid {pid}" if pid else "")
 
 
 def parse_service(output: str) -> ServiceState:
-    """The state command's output (``alive``/``gone``, then state.json) as a :class:`ServiceState`."""
+    """``supervisor.py status``'s JSON line as a :class:`ServiceState` (no output: nothing deployed)."""
     lines = output.strip().splitlines()
     if not lines:
         return ServiceState(exists=False)
     try:
-        state = json.loads("\n".join(lines[1:])) if len(lines) > 1 else {}
+        state = json.loads(lines[-1])
     except ValueError:
         state = {}
-    return service_state(lines[0].strip() == "alive", state if isinstance(state, dict) else {})
+    state = state if isinstance(state, dict) else {}
+    return service_state(bool(state.get("alive")), state)
 
 
 @dataclass(frozen=True)
@@ -58,23 +74,20 @@ class NativeService:
     def log_path(self) -> str:
         return posixpath.join(self.directory, LOG)
 
-    def state_script(self) -> str:
-        """A shell script that prints ``alive`` or ``gone``, then the supervisor's state.json."""
-        return ('cd "$1" 2>/dev/null || exit 0; pid=$(cat supervisor.pid 2>/dev/null); '
-                'if [ -n "$pid" ] && grep -q supervisor.py /proc/"$pid"/cmdline 2>/dev/null; '
-                "then echo alive; else echo gone; fi; cat state.json 2>/dev/null")
+    def _status_args(self) -> list[str]:
+        return [posixpath.join(self.directory, VENV, "bin", "python"), posixpath.join(self.directory, SUPERVISOR),
+                self.directory]
 
     def state(self, conn: Any) -> ServiceState:
-        meta = posixpath.join(self.directory, META)
-        return parse_service(run(conn, ["sh", "-c", self.state_script(), "state", meta], "Reading the run's state",
-                                 warn=True).stdout)
+        return parse_service(run(conn, ["sh", "-c", STATUS_SCRIPT, "state", *self._status_args()],
+                                 "Reading the run's state", warn=True).stdout)
 
     def progress(self, conn: Any, since: int) -> Progress:
         """This start's output (from byte ``since`` of the log) and the state, in one round trip."""
-        script = (f'if tail -c +"$2" "$3" 2>/dev/null | grep -q {shlex.quote(STARTED_MARKER)}; '
-                  f"then echo started; else echo waiting; fi; {self.state_script()}")
-        out = run(conn, ["sh", "-c", script, "progress", posixpath.join(self.directory, META), str(since + 1),
-                         self.log_path], "Watching the run start", warn=True).stdout
+        script = (f'if tail -c +"$4" "$5" 2>/dev/null | grep -q {shlex.quote(STARTED_MARKER)}; '
+                  f"then echo started; else echo waiting; fi; {STATUS_SCRIPT}")
+        out = run(conn, ["sh", "-c", script, "progress", *self._status_args(), str(since + 1), self.log_path],
+                  "Watching the run start", warn=True).stdout
         first, _, rest = out.partition("\n")
         state = parse_service(rest)
         failed = state.status in GAVE_UP or state.restarts > 0
@@ -94,9 +107,13 @@ class NativeService:
                 script, *args, "--dir", self.directory]
 
     def start(self, conn: Any, recreate: bool = False) -> int:
-        """Start the supervisor (stopping a running one first); return the log offset of this start's output."""
-        if self.state(conn).running:
-            self.stop(conn)
+        """Start the supervisor; return the log offset of this start's output.
+
+        Whatever runs is stopped first, every time: a running supervisor, and also a training whose
+        supervisor was killed (the state then says orphaned, not running); ``stop`` does nothing
+        when nothing runs. Without it the supervisor would refuse to start beside the orphan.
+        """
+        self.stop(conn)
         result = run(conn, self._supervisor("start"), "Starting the supervisor", warn=True)
         try:
             data = json.loads(result.stdout.strip().splitlines()[-1])
