@@ -98,11 +98,18 @@ class Plan:
         """The runtime's own lines after ``host`` and ``runtime`` (image, code, interpreter ...)."""
         return []
 
+    def env_kept(self) -> list[str]:
+        """The ``.env`` keys that stay on the laptop (names only), when the plan ships an env file with any."""
+        env = getattr(getattr(self, "desired", None), "env", None)  # every runtime's desired state has one
+        kept = getattr(env, "left_behind", ())
+        return [f"env kept  {', '.join(kept)} (not shipped; SHIP_ENV_INCLUDE adds keys)"] if kept else []
+
     def describe(self) -> list[str]:
         lines = [f"host      {self.spec}"]
         if self.reason:
             lines.append(f"runtime   {self.runtime} ({self.reason})")
         lines += self.header()
+        lines += self.env_kept()
         lines += [f"problem   {p}" for p in self.problems]
         if self.noop and not self.problems:
             lines.append(f"changes   none: {self.idle}")
