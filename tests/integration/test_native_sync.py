@@ -101,7 +101,5 @@ def test_rsync_keeps_mode_bits_and_leaves_env_files_home(tmp_path: Path, ssh_ser
     assert _modes_after_sync("rsync", tmp_path, ssh_server, ssh_connection) == EXPECTED_MODES
 
 
-@pytest.mark.xfail(strict=True, reason="deploy/runtimes/native/sync.py _sftp must write with mode=f.mode "
-                                       "(LocalFile.mode); today it writes 0755 or 0644")
 def test_sftp_keeps_mode_bits_and_leaves_env_files_home(tmp_path: Path, ssh_server, ssh_connection) -> None:
     assert _modes_after_sync("sftp", tmp_path, ssh_server, ssh_connection) == EXPECTED_MODES

@@ -81,7 +81,7 @@ def _sftp(conn: Any, plan: CodePlan) -> None:
         f = d.files[rel]
         try:
             with open(f.path, "rb") as handle:
-                write_atomic(sftp, posixpath.join(d.remote_dir, rel), handle, mode=0o755 if f.executable else 0o644,
+                write_atomic(sftp, posixpath.join(d.remote_dir, rel), handle, mode=f.mode,
                              mtime=f.mtime)
         except OSError as exc:
             raise HostError(f"Reading {f.path} to send it failed ({exc.strerror or exc}).") from exc
