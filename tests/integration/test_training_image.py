@@ -54,7 +54,9 @@ def test_compose_files_are_valid_and_add_the_gpu_only_on_request(tmp_path: Path)
         grace = plain["stop_grace_period"]
         assert grace.endswith("s") and int(grace[:-1]) > DEFAULT_FLUSH_TIMEOUT
         mounts = _volumes(plain)
-        assert f"{directory}/lightning_logs:/workspace/lightning_logs:rw" in mounts  # beside the files
+        # The remote service runs REMOTE_DIR itself (code, lightning_logs); the local file mounts lightning_logs.
+        workspace = "" if main == "docker-compose.runpod.yml" else "/lightning_logs"
+        assert f"{directory}{workspace}:/workspace{workspace}:rw" in mounts
         assert f"{directory}/data:/workspace/data:ro" in mounts
     remote = config(directory, "docker-compose.runpod.yml")["services"]["train"]
     assert remote["environment"]["ENABLE_S3_SYNC"] == "1" and remote["environment"]["CHECKPOINT"] == "s3"
