@@ -3,7 +3,7 @@
 The image holds the dependencies only; the training project's code reaches REMOTE_DIR by the same
 incremental sync the native runtime uses (deploy.runtimes.native.sync), and the service bind-mounts
 REMOTE_DIR as its working directory ``/workspace`` (``data/`` and ``lightning_logs/`` below it,
-``PYTHONPATH`` = the project, then gpu-deploy's training code), exactly as the native runtime runs in
+``PYTHONPATH`` = the project, its ``src/`` for a src layout, then gpu-deploy's training code), exactly as the native runtime runs in
 REMOTE_DIR: a code-only change moves the changed files and recreates the container, no image moves.
 
 Its facts are the host's image id, the compose files' digests, the shipped files and the container's
@@ -49,7 +49,7 @@ SMALL_TOOLS = ("zstd", "curl")
 ENDED = ("exited", "dead")
 WORKDIR = "/workspace"  # REMOTE_DIR inside the container
 TRAINING_ENV = {"ENABLE_S3_SYNC": "1", "CHECKPOINT": "s3", "PYTHONUNBUFFERED": "1",
-                "PYTHONPATH": f"{WORKDIR}:{WORKDIR}/{META}/app"}
+                "PYTHONPATH": f"{WORKDIR}:{WORKDIR}/src:{WORKDIR}/{META}/app"}
 """What the service file sets for the entrypoint; the native runtime's run.json sets the same (a test holds them equal)."""
 
 

@@ -52,7 +52,8 @@ class NativeDesired:
         return {
             "command": [f"{bin_dir}/python", "-m", "deploy.training.entrypoint"],
             "env": {"ENABLE_S3_SYNC": "1", "CHECKPOINT": "s3", "VIRTUAL_ENV": self.venv, "PYTHONUNBUFFERED": "1"},
-            "prepend": {"PATH": [bin_dir], "PYTHONPATH": [d, f"{d}/{APP}"]},
+            # The project, its src/ (a src layout such as Piper's), then gpu-deploy's training code.
+            "prepend": {"PATH": [bin_dir], "PYTHONPATH": [d, f"{d}/src", f"{d}/{APP}"]},
             "max_restarts": self.max_restarts, "backoff": 1.0, "stop_timeout": float(self.stop_timeout),
         }
 
