@@ -2,7 +2,7 @@
 
 from invoke import Collection
 
-from tasks import config, images, pods, runpod, runs, s3, tensorboard
+from tasks import config, images, pods, runpod, runs, s3, tensorboard, train
 
 ns = Collection()
 ns.add_task(config.config)
@@ -16,3 +16,4 @@ ns.add_collection(images.ns)
 ns.add_collection(pods.ns)
 ns.add_collection(runs.ns)
 ns.add_task(tensorboard.tensorboard)
+ns.add_collection(train.ns)

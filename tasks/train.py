@@ -1,0 +1,92 @@
+"""`fab train`: a managed run on RunPod pods = a pod up + the deploy + a watcher that keeps it going.
+
+``fab train`` plans (``--dry-run`` prints the GPU fallback list with prices, the guardrails and what
+happens on a lost pod or an exit, and stops), brings the first pod up, deploys and watches until the
+run is done. ``fab train.watch RUN`` attaches a watcher to a run whose watcher was stopped or lost
+(state is in the bucket). Ctrl-C detaches: the pod keeps running and the message says how to attach
+again or take the pod down.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from invoke import Collection, task
+
+from tasks._boundary import DRY_RUN_HELP, ENV_FILE_HELP, boundary, settings_from_flags
+from tasks._flags import number
+
+TUNING_HELP = {
+    "results": "Folder the finished run's lightning_logs come back to (default: the current folder).",
+    "timeout": "Seconds a new pod may take to show its public SSH port (default 900; image pulls are slow).",
+    "api_every": "Seconds between looks at the pod through RunPod's API (default 5).",
+    "ssh_every": "Seconds between looks at the run over SSH (default 30).",
+    "env_file": ENV_FILE_HELP,
+}
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _tuning(results, timeout, api_every, ssh_every) -> dict:
+    return {"results": Path(results or "."), "ssh_timeout": number(900 if timeout is None else timeout, "--timeout",
+                                                                   minimum=1),
+            "api_every": number(5 if api_every is None else api_every, "--api-every", minimum=0.5),
+            "ssh_every": number(30 if ssh_every is None else ssh_every, "--ssh-every", minimum=1)}
+
+
+def _watch(watcher) -> None:
+    from deploy.watch.managed import detached_message
+
+    try:
+        final = watcher.run()
+    except KeyboardInterrupt:
+        print(f"\n{detached_message(watcher.state)}", flush=True)
+        return
+    print(f"Run {final.run_id}: {final.outcome}. Pods used: {', '.join(final.pods) or 'none'}; "
+          f"spend ${final.spend(final.pod_since):.2f} (fab runs.show --run {final.run_id}).", flush=True)
+    sys.stdout.flush()
+
+
+@task(name="run", default=True, auto_shortflags=False, help={"dry_run": DRY_RUN_HELP, **TUNING_HELP})
+@boundary
+def train(c, dry_run=False, results=None, timeout=None, api_every=None, ssh_every=None, env_file=None):
+    """Train on a RunPod pod and keep the run going: lost pods replaced, failures restarted, limits kept."""
+    from deploy.storage import Storage
+    from deploy.watch.managed import plan_train, start
+
+    tuning = _tuning(results, timeout, api_every, ssh_every)
+    settings = settings_from_flags(env_file=env_file)
+    plan = plan_train(settings, Path.cwd())
+    print("\n".join(plan.lines()), flush=True)
+    if dry_run:
+        print("Dry run: no pod was created.")
+        return
+    watcher = start(settings, Path.cwd(), Storage.from_settings(settings), log=_say, **tuning)
+    print(f"run       {watcher.state.run_id} (fab train.watch {watcher.state.run_id} attaches to it again)", flush=True)
+    _watch(watcher)
+
+
+@task(auto_shortflags=False, positional=["run"], help={"run": "The run id (fab runs lists them).", **TUNING_HELP})
+@boundary
+def watch(c, run=None, results=None, timeout=None, api_every=None, ssh_every=None, env_file=None):
+    """Attach a watcher to a managed run (after Ctrl-C, a lost laptop, or on an always-on machine)."""
+    from deploy.errors import ConfigError
+    from deploy.storage import Storage
+    from deploy.watch.managed import attach, run_id_of
+
+    if not run:
+        raise ConfigError("Name the run to watch: fab train.watch RUN (fab runs lists them).")
+    tuning = _tuning(results, timeout, api_every, ssh_every)
+    settings = settings_from_flags(env_file=env_file)
+    watcher = attach(settings, Path.cwd(), Storage.from_settings(settings), run_id_of(run), log=_say, **tuning)
+    state = watcher.state
+    print(f"run       {state.run_id}: {state.phase}, pod {state.pod_id or 'none'} {state.host}".rstrip(), flush=True)
+    _watch(watcher)
+
+
+ns = Collection("train")
+ns.add_task(train, default=True)
+ns.add_task(watch)
