@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,7 @@ class Rollout:
     runtime: str = "auto"  # compose, native or auto (decided per host from the probe)
     native_python: str = "python3"
     image_problem: str | None = None  # the image is missing from the bucket: a problem for compose hosts only
+    run_id: str = ""  # the run ledger's run (deploy.ledger): the host's .env gets RUN_ID and RUN_HOST
 
     def data_dir_for(self, spec: HostSpec) -> str:
         return self.data_dir or f"{spec.workdir(self.remote_dir)}/data"
@@ -59,6 +61,8 @@ class Rollout:
         """What this host gets: its .env carries its rank and the GPUs its probe found."""
         extra = {"IMAGE": self.image_ref, "DATA_DIR": self.data_dir_for(spec), "ENABLE_S3_SYNC": "1",
                  "CHECKPOINT": "s3"}
+        if self.run_id:  # RUN_HOST: how events and heartbeats name this host, as the deploy's events do
+            extra.update(RUN_ID=self.run_id, RUN_HOST=str(spec))
         if self.num_nodes > 1:
             extra.update(NUM_NODES=str(self.num_nodes), NODE_RANK=str(rank), DEVICES=str(max(1, len(facts.gpus))),
                          MASTER_ADDR=self.master_addr or "", MASTER_PORT=str(self.master_port))
@@ -155,10 +159,12 @@ def execute(conn: Any, deploy: HostDeploy, storage: Storage | None = None, wait:
 
 
 def deploy_hosts(specs: list[HostSpec], rollout: Rollout, settings: Settings, options: HostOptions, storage: Storage,
-                 images: ImageSource, dry_run: bool = False, log: Log = print) -> list[Outcome]:
+                 images: ImageSource, dry_run: bool = False, log: Log = print,
+                 report: Callable[[HostSpec, HostFacts, DeployResult], None] | None = None) -> list[Outcome]:
     """Independent runs on each host, in parallel; every host's outcome is collected.
 
     Each host runs compose or native (no Docker, e.g. a RunPod pod) as ``rollout.runtime`` and its probe say.
+    ``report`` hears each host's result with its facts (the run ledger records the deploy).
     """
     available = runtimes(images, options, settings.train_project)  # both runtimes ship TRAIN_PROJECT's code
 
@@ -170,6 +176,11 @@ def deploy_hosts(specs: list[HostSpec], rollout: Rollout, settings: Settings, op
             deploy = prepare(conn, spec, rollout, settings, available[name], facts, reason, storage=storage)
             log("\n".join(deploy.describe()))
             refuse_problems(deploy)
-            return None if dry_run else execute(conn, deploy, storage, wait=rollout.wait, log=log)
+            if dry_run:
+                return None
+            result = execute(conn, deploy, storage, wait=rollout.wait, log=log)
+            if report is not None:
+                report(spec, facts, result)
+            return result
 
     return for_each_host(specs, work)

@@ -1,4 +1,5 @@
-"""Watching a run: the service, the GPUs, the last log lines and the newest checkpoint in S3."""
+"""Watching a run: the service, the GPUs, the run ledger's run and spend, the training's heartbeat, the last
+log lines and the newest checkpoint in S3."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from deploy.errors import DeployError
 from deploy.flow.choose import choose_runtime, runtimes
 from deploy.hosts.probe import Gpu, probe
+from deploy.ledger.live import clean_log_lines, progress_line, read_host_heartbeat, run_overview
 from deploy.runtimes.base import Service, ServiceState
 from deploy.storage import Storage
 from deploy.storage.checkpoints import latest_checkpoint
@@ -25,14 +27,26 @@ class RunStatus:
     latest_step: int | None = None
     latest_age_seconds: float | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    run: str | None = None  # the run ledger: id, state, elapsed, spend (deploy.ledger.live)
+    progress: str | None = None  # from the training's heartbeat on the host
+    hang: bool = False  # the heartbeat is stale while the process is alive
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def describe(self) -> list[str]:
         s = self.service
-        state = (f"{s.status}, up {_ago(self.uptime_seconds)}, {s.restarts} restarts" if s.exists else "not deployed")
+        if not s.exists:
+            state = "not deployed"
+        elif s.running and self.uptime_seconds is not None:
+            state = f"{s.status}, up {_ago(self.uptime_seconds)}, {s.restarts} restarts"
+        else:  # an exited service has no uptime to show
+            state = f"{s.status}, {s.restarts} restarts"
         lines = [f"host        {self.host}", f"service     {state}"]
+        if self.run:
+            lines.append(f"run         {self.run}")
+        if self.progress:
+            lines.append(f"progress    {self.progress}")
         for gpu in self.gpus:
             util = f"{gpu.utilization}%" if gpu.utilization is not None else "?"
             used = f"{gpu.memory_used_mb}" if gpu.memory_used_mb is not None else "?"
@@ -47,8 +61,8 @@ class RunStatus:
         lines += [f"note        {n}" for n in self.notes]
         if self.log_tail.strip():
             lines.append("last log lines:")
-            # Progress bars redraw with \r: show what the last redraw of each line says.
-            lines += ["  " + line.split("\r")[-1] for line in self.log_tail.rstrip().split("\n")]
+            # Progress bars redraw with \r and escapes: the heartbeat says the progress; show the other lines.
+            lines += ["  " + line for line in clean_log_lines(self.log_tail)]
         return lines
 
 
@@ -99,6 +113,14 @@ def run_status(conn, host: str, remote_dir: str, storage: Storage | None, tail: 
         if latest is not None:
             name, step = latest.name, latest.step
             age = (datetime.now(timezone.utc) - latest.uploaded).total_seconds() if latest.uploaded else None
+    beat, beat_age = read_host_heartbeat(conn, remote_dir) if service.exists else (None, None)
+    progress, hang = progress_line(beat, beat_age, service.running) if service.exists else (None, False)
+    overview = None
+    if storage is not None:
+        try:
+            overview = run_overview(storage)
+        except DeployError as exc:
+            notes.append(f"run ledger not read: {exc}")
     return RunStatus(host=host, service=service, uptime_seconds=_since(service.started_at) if service.running else None,
                      gpus=gpus, log_tail=logs, latest_checkpoint=name, latest_step=step, latest_age_seconds=age,
-                     notes=tuple(notes))
+                     notes=tuple(notes), run=overview.describe() if overview else None, progress=progress, hang=hang)

@@ -29,7 +29,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from deploy.ledger.cost import run_cost
 from deploy.ledger.model import CLOSING, ENDING, OPENING, iso, now, parse_time
 from deploy.errors import StorageError
-from deploy.ledger.store import INDEX, RUNS, TOUCHED, ConditionFailed, RunData, get_json, put_json, read_run
+from deploy.ledger.store import (INDEX, RUNS, TOUCHED, ConditionFailed, RunData, get_json, put_json, read_run,
+                                  read_runs)
 from deploy.storage import CHECKPOINTS, Storage
 from deploy.storage.checkpoints import CHECKPOINT_SUFFIX, CheckpointInfo, sort_checkpoints
 
@@ -161,13 +162,17 @@ def _touched(storage: Storage) -> dict[str, str]:
     return {o.key[len(prefix):]: o.etag for o in storage.list(prefix)}
 
 
-def _read_summaries(storage: Storage, todo: list[str], touched: dict[str, str], workers: int) -> dict[str, Any]:
-    def one(run_id: str) -> dict[str, Any] | None:
-        run = read_run(storage, run_id, workers=4)
-        return None if run is None else {**summarize(run), "touched": touched.get(run_id, "")}
+BULK = 32
+"""More runs to read than this: one listing of ``runs/`` for all of them instead of one listing each."""
 
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
-        return {s["run_id"]: s for s in pool.map(one, todo) if s is not None}
+
+def _read_summaries(storage: Storage, todo: list[str], touched: dict[str, str], workers: int) -> dict[str, Any]:
+    if len(todo) > BULK:
+        runs = read_runs(storage, todo, workers=workers * 2)
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
+            runs = [r for r in pool.map(lambda rid: read_run(storage, rid, workers=4), todo) if r is not None]
+    return {r.run_id: {**summarize(r), "touched": touched.get(r.run_id, "")} for r in runs}
 
 
 def list_runs(storage: Storage, workers: int = 16, refresh: bool = False) -> list[dict[str, Any]]:

@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from deploy.ledger.cost import parse_prices, price_for
+from deploy.errors import DeployError
 from deploy.ledger.identity import make_record, resolve_run_id
+from deploy.ledger.index import current_run
 from deploy.ledger.model import Event
 from deploy.ledger.store import RunLedger, writer_name
 from deploy.settings import Settings
@@ -39,18 +41,65 @@ class DeployRun(RunLedger):
         return self.event("restarted" if restarted else "deployed", host=host, gpu=gpu or None,
                           gpus=gpus or None, price_per_hour=price_for(host, self.prices), **data)
 
+    def report(self, spec: Any, facts: Any, result: Any) -> None:
+        """The deploy flow's per-host callback: an event when the deploy (re)started training there.
+
+        A deploy that changed nothing records nothing. A failure to record is printed, never fatal:
+        training is already running."""
+        done = tuple(getattr(result, "done", ()) or ())
+        if not ({"start", "restart"} & set(done)):
+            return
+        gpu, count = gpu_summary(getattr(facts, "gpus", ()) if facts is not None else ())
+        try:
+            self.deployed(str(spec), gpu=gpu, gpus=count, restarted="restart" in done,
+                          runtime=getattr(result, "runtime", None), steps=",".join(done))
+        except DeployError as exc:
+            print(f"run ledger: could not record the deploy on {spec}: {exc}")
+
+    def stopped(self, hosts: Sequence[str]) -> None:
+        """``stopped`` for each host ``fab stop`` stopped (best effort, as :meth:`report`)."""
+        for host in hosts:
+            try:
+                self.event("stopped", host=host)
+            except DeployError as exc:
+                print(f"run ledger: could not record the stop on {host}: {exc}")
+
 
 def open_run(storage: Storage, settings: Settings, image: str = "", image_id: str = "",
-             argv: Sequence[str] | None = None) -> DeployRun:
-    """The run this deploy belongs to (see :func:`deploy.ledger.identity.resolve_run_id`), its record
-    written if it is new (never overwritten)."""
-    run_id, _ = resolve_run_id(storage, settings)
+             argv: Sequence[str] | None = None, dry_run: bool = False) -> tuple[DeployRun, str]:
+    """The run this deploy belongs to (see :func:`deploy.ledger.identity.resolve_run_id`) and a line
+    saying which; its record is written if it is new (never overwritten), except on a dry run."""
+    run_id, new = resolve_run_id(storage, settings)
     run = DeployRun(storage, run_id, settings)
-    run.create(make_record(run_id, settings, storage, image=image, image_id=image_id, argv=argv))
-    return run
+    why = ("RUN_ID" if settings.run_id else "a new run: none unfinished in the bucket" if new
+           else "continuing the newest unfinished run")
+    if not dry_run:
+        run.create(make_record(run_id, settings, storage, image=image, image_id=image_id, argv=argv))
+    return run, f"run       {run_id} ({why}; `fab runs.show --run {run_id}`)"
+
+
+def current_run_id(storage: Storage, settings: Settings) -> str | None:
+    """The run ``fab stop`` and ``fab status`` talk about: ``RUN_ID``, else the newest unfinished run."""
+    if settings.run_id:
+        return settings.run_id
+    found = current_run(storage)
+    return str(found["run_id"]) if found else None
 
 
 def gpu_summary(gpus: Sequence[Any]) -> tuple[str, int]:
     """("NVIDIA L40S", 2) from a probe's GPUs; ("", 0) without any."""
     names = sorted({getattr(g, "name", "") for g in gpus} - {""})
     return (", ".join(names), len(gpus)) if gpus else ("", 0)
+
+
+def record_stops(storage: Storage, settings: Settings, hosts: Sequence[str]) -> None:
+    """``fab stop``: a ``stopped`` event in the current run for each host it stopped; best effort."""
+    if not hosts:
+        return
+    try:
+        run_id = current_run_id(storage, settings)
+    except DeployError as exc:
+        print(f"run ledger: the stop is not recorded: {exc}")
+        return
+    if run_id:
+        DeployRun(storage, run_id, settings).stopped(hosts)

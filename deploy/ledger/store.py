@@ -32,6 +32,7 @@ import os
 import re
 import secrets
 import socket
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,15 +195,37 @@ def _list_keys(storage: Storage, prefix: str) -> list[str]:
 
 def read_run(storage: Storage, run_id: str, workers: int = 8) -> RunData | None:
     """One run as it is in the bucket now (any format), or None when there is no such run."""
-    prefix = run_prefix(storage, run_id)
-    keys = _list_keys(storage, prefix)
+    keys = _list_keys(storage, run_prefix(storage, run_id))
     if not keys:
         return _read_format0(storage, run_id)
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys)))) as pool:
         loaded = dict(zip(keys, pool.map(lambda k: get_json(storage, k), keys)))
+    return assemble(storage, run_id, loaded)
+
+
+def read_runs(storage: Storage, run_ids: Iterable[str], workers: int = 32) -> list[RunData]:
+    """Many runs at once: one listing of ``runs/`` instead of one per run, then every object in parallel."""
+    wanted = set(run_ids)
+    prefix = storage.key(RUNS) + "/"
+    keys: dict[str, list[str]] = {}
+    for key in _list_keys(storage, prefix):
+        run_id = key[len(prefix):].split("/", 1)[0]
+        if run_id in wanted and "/" in key[len(prefix):]:
+            keys.setdefault(run_id, []).append(key)
+    every = [k for ks in keys.values() for k in ks]
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(every) or 1))) as pool:
+        loaded = dict(zip(every, pool.map(lambda k: get_json(storage, k), every)))
+    found = [assemble(storage, rid, {k: loaded[k] for k in ks}) for rid, ks in keys.items()]
+    found += [r for r in (_read_format0(storage, rid) for rid in sorted(wanted - set(keys))) if r is not None]
+    return found
+
+
+def assemble(storage: Storage, run_id: str, loaded: dict[str, tuple[Any, str] | None]) -> RunData:
+    """A run from its objects, ``{key: (JSON, ETag) or None}``; objects that are not ledger objects are skipped."""
+    prefix = run_prefix(storage, run_id)
     record_data = loaded.get(prefix + RECORD)
     record = (Record.from_dict(record_data[0], run_id) if record_data and isinstance(record_data[0], dict)
-              else Record(run_id=run_id, created=now(), format=-1))
+              else Record(run_id=run_id, created=now(), format=FORMAT_MISSING))
     events, beats = [], []
     for key, found in loaded.items():
         if found is None or not isinstance(found[0], dict):
@@ -211,10 +234,10 @@ def read_run(storage: Storage, run_id: str, workers: int = 8) -> RunData | None:
             events.append(event)
         elif key.startswith(prefix + HEARTBEATS + "/") and (beat := Heartbeat.from_dict(found[0])) is not None:
             beats.append(beat)
-    if record.format == -1 and events:  # no record (written by a watcher first): date it by its first event
+    if record.format == FORMAT_MISSING and events:  # no record (a watcher wrote first): dated by its first event
         record = Record(run_id=run_id, created=min(e.at for e in events), format=FORMAT_MISSING)
     return RunData(record=record, events=tuple(sorted(events, key=lambda e: e.at)),
-                   heartbeats=tuple(sorted(beats, key=lambda b: b.at)), keys=tuple(sorted(keys)))
+                   heartbeats=tuple(sorted(beats, key=lambda b: b.at)), keys=tuple(sorted(loaded)))
 
 
 FORMAT_MISSING = -1

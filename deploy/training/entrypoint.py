@@ -37,11 +37,13 @@ from pathlib import Path
 from deploy.errors import DeployError
 from deploy.settings import Settings, load_settings
 from deploy.storage import Storage
+from deploy.training.ledger import TrainingLedger, record_in_background
 from deploy.training.recovery import LocalCheckpoint, recover_staged
 from deploy.training.resume import ResumePlan, resolve_checkpoint
 
 DEMO_COMMAND = (sys.executable, "-m", "deploy.training.demo", "fit")
 SYNC_CALLBACKS = ("deploy.training.callbacks.S3CheckpointSync", "deploy.training.callbacks.S3LogSync")
+HEARTBEAT_CALLBACK = "deploy.training.heartbeat.Heartbeat"  # attached for a deploy's run (RUN_ID set)
 RESUME_ENV = "RESUME_CHECKPOINT"
 DEFAULT_RESUME_DIR = ".resume"
 
@@ -82,6 +84,8 @@ def plan_launch(command: Sequence[str], resume: ResumePlan, settings: Settings, 
             for callback in SYNC_CALLBACKS:
                 if not any(callback in a for a in cmd):
                     cmd.append(f"--trainer.callbacks+={callback}")
+        if attach and settings.run_id and not any(HEARTBEAT_CALLBACK in a for a in cmd):
+            cmd.append(f"--trainer.callbacks+={HEARTBEAT_CALLBACK}")
         if settings.num_nodes > 1:  # a multi-node group: deploy set NODE_RANK, MASTER_ADDR and MASTER_PORT
             group = {"num_nodes": str(settings.num_nodes), "devices": settings.devices or "auto", "strategy": "ddp"}
             for name, value in group.items():
@@ -158,12 +162,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"entrypoint: {plan.message}", flush=True)
     launch = plan_launch(command, plan, settings, attach=not options.no_attach)
     print(f"entrypoint: running {' '.join(launch.command)}", flush=True)
+    ledger = TrainingLedger.from_settings(settings)  # the run ledger (RUN_ID from deploy); None: not recorded
+    record_in_background(ledger, "started", resume=os.path.basename(plan.path) if plan.path else None)
     try:
-        return run(launch.command, launch.env)
+        code = run(launch.command, launch.env)
     except OSError as exc:  # the program does not exist or cannot be executed
         print(f"entrypoint: cannot run {launch.command[0]}: {exc.strerror or exc}; check TRAIN_COMMAND.",
               file=sys.stderr, flush=True)
-        return 127
+        code = 127
+    record_in_background(ledger, "finished" if code == 0 else "exited", code=code)
+    return code
 
 
 if __name__ == "__main__":

@@ -11,10 +11,7 @@ the latest logged metrics, steps/s and the ETA to ``max_steps``/``max_epochs``:
 
 A background thread does all the writing: the training loop only hands it a small dict.
 
-:class:`TrainingLedger` is the training side's writer of the run ledger (deploy.ledger reads it):
-the entrypoint records ``started``, then ``finished`` (exit 0) or ``exited`` with the code. It
-writes the same objects as ``deploy.ledger.store.RunLedger`` with the bucket client alone, because
-the training image carries no operator code; a unit test reads what it writes with deploy.ledger.
+The bucket writes go through :class:`deploy.training.ledger.TrainingLedger`.
 
 Attach it like the S3 callbacks (the entrypoint does for a LightningCLI ``fit``)::
 
@@ -23,100 +20,19 @@ Attach it like the S3 callbacks (the entrypoint does for a LightningCLI ``fit``)
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
-import re
-import secrets
-import socket
 import threading
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from deploy.errors import DeployError
-from deploy.settings import Settings, load_settings
-from deploy.storage import Storage
+from deploy.training.ledger import TrainingLedger, iso_now
 
 HEARTBEAT_FILE = os.path.join("lightning_logs", "heartbeat.json")
-RUN_HOST_ENV = "RUN_HOST"
-"""How the operator addresses this host (``root@10.0.0.5:22``): deploy puts it in the host's .env."""
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_COUNTER = itertools.count()
-
-
-def _iso(moment: datetime | None = None) -> str:
-    return (moment or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class TrainingLedger:
-    """Events and heartbeats of one run, written by the training side (format 1 of deploy.ledger)."""
-
-    def __init__(self, storage: Storage, run_id: str, host: str = "", role: str = "train") -> None:
-        self.storage = storage
-        self.run_id = run_id
-        self.host = host
-        self.writer = _UNSAFE.sub("-", f"{role}-{socket.gethostname()}")[:64]
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> "TrainingLedger | None":
-        """The run's ledger when ``RUN_ID`` is set and S3 sync is on, else None (nothing is recorded)."""
-        settings = settings or load_settings()
-        if not (settings.run_id and settings.enable_s3_sync):
-            return None
-        try:
-            storage = Storage.from_settings(settings)
-        except DeployError:
-            return None
-        return cls(storage, settings.run_id, os.environ.get(RUN_HOST_ENV, "") or socket.gethostname())
-
-    def _put(self, key: str, data: dict[str, Any], new: bool = False) -> None:
-        args: dict[str, Any] = {"Bucket": self.storage.bucket, "Key": key, "ContentType": "application/json",
-                                "Body": json.dumps(data, sort_keys=True, separators=(",", ":")).encode()}
-        if new:
-            args["IfNoneMatch"] = "*"  # the key is unique; the condition only guards against a collision
-        self.storage.client.put_object(**args)
-
-    def _touch(self) -> None:
-        self._put(self.storage.key("runs", "_touched", self.run_id), {"nonce": secrets.token_hex(8)})
-
-    def event(self, kind: str, **data: Any) -> None:
-        """One event object (``runs/<id>/events/<time>-<writer>-<pid>-<n>.json``), then the run's touch."""
-        moment = datetime.now(timezone.utc)
-        name = f"{moment:%Y%m%dT%H%M%S.%fZ}-{self.writer}-{os.getpid()}-{next(_COUNTER)}.json"
-        body = {"format": 1, "kind": kind, "at": _iso(moment), "writer": self.writer, "host": self.host,
-                "data": {k: v for k, v in data.items() if v is not None}}
-        self._put(self.storage.key("runs", self.run_id, "events", name), body, new=True)
-        self._touch()
-
-    def heartbeat(self, beat: dict[str, Any]) -> None:
-        """Replace this writer's heartbeat object, then the run's touch."""
-        body = {"format": 1, **beat, "writer": self.writer, "host": self.host}
-        self._put(self.storage.key("runs", self.run_id, "heartbeat", f"{self.writer}.json"), body)
-        self._touch()
-
-
-def record_in_background(ledger: TrainingLedger | None, kind: str, timeout: float = 10.0, **data: Any) -> bool:
-    """Write one event from a daemon thread, waiting at most ``timeout`` s: S3 trouble never holds training."""
-    if ledger is None:
-        return False
-    done: list[bool] = []
-
-    def work() -> None:
-        try:
-            ledger.event(kind, **data)
-            done.append(True)
-        except Exception as exc:  # noqa: BLE001 - the ledger is a record, never a reason to stop training
-            print(f"gpu-deploy: could not record {kind!r} in the run ledger: {exc}", flush=True)
-
-    thread = threading.Thread(target=work, name=f"ledger-{kind}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(done)
 
 
 def write_file_atomic(path: str, data: dict[str, Any]) -> None:
@@ -273,7 +189,7 @@ class Heartbeat(Callback):
                      if isinstance(batches, (int, float)) and math.isfinite(batches) else None)
         max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         self._writer.offer({
-            "at": _iso(), "pid": os.getpid(), "step": step, "epoch": int(trainer.current_epoch),
+            "at": iso_now(), "pid": os.getpid(), "step": step, "epoch": int(trainer.current_epoch),
             "max_steps": max_steps, "max_epochs": trainer.max_epochs if (trainer.max_epochs or 0) > 0 else None,
             "steps_per_second": self._rate,
             "eta_seconds": eta_seconds(step, self._rate, max_steps, trainer.max_epochs, per_epoch),

@@ -46,7 +46,7 @@ if role == "deploy":
     for i in range(count):
         ledger.event("note", host="gpu-a", n=i, who=role)
 else:
-    from deploy.training.heartbeat import TrainingLedger
+    from deploy.training.ledger import TrainingLedger
     ledger = TrainingLedger(storage, run_id, host="gpu-a")
     for i in range(count):
         ledger.event("note", n=i, who=role)

@@ -125,3 +125,19 @@ def test_writer_events_list_and_the_index_keeps_the_fresher_entry(moto_storage) 
     assert list_runs(moto_storage)[0]["state"] == "stopped"
     ledger.event("restarted", host="a")  # a write after the index was made: the next listing sees it
     assert list_runs(moto_storage)[0]["state"] == "running"
+
+
+def test_bulk_reading_matches_one_by_one(moto_storage) -> None:
+    from deploy.ledger.store import read_runs
+
+    for n in range(3):
+        ledger = RunLedger(moto_storage, f"run-{n}", writer="deploy")
+        ledger.create(Record(run_id=ledger.run_id, created=at(n)))
+        for kind in ("deployed", "stopped")[: n + 1]:
+            ledger.event(kind, host="a")
+    bulk = {r.run_id: r for r in read_runs(moto_storage, ["run-0", "run-1", "run-2", "missing"])}
+    assert sorted(bulk) == ["run-0", "run-1", "run-2"]
+    for run_id, run in bulk.items():
+        single = read_run(moto_storage, run_id)
+        assert single is not None and [e.kind for e in single.events] == [e.kind for e in run.events]
+        assert single.record == run.record

@@ -15,7 +15,8 @@ pytest.importorskip("lightning")
 from lightning.pytorch import Trainer  # noqa: E402
 
 from deploy.training.demo import DemoData, DemoModel  # noqa: E402
-from deploy.training.heartbeat import Heartbeat, TrainingLedger, eta_seconds  # noqa: E402
+from deploy.training.heartbeat import Heartbeat, eta_seconds  # noqa: E402
+from deploy.training.ledger import TrainingLedger  # noqa: E402
 
 
 def test_eta_to_max_steps_or_max_epochs() -> None:

@@ -1,0 +1,85 @@
+"""The run ledger through the real operator loop: a native deploy over real SSH with a real S3 server.
+
+deploy -> a record with the run id, RUN_ID on the host, training's ``started`` event, a heartbeat on
+the host and in the bucket, ``fab status`` with run, spend and progress -> kill -9 (the supervisor
+restarts training) -> stop -> redeploy: the same run id, every event in order, cost from HOST_PRICE_PER_HOUR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from deploy.ledger.index import list_runs
+from deploy.ledger.store import read_run
+from deploy.settings import load_settings
+from deploy.storage import Storage
+from tests.e2e.test_native import bucket_env, pids_in, pod, workspace  # noqa: F401 - fixtures
+from tests.harness.fab import run_fab
+from tests.harness.waiting import wait_until
+
+pytestmark = [pytest.mark.slow]
+
+
+def kinds(storage: Storage, run_id: str) -> list[str]:
+    run = read_run(storage, run_id)
+    return [e.kind for e in run.events] if run else []
+
+
+def test_deploy_records_the_run_and_a_kill_and_redeploy_keep_its_id(workspace) -> None:  # noqa: F811
+    project, remote_dir, values = workspace
+    with open(project / ".env", "a") as env:
+        env.write("HOST_PRICE_PER_HOUR=2.50\n")
+    storage = Storage.from_settings(load_settings(environ=values))
+
+    def fab(*args: str):
+        result = run_fab(*args, cwd=project)
+        assert result.returncode == 0, f"fab {' '.join(args)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        return result
+
+    dry = fab("deploy-runpod", "--dry-run")
+    assert "(a new run: none unfinished in the bucket;" in dry.stdout and not list_runs(storage)
+
+    first = fab("deploy-runpod")
+    (run_id,) = [r["run_id"] for r in list_runs(storage)]
+    assert f"run       {run_id} (a new run" in first.stdout
+    host_env = Path(remote_dir, ".env").read_text()
+    assert f"RUN_ID='{run_id}'" in host_env and "RUN_HOST=" in host_env
+    run = read_run(storage, run_id)
+    assert run is not None and run.record.settings_digest.startswith("sha256:")
+    assert run.record.command.startswith("fab ") and "deploy-runpod" in run.record.command and "AWS_SECRET" not in json.dumps(run.record.to_dict())
+    wait_until(lambda: {"deployed", "started"} <= set(kinds(storage, run_id)), 60, "deployed and started events")
+    beat_file = Path(remote_dir, "lightning_logs", "heartbeat.json")
+    wait_until(lambda: beat_file.exists() and json.loads(beat_file.read_text()).get("step", 0) > 0, 90,
+               "a heartbeat with a step on the host")
+
+    status = fab("status")
+    assert f"run         {run_id}: running" in status.stdout
+    assert "progress    step " in status.stdout and "steps/s" in status.stdout
+    assert "\x1b[" not in status.stdout and "up ?" not in status.stdout
+
+    [entrypoint] = pids_in(remote_dir, "deploy.training.entrypoint")
+    os.kill(entrypoint, signal.SIGKILL)  # a crash: the supervisor restarts training, which records it
+    wait_until(lambda: kinds(storage, run_id).count("started") >= 2, 90, "a second started event")
+    fab("stop")
+    wait_until(lambda: "stopped" in kinds(storage, run_id), 30, "the stopped event")
+
+    again = fab("deploy-runpod")
+    assert f"run       {run_id} (continuing the newest unfinished run" in again.stdout
+    wait_until(lambda: kinds(storage, run_id).count("started") >= 3, 90, "the redeployed run's start")
+    fab("stop")
+    events = kinds(storage, run_id)
+    assert events.count("deployed") == 2 and "stopped" in events
+    assert [r["run_id"] for r in list_runs(storage)] == [run_id]
+
+    shown = fab("runs.show", "--run", run_id, "--json")
+    data = json.loads(shown.stdout)
+    (host,) = data["cost"]["hosts"]
+    assert host["price_per_hour"] == 2.5 and host["intervals"] == 2 and data["cost"]["dollars"] > 0
+    assert data["summary"]["restarts"] >= 2
+    table = fab("runs")
+    assert run_id in table.stdout and "stopped" in table.stdout
