@@ -120,7 +120,9 @@ class S3CheckpointSync(SyncCallback):
 
     @staticmethod
     def _metadata(checkpoint: dict[str, Any]) -> dict[str, str]:
-        return checkpoint_metadata(int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)))
+        meta = checkpoint_metadata(int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)))
+        run_id = os.environ.get("RUN_ID", "")  # the run ledger's run (deploy sets it): `fab runs.show` finds it
+        return {**meta, "run": run_id} if run_id else meta
 
     def _saving(self, path: str, checkpoint: dict[str, Any]) -> None:
         """Before Lightning writes ``path``: journal the intent, so a kill during the write is noticed."""

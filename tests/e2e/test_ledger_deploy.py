@@ -81,5 +81,8 @@ def test_deploy_records_the_run_and_a_kill_and_redeploy_keep_its_id(workspace) -
     (host,) = data["cost"]["hosts"]
     assert host["price_per_hour"] == 2.5 and host["intervals"] == 2 and data["cost"]["dollars"] > 0
     assert data["summary"]["restarts"] >= 2
+    newest = storage.head(storage.key("checkpoints", "last.ckpt"))
+    assert newest is not None and newest.metadata.get("run") == run_id  # a checkpoint names its run
+    assert "last.ckpt" in fab("runs.show", "--run", run_id).stdout
     table = fab("runs")
     assert run_id in table.stdout and "stopped" in table.stdout
