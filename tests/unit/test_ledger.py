@@ -141,3 +141,30 @@ def test_bulk_reading_matches_one_by_one(moto_storage) -> None:
         single = read_run(moto_storage, run_id)
         assert single is not None and [e.kind for e in single.events] == [e.kind for e in run.events]
         assert single.record == run.record
+
+
+def test_a_deploy_continues_the_unfinished_run_and_starts_anew_after_a_finish(moto_storage) -> None:
+    from deploy.ledger.identity import resolve_run_id
+    from deploy.settings import load_settings
+
+    settings = load_settings(environ={})
+    first, new = resolve_run_id(moto_storage, settings)
+    assert new
+    ledger = RunLedger(moto_storage, first, writer="deploy")
+    ledger.create(Record(run_id=first, created=T0))
+    ledger.event("deployed", host="a")
+    ledger.event("stopped", host="a")
+    assert resolve_run_id(moto_storage, settings) == (first, False)
+    ledger.event("finished", host="a", code=0)
+    second, new = resolve_run_id(moto_storage, settings)
+    assert new and second != first
+    assert resolve_run_id(moto_storage, load_settings(environ={"RUN_ID": first})) == (first, False)
+
+
+def test_an_unknown_run_is_one_sentence(moto_storage) -> None:
+    from deploy.ledger.index import find_run
+
+    with pytest.raises(StorageError, match=r"^No runs in s3://unit-bucket/p/runs yet; `fab deploy-runpod` starts one\.$"):
+        find_run(moto_storage, "latest")
+    with pytest.raises(StorageError, match=r"^No run 'nope' in s3://unit-bucket/p/runs; `fab runs` lists them\.$"):
+        find_run(moto_storage, "nope")
