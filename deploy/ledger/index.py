@@ -193,8 +193,17 @@ def list_runs(storage: Storage, workers: int = 16, refresh: bool = False) -> lis
             merge_index(storage, fresh)
         except StorageError:
             pass  # a read-only key can still list; the index is only a cache
-    rows = [s for rid, s in cached.items() if rid in present]
+    rows = [_aged(s) for rid, s in cached.items() if rid in present]
     return sorted(rows, key=lambda s: s.get("created") or "", reverse=True)
+
+
+def _aged(summary: dict[str, Any], moment: datetime | None = None) -> dict[str, Any]:
+    """A cached ``running`` run that has been quiet since goes ``silent``: silence writes nothing to re-read."""
+    seen = parse_time(summary.get("last_seen"))
+    if summary.get("state") == "running" and seen is not None:
+        if ((moment or now()) - seen).total_seconds() > SILENT_AFTER:
+            return {**summary, "state": "silent"}
+    return summary
 
 
 def find_run(storage: Storage, run_id: str) -> RunData:

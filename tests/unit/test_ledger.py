@@ -168,3 +168,12 @@ def test_an_unknown_run_is_one_sentence(moto_storage) -> None:
         find_run(moto_storage, "latest")
     with pytest.raises(StorageError, match=r"^No run 'nope' in s3://unit-bucket/p/runs; `fab runs` lists them\.$"):
         find_run(moto_storage, "nope")
+
+
+def test_a_cached_running_run_turns_silent_without_any_write() -> None:
+    from deploy.ledger.index import _aged
+
+    row = {"state": "running", "last_seen": "2026-11-30T06:00:00.000000Z"}
+    assert _aged(row, moment=at(5))["state"] == "running"
+    assert _aged(row, moment=at(60))["state"] == "silent"
+    assert _aged({**row, "state": "stopped"}, moment=at(60))["state"] == "stopped"
