@@ -55,7 +55,7 @@ def _watch(watcher) -> None:
 def train(c, dry_run=False, results=None, timeout=None, api_every=None, ssh_every=None, env_file=None):
     """Train on a RunPod pod and keep the run going: lost pods replaced, failures restarted, limits kept."""
     from deploy.storage import Storage
-    from deploy.watch.managed import plan_train, start
+    from deploy.watch.managed import REQUIRED, plan_train, start
 
     tuning = _tuning(results, timeout, api_every, ssh_every)
     settings = settings_from_flags(env_file=env_file)
@@ -64,6 +64,7 @@ def train(c, dry_run=False, results=None, timeout=None, api_every=None, ssh_ever
     if dry_run:
         print("Dry run: no pod was created.")
         return
+    settings.require(*REQUIRED)
     watcher = start(settings, Path.cwd(), Storage.from_settings(settings), log=_say, **tuning)
     print(f"run       {watcher.state.run_id} (fab train.watch {watcher.state.run_id} attaches to it again)", flush=True)
     _watch(watcher)
@@ -75,13 +76,15 @@ def watch(c, run=None, results=None, timeout=None, api_every=None, ssh_every=Non
     """Attach a watcher to a managed run (after Ctrl-C, a lost laptop, or on an always-on machine)."""
     from deploy.errors import ConfigError
     from deploy.storage import Storage
-    from deploy.watch.managed import attach, run_id_of
+    from deploy.watch.managed import REQUIRED, attach, run_id_of
 
     if not run:
         raise ConfigError("Name the run to watch: fab train.watch RUN (fab runs lists them).")
+    run_id = run_id_of(run)
     tuning = _tuning(results, timeout, api_every, ssh_every)
     settings = settings_from_flags(env_file=env_file)
-    watcher = attach(settings, Path.cwd(), Storage.from_settings(settings), run_id_of(run), log=_say, **tuning)
+    settings.require(*REQUIRED)
+    watcher = attach(settings, Path.cwd(), Storage.from_settings(settings), run_id, log=_say, **tuning)
     state = watcher.state
     print(f"run       {state.run_id}: {state.phase}, pod {state.pod_id or 'none'} {state.host}".rstrip(), flush=True)
     _watch(watcher)
