@@ -39,8 +39,11 @@ def tensorboard(c, run="latest", via="auto", port=6006, refresh=30, hosts=None, 
 def _host_has_tensorboard(spec, settings) -> bool:
     from deploy.hosts import connect
 
+    from deploy.ledger.board import host_probe_command
+
     with connect(spec, options(settings)) as conn:
-        probe = conn.run("command -v tensorboard", hide=True, warn=True, in_stream=False, timeout=20)
+        probe = conn.run(host_probe_command(spec.workdir(settings.remote_dir)), hide=True, warn=True,
+                         in_stream=False, timeout=20)
         return probe.ok and bool(probe.stdout.strip())
 
 

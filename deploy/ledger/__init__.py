@@ -5,11 +5,15 @@
 - :mod:`deploy.ledger.index`: summaries and ``runs/_index.json``, so ``fab runs`` stays fast.
 - :mod:`deploy.ledger.cost`: hours per host from the events, times its price.
 - :mod:`deploy.ledger.identity` and :mod:`deploy.ledger.runs`: which run a deploy belongs to, and
-  the deploy's own events.
-- :mod:`deploy.ledger.show`, :mod:`deploy.ledger.plot`, :mod:`deploy.ledger.board`: the timeline, the
-  loss plot and TensorBoard for ``fab runs.show`` and ``fab tensorboard``.
+  the deploy's (and ``fab stop``'s) own events.
+- :mod:`deploy.ledger.live`: what ``fab status`` adds (run, spend, the host's heartbeat, hangs).
+- :mod:`deploy.ledger.show`, :mod:`deploy.ledger.logs`, :mod:`deploy.ledger.plot`,
+  :mod:`deploy.ledger.board`: the timeline, a run's logs, the loss plot and TensorBoard for
+  ``fab runs.show`` and ``fab tensorboard``.
 
-Nothing here needs torch; the training side's writer is :mod:`deploy.training.heartbeat`.
+Nothing here needs torch. The training side writes the same objects with its own small writer
+(:mod:`deploy.training.ledger`, used by the entrypoint and :mod:`deploy.training.heartbeat`), since
+the training image carries no operator code.
 """
 
 from deploy.ledger.model import FORMAT, Event, Heartbeat, Record

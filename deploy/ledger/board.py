@@ -14,7 +14,7 @@ TensorBoard is an optional extra of the operator's install: :data:`MISSING` says
 from __future__ import annotations
 
 import shlex
-import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -72,6 +72,7 @@ def serve_local(folder: str, port: int, refresh: Callable[[], str], every: float
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log(f"TensorBoard on http://127.0.0.1:{port}/ serving {folder} (Ctrl-C stops it)")
     began = time.monotonic()
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM ends TensorBoard too, as Ctrl-C does
     try:
         while proc.poll() is None:
             deadline = time.monotonic() + every
@@ -85,6 +86,7 @@ def serve_local(folder: str, port: int, refresh: Callable[[], str], every: float
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if proc.poll() is None:
             proc.terminate()
             try:
@@ -94,12 +96,19 @@ def serve_local(folder: str, port: int, refresh: Callable[[], str], every: float
     return proc.returncode or 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def tunnel_command(ssh: Sequence[str], target: str, remote_dir: str, port: int, remote_port: int = 6006) -> list[str]:
     """An ``ssh -L`` line that starts TensorBoard on the host and forwards its port here."""
-    remote = (f"cd {shlex.quote(remote_dir)} && exec tensorboard --logdir lightning_logs --host 127.0.0.1 "
-              f"--port {remote_port}")
-    return [*ssh, "-L", f"127.0.0.1:{port}:127.0.0.1:{remote_port}", "-o", "ExitOnForwardFailure=yes", target, remote]
+    remote = (f"cd {shlex.quote(remote_dir)} && PATH=\"$PWD/.venv/bin:$PATH\" exec tensorboard --logdir lightning_logs "
+              f"--host 127.0.0.1 --port {remote_port}")
+    # -tt: the remote TensorBoard lives in the session's terminal and gets SIGHUP when the tunnel closes.
+    return [*ssh, "-tt", "-L", f"127.0.0.1:{port}:127.0.0.1:{remote_port}", "-o", "ExitOnForwardFailure=yes",
+            target, remote]
 
 
-def has_ssh() -> bool:
-    return shutil.which("ssh") is not None
+def host_probe_command(remote_dir: str) -> str:
+    """Prints where TensorBoard is on the host (on PATH, or in the native runtime's virtualenv), or nothing."""
+    return f"cd {shlex.quote(remote_dir)} 2>/dev/null; PATH=\"$PWD/.venv/bin:$PATH\" command -v tensorboard"

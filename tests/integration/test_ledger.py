@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -166,8 +167,9 @@ def test_tensorboard_serves_the_runs_logs_from_the_bucket(storage: Storage, s3_e
 
         wait_until(tags, 90, "TensorBoard serving train_loss")
     finally:
-        proc.terminate()
+        proc.terminate()  # fab ends its TensorBoard on SIGTERM, as on Ctrl-C
         out = proc.communicate(timeout=30)[0]
+    wait_until(lambda: not tags(), 30, "TensorBoard to stop with fab")
     assert "source    s3: no host configured" in out
     assert "logs version_0 ->" in out
 
@@ -199,3 +201,35 @@ def test_a_stale_heartbeat_on_the_host_reads_as_a_hang(ssh_connection, tmp_path:
     line, hang = progress_line(beat, age, running=True)
     assert hang and line.startswith("step 4200, epoch 7, loss 0.25 (7 min ago); HANG? no heartbeat for 7 min")
 
+
+
+def test_tensorboard_through_an_ssh_tunnel_while_the_host_is_up(ssh_server, s3_env, tmp_path: Path) -> None:
+    """auto picks the tunnel when the host has TensorBoard (here the run's virtualenv on the host has it)."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("tensorboardX")
+    remote_dir = tmp_path / "run"
+    _write_scalars(remote_dir / "lightning_logs" / "version_0", range(10), 0.0)
+    (remote_dir / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    port = free_port()
+    env = {**os.environ, **s3_env, "RUNPOD_HOST": "127.0.0.1", "RUNPOD_PORT": str(ssh_server.port),
+           "RUNPOD_USER": ssh_server.user, "RUNPOD_SSH_KEY": str(ssh_server.client_key),
+           "SSH_KNOWN_HOSTS": str(tmp_path / "known_hosts"), "REMOTE_DIR": str(remote_dir)}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "fab"), "--search-root", str(REPO), "tensorboard",
+                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=tmp_path, start_new_session=True)
+    try:
+        def tags() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=2) as resp:
+                    return "train_loss" in resp.read().decode()
+            except OSError:
+                return False
+
+        wait_until(tags, 90, "TensorBoard on the host through the tunnel")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0]
+    assert "source    ssh: the host is up and has TensorBoard" in out
+    marker = f"{remote_dir}/.venv/bin/tensorboard"
+    wait_until(lambda: not subprocess.run(["pgrep", "-f", marker], capture_output=True).stdout, 30,
+               "the host's TensorBoard to end with the tunnel")

@@ -107,7 +107,7 @@ def test_the_tunnel_command_starts_tensorboard_on_the_host() -> None:
     from deploy.ledger.board import tunnel_command
 
     cmd = tunnel_command(["ssh", "-p", "2222"], "root@gpu-a", "/workspace/my run", 6007)
-    assert cmd[:5] == ["ssh", "-p", "2222", "-L", "127.0.0.1:6007:127.0.0.1:6006"]
+    assert cmd[:6] == ["ssh", "-p", "2222", "-tt", "-L", "127.0.0.1:6007:127.0.0.1:6006"]
     assert cmd[-2] == "root@gpu-a"
-    assert cmd[-1] == ("cd '/workspace/my run' && exec tensorboard --logdir lightning_logs --host 127.0.0.1 "
-                       "--port 6006")
+    assert cmd[-1] == ("cd '/workspace/my run' && PATH=\"$PWD/.venv/bin:$PATH\" exec tensorboard "
+                       "--logdir lightning_logs --host 127.0.0.1 --port 6006")
