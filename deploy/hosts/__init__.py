@@ -1,5 +1,6 @@
 """SSH hosts: connecting (ssh), running a command or writing a file there (remote), rsync (rsync), what a
-host has (probe), its .env (envfile), dataset staging (dataset), results back (results).
+host has (probe), its .env (envfile), dataset staging (dataset), results back (results), a bucket key
+or a name a host sent as a path (paths).
 
 ``from deploy.hosts import HostSpec, connect`` is the documented entry point.
 """

@@ -141,9 +141,9 @@ def pull(conn, spec: HostSpec, options: HostOptions, remote_dir: str, path: str,
     if method == "rsync":
         result = _rsync(spec, options, resolved.source, target, resolved.kind == "dir", exclude)
     else:
-        result = _sftp(conn, spec, resolved.source, target, resolved.kind == "dir", exclude, skip,
+        result = _sftp(conn, resolved.source, target, resolved.kind == "dir", exclude, skip,
                        progress or (lambda n: None))
-    links = tuple(f"{rel} -> {where or '(nowhere)'}" for rel, where in resolved.outside)
+    links = tuple(f"{rel} -> {where or '(does not resolve)'}" for rel, where in resolved.outside)
     return replace(result, source=source, outside_links=links)
 
 
@@ -201,7 +201,7 @@ def _walk(sftp, root: str, skip: set[str], relative: str = "") -> Iterator[tuple
             yield rel, attrs
 
 
-def _sftp(conn, spec: HostSpec, source: str, target: Path, is_dir: bool, exclude: Sequence[str],
+def _sftp(conn, source: str, target: Path, is_dir: bool, exclude: Sequence[str],
           skip: Sequence[str], progress: Callable[[int], None]) -> PullResult:
     started = time.monotonic()
     sftp = conn.sftp()

@@ -9,6 +9,7 @@ training/ and remote/ loads in a fresh interpreter.
 from __future__ import annotations
 
 import ast
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,9 +40,22 @@ def _imports(path: Path) -> set[str]:
     return {name for name in found if name == "deploy" or name.startswith("deploy.")}
 
 
-@lru_cache(maxsize=None)
+_PARSING = threading.Lock()
+
+
 def host_modules(root: Path = PACKAGE_ROOT) -> frozenset[str]:
-    """Module names (``deploy.training.entrypoint`` ...) the host-side code needs, packages included."""
+    """Module names (``deploy.training.entrypoint`` ...) the host-side code needs, packages included.
+
+    Computed once per process under a lock: a deploy to several hosts asks from one thread per host,
+    and CPython 3.11's ``ast.parse`` fails when threads parse at once ("AST constructor recursion
+    depth mismatch").
+    """
+    with _PARSING:
+        return _host_modules(root)
+
+
+@lru_cache(maxsize=None)
+def _host_modules(root: Path) -> frozenset[str]:
     todo = [".".join(p.relative_to(root).with_suffix("").parts) for top in ROOTS
             for p in sorted((root / top).rglob("*.py")) if "__pycache__" not in p.parts]
     todo = [name[: -len(".__init__")] if name.endswith(".__init__") else name for name in todo]
