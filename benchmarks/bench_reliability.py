@@ -42,7 +42,6 @@ import os
 import platform
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -105,9 +104,11 @@ class Row:
 class Report:
     rows: list[Row] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
+        self.loads.append(os.getloadavg()[0])
         print(f"\n[{row.verdict}] {row.what}\n  expected: {row.expected}\n  measured: {row.measured}", flush=True)
 
     def note(self, line: str) -> None:
@@ -366,7 +367,9 @@ def kill_rows(bench: Bench, target: Target, kills: int, report: Report) -> None:
         local = target.local_checkpoints()
         complete = {n: v for n, v in local.items() if v[2]}
         newest = max((v[0] for v in complete.values()), default=0)
+        killed = time.monotonic()
         target.wait_training(runs)
+        back = time.monotonic() - killed
         resumed = poll(lambda: target.resumes()[resumes:] and target.resumes()[-1], 60, "a resume line")
         step = int(resumed.group(2))
         try:
@@ -377,7 +380,8 @@ def kill_rows(bench: Bench, target: Target, kills: int, report: Report) -> None:
         results.append((delay, trained, at_kill_s3, newest, step, len(complete), len(local) - len(complete), lost))
         report.note(f"{target.runtime} kill {i + 1}: {delay:.1f} s into the run, last trained step {trained}, newest "
                     f"in S3 {at_kill_s3}, newest complete on disk {newest} ({len(complete)} files, "
-                    f"{len(local) - len(complete)} torn); resumed from step {step} ({resumed.group(1)}); "
+                    f"{len(local) - len(complete)} torn); resumed from step {step} ({resumed.group(1)}), training again "
+                    f"{back:.0f} s after the kill; "
                     f"missing from S3 afterwards: {lost or 'none'}")
     exact = sum(1 for r in results if r[4] == r[3])
     lost = sum(len(r[7]) for r in results)
@@ -386,7 +390,7 @@ def kill_rows(bench: Bench, target: Target, kills: int, report: Report) -> None:
     lost_steps = [r[1] - r[4] for r in results]
     report.add(Row(
         f"{target.runtime}: kill -9 of training at {kills} random points (whole process tree, no flush); "
-        "restarted by " + ("compose's restart policy" if target.runtime == "compose" else "the native supervisor"),
+        "restarted by " + ("Docker's restart policy (`restart: on-failure`)" if target.runtime == "compose" else "the native supervisor"),
         "each restart resumes from the newest complete checkpoint on disk at the kill (>= the newest in S3 then); "
         "0 checkpoints lost: every complete file on disk at the kill is in S3 (same sha256) afterwards",
         f"{exact}/{kills} resumed from the newest on disk, {at_least_s3}/{kills} at or past the newest in S3 "
@@ -396,9 +400,17 @@ def kill_rows(bench: Bench, target: Target, kills: int, report: Report) -> None:
         exact == kills and lost == 0))
 
 
-def outage_row(bench: Bench, target: Target, seconds: float, report: Report) -> None:
-    """The S3 server frozen for ``seconds``: training goes on; everything reaches S3 afterwards."""
+CATCH_UP = 90.0
+"""Seconds the checkpoints get to reach S3 after the outage while training goes on."""
+
+
+def outage_row(bench: Bench, target: Target, seconds: float, report: Report) -> dict[str, tuple[int, str, bool]]:
+    """The S3 server frozen for ``seconds``: training goes on; everything reaches S3 afterwards.
+
+    Returns the checkpoint files still missing from S3 then, for :func:`stop_row` to check after its flush.
+    """
     pid, runs, before = target.training_pid(), target.runs(), (target.steps() or [0])[-1]
+    names_before = set(target.local_checkpoints())
     os.kill(bench.s3.proc.pid, signal.SIGSTOP)
     started = time.monotonic()
     try:
@@ -408,26 +420,41 @@ def outage_row(bench: Bench, target: Target, seconds: float, report: Report) -> 
         os.kill(bench.s3.proc.pid, signal.SIGCONT)
     frozen = time.monotonic() - started
     local = {n: v for n, v in target.local_checkpoints().items() if v[2]}
+    written = len(set(local) - names_before)
     resumed_at = time.monotonic()
     try:
-        poll(lambda: not missing_or_changed(local, target.in_s3()), 180, "every checkpoint in S3 after the outage")
+        poll(lambda: not missing_or_changed(local, target.in_s3()), CATCH_UP, "every checkpoint in S3 after the outage")
         caught_up = f"all {len(local)} checkpoint files in S3 {time.monotonic() - resumed_at:.0f} s after it"
     except TimeoutError:
-        caught_up = f"after 180 s, {len(missing_or_changed(local, target.in_s3()))} of {len(local)} still missing"
+        caught_up = (f"{CATCH_UP:.0f} s after it, {len(missing_or_changed(local, target.in_s3()))} of {len(local)} "
+                     "still missing while training went on")
     lost = missing_or_changed(local, target.in_s3())
     same = target.training_pid() == pid and target.runs() == runs
     report.add(Row(
         f"{target.runtime}: the S3 server frozen (SIGSTOP, requests hang) for {frozen:.0f} s mid-training",
         "training goes on (same process, steps advance); every checkpoint is in S3 afterwards",
-        f"{during - before} steps trained during the outage (step {before} -> {during}); "
-        f"{'same process, no restart' if same else 'the training restarted'}; {caught_up}",
+        f"{during - before} steps trained during the outage (step {before} -> {during}), {written} checkpoints "
+        f"written meanwhile; {'same process, no restart' if same else 'the training restarted'}; {caught_up}",
         during > before and same and not lost))
+    return {name: local[name] for name in lost}
 
 
-def stop_row(bench: Bench, target: Target, report: Report) -> None:
-    """``fab stop`` mid-epoch, then redeploy: resumes at exactly the saved step."""
+def stop_row(bench: Bench, target: Target, report: Report,
+             missing: dict[str, tuple[int, str, bool]] | None = None) -> None:
+    """``fab stop`` mid-epoch, then redeploy: resumes at exactly the saved step.
+
+    ``missing``: checkpoints the outage left out of S3; the stop's flush should send them.
+    """
     time.sleep(bench.rng.uniform(1.0, 6.0))
     stopped = bench.fab(target.folder, "stop")
+    if missing:
+        still = missing_or_changed(missing, target.in_s3())
+        report.add(Row(
+            f"{target.runtime}: the {len(missing)} checkpoints still missing from S3 after the outage, once "
+            "`fab stop` (below) flushed the uploads",
+            "all of them in S3",
+            f"{len(missing) - len(still)} of {len(missing)} in S3 after the stop",
+            not still))
     trained = (target.steps() or [0])[-1]
     count = len(target.steps())
     saves = SAVED.findall(target.log())
@@ -446,11 +473,17 @@ def stop_row(bench: Bench, target: Target, report: Report) -> None:
     report.add(Row(
         f"{target.runtime}: `fab stop` at a random point mid-epoch, then `fab deploy-runpod`",
         "the step trained last is saved on stop and in S3; the redeploy resumes at exactly that step "
-        "(the next step trained is that + 1); `fab stop` reports the step it saved",
+        "(the next step trained is that + 1)",
         f"last trained step {trained} (step {trained % STEPS_PER_EPOCH} of a {STEPS_PER_EPOCH}-step epoch), "
         f"saved on stop: {saved}, in S3: {'yes' if in_s3 else 'no'}; resumed at {resumed}, next steps trained "
-        f"{after}; `fab stop` output names the step: {'yes' if reported else 'no'}",
-        saved == trained == resumed and in_s3 and after[:1] == [trained + 1] and reported))
+        f"{after}",
+        saved == trained == resumed and in_s3 and after[:1] == [trained + 1]))
+    report.add(Row(
+        f"{target.runtime}: what `fab stop` prints for that stop",
+        "it reports the step it saved",
+        f"{stopped.stdout.strip()!r}; names the step: {'yes' if reported else 'no'} (the training log has "
+        f"`gpu-deploy: saved step {saved} on stop`)",
+        reported))
 
 
 def truncated_row(bench: Bench, target: Target, prefix: str, report: Report) -> None:
@@ -483,29 +516,41 @@ def truncated_row(bench: Bench, target: Target, prefix: str, report: Report) -> 
 # ----------------------------------------------------------------------------- rows: push, host key
 
 
-def push_row(bench: Bench, folder: Path, prefix: str, report: Report) -> None:
-    """A push of a 5-layer image killed at about half its bytes; the rerun's reuse and leftovers."""
-    layers = "".join(f"RUN head -c 40000000 /dev/urandom > /layer{i}\n" for i in range(5))
-    tag = build_busybox_image(bench.docker, bench.tmp / "layered", tag="gpu-deploy-bench/layered:v1", extra=layers)
-    client, images = bench.s3.client(), f"{prefix}/docker-images/"
-    total = 5 * 40_000_000
+LAYER_MB = 64
 
-    def sent() -> int:
-        done = sum(o["Size"] for o in client.list_objects_v2(Bucket=bench.bucket, Prefix=images).get("Contents", []))
+
+def push_row(bench: Bench, folder: Path, prefix: str, report: Report) -> None:
+    """A push of a 5-layer image killed mid-layer at about half its bytes; the rerun's reuse and leftovers."""
+    layers = "".join(f"RUN head -c {LAYER_MB}000000 /dev/urandom > /layer{i}\n" for i in range(5))
+    tag = build_busybox_image(bench.docker, bench.tmp / "layered", tag="gpu-deploy-bench/layered:v1", extra=layers)
+    count = len(bench.docker.images.get(tag).attrs["RootFS"]["Layers"])
+    client, images = bench.s3.client(), f"{prefix}/docker-images/"
+    total = 5 * LAYER_MB * 1_000_000
+
+    def sent_mid_layer() -> int:
+        """Bytes in S3 (objects and parts of open uploads) once past half and inside a layer, else 0."""
+        done, inside = sum(o["Size"] for o in client.list_objects_v2(Bucket=bench.bucket, Prefix=images)
+                           .get("Contents", [])), False
         for upload in client.list_multipart_uploads(Bucket=bench.bucket, Prefix=images).get("Uploads", []):
-            parts = client.list_parts(Bucket=bench.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            try:
+                parts = client.list_parts(Bucket=bench.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            except client.exceptions.NoSuchUpload:
+                continue  # completed meanwhile: the next listing counts it as an object
             done += sum(p["Size"] for p in parts.get("Parts", []))
-        return done
+            inside = inside or bool(parts.get("Parts"))
+        return done if done >= total / 2 and inside else 0
 
     proc = subprocess.Popen([FAB, "--search-root", str(REPO), "image-to-s3", f"--image={tag}"], cwd=folder,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env(),
                             start_new_session=True)
-    at_kill = poll(lambda: (lambda n: n if n >= total / 2 else 0)(sent()), 300, "half the image in S3", 0.05)
+    at_kill = poll(sent_mid_layer, 300, "half the image in S3, mid-layer", 0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    time.sleep(2.0)  # requests the killed push had in flight land (or fail) at the server first
     records = [o["Key"] for o in client.list_objects_v2(Bucket=bench.bucket, Prefix=images).get("Contents", [])
                if o["Key"].endswith(".json") and "/layers/" in o["Key"]]
-    open_after_kill = len(client.list_multipart_uploads(Bucket=bench.bucket, Prefix=images).get("Uploads", []))
+    left_by_kill = client.list_multipart_uploads(Bucket=bench.bucket, Prefix=images).get("Uploads", [])
+    open_after_kill = len(left_by_kill)
     started = time.monotonic()
     rerun = bench.fab(folder, "image-to-s3", f"--image={tag}")
     seconds = time.monotonic() - started
@@ -513,21 +558,22 @@ def push_row(bench: Bench, folder: Path, prefix: str, report: Report) -> None:
     skipped = re.search(r"skipped (\d+)", text)
     open_after = client.list_multipart_uploads(Bucket=bench.bucket, Prefix=images).get("Uploads", [])
     report.note(f"push: killed at {at_kill / 1e6:.0f} of {total / 1e6:.0f} MB; layer records then {len(records)}; "
-                f"open multipart uploads then {open_after_kill}; rerun said: {text.strip().splitlines()[-1][:300]!r}")
+                f"open multipart uploads then {[u['Key'].rsplit('/', 2)[-2:] for u in left_by_kill]}, after the "
+                f"rerun {[u['Key'].rsplit('/', 2)[-2:] for u in open_after]}; rerun said: {text.strip().splitlines()[-1][:300]!r}")
     swept = ""
     if open_after:
         bench.fab(folder, "s3.abort-uploads", "--older-than=0")
         left = client.list_multipart_uploads(Bucket=bench.bucket, Prefix=images).get("Uploads", [])
         swept = f"; `fab s3.abort-uploads --older-than=0` then left {len(left)}"
     report.add(Row(
-        f"`fab image-to-s3` of a 6-layer image (5 x 40 MB random layers) killed (SIGKILL) at "
-        f"{100 * at_kill / total:.0f} % of its bytes, then run again",
+        f"`fab image-to-s3` of a {count}-layer image (busybox and 5 x {LAYER_MB} MB random layers) killed "
+        f"(SIGKILL) in the middle of a layer at {100 * at_kill / total:.0f} % of its bytes, then run again",
         "the rerun reuses the layers finished before the kill and completes; no multipart upload left open "
         "after the rerun",
         f"layers finished before the kill: {len(records)}; the rerun skipped "
         f"{skipped.group(1) if skipped else '?'} and took {seconds:.1f} s; open multipart uploads after the "
         f"kill {open_after_kill}, after the rerun {len(open_after)}{swept}",
-        bool(skipped) and int(skipped.group(1)) >= len(records) and not open_after and rerun.returncode == 0))
+        bool(skipped) and int(skipped.group(1)) >= len(records) and not open_after))
     try:
         bench.docker.images.remove(tag, force=True)
     except docker.errors.APIError:
@@ -582,12 +628,24 @@ def _banner(port: int) -> bool:
 # ----------------------------------------------------------------------------- rows: secrets
 
 
-def secret_rows(bench: Bench, targets: list[Target], prefix: str, report: Report) -> None:
+def secret_rows(bench: Bench, targets: list[Target], report: Report) -> None:
     """Argv samples, logs, printed output, host files, the bucket and the image, grepped for secrets."""
     secrets = [bench.secret.encode(), bench.operator_secret.encode()]
-    bench.sampler.stopped.set()
-    bench.sampler.join(5)
+
+    def holds(data: bytes) -> bool:
+        return any(s in data for s in secrets)
+
+    argv_row(bench, report)
+    logs_row(bench, targets, holds, report)
+    at_rest_row(bench, holds, report)
+    if bench.image:
+        image_rows(bench, targets, holds, report)
+
+
+def argv_row(bench: Bench, report: Report) -> None:
     sampler = bench.sampler
+    sampler.stopped.set()
+    sampler.join(5)
     report.add(Row(
         "secrets in argv: /proc/*/cmdline of every process on this machine (operator side and host side: "
         "fab, ssh, rsync, sshd sessions, supervisor, entrypoint, training, upload helper, containers), "
@@ -597,10 +655,9 @@ def secret_rows(bench: Bench, targets: list[Target], prefix: str, report: Report
         f"{len(sampler.hits)}{' ' + str(list(sampler.hits.values())) if sampler.hits else ''}",
         not sampler.hits))
 
-    def holds(data: bytes) -> bool:
-        return any(s in data for s in secrets)
 
-    logs = {f"{t.runtime} training log": t.log().encode() for t in targets}
+def logs_row(bench: Bench, targets: list[Target], holds: Callable[[bytes], bool], report: Report) -> None:
+    logs = {f"{t.runtime} training log {Path(t.remote_dir).name}": t.log().encode() for t in targets}
     bad_logs = [name for name, data in logs.items() if holds(data)]
     printed = [i for i, text in enumerate(bench.outputs) if holds(text.encode())]
     report.add(Row(
@@ -611,59 +668,58 @@ def secret_rows(bench: Bench, targets: list[Target], prefix: str, report: Report
         f"holding a secret: {len(printed)} outputs, {bad_logs or 'no logs'}",
         not printed and not bad_logs))
 
-    files, bad_files = 0, []
+
+def at_rest_row(bench: Bench, holds: Callable[[bytes], bool], report: Report) -> None:
+    files, bad = 0, []
     for remote_dir in bench.remote_dirs:
         root = Path(remote_dir)
         for path in (root.rglob("*") if root.exists() else []):
             if path.is_file() and path.name != ".env" and not path.is_symlink():
                 files += 1
                 if holds(path.read_bytes()):
-                    bad_files.append(str(path.relative_to(root)))
-    env_modes = sorted({oct(Path(d, ".env").stat().st_mode & 0o777) for d in bench.remote_dirs if Path(d, ".env").exists()})
-    client = bench.s3.client()
-    objects, bad_objects = 0, []
+                    bad.append(str(path.relative_to(root)))
+    modes = sorted({oct(Path(d, ".env").stat().st_mode & 0o777) for d in bench.remote_dirs if Path(d, ".env").exists()})
+    client, objects = bench.s3.client(), 0
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bench.bucket):
         for obj in page.get("Contents", []):
             if "/docker-images/" in obj["Key"] or obj["Size"] > 50_000_000:
                 continue
             objects += 1
             if holds(client.get_object(Bucket=bench.bucket, Key=obj["Key"])["Body"].read()):
-                bad_objects.append(obj["Key"])
+                bad.append(obj["Key"])
     report.add(Row(
         "secrets at rest: every file under every REMOTE_DIR but `.env` (compose file, run.json, code, "
         "journals, checkpoints, lightning_logs, steps) and every object in the bucket but image layers",
         "no secret value anywhere but the host's `.env` (mode 0600)",
-        f"{files} host files, {objects} objects; holding a secret: {bad_files + bad_objects or 'none'}; "
-        f"host .env modes {env_modes}",
-        not bad_files and not bad_objects and env_modes == ["0o600"]))
+        f"{files} host files, {objects} objects; holding a secret: {bad or 'none'}; host .env modes {modes}",
+        not bad and modes == ["0o600"]))
 
-    if bench.image:
-        found, size = False, 0
-        tail = b""
-        with subprocess.Popen(["docker", "save", bench.image], stdout=subprocess.PIPE) as save:
-            while chunk := save.stdout.read(1 << 20):
-                size += len(chunk)
-                found = found or holds(tail + chunk)
-                tail = chunk[-200:]
-        config_env = bench.docker.images.get(bench.image).attrs["Config"].get("Env") or []
-        in_config = any(holds(e.encode()) for e in config_env)
-        containers = [c for t in targets if t.runtime == "compose" for c in t.containers()]
-        in_container = sum(1 for c in containers if any(holds(e.encode()) for e in c.attrs["Config"].get("Env") or []))
-        report.add(Row(
-            "secrets in the training image: the bytes of `docker save` and the image config's env "
-            "(`docker inspect`)",
-            "no secret value in the image",
-            f"{size / 1e9:.2f} GB saved, holding a secret: {'yes' if found else 'no'}; image env holding one: "
-            f"{'yes' if in_config else 'no'}",
-            not found and not in_config))
-        report.add(Row(
-            "the running container's env (`docker inspect` of the compose container)",
-            "informative: the service reads REMOTE_DIR/.env through `env_file`, so the container's env holds the "
-            "S3 secret (visible to whoever can use the host's Docker engine, as the .env file is to its owner)",
-            f"{in_container} of {len(containers)} containers hold the S3 secret in their env; none hold "
-            "RUNPOD_API_KEY: " + ("yes" if not any(bench.operator_secret.encode() in e.encode() for c in containers
-                                                   for e in c.attrs["Config"].get("Env") or []) else "no"),
-            None))
+
+def image_rows(bench: Bench, targets: list[Target], holds: Callable[[bytes], bool], report: Report) -> None:
+    found, size, tail = False, 0, b""
+    with subprocess.Popen(["docker", "save", bench.image], stdout=subprocess.PIPE) as save:
+        while chunk := save.stdout.read(1 << 20):
+            size += len(chunk)
+            found = found or holds(tail + chunk)
+            tail = chunk[-200:]
+    config_env = bench.docker.images.get(bench.image).attrs["Config"].get("Env") or []
+    in_config = any(holds(e.encode()) for e in config_env)
+    report.add(Row(
+        "secrets in the training image: the bytes of `docker save` and the image config's env (`docker inspect`)",
+        "no secret value in the image",
+        f"{size / 1e9:.2f} GB saved, holding a secret: {'yes' if found else 'no'}; image env holding one: "
+        f"{'yes' if in_config else 'no'}",
+        not found and not in_config))
+    envs = [c.attrs["Config"].get("Env") or [] for t in targets if t.runtime == "compose" for c in t.containers()]
+    with_s3 = sum(1 for env in envs if any(bench.secret in e for e in env))
+    with_operator = sum(1 for env in envs if any(bench.operator_secret in e for e in env))
+    report.add(Row(
+        "the running container's env (`docker inspect` of the compose containers)",
+        "informative: the service reads REMOTE_DIR/.env through `env_file`, so the container's env holds the "
+        "S3 secret (visible to whoever can use the host's Docker engine, as the .env file is to its owner); "
+        "never RUNPOD_API_KEY",
+        f"{with_s3} of {len(envs)} containers hold the S3 secret in their env, {with_operator} hold RUNPOD_API_KEY",
+        None if not with_operator else False))
 
 
 # ----------------------------------------------------------------------------- setup, report, main
@@ -693,6 +749,10 @@ def commit() -> str:
     return head + (" (with uncommitted changes under deploy/ or tasks/ by other work)" if dirty else "")
 
 
+NOTES = "## Reading the figures"
+"""A hand-written section of the report from this heading on is kept when the script rewrites it."""
+
+
 def write_report(path: Path, report: Report, header: dict[str, str]) -> None:
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
@@ -708,7 +768,62 @@ def write_report(path: Path, report: Report, header: dict[str, str]) -> None:
     lines += ["", "## Rerun", "", "```bash", ".venv/bin/python -m benchmarks.bench_reliability --seed "
               f"{header['seed']}            # as root: it reads /proc and signals containers",
               "```", ""]
-    path.write_text("\n".join(lines))
+    kept = path.read_text() if path.exists() else ""
+    notes = kept[kept.index(NOTES):] if NOTES in kept else ""
+    path.write_text("\n".join(lines) + ("\n" + notes if notes else ""))
+
+
+def compose_rows(bench: Bench, prefix: str, args: argparse.Namespace, report: Report) -> list[Target]:
+    """The training image pushed, a compose deploy, then the kills, the outage, the stop, the truncation."""
+    bench.image = training_image(bench)
+    folder, remote_dir = bench.project("compose", bench.host, {**bench.env(prefix), "IMAGE": bench.image})
+    bench.fab(folder, "image-to-s3")
+    compose = Target(bench, "compose", folder, remote_dir, prefix)
+    bench.fab(folder, "deploy-runpod")
+    compose.wait_training(0)
+    kill_rows(bench, compose, args.kills, report)
+    missing = outage_row(bench, compose, args.outage, report)
+    stop_row(bench, compose, report, missing)
+    truncated_row(bench, compose, prefix, report)
+    fresh = [d for d in bench.remote_dirs if d.endswith("/compose-fresh")]
+    return [compose, *(Target(bench, "compose", bench.tmp / "compose-fresh", d, prefix) for d in fresh)]
+
+
+def native_rows(bench: Bench, prefix: str, args: argparse.Namespace, report: Report) -> list[Target]:
+    """A native deploy on the pod, then the kills, the outage and the stop."""
+    folder, remote_dir = bench.project("native", bench.pod, {**bench.env(prefix), "NATIVE_PYTHON": sys.executable})
+    native = Target(bench, "native", folder, remote_dir, prefix)
+    bench.fab(folder, "deploy-runpod")
+    native.wait_training(0)
+    kill_rows(bench, native, args.kills, report)
+    missing = outage_row(bench, native, args.outage, report)
+    stop_row(bench, native, report, missing)
+    bench.fab(folder, "stop")
+    return [native]
+
+
+def run(args: argparse.Namespace, seed: int, report: Report) -> None:
+    only = set(args.only.split(","))
+    targets: list[Target] = []
+    with tempfile.TemporaryDirectory(prefix="bench-reliability-") as tmp:
+        bench = Bench(Path(tmp), seed)
+        try:
+            prefix = f"rel-{uuid.uuid4().hex[:6]}"
+            if "hostkey" in only:
+                hostkey_row(bench, prefix, report)
+            if "compose" in only:
+                targets += compose_rows(bench, prefix, args, report)
+            if "native" in only:
+                targets += native_rows(bench, f"{prefix}-native", args, report)
+            if "push" in only:
+                folder = bench.tmp / "push"
+                folder.mkdir()
+                write_env(folder, bench.env(f"{prefix}-push"))
+                push_row(bench, folder, f"{prefix}-push", report)
+            if "secrets" in only:
+                secret_rows(bench, targets, report)
+        finally:
+            bench.close()
 
 
 def main() -> int:
@@ -720,59 +835,19 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "docs" / "reliability.md"))
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
-    only = set(args.only.split(","))
     print(f"seed {seed} (rerun with --seed {seed}); load average {os.getloadavg()}", flush=True)
-    started, load_start = time.monotonic(), os.getloadavg()
-    report = Report()
-    targets: list[Target] = []
-    with tempfile.TemporaryDirectory(prefix="bench-reliability-") as tmp:
-        bench = Bench(Path(tmp), seed)
-        try:
-            prefix = f"rel-{uuid.uuid4().hex[:6]}"
-            if "hostkey" in only:
-                hostkey_row(bench, prefix, report)
-            if "compose" in only:
-                bench.image = training_image(bench)
-                folder, remote_dir = bench.project("compose", bench.host, {**bench.env(prefix), "IMAGE": bench.image})
-                bench.fab(folder, "image-to-s3")
-                compose = Target(bench, "compose", folder, remote_dir, prefix)
-                targets.append(compose)
-                bench.fab(folder, "deploy-runpod")
-                compose.wait_training(0)
-                kill_rows(bench, compose, args.kills, report)
-                outage_row(bench, compose, args.outage, report)
-                stop_row(bench, compose, report)
-                truncated_row(bench, compose, prefix, report)
-                targets.extend(Target(bench, "compose", bench.tmp / "compose-fresh", d, prefix)
-                               for d in bench.remote_dirs if d.endswith("/compose-fresh"))
-            if "native" in only:
-                native_prefix = f"{prefix}-native"
-                folder, remote_dir = bench.project("native", bench.pod,
-                                                   {**bench.env(native_prefix), "NATIVE_PYTHON": sys.executable})
-                native = Target(bench, "native", folder, remote_dir, native_prefix)
-                targets.append(native)
-                bench.fab(folder, "deploy-runpod")
-                native.wait_training(0)
-                kill_rows(bench, native, args.kills, report)
-                stop_row(bench, native, report)
-                bench.fab(folder, "stop")
-            if "push" in only:
-                folder = bench.tmp / "push"
-                folder.mkdir()
-                write_env(folder, bench.env(f"{prefix}-push"))
-                push_row(bench, folder, f"{prefix}-push", report)
-            if "secrets" in only:
-                secret_rows(bench, targets, prefix, report)
-        finally:
-            bench.close()
+    started, report = time.monotonic(), Report()
+    report.loads.append(os.getloadavg()[0])
+    run(args, seed, report)
     minutes = (time.monotonic() - started) / 60
+    loads = [*report.loads, os.getloadavg()[0]]
     header = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "commit": commit(),
         "seed": str(seed),
-        "load": f"load average {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (the machine "
-                "was shared with other test suites and builds while this ran)",
+        "load": f"1-minute load average {min(loads):.1f}-{max(loads):.1f} over the run (start {loads[0]:.1f}, "
+                f"end {loads[-1]:.1f}): the 2 cores were shared with other test suites and builds",
         "duration": f"{minutes:.1f} min",
         "training": f"the demo model on the CPU: `{TRAIN_COMMAND}`",
     }
