@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 from pathlib import Path
 
@@ -86,3 +87,36 @@ def test_deploy_records_the_run_and_a_kill_and_redeploy_keep_its_id(workspace) -
     assert "last.ckpt" in fab("runs.show", "--run", run_id).stdout
     table = fab("runs")
     assert run_id in table.stdout and "stopped" in table.stdout
+
+
+def test_a_run_on_two_hosts_records_both_and_sums_their_cost(workspace, pod) -> None:  # noqa: F811
+    """Two hosts (the pod by two names, each with its own folder: `user@host:port/dir`), priced per host."""
+    project, remote_dir, values = workspace
+    hosts = [f"{pod.user}@{name}:{pod.port}{remote_dir}-{name}" for name in ("127.0.0.1", "localhost")]
+    prices = "127.0.0.1=2.00"  # the first host by its name; the other falls back to the default price
+    with open(project / ".env", "a") as env:
+        env.write(f"HOST_PRICE_PER_HOUR='0.50,{prices}'\n")
+    storage = Storage.from_settings(load_settings(environ=values))
+
+    def fab(*args: str):
+        result = run_fab(*args, cwd=project)
+        assert result.returncode == 0, f"fab {' '.join(args)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        return result
+
+    try:
+        fab("deploy-runpod", f"--hosts={','.join(hosts)}")
+        (run_id,) = [r["run_id"] for r in list_runs(storage)]
+        wait_until(lambda: kinds(storage, run_id).count("started") >= 2, 120, "training started on both hosts")
+    finally:
+        run_fab("stop", f"--hosts={','.join(hosts)}", "--timeout=30", cwd=project)
+        for host in hosts:
+            folder = host.split(f":{pod.port}", 1)[1]
+            for pid in pids_in(folder, "deploy.training"):
+                os.kill(pid, signal.SIGKILL)
+            os.system(f"rm -rf {shlex.quote(folder)}")
+    data = json.loads(fab("runs.show", "--run", run_id, "--json").stdout)
+    by_host = {h["host"]: h for h in data["cost"]["hosts"]}
+    assert sorted(by_host) == sorted(hosts)
+    assert by_host[hosts[0]]["price_per_hour"] == 2.0 and by_host[hosts[1]]["price_per_hour"] == 0.5
+    total = sum(h["hours"] * h["price_per_hour"] for h in by_host.values())
+    assert data["cost"]["complete"] and data["cost"]["dollars"] == pytest.approx(total) and total > 0
