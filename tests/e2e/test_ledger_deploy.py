@@ -94,8 +94,9 @@ def test_a_run_on_two_hosts_records_both_and_sums_their_cost(workspace, pod) -> 
     project, remote_dir, values = workspace
     hosts = [f"{pod.user}@{name}:{pod.port}{remote_dir}-{name}" for name in ("127.0.0.1", "localhost")]
     prices = "127.0.0.1=2.00"  # the first host by its name; the other falls back to the default price
+    run_id = f"two-hosts-{os.getpid()}"  # RUN_ID picks the run: this module's other run may be unfinished
     with open(project / ".env", "a") as env:
-        env.write(f"HOST_PRICE_PER_HOUR='0.50,{prices}'\n")
+        env.write(f"HOST_PRICE_PER_HOUR='0.50,{prices}'\nRUN_ID={run_id}\n")
     storage = Storage.from_settings(load_settings(environ=values))
 
     def fab(*args: str):
@@ -104,8 +105,7 @@ def test_a_run_on_two_hosts_records_both_and_sums_their_cost(workspace, pod) -> 
         return result
 
     try:
-        fab("deploy-runpod", f"--hosts={','.join(hosts)}")
-        (run_id,) = [r["run_id"] for r in list_runs(storage)]
+        assert f"run       {run_id} (RUN_ID;" in fab("deploy-runpod", f"--hosts={','.join(hosts)}").stdout
         wait_until(lambda: kinds(storage, run_id).count("started") >= 2, 120, "training started on both hosts")
     finally:
         run_fab("stop", f"--hosts={','.join(hosts)}", "--timeout=30", cwd=project)
