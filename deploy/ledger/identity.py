@@ -34,11 +34,13 @@ def new_run_id() -> str:
     return f"{now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
-def resolve_run_id(storage: Storage, settings: Settings) -> tuple[str, bool]:
-    """(run id, whether it is new): ``RUN_ID``, else the newest unfinished run, else a new id."""
+def resolve_run_id(storage: Storage, settings: Settings, save: bool = True) -> tuple[str, bool]:
+    """(run id, whether it is new): ``RUN_ID``, else the newest unfinished run, else a new id.
+
+    ``save=False`` (a dry run) writes nothing, not even the listing's index."""
     if settings.run_id:
         return settings.run_id, False
-    current = current_run(storage)
+    current = current_run(storage, save=save)
     if current is not None:
         return str(current["run_id"]), False
     return new_run_id(), True

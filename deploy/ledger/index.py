@@ -175,8 +175,10 @@ def _read_summaries(storage: Storage, todo: list[str], touched: dict[str, str], 
     return {r.run_id: {**summarize(r), "touched": touched.get(r.run_id, "")} for r in runs}
 
 
-def list_runs(storage: Storage, workers: int = 16, refresh: bool = False) -> list[dict[str, Any]]:
-    """Every run's summary, newest first; reads in full only the runs that changed since the index."""
+def list_runs(storage: Storage, workers: int = 16, refresh: bool = False, save: bool = True) -> list[dict[str, Any]]:
+    """Every run's summary, newest first; reads in full only the runs that changed since the index.
+
+    ``save=False`` (a dry run) leaves the index as it is, even when it learned something."""
     found = get_json(storage, storage.key(RUNS, INDEX))
     cached: dict[str, Any] = {}
     if found and isinstance(found[0], dict) and found[0].get("format") == INDEX_FORMAT:
@@ -189,10 +191,11 @@ def list_runs(storage: Storage, workers: int = 16, refresh: bool = False) -> lis
     if todo:
         fresh = _read_summaries(storage, todo, touched, workers)
         cached.update(fresh)
-        try:
-            merge_index(storage, fresh)
-        except StorageError:
-            pass  # a read-only key can still list; the index is only a cache
+        if save:
+            try:
+                merge_index(storage, fresh)
+            except StorageError:
+                pass  # a read-only key can still list; the index is only a cache
     rows = [_aged(s) for rid, s in cached.items() if rid in present]
     return sorted(rows, key=lambda s: s.get("created") or "", reverse=True)
 
@@ -219,9 +222,9 @@ def find_run(storage: Storage, run_id: str) -> RunData:
     return found
 
 
-def current_run(storage: Storage) -> dict[str, Any] | None:
+def current_run(storage: Storage, save: bool = True) -> dict[str, Any] | None:
     """The newest run not yet finished (the one a deploy continues), or None."""
-    runs = list_runs(storage)
+    runs = list_runs(storage, save=save)
     return runs[0] if runs and runs[0].get("state") != "finished" else None
 
 

@@ -177,3 +177,14 @@ def test_a_cached_running_run_turns_silent_without_any_write() -> None:
     assert _aged(row, moment=at(5))["state"] == "running"
     assert _aged(row, moment=at(60))["state"] == "silent"
     assert _aged({**row, "state": "stopped"}, moment=at(60))["state"] == "stopped"
+
+
+def test_a_dry_run_listing_writes_no_index(moto_storage) -> None:
+    from deploy.ledger.identity import resolve_run_id
+    from deploy.settings import load_settings
+
+    RunLedger(moto_storage, "r1", writer="deploy").event("deployed", host="a")
+    assert resolve_run_id(moto_storage, load_settings(environ={}), save=False) == ("r1", False)
+    assert get_json(moto_storage, moto_storage.key("runs", INDEX)) is None
+    list_runs(moto_storage)
+    assert get_json(moto_storage, moto_storage.key("runs", INDEX)) is not None
