@@ -91,8 +91,9 @@ def operator_command(argv: Sequence[str] | None = None) -> str:
 
 def make_record(run_id: str, settings: Settings, storage: Storage, image: str = "", image_id: str = "",
                 source: str = ".", argv: Sequence[str] | None = None) -> Record:
-    """The record a first deploy writes."""
-    commit, dirty = git_source(source)
+    """The record a first deploy writes; the commit is the training project's (``TRAIN_PROJECT``, whose
+    code the hosts run), else ``source``'s."""
+    commit, dirty = git_source(settings.train_project or source)
     shown = training_settings(settings)
     return Record(run_id=run_id, created=now(), command=operator_command(argv), image=image, image_id=image_id,
                   commit=commit, dirty=dirty, settings_digest=settings_digest(shown), settings=shown,

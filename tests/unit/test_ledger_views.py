@@ -111,3 +111,20 @@ def test_the_tunnel_command_starts_tensorboard_on_the_host() -> None:
     assert cmd[-2] == "root@gpu-a"
     assert cmd[-1] == ("cd '/workspace/my run' && PATH=\"$PWD/.venv/bin:$PATH\" exec tensorboard "
                        "--logdir lightning_logs --host 127.0.0.1 --port 6006")
+
+
+def test_the_record_names_the_training_projects_commit_and_whether_it_was_dirty(tmp_path) -> None:
+    import subprocess
+
+    from deploy.ledger.identity import git_source
+
+    assert git_source(str(tmp_path)) == ("", None)
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "train.py").write_text("print(1)\n")
+    subprocess.run([*git, "add", "train.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    commit, dirty = git_source(str(tmp_path))
+    assert len(commit) == 40 and dirty is False
+    (tmp_path / "train.py").write_text("print(2)\n")
+    assert git_source(str(tmp_path)) == (commit, True)
