@@ -4,7 +4,8 @@ fab train -> the first pod comes up, the deploy starts training (native runtime)
 the S3 server -> the control plane loses the pod (RunPod reclaiming it) -> the watcher sees it through
 the API, asks for a replacement at once, deploys there, and training resumes from the newest S3
 checkpoint (no checkpoint after the loss has a lower step) -> training finishes -> lightning_logs come
-back -> the pod is terminated (none is left) -> the run record lists both pods and their cost.
+back -> the pod is terminated (none is left) -> the run record lists both pods and their cost. And:
+Ctrl-C detaches (the pod keeps running), ``fab train.watch RUN`` attaches from the state in the bucket.
 
 The pods run on the host's network so they reach the S3 server on 127.0.0.1.
 """
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
-import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -129,3 +130,37 @@ def test_a_managed_run_survives_a_lost_pod_and_ends_with_nothing_billing(operato
     assert len(cost.hosts) == 2 and all(h.price_per_hour == 0.79 and h.dollars and h.dollars > 0 for h in cost.hosts)
     state, _ = record.load(storage, run_id)
     assert state.phase == "done" and len(state.pods) == 2 and state.outcome.startswith("finished")
+
+
+def test_ctrl_c_detaches_and_train_watch_resumes_from_the_state_in_the_bucket(operator, control_plane: RunPodServer,
+                                                                              tmp_path: Path) -> None:
+    project, env = operator
+    log = tmp_path / "train.out"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([FAB, "--search-root", str(REPO), "train", "--api-every", "1", "--ssh-every", "3",
+                                 "--results", str(tmp_path / "results")], cwd=project, stdout=out,
+                                stderr=subprocess.STDOUT, env={**os.environ, **env}, stdin=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: proc.poll() is not None or " deployed " in log.read_text(), timeout=420,
+                   what="the first deploy")
+        proc.send_signal(signal.SIGINT)  # the operator's Ctrl-C (or a laptop lid closing on a tmux-less shell)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = log.read_text()
+    (pod_id,) = control_plane.pods
+    run_id = re.search(r"^run       (\S+) ", output, re.M).group(1)
+    assert proc.returncode == 0, output
+    assert (f"Watcher detached from run {run_id}. Pod {pod_id} keeps running and billing ($0.79/h). Attach again: "
+            f"fab train.watch {run_id}; take it down: fab pods.down --pod {pod_id}") in output
+    assert control_plane.pods[pod_id].status == "RUNNING"
+
+    again = run_fab("train.watch", run_id, "--api-every", "1", "--ssh-every", "3", "--results", str(tmp_path / "results"),
+                    env=env, cwd=project, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"run       {run_id}: watching, pod {pod_id} root@127.0.0.1:" in again.stdout
+    assert "provisioned" not in again.stdout and " finished " in again.stdout  # the same pod, watched to the end
+    assert control_plane.pods == {}
+    kinds = [e.kind for e in read_run(storage_for(env), run_id).events]
+    assert kinds.count("provisioned") == 1 and "note" in kinds and kinds[-1] == "terminated"
