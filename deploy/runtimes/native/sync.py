@@ -14,7 +14,8 @@ import posixpath
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from deploy.errors import HostError
+from deploy.errors import HostError, StorageError
+from deploy.hosts.paths import checked_relative
 from deploy.hosts.remote import run, where, write_atomic
 from deploy.hosts.rsync import remote, rsync_command, run_rsync
 from deploy.hosts.ssh import HostOptions, HostSpec
@@ -45,10 +46,21 @@ class CodePlan(Protocol):
 
 def diff_files(files: Mapping[str, LocalFile], remote: Mapping[str, tuple[int, int]],
                manifest: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """What to send (new, or size/mtime differ) and what to remove (shipped before, gone from the tree); pure."""
+    """What to send (new, or size/mtime differ) and what to remove (shipped before, gone from the tree); pure.
+
+    The manifest comes from the host, so only its entries that are safe paths inside REMOTE_DIR
+    (:func:`deploy.hosts.paths.checked_relative`, in normal form) can be removed.
+    """
     send = tuple(sorted(rel for rel, f in files.items() if remote.get(rel) != (f.size, f.mtime)))
-    delete = tuple(sorted(set(manifest) - set(files)))
+    delete = tuple(sorted(rel for rel in set(manifest) - set(files) if _safe(rel)))
     return send, delete
+
+
+def _safe(rel: object) -> bool:
+    try:
+        return isinstance(rel, str) and checked_relative(rel) == rel
+    except StorageError:
+        return False
 
 
 def sync_method(local_rsync: bool, host_tools: Iterable[str]) -> str:
