@@ -51,7 +51,8 @@ class PullResult:
 
     def summary(self) -> str:
         moved = f"{self.files} files, {self.bytes / 1e6:.1f} MB" if self.files else "nothing new"
-        line = f"{self.source} -> {self.dest}: {moved} ({self.skipped} unchanged) by {self.method} in {self.seconds:.1f} s"
+        line = (f"{self.source} -> {self.dest}: {moved} ({self.skipped} unchanged) by {self.method} "
+                f"in {self.seconds:.1f} s")
         if self.outside_links:
             n = len(self.outside_links)
             line += (f"; skipped {n} link{'s' if n > 1 else ''} leading outside REMOTE_DIR: "
