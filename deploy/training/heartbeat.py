@@ -170,6 +170,10 @@ class Heartbeat(Callback):
                            batch_idx: int) -> None:
         self._beat(trainer)
 
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._beat(trainer)  # a long validation is progress, not a hang
+
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._beat(trainer, force=True)  # validation metrics are new: report them now
 
