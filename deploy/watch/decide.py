@@ -240,7 +240,7 @@ def _run_ended(state: WatchState, run: RunFact | None, rails: Guardrails) -> Act
 def _limits(state: WatchState, at: float, rails: Guardrails) -> tuple[WatchState, list[Action]]:
     """MAX_HOURS and MAX_SPEND: warn once at 80%, halt at 100%."""
     actions: list[Action] = []
-    checks = (("hours", rails.max_hours, state.hours(at), lambda v: f"{v:.2f} h", "MAX_HOURS"),
+    checks = (("hours", rails.max_hours, state.hours(at), lambda v: f"{v:.3g} h", "MAX_HOURS"),
               ("spend", rails.max_spend, state.spend(at), lambda v: f"${v:.2f}", "MAX_SPEND"))
     for name, limit, value, show, key in checks:
         if not limit:

@@ -164,3 +164,20 @@ def test_ctrl_c_detaches_and_train_watch_resumes_from_the_state_in_the_bucket(op
     assert control_plane.pods == {}
     kinds = [e.kind for e in read_run(storage_for(env), run_id).events]
     assert kinds.count("provisioned") == 1 and "note" in kinds and kinds[-1] == "terminated"
+
+
+def test_max_hours_warns_then_stops_gracefully_syncs_and_terminates(operator, control_plane: RunPodServer,
+                                                                   tmp_path: Path) -> None:
+    project, env = operator
+    env = {**env, "MAX_HOURS": "0.03", "TRAIN_COMMAND": TRAIN_COMMAND.replace(f"max_steps={MAX_STEPS}", "max_steps=-1")}
+    result = run_fab("train", "--api-every", "1", "--ssh-every", "3", "--results", str(tmp_path / "results"),
+                     env=env, cwd=project, timeout=600)
+    output = result.stdout
+    assert result.returncode == 0, output + result.stderr
+    assert re.search(r"warning: 0\.0[23]\d* h of MAX_HOURS=0\.03 h used \(80%\); the run stops at 0\.03 h", output)
+    assert re.search(r"\] stopped +root@127\.0\.0\.1:\d+: MAX_HOURS=0\.03 h reached \(0\.0[34]\d* h\); training stopped "
+                     r"gracefully; ", output), output
+    assert control_plane.pods == {}, "the pod was left billing"
+    assert re.search(r"Run \S+: stopped: MAX_HOURS=0\.03 h reached", output)
+    assert (latest_checkpoint(storage_for(env)).step or 0) > 0  # SIGTERM saved the step it reached
+    assert any((tmp_path / "results").glob("lightning_logs/version_*/*"))
