@@ -8,6 +8,7 @@ import os
 from invoke import Collection, task
 
 from tasks._boundary import ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
+from tasks._flags import whole
 from tasks._table import make_table, print_table
 
 
@@ -20,9 +21,10 @@ def _storage(env_file):
 
 @task(name="list", default=True, auto_shortflags=False,
       help={"json": JSON_HELP, "refresh": "Read every run in full instead of trusting the index.",
+            "limit": "Show the newest N runs in the table (default 30; 0 shows all). --json lists all.",
             "env_file": ENV_FILE_HELP})
 @boundary
-def list_(c, json=False, refresh=False, env_file=None):
+def list_(c, json=False, refresh=False, limit=None, env_file=None):
     """List the runs in the bucket, newest first: state, hosts, GPUs, restarts, step, hours and cost."""
     from deploy.ledger.index import list_runs
     from deploy.ledger.show import TABLE_COLUMNS, table_row
@@ -35,10 +37,14 @@ def list_(c, json=False, refresh=False, env_file=None):
     if not rows:
         print(f"No runs in {storage.url(storage.key('runs'))} yet; `fab deploy-runpod` starts one.")
         return
+    limit = whole(30 if limit is None else limit, "--limit")  # None default: invoke would cast with a traceback
+    shown = rows[:limit] if limit else rows
     table = make_table(TABLE_COLUMNS, right=("hosts", "restarts", "step", "hours"))
-    for row in rows:
+    for row in shown:
         table.add_row(*table_row(row))
     print_table(table)
+    if len(shown) < len(rows):
+        print(f"... and {len(rows) - len(shown)} older run(s); --limit=0 shows all, --json lists all.")
 
 
 @task(auto_shortflags=False,

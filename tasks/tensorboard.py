@@ -19,12 +19,14 @@ from tasks._hosts import HOSTS_HELP, options, targets
             "refresh": "Seconds between two downloads of new log files from the bucket (default 30).",
             "hosts": HOSTS_HELP, "env_file": ENV_FILE_HELP})
 @boundary
-def tensorboard(c, run="latest", via="auto", port=6006, refresh=30, hosts=None, env_file=None):
+def tensorboard(c, run="latest", via="auto", port=None, refresh=None, hosts=None, env_file=None):
     """Start TensorBoard on a run's logs: synced incrementally from S3 while it runs, or tunneled from the host."""
     from deploy.ledger.board import choose_source, tensorboard_command
 
     settings = settings_from_flags(env_file=env_file)
-    port, every = whole(port, "--port", 1), number(refresh, "--refresh", 1)
+    # None defaults: invoke would cast a bad value with a traceback
+    port = whole(6006 if port is None else port, "--port", 1)
+    every = number(30 if refresh is None else refresh, "--refresh", 1)
     host_known = bool(hosts or settings.runpod_host or hasattr(c, "host"))
     specs = targets(c, settings, hosts) if host_known else []
     choice = choose_source(via, host_known, lambda: _host_has_tensorboard(specs[0], settings))

@@ -78,6 +78,11 @@ def test_a_format0_record_still_lists_and_shows(storage: Storage, s3_env) -> Non
     rows = {r["run_id"]: r for r in json.loads(listed.stdout)}
     assert rows["old-run"]["format"] == 0 and rows["old-run"]["state"] == "stopped"
     assert rows["old-run"]["cost"] == "$5.00"
+    newest = run_fab("runs", "--limit=1", env=s3_env, timeout=120)
+    assert RUN in newest.stdout and "old-run" not in newest.stdout
+    assert "... and 1 older run(s); --limit=0 shows all, --json lists all." in newest.stdout
+    bad = run_fab("runs", "--limit=some", env=s3_env, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip() == "Error: --limit must be a whole number, got 'some'."
     shown = run_fab("runs.show", "--run", "old-run", env=s3_env, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert "record format 0" in shown.stdout and "deployed" in shown.stdout and "$5.00" in shown.stdout
@@ -182,6 +187,8 @@ def test_missing_tensorboard_is_one_sentence(s3_env, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == ("Error: TensorBoard is not installed here; install the tensorboard extra: "
                                      "pip install 'gpu-deploy[tensorboard]'.")
+    bad = run_fab("tensorboard", "--port=http", env=s3_env, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip() == "Error: --port must be a whole number, got 'http'."
 
 
 def test_a_stale_heartbeat_on_the_host_reads_as_a_hang(ssh_connection, tmp_path: Path) -> None:
