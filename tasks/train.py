@@ -59,7 +59,7 @@ def train(c, dry_run=False, results=None, timeout=None, api_every=None, ssh_ever
 
     tuning = _tuning(results, timeout, api_every, ssh_every)
     settings = settings_from_flags(env_file=env_file)
-    plan = plan_train(settings, Path.cwd())
+    plan = plan_train(settings, Path.cwd(), api_every=tuning["api_every"], ssh_every=tuning["ssh_every"])
     print("\n".join(plan.lines()), flush=True)
     if dry_run:
         print("Dry run: no pod was created.")

@@ -38,6 +38,14 @@ STOP_TIMEOUT = 120
 """Seconds a graceful stop waits for the training to save and flush (SIGTERM first, then SIGKILL)."""
 
 
+@dataclass(frozen=True)
+class Ended:
+    """What became of a pod the watcher ended: ``done`` False when it was left running (and why)."""
+
+    done: bool
+    message: str
+
+
 @dataclass
 class Hands:
     """What the watcher does to pods and runs; every collaborator passed in, so tests hand in real ones."""
@@ -78,22 +86,22 @@ class Hands:
         pods_state.record_pod(self.folder, pod)
         return pod
 
-    def end_pod(self, pod_id: str, action: str, force: bool = False) -> str:
-        """Terminate or stop the pod; returns what happened. A pod RunPod no longer knows is already gone.
+    def end_pod(self, pod_id: str, action: str, force: bool = False) -> Ended:
+        """Terminate or stop the pod. A pod RunPod no longer knows is already gone.
 
-        Without ``force`` a terminate is refused (and the pod left running, said in the answer) while
-        the pod may hold a checkpoint that is not in S3."""
+        Without ``force`` a terminate is refused (the pod is left running, and the answer says why)
+        while the pod may hold a checkpoint that is not in S3."""
         try:
             plan = plan_down(self.settings, self.folder, pod_id, stop=action == "stop", force=force, api=self.api)
         except DeployError as exc:
             if self.api.get(pod_id) is None:
                 pods_state.forget_pod(self.folder, pod_id)
-                return f"pod {pod_id} is already gone"
+                return Ended(True, f"pod {pod_id} is already gone")
             raise HostError(f"Cannot {action} pod {pod_id}: {exc}") from None
         if plan.refused:
-            return f"pod {pod_id} left running: {plan.refused}"
+            return Ended(False, f"pod {pod_id} left running: {plan.refused}")
         take_down(self.settings, self.folder, plan, api=self.api)
-        return f"pod {pod_id} {'stopped' if action == 'stop' else 'terminated'}"
+        return Ended(True, f"pod {pod_id} {'stopped' if action == 'stop' else 'terminated'}")
 
     # ----------------------------------------------------------------- the run
 
@@ -116,8 +124,8 @@ class Hands:
         outcome = deploy_hosts([spec], rollout, settings, self.options, self.storage, images, log=self.log)[0]
         if outcome.error is not None:
             raise outcome.error
-        done = outcome.result.done if outcome.result is not None else ()
-        return f"{', '.join(done) or 'nothing to do'} in {outcome.result.seconds:.0f} s" if outcome.result else "done"
+        result = outcome.result
+        return f"{', '.join(result.done) or 'nothing to do'} in {result.seconds:.0f} s"
 
     def stop_training(self, host: str) -> str:
         """Stop the training gracefully (SIGTERM saves a checkpoint and the uploads flush)."""

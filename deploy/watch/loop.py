@@ -29,9 +29,9 @@ from typing import Any
 
 from deploy.errors import ConfigError, DeployError
 from deploy.ledger.store import RunLedger
-from deploy.pods.models import NoCapacityError, PodError
+from deploy.pods.models import PodError
 from deploy.watch import record
-from deploy.watch.act import Hands
+from deploy.watch.act import Ended, Hands
 from deploy.watch.decide import (DEPLOY, DEPLOYING, DONE, FINISH, HALT, PROVISION, PROVISIONING, REPLACE, RESTART,
                                  WARN, WATCHING, Action, Guardrails, Observation, WatchState, decide)
 from deploy.watch.observe import pod_fact, run_fact
@@ -92,7 +92,7 @@ class Watcher:
         state, actions = decide(self.state, seen, self.rails)
         self.save(state)
         for action in actions:
-            self.carry_out(action, seen)
+            self.carry_out(action)
         return actions
 
     def run(self) -> WatchState:
@@ -112,24 +112,27 @@ class Watcher:
 
     # ----------------------------------------------------------------- actions
 
-    def carry_out(self, action: Action, seen: Observation) -> None:
+    def carry_out(self, action: Action) -> None:
         handlers = {PROVISION: self.provision, DEPLOY: self.deploy, REPLACE: self.replace, RESTART: self.restart,
                     FINISH: self.finish, HALT: self.halt, WARN: self.warn}
         handlers[action.kind](action)
 
     def provision(self, action: Action) -> None:
         """A new pod (or the one a dead watcher created but never saw up), then the deploy."""
-        hands, state = self.hands, self.state
+        hands = self.hands
         try:
-            if not state.pod_id:
+            if not self.state.pod_id:
                 hands.create_pod(lambda pod_id: self.save(dataclasses.replace(self.state, pod_id=pod_id)))
-            pod = hands.wait_for_pod(self.state.pod_id)
         except ConfigError:
             raise
-        except (NoCapacityError, PodError) as exc:
+        except PodError as exc:  # no capacity anywhere, or the API refused: RunPod may have room later
             self.event("note", message=f"no pod yet: {exc} Trying again in {self.retry_every:.0f} s.")
-            if self.state.pod_id and "disappeared" in str(exc):
-                self.save(dataclasses.replace(self.state, pod_id=""))
+            return
+        try:
+            pod = hands.wait_for_pod(self.state.pod_id)
+        except PodError as exc:  # it stopped, vanished or never got a public port: drop it, make another
+            self.event("note", message=f"pod {self.state.pod_id} did not come up: {exc}", pod=self.state.pod_id)
+            self._drop_unready_pod()
             return
         host = pod.ssh.host_spec(hands.settings.runpod_user) if pod.ssh else ""
         moved = self.state.with_pod(pod.id, host, pod.cost_per_hr, self.clock())
@@ -138,6 +141,15 @@ class Watcher:
                                         f"${pod.cost_per_hr:.2f}/h", pod=pod.id, price_per_hour=pod.cost_per_hr or None,
                    gpu=pod.gpu or None, gpus=pod.gpu_count or None)
         self.deploy(action)
+
+    def _drop_unready_pod(self) -> None:
+        pod_id = self.state.pod_id
+        try:
+            message = self.hands.end_pod(pod_id, "terminate", force=True).message  # it never trained: nothing to keep
+        except DeployError as exc:
+            message = f"could not terminate pod {pod_id}: {exc}"
+        self.event("note", message=message, pod=pod_id)
+        self.save(dataclasses.replace(self.state, pod_id=""))
 
     def deploy(self, action: Action, restart: bool = False) -> None:
         host = self.state.host
@@ -163,8 +175,8 @@ class Watcher:
         self.provision(action)
         if old_pod:  # the replacement resumes from S3; a lost pod's volume cannot be read anyway
             try:
-                done = self.hands.end_pod(old_pod, "terminate", force=True)
-                self.event("terminated", old_host, done, pod=old_pod)
+                self.event("terminated", old_host, self.hands.end_pod(old_pod, "terminate", force=True).message,
+                           pod=old_pod)
             except DeployError as exc:
                 self.event("note", old_host, f"could not terminate the lost pod {old_pod}: {exc}")
 
@@ -189,18 +201,17 @@ class Watcher:
             except DeployError as exc:
                 notes.append(f"{what} failed: {exc}")
         self.event(kind, host, "; ".join([reason, *notes]), pod=pod_id or None)
-        ended = ""
+        ended = Ended(False, "")
         if pod_id:
             try:
                 ended = self.hands.end_pod(pod_id, pod_action)
-                self.event("terminated" if pod_action == "terminate" and "left running" not in ended else "note",
-                           host, ended, pod=pod_id)
             except DeployError as exc:
-                ended = f"pod {pod_id} not ended: {exc}"
-                self.event("note", host, ended, pod=pod_id)
-        ended_pod = pod_id if ended.endswith(("terminated", "stopped", "gone")) else ""
-        final = self.state.without_pod(self.clock()) if ended_pod else self.state
-        self.save(dataclasses.replace(final, phase=DONE, outcome=f"{kind}: {reason}; {ended}".rstrip("; ")))
+                ended = Ended(False, f"pod {pod_id} not ended: {exc}")
+            self.event("terminated" if ended.done and pod_action == "terminate" else "note", host, ended.message,
+                       pod=pod_id)
+        final = self.state.without_pod(self.clock()) if ended.done else self.state
+        outcome = "; ".join(part for part in (f"{kind}: {reason}", ended.message) if part)
+        self.save(dataclasses.replace(final, phase=DONE, outcome=outcome))
 
     def finish(self, action: Action) -> None:
         self._wrap_up(action.data.get("kind", "finished"), action.reason, self.rails.on_success, stop_first=False)

@@ -45,6 +45,8 @@ class TrainPlan:
 
     up: UpPlan
     rails: Guardrails
+    api_every: float = 5.0
+    ssh_every: float = 30.0
 
     def lines(self) -> list[str]:
         return (["pod       the first GPU type with capacity, in this order:"]
@@ -52,14 +54,17 @@ class TrainPlan:
                 + ["deploy    native runtime (pods have no Docker); training resumes from the newest checkpoint "
                    "in S3 (CHECKPOINT=s3)"]
                 + self.rails.lines()
-                + ["watch     RunPod's API every 5 s, the run over SSH every 30 s; state in the bucket "
-                   "(runs/<run>/watch/state.json): Ctrl-C detaches, fab train.watch RUN attaches again"])
+                + [f"watch     RunPod's API every {self.api_every:g} s, the run over SSH every {self.ssh_every:g} s; "
+                   "state in the bucket (runs/<run>/watch/state.json): Ctrl-C detaches, fab train.watch RUN "
+                   "attaches again"])
 
 
-def plan_train(settings: Settings, folder: Path, api: PodApi | None = None) -> TrainPlan:
+def plan_train(settings: Settings, folder: Path, api: PodApi | None = None, api_every: float = 5.0,
+               ssh_every: float = 30.0) -> TrainPlan:
     """Asks the API for GPU types and prices (no pod is created)."""
     api = api or PodApi(settings.runpod_api_key)
-    return TrainPlan(up=plan_pod(settings, folder, api), rails=Guardrails.from_settings(settings))
+    return TrainPlan(up=plan_pod(settings, folder, api), rails=Guardrails.from_settings(settings),
+                     api_every=api_every, ssh_every=ssh_every)
 
 
 def _watcher(settings: Settings, folder: Path, storage: Storage, state: WatchState, etag: str | None,

@@ -9,6 +9,7 @@ import pytest
 
 from deploy.ledger.store import read_run
 from deploy.watch import record
+from deploy.watch.act import Ended
 from deploy.watch.decide import DONE, WATCHING, Guardrails, PodFact, RunFact, WatchState
 from deploy.watch.loop import Watcher
 from deploy.watch.managed import detached_message
@@ -87,7 +88,7 @@ class StandInHands:
 
     def end_pod(self, pod_id, action, force=False):
         self.calls.append((action, pod_id, force))
-        return f"pod {pod_id} terminated"
+        return Ended(True, f"pod {pod_id} terminated")
 
     def sync_results(self, host):
         self.calls.append(("sync", host))
