@@ -528,17 +528,19 @@ def push_row(bench: Bench, folder: Path, prefix: str, report: Report) -> None:
     total = 5 * LAYER_MB * 1_000_000
 
     def sent_mid_layer() -> int:
-        """Bytes in S3 (objects and parts of open uploads) once past half and inside a layer, else 0."""
-        done, inside = sum(o["Size"] for o in client.list_objects_v2(Bucket=bench.bucket, Prefix=images)
-                           .get("Contents", [])), False
+        """Bytes in S3 (objects and parts of open uploads) once past 45 % with a layer's upload at most half
+        done (so the kill cannot land on a layer boundary), else 0."""
+        done = sum(o["Size"] for o in client.list_objects_v2(Bucket=bench.bucket, Prefix=images).get("Contents", []))
+        inside = False
         for upload in client.list_multipart_uploads(Bucket=bench.bucket, Prefix=images).get("Uploads", []):
             try:
                 parts = client.list_parts(Bucket=bench.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
             except client.exceptions.NoSuchUpload:
                 continue  # completed meanwhile: the next listing counts it as an object
-            done += sum(p["Size"] for p in parts.get("Parts", []))
-            inside = inside or bool(parts.get("Parts"))
-        return done if done >= total / 2 and inside else 0
+            layer = sum(p["Size"] for p in parts.get("Parts", []))
+            done += layer
+            inside = inside or 0 < layer <= LAYER_MB * 1_000_000 / 2
+        return done if done >= 0.45 * total and inside else 0
 
     proc = subprocess.Popen([FAB, "--search-root", str(REPO), "image-to-s3", f"--image={tag}"], cwd=folder,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env(),
