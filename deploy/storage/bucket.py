@@ -154,10 +154,14 @@ def verify_download(url: str, path: str | os.PathLike[str], size: int, sha256: s
 
 
 def safe_relative(path: str) -> str:
-    """Refuse keys and paths that climb out (``..``) or are absolute; return the normal form."""
-    if path.startswith("/") or any(part == ".." for part in path.replace("\\", "/").split("/")):
+    """Refuse keys and paths that climb out (``..``), are absolute (``/x``, ``\\x``) or carry control
+    characters (NUL included); return the normal form. Bucket keys and names a host sends are untrusted."""
+    slashed = path.replace("\\", "/")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+        raise StorageError(f"The path {path!r} holds a control character; rename it.")
+    if slashed.startswith("/") or any(part == ".." for part in slashed.split("/")):
         raise StorageError(f"The path {path!r} leaves its folder (absolute or '..'); use a relative path inside it.")
-    normal = posixpath.normpath(path.replace("\\", "/"))
+    normal = posixpath.normpath(slashed)
     return "" if normal == "." else normal
 
 
