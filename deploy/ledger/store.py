@@ -71,9 +71,12 @@ def run_prefix(storage: Storage, run_id: str) -> str:
     return storage.key(RUNS, check_run_id(run_id)) + "/"
 
 
+UNSUPPORTED = ("NotImplemented", "501", "InvalidArgument")
+"""Error codes of providers without conditional writes (S3 has them since 2024, some S3-compatible stores not)."""
+
+
 def _unsupported(exc: ClientError) -> bool:
-    """The provider does not implement conditional writes (S3 has since 2024; some others not yet)."""
-    return exc.response.get("Error", {}).get("Code") in ("NotImplemented", "501")
+    return exc.response.get("Error", {}).get("Code") in UNSUPPORTED
 
 
 def _precondition(exc: ClientError) -> bool:
@@ -81,7 +84,12 @@ def _precondition(exc: ClientError) -> bool:
 
 
 def put_json(storage: Storage, key: str, data: Any, if_none_match: bool = False, if_match: str | None = None) -> str:
-    """Write ``data`` as JSON; returns the new ETag. A failed condition raises :class:`ConditionFailed`."""
+    """Write ``data`` as JSON; returns the new ETag. A failed condition raises :class:`ConditionFailed`.
+
+    Where the provider refuses the condition itself, the write goes ahead without it: ``If-None-Match``
+    then becomes a check before the write (a race can slip through, but event keys are unique anyway),
+    and ``If-Match`` a plain write (only the index cache uses it).
+    """
     body = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     args: dict[str, Any] = {"Bucket": storage.bucket, "Key": key, "Body": body, "ContentType": "application/json"}
     if if_none_match:
@@ -92,16 +100,21 @@ def put_json(storage: Storage, key: str, data: Any, if_none_match: bool = False,
         return str(storage.client.put_object(**args).get("ETag", ""))
     except ClientError as exc:
         if _precondition(exc):
-            raise ConditionFailed(key) from exc
-        if (if_none_match or if_match) and _unsupported(exc):
-            args.pop("IfNoneMatch", None)
-            args.pop("IfMatch", None)
-            try:
-                return str(storage.client.put_object(**args).get("ETag", ""))
-            except (ClientError, BotoCoreError) as again:
-                raise storage.explain(again, key) from again
-        raise storage.explain(exc, key) from exc
+            raise ConditionFailed(f"{storage.url(key)} exists or changed since it was read.") from exc
+        if not ((if_none_match or if_match) and _unsupported(exc)):
+            raise storage.explain(exc, key) from exc
     except BotoCoreError as exc:
+        raise storage.explain(exc, key) from exc
+    return _put_unconditionally(storage, key, args)
+
+
+def _put_unconditionally(storage: Storage, key: str, args: dict[str, Any]) -> str:
+    if args.pop("IfNoneMatch", None) and storage.head(key) is not None:
+        raise ConditionFailed(f"{storage.url(key)} exists already.")
+    args.pop("IfMatch", None)
+    try:
+        return str(storage.client.put_object(**args).get("ETag", ""))
+    except (ClientError, BotoCoreError) as exc:
         raise storage.explain(exc, key) from exc
 
 

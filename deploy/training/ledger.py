@@ -23,6 +23,8 @@ import threading
 from datetime import datetime, timezone
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from deploy.errors import DeployError
 from deploy.settings import Settings, load_settings
 from deploy.storage import Storage
@@ -64,7 +66,13 @@ class TrainingLedger:
                                 "Body": json.dumps(data, sort_keys=True, separators=(",", ":")).encode()}
         if new:
             args["IfNoneMatch"] = "*"  # the key is unique; the condition only guards against a collision
-        self.storage.client.put_object(**args)
+        try:
+            self.storage.client.put_object(**args)
+        except ClientError as exc:  # a provider without conditional writes: the unique key is enough
+            if not new or exc.response.get("Error", {}).get("Code") not in ("NotImplemented", "501", "InvalidArgument"):
+                raise
+            args.pop("IfNoneMatch")
+            self.storage.client.put_object(**args)
 
     def _touch(self) -> None:
         self._put(self.storage.key("runs", "_touched", self.run_id), {"nonce": secrets.token_hex(8)})

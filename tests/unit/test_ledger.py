@@ -188,3 +188,26 @@ def test_a_dry_run_listing_writes_no_index(moto_storage) -> None:
     assert get_json(moto_storage, moto_storage.key("runs", INDEX)) is None
     list_runs(moto_storage)
     assert get_json(moto_storage, moto_storage.key("runs", INDEX)) is not None
+
+
+def test_a_provider_without_conditional_writes_still_gets_every_event(moto_storage, monkeypatch) -> None:
+    from botocore.exceptions import ClientError
+
+    from deploy.training.ledger import TrainingLedger
+
+    real = moto_storage.client.put_object
+
+    def no_conditions(**args):
+        if "IfNoneMatch" in args or "IfMatch" in args:
+            raise ClientError({"Error": {"Code": "NotImplemented", "Message": "no"}}, "PutObject")
+        return real(**args)
+
+    monkeypatch.setattr(moto_storage.client, "put_object", no_conditions)
+    ledger = RunLedger(moto_storage, "r1", writer="deploy")
+    assert ledger.create(Record(run_id="r1", created=T0, image="first"))
+    assert not ledger.create(Record(run_id="r1", created=T0, image="second"))  # checked before the write
+    ledger.event("deployed", host="a")
+    TrainingLedger(moto_storage, "r1", host="a").event("started")
+    run = read_run(moto_storage, "r1")
+    assert run is not None and run.record.image == "first" and [e.kind for e in run.events] == ["deployed", "started"]
+    assert list_runs(moto_storage)[0]["events"] == 2  # the index written without If-Match
