@@ -205,4 +205,13 @@ def test_the_trainer_project_deploys_trains_resumes_and_redeploys_a_code_change_
 
     noop = fab("deploy-runpod")
     assert "nothing to do" in noop.stdout
+
+    requirements = project / "requirements.txt"
+    requirements.write_text(requirements.read_text() + "tensorboardX>=2.6\n")  # a new requirement
+    stale = fab("deploy-runpod", "--dry-run")
+    if host.runtime == "compose":  # the image in the bucket holds the old list: one line names the command
+        assert "holds older requirements" in stale.stdout and "fab image-build --push" in stale.stdout
+        assert "change    build" in fab("deploy-runpod", "--build", "--dry-run").stdout
+    else:  # the virtualenv is brought up to date by the deploy itself
+        assert "change    install-requirements" in stale.stdout
     fab("stop")
