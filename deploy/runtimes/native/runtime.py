@@ -2,7 +2,8 @@
 
 A RunPod pod is a container already running a PyTorch image; it cannot run Docker. This runtime
 brings the same run there, through the same gather -> plan -> execute flow as compose:
-``REMOTE_DIR`` mirrors the working tree (:mod:`.tree`) and gets gpu-deploy's training code
+``REMOTE_DIR`` mirrors the training project (deploy.project, ``TRAIN_PROJECT``; :mod:`.tree` decides
+what travels, :mod:`.sync` moves it, as for compose) and gets gpu-deploy's training code
 (:mod:`.shipped`) under ``.gpu-deploy/app``; a virtualenv on the volume sees NATIVE_PYTHON's torch
 (:mod:`.venv`); :mod:`deploy.remote.supervisor` runs ``python -m deploy.training.entrypoint``
 detached from the SSH session, restarted after a crash, stopped gracefully (:mod:`.service`).
@@ -34,7 +35,8 @@ from deploy.runtimes.native.venv import create_venv, install_requirements
 
 
 def desired_native(run: HostRun, source: str | os.PathLike[str] = ".") -> NativeDesired:
-    """What one host should get: the run's .env, the tree in ``source`` and the training code, NATIVE_PYTHON."""
+    """What one host should get: the run's .env, the project in ``source`` (its code and requirements), the
+    training code, NATIVE_PYTHON."""
     project = TrainProject.at(source)
     files = {**select_files(project.root), **library_files()}
     return NativeDesired(remote_dir=run.remote_dir, env=run.env, python=run.native_python, source=project.root,
