@@ -3,8 +3,9 @@
 The image holds the dependencies only; the training project's code reaches REMOTE_DIR by the same
 incremental sync the native runtime uses (deploy.runtimes.native.sync), and the service bind-mounts
 REMOTE_DIR as its working directory ``/workspace`` (``data/`` and ``lightning_logs/`` below it,
-``PYTHONPATH`` = the project, its ``src/`` for a src layout, then gpu-deploy's training code), exactly as the native runtime runs in
-REMOTE_DIR: a code-only change moves the changed files and recreates the container, no image moves.
+``PYTHONPATH`` = the project, its ``src/`` for a src layout, then gpu-deploy's training code),
+exactly as the native runtime runs in REMOTE_DIR: a code-only change moves the changed files and
+recreates the container; no image moves.
 
 Its facts are the host's image id, the compose files' digests, the shipped files and the container's
 state; its steps create REMOTE_DIR, install small tools, write the .env, sync the code, load the image
@@ -50,7 +51,7 @@ ENDED = ("exited", "dead")
 WORKDIR = "/workspace"  # REMOTE_DIR inside the container
 TRAINING_ENV = {"ENABLE_S3_SYNC": "1", "CHECKPOINT": "s3", "PYTHONUNBUFFERED": "1",
                 "PYTHONPATH": f"{WORKDIR}:{WORKDIR}/src:{WORKDIR}/{META}/app"}
-"""What the service file sets for the entrypoint; the native runtime's run.json sets the same (a test holds them equal)."""
+"""What the service file sets for the entrypoint; the native runtime's run.json sets the same (a test says so)."""
 
 
 def compose_source(name: str) -> Path:
@@ -229,7 +230,10 @@ def gather(conn: Any, desired: DesiredRun, facts: HostFacts) -> HostState:
                      file_digests=digests, service=service, code=code, manifest=manifest, release=release)
 
 
-def gather_code(conn: Any, remote_dir: str, facts: HostFacts) -> tuple[dict[str, tuple[int, int]], frozenset[str], str | None]:
+CodeFacts = tuple[dict[str, tuple[int, int]], frozenset[str], "str | None"]  # shipped files, manifest, release
+
+
+def gather_code(conn: Any, remote_dir: str, facts: HostFacts) -> CodeFacts:
     """The shipped files (size, mtime), the manifest and the code release, read by the host's python3.
 
     The same read-only program the native runtime runs (deploy/remote/native_facts.py); without a
