@@ -4,11 +4,17 @@
 happens on a lost pod or an exit, and stops), brings the first pod up, deploys and watches until the
 run is done. ``fab train.watch RUN`` attaches a watcher to a run whose watcher was stopped or lost
 (state is in the bucket). Ctrl-C detaches: the pod keeps running and the message says how to attach
-again or take the pod down.
+again or take the pod down. SIGTERM and SIGHUP (``systemctl stop``, an SSH session that drops) detach
+the same way.
+
+On an always-on machine, keep the watcher out of any terminal's life: ``nohup fab train > train.log
+2>&1 &``, a tmux session, or a systemd unit whose ``ExecStart`` is ``fab train.watch RUN`` with
+``Restart=on-failure`` (a restarted watcher resumes from the state in the bucket).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -37,13 +43,22 @@ def _tuning(results, timeout, api_every, ssh_every) -> dict:
             "ssh_every": number(30 if ssh_every is None else ssh_every, "--ssh-every", minimum=1)}
 
 
+def _detach(signum, frame) -> None:
+    raise KeyboardInterrupt  # the watcher detaches as on Ctrl-C: state saved, a note in the ledger
+
+
 def _watch(watcher) -> None:
     from deploy.watch.managed import detached_message
 
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _detach)
     try:
         final = watcher.run()
     except KeyboardInterrupt:
-        print(f"\n{detached_message(watcher.state)}", flush=True)
+        try:
+            print(f"\n{detached_message(watcher.state)}", flush=True)
+        except OSError:  # no terminal any more
+            pass
         return
     print(f"Run {final.run_id}: {final.outcome}. Pods used: {', '.join(final.pods) or 'none'}; "
           f"spend ${final.spend(final.pod_since):.2f} (fab runs.show --run {final.run_id}).", flush=True)

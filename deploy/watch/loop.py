@@ -67,11 +67,16 @@ class Watcher:
     def event(self, kind: str, host: str = "", message: str = "", **data: Any) -> None:
         """One ledger event and one console line; a ledger failure is said, never fatal to the watch."""
         stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
-        self.say(f"[{stamp}] {kind:<11} {host + ': ' if host else ''}{message}".rstrip())
+        lines = [f"[{stamp}] {kind:<11} {host + ': ' if host else ''}{message}".rstrip()]
         try:
             self.ledger.event(kind, host=host, message=message or None, **data)
         except DeployError as exc:
-            self.say(f"run ledger: could not record {kind}: {exc}")
+            lines.append(f"run ledger: could not record {kind}: {exc}")
+        try:
+            for line in lines:
+                self.say(line)
+        except OSError:  # the terminal went away (an SSH session dropped): the ledger has the event
+            pass
 
     # ----------------------------------------------------------------- the loop
 

@@ -132,8 +132,9 @@ def test_a_managed_run_survives_a_lost_pod_and_ends_with_nothing_billing(operato
     assert state.phase == "done" and len(state.pods) == 2 and state.outcome.startswith("finished")
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "ssh-session-dropped"])
 def test_ctrl_c_detaches_and_train_watch_resumes_from_the_state_in_the_bucket(operator, control_plane: RunPodServer,
-                                                                              tmp_path: Path) -> None:
+                                                                              tmp_path: Path, signum: int) -> None:
     project, env = operator
     log = tmp_path / "train.out"
     with open(log, "w") as out:
@@ -143,7 +144,7 @@ def test_ctrl_c_detaches_and_train_watch_resumes_from_the_state_in_the_bucket(op
     try:
         wait_until(lambda: proc.poll() is not None or " deployed " in log.read_text(), timeout=420,
                    what="the first deploy")
-        proc.send_signal(signal.SIGINT)  # the operator's Ctrl-C (or a laptop lid closing on a tmux-less shell)
+        proc.send_signal(signum)  # the operator's Ctrl-C, or the terminal's SSH session dropping
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
