@@ -68,7 +68,8 @@ class Rollout:
                          MASTER_ADDR=self.master_addr or "", MASTER_PORT=str(self.master_port))
         return HostRun(spec=spec, remote_dir=spec.workdir(self.remote_dir), env=plan_env(settings, extra=extra),
                        image_ref=self.image_ref, image_id=self.image_id, image_bytes=self.image_bytes,
-                       image_problem=self.image_problem, restart=self.restart, native_python=self.native_python)
+                       image_problem=self.image_problem, restart=self.restart, native_python=self.native_python,
+                       data_dir=self.data_dir_for(spec))
 
 
 @dataclass(frozen=True)

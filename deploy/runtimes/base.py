@@ -69,6 +69,7 @@ class HostRun:
     image_problem: str | None = None  # the image is missing from the bucket: a problem where one is needed
     restart: bool = False
     native_python: str = "python3"
+    data_dir: str = ""  # where the dataset lands (DATA_DIR); training sees it at data/ in every runtime
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -114,3 +114,20 @@ def test_both_runtimes_give_the_training_command_the_same_working_directory_and_
     as_compose = {k: ":".join(f"{WORKDIR}/{_relative(p, remote_dir)}".removesuffix("/.") for p in v.split(":"))
                   if k == "PYTHONPATH" else v for k, v in native_env.items()}
     assert as_compose == TRAINING_ENV
+
+
+def test_a_dataset_elsewhere_is_linked_at_data_on_a_native_host_as_compose_mounts_it(tmp_path: Path) -> None:
+    from deploy.runtimes.native.plan import NativeState, plan_native
+    from deploy.runtimes.native.venv import BaseInterpreter
+
+    base = BaseInterpreter(executable="/usr/bin/python3", version="3.11.9", torch="2.5.1")
+    run = HostRun(spec=SPEC, remote_dir="/workspace/train", env=ENV, data_dir="/workspace/datasets/ljspeech")
+    desired = NativeRuntime(source=tmp_path).desire(run)
+    assert desired.data_link == "/workspace/datasets/ljspeech"
+    plan = plan_native(SPEC, desired, NativeState(base=base), FACTS)
+    assert "link-data" in [s.name for s in plan.steps]
+    linked = plan_native(SPEC, desired, NativeState(base=base, data_link="/workspace/datasets/ljspeech"), FACTS)
+    assert "link-data" not in [s.name for s in linked.steps]
+    home = NativeRuntime(source=tmp_path).desire(HostRun(spec=SPEC, remote_dir="/workspace/train", env=ENV,
+                                                         data_dir="/workspace/train/data"))
+    assert home.data_link is None  # the default: the dataset lands at data/ itself

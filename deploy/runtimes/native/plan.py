@@ -37,6 +37,7 @@ class NativeDesired:
     train_requirements: tuple[str, ...]
     user_requirements: str | None = None
     requirements_source: str = ""  # requirements.txt or pyproject.toml (deploy.project)
+    data_dir: str = ""  # DATA_DIR; elsewhere than REMOTE_DIR/data, data/ links to it (compose mounts it there)
     restart: bool = False
     local_rsync: bool = False
     stop_timeout: int = STOP_TIMEOUT
@@ -45,6 +46,12 @@ class NativeDesired:
     @property
     def venv(self) -> str:
         return f"{self.remote_dir.rstrip('/')}/{VENV}"
+
+    @property
+    def data_link(self) -> str | None:
+        """The folder ``REMOTE_DIR/data`` must link to, or None when the dataset lands there itself."""
+        home = f"{self.remote_dir.rstrip('/')}/data"
+        return self.data_dir.rstrip("/") if self.data_dir and self.data_dir.rstrip("/") != home else None
 
     def run_config(self) -> dict:
         """``run.json``: what the supervisor runs. No secrets: those stay in ``.env``, read on the host."""
@@ -83,6 +90,7 @@ class NativeState:
     supervisor_digests: Mapping[str, str | None] = field(default_factory=dict)
     release: str | None = None
     compose_deploy: bool = False
+    data_link: str | None = None  # where REMOTE_DIR/data links to now (read only when DATA_DIR is elsewhere)
     service: ServiceState = field(default_factory=lambda: ServiceState(exists=False))
 
 
@@ -166,6 +174,8 @@ def plan_native(spec: HostSpec, desired: NativeDesired, state: NativeState, fact
     method = sync_method(desired.local_rsync, facts.tools)
     if send or delete:
         steps.append(Step("sync-code", describe_sync(desired.files, send, delete, method)))
+    if desired.data_link and state.data_link != desired.data_link:
+        steps.append(Step("link-data", f"data -> {desired.data_link} (DATA_DIR, as the compose runtime mounts it)"))
     steps += _venv_steps(desired, state, problems)
     supervisor = {n: sha256(b) for n, b in desired.supervisor_files().items()}
     if any(state.supervisor_digests.get(n) != d for n, d in supervisor.items()):
@@ -213,4 +223,7 @@ def gather_native(conn: Any, desired: NativeDesired) -> NativeState:
     if state.base is None:  # no interpreter ran the program: read what a shell can
         state = NativeState(**{**state.__dict__, "env_digest": remote_env_digest(conn, desired.remote_dir),
                                "service": NativeService(desired.remote_dir).state(conn)})
+    if desired.data_link:
+        link = run(conn, ["readlink", f"{desired.remote_dir.rstrip('/')}/data"], "Reading the data link", warn=True)
+        state = NativeState(**{**state.__dict__, "data_link": link.stdout.strip().rstrip("/") or None})
     return state

@@ -41,7 +41,7 @@ def desired_native(run: HostRun, source: str | os.PathLike[str] = ".") -> Native
     files = {**select_files(project.root), **library_files()}
     return NativeDesired(remote_dir=run.remote_dir, env=run.env, python=run.native_python, source=project.root,
                          files=files, train_requirements=train_requirements(), user_requirements=project.requirements,
-                         requirements_source=project.requirements_source, restart=run.restart,
+                         requirements_source=project.requirements_source, data_dir=run.data_dir, restart=run.restart,
                          local_rsync=bool(shutil.which("rsync") and shutil.which("ssh")))
 
 
@@ -69,8 +69,8 @@ class NativeRuntime:
     @property
     def handlers(self) -> Mapping[str, StepHandler]:
         return {"create-dir": create_dir, "write-env": write_env, "sync-code": self.sync_code,
-                "create-venv": make_venv, "install-requirements": install, "install-supervisor": install_supervisor,
-                "start": start, "restart": start}
+                "link-data": link_data, "create-venv": make_venv, "install-requirements": install,
+                "install-supervisor": install_supervisor, "start": start, "restart": start}
 
     def sync_code(self, conn: Any, plan: NativePlan, log: Log) -> None:
         send_files(conn, plan, self.options, log)
@@ -78,6 +78,16 @@ class NativeRuntime:
 
 def create_dir(conn: Any, plan: NativePlan, log: Log) -> None:
     run(conn, ["mkdir", "-p", posixpath.join(plan.desired.remote_dir, META)], f"Creating {plan.desired.remote_dir}")
+
+
+def link_data(conn: Any, plan: NativePlan, log: Log) -> None:
+    """``REMOTE_DIR/data`` -> DATA_DIR, so ``data/`` is the dataset here as in the compose runtime.
+
+    ``-T`` refuses to replace a real ``data`` folder (the failure names it) instead of linking inside it.
+    """
+    d = plan.desired
+    run(conn, ["ln", "-sfnT", d.data_link or "", posixpath.join(d.remote_dir, "data")],
+        f"Linking {d.remote_dir}/data to DATA_DIR {d.data_link}")
 
 
 def make_venv(conn: Any, plan: NativePlan, log: Log) -> None:
