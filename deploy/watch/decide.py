@@ -8,7 +8,8 @@ survive a restart of the watcher (a monotonic clock would not).
 
 The rules, in order:
 
-1. the pod is gone, stopped (RunPod reclaimed it: ``EXITED``) or terminated -> ``replace`` at once;
+1. the pod is gone, stopped (RunPod reclaimed it: ``EXITED``) or terminated -> ``replace`` at once
+   (also while a deploy to it is pending);
    running without a runtime (its machine failed) or unreachable over SSH for ``lost_after`` seconds
    -> ``replace``;
 2. the training exited 0 -> ``finish`` (sync the results, then terminate or stop the pod per
@@ -186,6 +187,9 @@ def decide(state: WatchState, seen: Observation, rails: Guardrails) -> tuple[Wat
     if state.phase == PROVISIONING:
         return state, [Action(PROVISION, "the run has no pod yet" if not state.pods else "a replacement was due")]
     if state.phase == DEPLOYING:
+        if seen.pod is not None and seen.pod.gone:  # lost before training started there
+            state, lost = _pod_lost(state, seen, rails)
+            return state, [lost] if lost else []
         return state, [Action(DEPLOY, f"pod {state.pod_id} is up; the deploy was not confirmed")]
     state, lost = _pod_lost(state, seen, rails)
     if lost:

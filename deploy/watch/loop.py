@@ -82,11 +82,11 @@ class Watcher:
 
     def observe(self) -> Observation:
         now = self.clock()
-        if self.state.phase != WATCHING or not self.state.pod_id:
+        if self.state.phase not in (WATCHING, DEPLOYING) or not self.state.pod_id:
             return Observation(at=now)
         pod = pod_fact(self.hands.api, self.state.pod_id)
         run = None
-        if now - self._last_ssh >= self.ssh_every and (pod is None or (not pod.gone and pod.has_runtime)):
+        if self.state.phase == WATCHING and now - self._last_ssh >= self.ssh_every and (pod is None or (not pod.gone and pod.has_runtime)):
             run = run_fact(self.hands.spec(self.state.host), self.hands.options, self.hands.remote_dir(self.state.host))
             self._last_ssh = now
         return Observation(at=self.clock(), pod=pod, run=run)

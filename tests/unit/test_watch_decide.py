@@ -143,6 +143,12 @@ def test_phases_redo_what_a_dead_watcher_left_half_done() -> None:
     assert fresh.phase == PROVISIONING
 
 
+def test_a_pod_lost_while_deploying_is_replaced_not_deployed_again() -> None:
+    deploying = dataclasses.replace(watching(), phase=DEPLOYING)
+    assert [a.kind for a in decide(deploying, at(0, pod=PodFact("EXITED")), Guardrails())[1]] == [REPLACE]
+    assert [a.kind for a in decide(deploying, at(0, pod=UP), Guardrails())[1]] == [DEPLOY]
+
+
 def test_state_restored_from_its_record_decides_the_same() -> None:
     rails = Guardrails(max_spend=0.79, idle_minutes=10, lost_after=30)
     observations = [at(100, run_fact=run(step=1, gpu=1)), at(200, run_fact=run(step=1, gpu=1)),
