@@ -39,7 +39,7 @@ from deploy.runtimes.base import (STARTED_MARKER, HostRun, Log, Plan, Progress, 
 from deploy.runtimes.native.layout import MANIFEST, META, RELEASE, SUPERVISOR_FILES, VENV, VENV_MARKER
 from deploy.runtimes.native.shipped import library_files
 from deploy.runtimes.native.sync import describe_sync, diff_files, send_files, sync_method
-from deploy.runtimes.native.tree import LocalFile, select_files
+from deploy.runtimes.native.tree import DEPLOY_IGNORE, LocalFile, select_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_FILE = "docker-compose.runpod.yml"
@@ -48,6 +48,7 @@ SERVICE = "train"
 STOP_TIMEOUT = 120  # seconds Compose waits after SIGTERM; longer than the uploader's flush deadline
 SMALL_TOOLS = ("zstd", "curl")
 ENDED = ("exited", "dead")
+MAX_TREE_BYTES = 1 << 30  # code, not data: a larger project almost always ships a dataset by mistake
 WORKDIR = "/workspace"  # REMOTE_DIR inside the container
 TRAINING_ENV = {"ENABLE_S3_SYNC": "1", "CHECKPOINT": "s3", "PYTHONUNBUFFERED": "1",
                 "PYTHONPATH": f"{WORKDIR}:{WORKDIR}/src:{WORKDIR}/{META}/app"}
@@ -258,6 +259,10 @@ def plan_deploy(spec: HostSpec, desired: DesiredRun, state: HostState, facts: Ho
     project = project_for(facts.compose_command or "docker compose", desired.remote_dir, gpu)
     problems = [desired.image_problem] if desired.image_problem else []
     problems += compose_problems(facts, image_bytes=0 if state.host_image_id else desired.image_bytes, need_gpu=gpu)
+    code_bytes = sum(f.size for f in desired.files.values())
+    if code_bytes > MAX_TREE_BYTES:
+        problems.append(f"The training project {desired.source} is {code_bytes / 1e9:.1f} GB; list large folders in "
+                        f"{DEPLOY_IGNORE} (datasets go through DATASET and the bucket).")
     if facts.native:
         problems.append(f"{desired.remote_dir} holds a native deploy (no Docker); deploy there with --runtime=native "
                         "(or auto), or choose another REMOTE_DIR for compose.")

@@ -131,3 +131,9 @@ def test_a_dataset_elsewhere_is_linked_at_data_on_a_native_host_as_compose_mount
     home = NativeRuntime(source=tmp_path).desire(HostRun(spec=SPEC, remote_dir="/workspace/train", env=ENV,
                                                          data_dir="/workspace/train/data"))
     assert home.data_link is None  # the default: the dataset lands at data/ itself
+
+
+def test_a_project_of_gigabytes_is_a_problem_naming_deployignore() -> None:
+    huge = dataclasses.replace(DESIRED, files={**FILES, "data.bin": LocalFile("/src", "data.bin", 2 << 30, 1)})
+    plan = plan_deploy(SPEC, huge, current())
+    assert plan.problems and ".deployignore" in plan.problems[0]
