@@ -98,9 +98,8 @@ def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart
         os.environ[ENV_FILE_VARIABLE] = env_file
     nodes = None if nodes is None else whole(nodes, "--nodes", minimum=1)
     settings = settings_from_flags(env_file=env_file, IMAGE=image, DATASET=dataset, NUM_NODES=nodes, RUNTIME=runtime)
-    settings.require("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET",
-                     *([] if hosts or hasattr(c, "host") else ["RUNPOD_HOST"]))
-    specs = targets(c, settings, hosts)
+    settings.require("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET")
+    specs = targets(c, settings, hosts)  # names RUNPOD_HOST when no host is given and no pod is known
     storage = Storage.from_settings(settings)
     if build:
         build_and_push(settings, storage, dry_run=dry_run, log=print)
@@ -199,7 +198,7 @@ def logs(c, follow=False, tail=None, hosts=None, env_file=None):
 @boundary
 def stop(c, timeout=None, hosts=None, env_file=None):
     """Stop training gracefully: SIGTERM, pending uploads flush, then the container (or native process) stops."""
-    from deploy.flow.status import service_on
+    from deploy.flow.status import stop_run
 
     seconds = whole(120 if timeout is None else timeout, "--timeout", minimum=1)
     settings = settings_from_flags(env_file=env_file)
@@ -207,12 +206,7 @@ def stop(c, timeout=None, hosts=None, env_file=None):
 
     def work(spec):
         with connect(spec, opts) as conn:
-            service, _ = service_on(conn, spec.workdir(settings.remote_dir))
-            before = service.state(conn)
-            if before.running or before.status == "orphaned":  # a training whose supervisor was killed
-                service.stop(conn, timeout=seconds)
-                return "stopped" if before.running else "stopped a training whose supervisor was gone"
-            return "was not running"
+            return stop_run(conn, spec.workdir(settings.remote_dir), seconds)
 
     outcomes = for_each_host(targets(c, settings, hosts), work)
     for o in outcomes:

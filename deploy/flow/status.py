@@ -3,6 +3,7 @@ log lines and the newest checkpoint in S3."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -124,3 +125,31 @@ def run_status(conn, host: str, remote_dir: str, storage: Storage | None, tail: 
     return RunStatus(host=host, service=service, uptime_seconds=_since(service.started_at) if service.running else None,
                      gpus=gpus, log_tail=logs, latest_checkpoint=name, latest_step=step, latest_age_seconds=age,
                      notes=tuple(notes), run=overview.describe() if overview else None, progress=progress, hang=hang)
+
+
+# The training side prints this once on rank zero after its SIGTERM save (deploy.training.stop.SAVED_ON_STOP).
+_SAVED = re.compile(r"gpu-deploy: saved step (\d+) on stop(?:, (.*))?")
+
+
+def saved_on_stop(log_tail: str) -> tuple[int, str] | None:
+    """The step the last graceful stop saved, and where it went, from the service's last log lines."""
+    found = _SAVED.findall(log_tail)
+    if not found:
+        return None
+    step, where = found[-1]
+    return int(step), where.strip()
+
+
+def stop_run(conn, remote_dir: str, timeout: int) -> str:
+    """Stop the run in ``remote_dir`` gracefully and say what happened, with the step it saved."""
+    service, _ = service_on(conn, remote_dir)
+    before = service.state(conn)
+    if not (before.running or before.status == "orphaned"):  # orphaned: the supervisor was killed
+        return "was not running"
+    earlier = saved_on_stop(service.logs(conn, tail=400))  # a line an earlier stop left in the same log
+    service.stop(conn, timeout=timeout)
+    what = "stopped" if before.running else "stopped a training whose supervisor was gone"
+    saved = saved_on_stop(service.logs(conn, tail=400))
+    if saved is not None and saved != earlier:
+        what += f"; saved step {saved[0]}" + (f" ({saved[1]})" if saved[1] else "")
+    return what

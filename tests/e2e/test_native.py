@@ -157,7 +157,9 @@ def test_native_deploy_trains_restarts_after_a_crash_stops_and_redeploys(workspa
     assert "the entrypoint exited with -9; restarting" in log
     resumed = resumed_steps(log)[-1]
     assert resumed >= killed_at.step
-    assert len(pids_in(remote_dir, "deploy.training.demo")) == 1  # the crashed run's training is gone
+    # the crashed run's training is gone, and exactly one runs again (the entrypoint launches it after
+    # recording the restart in the run ledger, so it may still be on its way)
+    wait_until(lambda: len(pids_in(remote_dir, "deploy.training.demo")) == 1, 60, "exactly one training process")
 
     status = fab("status")
     assert "service     running" in status.stdout and "1 restarts" in status.stdout
@@ -167,6 +169,7 @@ def test_native_deploy_trains_restarts_after_a_crash_stops_and_redeploys(workspa
     wait_until(lambda: (lambda c: c and c.step > resumed)(latest_checkpoint(storage)), 60, "a checkpoint after resuming")
     stopped = fab("stop")
     assert "stopped" in stopped.stdout
+    assert "saved step" in stopped.stdout  # a graceful stop saves the current step and says which
     log = log_file.read_text(errors="replace")
     assert "stopped: the entrypoint exited with 143" in log  # SIGTERM reached training: no kill needed
     assert not pids_in(remote_dir, "deploy.training")

@@ -163,3 +163,13 @@ def test_every_step_a_runtime_plans_has_a_handler() -> None:
     for name, plan in (("compose", compose), ("native", native)):
         names = {s.name for s in [*plan.steps, *restarts]}
         assert names <= set(available[name].handlers), (name, names - set(available[name].handlers))
+
+
+def test_saved_on_stop_reads_the_last_line_the_training_side_printed() -> None:
+    from deploy.flow.status import saved_on_stop
+    from deploy.training.stop import SAVED_ON_STOP
+
+    tail = ("epoch 1\n" + SAVED_ON_STOP.format(step=40) + ", uploaded to s3://b/p/checkpoints/stop-epoch=0-step=40.ckpt\n"
+            + "restarted\n" + SAVED_ON_STOP.format(step=88) + ", upload pending: /w/x.ckpt stays staged\n")
+    assert saved_on_stop(tail) == (88, "upload pending: /w/x.ckpt stays staged")
+    assert saved_on_stop("no stop here\n") is None
