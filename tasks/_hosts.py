@@ -6,15 +6,20 @@ from typing import Any
 
 from deploy.errors import HostError
 from deploy.hosts import HostOptions, HostSpec, Outcome, hosts_from
+from deploy.pods.state import known_hosts
 from deploy.settings import Settings
 
-HOSTS_HELP = "Hosts, comma-separated user@host:port (default: RUNPOD_HOST; fab -H works too)."
+HOSTS_HELP = ("Hosts, comma-separated user@host:port (default: RUNPOD_HOST, else the pods fab pods.up made; "
+              "fab -H works too).")
 
 
 def targets(c: Any, settings: Settings, hosts: str | None) -> list[HostSpec]:
-    """fab -H gives the task a Connection: that host wins; then --hosts; then RUNPOD_HOST."""
+    """fab -H gives the task a Connection: that host wins; then --hosts; then RUNPOD_HOST; then the pods
+    ``fab pods.up`` made for this project (``.gpu-deploy/pods.json``)."""
     if hosts is None and hasattr(c, "host") and hasattr(c, "port"):
         return [HostSpec(c.host, int(c.port), c.user)]
+    if hosts is None and not settings.runpod_host:  # the pods `fab pods.up` created for this project
+        hosts = ",".join(known_hosts()) or None
     return hosts_from(settings, hosts)
 
 
