@@ -79,3 +79,13 @@ def test_every_fab_command_in_the_readme_exists_with_its_flags(task_flags: dict[
             if word.startswith("--"):
                 flag = word.split("=")[0]
                 assert flag in task_flags[task], f"`{' '.join(words)}`: {task} has no flag {flag}"
+
+
+def test_readme_architecture_names_every_room_of_the_package() -> None:
+    """The Architecture section reads like `ls deploy/`: every folder and module is placed in it."""
+    section = README.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    package = REPO / "deploy"
+    entries = [p.name + "/" for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()]
+    entries += [p.name for p in package.glob("*.py") if p.name != "__init__.py"]
+    missing = [e for e in sorted(entries) if not re.search(rf"(^|\s){re.escape(e)}", section, flags=re.M)]
+    assert missing == [], f"README's Architecture section does not place: {missing}"
