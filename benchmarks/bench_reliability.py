@@ -838,15 +838,17 @@ def main() -> int:
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
     print(f"seed {seed} (rerun with --seed {seed}); load average {os.getloadavg()}", flush=True)
-    started, report = time.monotonic(), Report()
+    started, report, first = time.monotonic(), Report(), commit()
     report.loads.append(os.getloadavg()[0])
     run(args, seed, report)
+    last = commit()
     minutes = (time.monotonic() - started) / 60
     loads = [*report.loads, os.getloadavg()[0]]
     header = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
-        "commit": commit(),
+        "commit": first if first == last else f"{first} at the start, {last} at the end (other work landed "
+                                               "meanwhile; every `fab` and training process ran the tree of its time)",
         "seed": str(seed),
         "load": f"1-minute load average {min(loads):.1f}-{max(loads):.1f} over the run (start {loads[0]:.1f}, "
                 f"end {loads[-1]:.1f}): the 2 cores were shared with other test suites and builds",
