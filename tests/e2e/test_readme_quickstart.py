@@ -126,9 +126,10 @@ def test_the_readme_quickstart_runs_as_written(checkout) -> None:
         if words[:2] == ["fab", "deploy-runpod"]:
             deploys.append(result.stdout)
 
-    assert "training is running" in deploys[0] and f"runtime   {runtime}" in deploys[0]
-    assert "val_mel" in next(out for cmd, out in outputs.items() if cmd.startswith("fab s3.checkpoints"))
-    assert list((work / "lightning_logs").rglob("events.out.tfevents.*"))
+    assert "training is running" in deploys[0] and f"runtime   {runtime}" in deploys[0], deploys[0]
+    listing = next(out for cmd, out in outputs.items() if cmd.startswith("fab s3.checkpoints"))
+    assert "val_mel" in listing, listing
+    assert list((work / "lightning_logs").rglob("events.out.tfevents.*")), sorted(work.rglob("*"))[:50]
     redeploy = deploys[-1]
     assert re.search(r"change    sync-code: 1 files", redeploy) and "change    restart" in redeploy, redeploy
-    assert "load-image" not in redeploy and "install-requirements" not in redeploy
+    assert "load-image" not in redeploy and "install-requirements" not in redeploy, redeploy
