@@ -22,14 +22,16 @@ Rows (each says what was done, what was expected, what was measured):
 - ``fab stop`` at a random point mid-epoch, then ``fab deploy-runpod``: the step saved on stop, the
   step resumed from, the first step trained after it;
 - the newest checkpoint in S3 truncated (its metadata kept), deployed to a fresh REMOTE_DIR;
-- a push of a 5-layer image killed at about half its bytes, then pushed again;
+- ``fab image-to-s3`` of an image with five 64 MB layers killed (SIGKILL) about half way, while a
+  layer's multipart upload is in progress, then run again: layers reused, uploads left open;
 - a changed host key: the deploy refused, the sshd log (VERBOSE) shows no login, nothing on the host;
 - secrets: every process's argv sampled all along (this machine is both laptop and host), logs,
   printed output, every file under the REMOTE_DIRs but ``.env``, the bucket, the training image
   (``docker save`` bytes and its config's env).
 
 Random points come from ``--seed`` (printed; rerun with it to get the same delays). Writes the table
-to ``--out`` and prints it. One file on purpose (more than ~450 lines): the rows share the servers,
+to ``--out`` (keeping a hand-written ``## Reading the figures`` section) and prints it. About 10
+minutes on 2 cores; run it as root, as the tests run here (it signals processes inside containers). One file on purpose (more than ~450 lines): the rows share the servers,
 the deploys, the secret sampler and the report, and run as one program.
 """
 
