@@ -31,8 +31,9 @@ Rows (each says what was done, what was expected, what was measured):
 
 Random points come from ``--seed`` (printed; rerun with it to get the same delays). Writes the table
 to ``--out`` (keeping a hand-written ``## Reading the figures`` section) and prints it. About 10
-minutes on 2 cores; run it as root, as the tests run here (it signals processes inside containers). One file on purpose (more than ~450 lines): the rows share the servers,
-the deploys, the secret sampler and the report, and run as one program.
+minutes on 2 cores; run it as root, as the tests run here (it signals processes inside containers).
+One file on purpose (more than ~450 lines): the rows share the servers, the deploys, the secret
+sampler and the report, and run as one program.
 """
 
 from __future__ import annotations
@@ -382,7 +383,8 @@ def kill_rows(bench: Bench, target: Target, kills: int, report: Report) -> None:
         results.append((delay, trained, at_kill_s3, newest, step, len(complete), len(local) - len(complete), lost))
         report.note(f"{target.runtime} kill {i + 1}: {delay:.1f} s into the run, last trained step {trained}, newest "
                     f"in S3 {at_kill_s3}, newest complete on disk {newest} ({len(complete)} files, "
-                    f"{len(local) - len(complete)} torn); resumed from step {step} ({resumed.group(1)}), training again "
+                    f"{len(local) - len(complete)} torn); resumed from step {step} ({resumed.group(1)}), "
+                    "training again "
                     f"{back:.0f} s after the kill; "
                     f"missing from S3 afterwards: {lost or 'none'}")
     exact = sum(1 for r in results if r[4] == r[3])
@@ -392,7 +394,8 @@ def kill_rows(bench: Bench, target: Target, kills: int, report: Report) -> None:
     lost_steps = [r[1] - r[4] for r in results]
     report.add(Row(
         f"{target.runtime}: kill -9 of training at {kills} random points (whole process tree, no flush); "
-        "restarted by " + ("Docker's restart policy (`restart: on-failure`)" if target.runtime == "compose" else "the native supervisor"),
+        "restarted by " + ("Docker's restart policy (`restart: on-failure`)" if target.runtime == "compose"
+                           else "the native supervisor"),
         "each restart resumes from the newest complete checkpoint on disk at the kill (>= the newest in S3 then); "
         "0 checkpoints lost: every complete file on disk at the kill is in S3 (same sha256) afterwards",
         f"{exact}/{kills} resumed from the newest on disk, {at_least_s3}/{kills} at or past the newest in S3 "
@@ -521,6 +524,43 @@ def truncated_row(bench: Bench, target: Target, prefix: str, report: Report) -> 
 LAYER_MB = 64
 
 
+def in_s3_so_far(client, bucket: str, images: str) -> tuple[int, bool]:  # noqa: ANN001 - a boto3 client
+    """Bytes under ``images`` (objects and parts of open uploads), and whether a layer's upload is open
+    with some of its parts sent."""
+    done = sum(o["Size"] for o in client.list_objects_v2(Bucket=bucket, Prefix=images).get("Contents", []))
+    inside = False
+    for upload in client.list_multipart_uploads(Bucket=bucket, Prefix=images).get("Uploads", []):
+        try:
+            parts = client.list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        except client.exceptions.NoSuchUpload:
+            continue  # completed meanwhile: the next listing counts it as an object
+        done += sum(p["Size"] for p in parts.get("Parts", []))
+        inside = inside or bool(parts.get("Parts"))
+    return done, inside
+
+
+def kill_mid_layer(proc: subprocess.Popen, client, bucket: str, images: str, total: int) -> int:  # noqa: ANN001
+    """SIGKILL the push once 45 % is in S3 and a layer's upload is half-sent; returns the bytes in S3 then.
+
+    The push is frozen (SIGSTOP) while the listing is checked again, so the kill cannot land on a layer
+    boundary: a frozen client cannot complete an upload (a part already sent may still land).
+    """
+    while True:
+        done, inside = in_s3_so_far(client, bucket, images)
+        if done >= 0.45 * total and inside:
+            os.killpg(proc.pid, signal.SIGSTOP)
+            time.sleep(0.5)
+            done, inside = in_s3_so_far(client, bucket, images)
+            if inside:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return done
+            os.killpg(proc.pid, signal.SIGCONT)
+        if proc.poll() is not None:
+            raise RuntimeError(f"the push ended (exit {proc.returncode}) before it could be killed mid-layer")
+        time.sleep(0.02)
+
+
 def push_row(bench: Bench, folder: Path, prefix: str, report: Report) -> None:
     """A push of a 5-layer image killed mid-layer at about half its bytes; the rerun's reuse and leftovers."""
     layers = "".join(f"RUN head -c {LAYER_MB}000000 /dev/urandom > /layer{i}\n" for i in range(5))
@@ -528,28 +568,10 @@ def push_row(bench: Bench, folder: Path, prefix: str, report: Report) -> None:
     count = len(bench.docker.images.get(tag).attrs["RootFS"]["Layers"])
     client, images = bench.s3.client(), f"{prefix}/docker-images/"
     total = 5 * LAYER_MB * 1_000_000
-
-    def sent_mid_layer() -> int:
-        """Bytes in S3 (objects and parts of open uploads) once past 45 % with a layer's upload at most half
-        done (so the kill cannot land on a layer boundary), else 0."""
-        done = sum(o["Size"] for o in client.list_objects_v2(Bucket=bench.bucket, Prefix=images).get("Contents", []))
-        inside = False
-        for upload in client.list_multipart_uploads(Bucket=bench.bucket, Prefix=images).get("Uploads", []):
-            try:
-                parts = client.list_parts(Bucket=bench.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-            except client.exceptions.NoSuchUpload:
-                continue  # completed meanwhile: the next listing counts it as an object
-            layer = sum(p["Size"] for p in parts.get("Parts", []))
-            done += layer
-            inside = inside or 0 < layer <= LAYER_MB * 1_000_000 / 2
-        return done if done >= 0.45 * total and inside else 0
-
     proc = subprocess.Popen([FAB, "--search-root", str(REPO), "image-to-s3", f"--image={tag}"], cwd=folder,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env(),
                             start_new_session=True)
-    at_kill = poll(sent_mid_layer, 300, "half the image in S3, mid-layer", 0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    at_kill = kill_mid_layer(proc, client, bench.bucket, images, total)
     time.sleep(2.0)  # requests the killed push had in flight land (or fail) at the server first
     records = [o["Key"] for o in client.list_objects_v2(Bucket=bench.bucket, Prefix=images).get("Contents", [])
                if o["Key"].endswith(".json") and "/layers/" in o["Key"]]
@@ -563,7 +585,8 @@ def push_row(bench: Bench, folder: Path, prefix: str, report: Report) -> None:
     open_after = client.list_multipart_uploads(Bucket=bench.bucket, Prefix=images).get("Uploads", [])
     report.note(f"push: killed at {at_kill / 1e6:.0f} of {total / 1e6:.0f} MB; layer records then {len(records)}; "
                 f"open multipart uploads then {[u['Key'].rsplit('/', 2)[-2:] for u in left_by_kill]}, after the "
-                f"rerun {[u['Key'].rsplit('/', 2)[-2:] for u in open_after]}; rerun said: {text.strip().splitlines()[-1][:300]!r}")
+                f"rerun {[u['Key'].rsplit('/', 2)[-2:] for u in open_after]}; "
+                f"rerun said: {text.strip().splitlines()[-1][:300]!r}")
     swept = ""
     if open_after:
         bench.fab(folder, "s3.abort-uploads", "--older-than=0")
@@ -696,7 +719,7 @@ def at_rest_row(bench: Bench, holds: Callable[[bytes], bool], report: Report) ->
         "journals, checkpoints, lightning_logs, steps) and every object in the bucket but image layers",
         "no secret value anywhere but the host's `.env` (mode 0600)",
         f"{files} host files, {objects} objects; holding a secret: {bad or 'none'}; host .env modes {modes}",
-        not bad and modes == ["0o600"]))
+        not bad and set(modes) <= {"0o600"}))
 
 
 def image_rows(bench: Bench, targets: list[Target], holds: Callable[[bytes], bool], report: Report) -> None:
@@ -742,12 +765,14 @@ def training_image(bench: Bench) -> str:
 def machine() -> str:
     cpus, mem = os.cpu_count(), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     engine = docker.from_env().version().get("Version", "?")
-    return f"{platform.node()}: {platform.system()} {platform.release()}, {cpus} CPUs, {mem:.0f} GB, Docker {engine}, " \
+    return f"{platform.node()}: {platform.system()} {platform.release()}, {cpus} CPUs, {mem:.0f} GB, " \
+           f"Docker {engine}, " \
            f"Python {platform.python_version()}"
 
 
 def commit() -> str:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--short", "--", "deploy", "tasks", "docker", "docker-compose.runpod.yml"],
                            cwd=REPO, capture_output=True, text=True).stdout.strip()
     return head + (" (with uncommitted changes under deploy/ or tasks/ by other work)" if dirty else "")
