@@ -4,6 +4,10 @@ Keys are named as users already name them in their `.env` files (``AWS_ACCESS_KE
 ``S3_BUCKET``, ``RUNPOD_HOST`` ...). Every value remembers where it came from, so
 ``fab config`` can say so, and secrets are a :class:`Secret`, which never shows its value.
 
+Why one module of this size: it is one table (every setting with its key, group, parser, default and
+help, from which `.env.example` and README's settings table are generated) and the one loader that
+reads it; split, the table would have to be reassembled in a third place.
+
 Example::
 
     settings = load_settings(overrides={"S3_BUCKET": "my-bucket"})

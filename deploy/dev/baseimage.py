@@ -129,69 +129,71 @@ def build_base_image(client, recipe: BaseImageRecipe, log=print,
     if shutil.which("debootstrap") is None:
         raise ImageError("debootstrap is not installed; run: apt-get install debootstrap")
     started = time.monotonic()
-    steps: list[str] = []
     mirror = apt_mirror()
     with tempfile.TemporaryDirectory(prefix="gpu-deploy-base-", dir=workdir or "/var/tmp") as tmp:
         root = Path(tmp) / "rootfs"
         log(f"base image: debootstrap {recipe.suite} from {mirror}")
         _run(["debootstrap", "--variant=minbase", f"--include={','.join(recipe.apt_packages)}",
               recipe.suite, str(root), mirror], "running debootstrap")
-        steps.append("debootstrap")
-
-        # The chroot reaches the package index with the host's DNS and CA bundle; neither is kept.
-        shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
-        shutil.copy(HOST_CA_BUNDLE, root / "tmp/host-ca.crt")
-        wheels = root / "tmp/wheels"
-        wheels.mkdir()
-        for folder in local_wheel_dirs():
-            for wheel in glob.glob(os.path.join(folder, "torch-*.whl")):
-                shutil.copy(wheel, wheels)
-        env = {
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": "/root",
-            "LANG": "C.UTF-8",
-            "PIP_CERT": "/tmp/host-ca.crt",
-            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-            "PIP_NO_CACHE_DIR": "1",
-            "PIP_DEFAULT_TIMEOUT": "180",
-        }
-        log(f"base image: pip install {' '.join(recipe.pip_packages)}")
-        _run(["chroot", str(root), "python3", "-m", "venv", VENV], "creating the virtualenv", env)
-        _run(["chroot", str(root), f"{VENV}/bin/pip", "install", "--find-links", "/tmp/wheels",
-              *recipe.pip_packages], "installing Python packages in the chroot", env)
-        steps.append("pip install")
-
-        shutil.rmtree(wheels)
-        (root / "tmp/host-ca.crt").unlink()
-        (root / "etc/resolv.conf").write_text("")
-        for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            for path in (root / leftover).glob("*"):
-                if path.is_file():
-                    path.unlink()
-
-        log(f"base image: docker import as {recipe.tag}")
-        changes = [
-            f"ENV PATH={IMAGE_PATH}",
-            "ENV LANG=C.UTF-8",
-            "ENV PYTHONUNBUFFERED=1",
-            f"LABEL {RECIPE_LABEL}={recipe.digest()}",
-            'CMD ["python3"]',
-        ]
-        repository, tag = recipe.tag.split(":")
-        tar = subprocess.Popen(["tar", "-C", str(root), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
-        try:
-            client.api.import_image(src=tar.stdout, repository=repository, tag=tag,
-                                    changes=changes, stream_src=True)
-        finally:
-            tar.stdout.close()
-            if tar.wait() != 0:
-                raise ImageError("Building the base image failed while archiving the root filesystem.")
-        steps.append("docker import")
+        _install_python(root, recipe, log)
+        _import(client, root, recipe, log)
     image = find_image(client, recipe)
     if image is None:
         raise ImageError(f"docker import did not produce {recipe.tag}; check `docker images`.")
     return BaseImageResult(tag=recipe.tag, image_id=image.id, built=True,
-                           seconds=time.monotonic() - started, steps=steps)
+                           seconds=time.monotonic() - started, steps=["debootstrap", "pip install", "docker import"])
+
+
+def _install_python(root: Path, recipe: BaseImageRecipe, log) -> None:
+    """A virtualenv with the recipe's packages inside the chroot; nothing of the host's is kept."""
+    # The chroot reaches the package index with the host's DNS and CA bundle; neither is kept.
+    shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+    shutil.copy(HOST_CA_BUNDLE, root / "tmp/host-ca.crt")
+    wheels = root / "tmp/wheels"
+    wheels.mkdir()
+    for folder in local_wheel_dirs():
+        for wheel in glob.glob(os.path.join(folder, "torch-*.whl")):
+            shutil.copy(wheel, wheels)
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "PIP_CERT": "/tmp/host-ca.crt",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_NO_CACHE_DIR": "1",
+        "PIP_DEFAULT_TIMEOUT": "180",
+    }
+    log(f"base image: pip install {' '.join(recipe.pip_packages)}")
+    _run(["chroot", str(root), "python3", "-m", "venv", VENV], "creating the virtualenv", env)
+    _run(["chroot", str(root), f"{VENV}/bin/pip", "install", "--find-links", "/tmp/wheels",
+          *recipe.pip_packages], "installing Python packages in the chroot", env)
+    shutil.rmtree(wheels)
+    (root / "tmp/host-ca.crt").unlink()
+    (root / "etc/resolv.conf").write_text("")
+    for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        for path in (root / leftover).glob("*"):
+            if path.is_file():
+                path.unlink()
+
+
+def _import(client, root: Path, recipe: BaseImageRecipe, log) -> None:
+    """``docker import`` the root filesystem, streamed from tar, labelled with the recipe's digest."""
+    log(f"base image: docker import as {recipe.tag}")
+    changes = [
+        f"ENV PATH={IMAGE_PATH}",
+        "ENV LANG=C.UTF-8",
+        "ENV PYTHONUNBUFFERED=1",
+        f"LABEL {RECIPE_LABEL}={recipe.digest()}",
+        'CMD ["python3"]',
+    ]
+    repository, tag = recipe.tag.split(":")
+    tar = subprocess.Popen(["tar", "-C", str(root), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
+    try:
+        client.api.import_image(src=tar.stdout, repository=repository, tag=tag, changes=changes, stream_src=True)
+    finally:
+        tar.stdout.close()
+        if tar.wait() != 0:
+            raise ImageError("Building the base image failed while archiving the root filesystem.")
 
 
 def main() -> None:  # pragma: no cover - a command for people: python -m deploy.dev.baseimage

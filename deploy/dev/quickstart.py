@@ -114,39 +114,50 @@ def run(workdir: Path, epochs: int, keep: bool) -> int:
             "RUNPOD_SSH_KEY": str(ssh.client_key), "SSH_KNOWN_HOSTS": str(workdir / "known_hosts"),
             "REMOTE_DIR": str(remote_dir), "IMAGE": image, "MAX_EPOCHS": str(epochs),
         }
-        (workdir / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-        (workdir / ".env").chmod(0o600)
+        dotenv = workdir / ".env"
+        dotenv.unlink(missing_ok=True)
+        with os.fdopen(os.open(dotenv, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+            handle.write("".join(f"{k}={v}\n" for k, v in env.items()))  # 0600 from the first byte
         print(f"    settings in {workdir / '.env'} (fab config shows them)")
 
-        say("Pushing the image to the bucket")
-        fab(workdir, "image-to-s3")
-        say("Deploying to the host: probe, .env, image, compose service with S3 sync on")
-        fab(workdir, "deploy-runpod")
-        say(f"Training {epochs} epochs; checkpoints and logs go to S3 as it runs")
-        status = wait_for_exit(client, project, timeout=600)
-        print(f"    training container {status}")
-        fab(workdir, "status", check=False)
-        say("Bringing the results back")
-        fab(workdir, "sync-from-runpod", "--path=lightning_logs", f"--dest={workdir}")
-        fab(workdir, "s3.checkpoints")
-        logs = workdir / "lightning_logs"
-        say("Done")
-        print(f"    checkpoints: s3://{BUCKET}/demo/checkpoints/ (listed above) and {logs}/version_*/checkpoints")
-        print(f"    logs:        {logs}")
-        print(f"    TensorBoard: pip install tensorboard && tensorboard --logdir {logs}")
-        print("    For a real run: copy .env.example to .env, fill in your bucket and host, then "
-              "fab image-to-s3 && fab deploy-runpod")
-        return 0 if status.endswith(" 0") else 1
+        return operator_loop(workdir, client, project, epochs)
     finally:
         if not keep:
-            for container in client.containers.list(all=True, filters={
-                    "label": f"com.docker.compose.project={project}"}):
-                container.remove(force=True)
-            if ssh is not None:
-                ssh.stop()
-            s3.stop()
-            print("    stopped the embedded S3 server and sshd; removed the demo container (images are kept for "
-                  "the next run)")
+            clean_up(client, project, ssh, s3)
+
+
+def operator_loop(workdir: Path, client, project: str, epochs: int) -> int:
+    """The operator's commands, as a user runs them, with what each shows; 0 when training finished."""
+    say("Pushing the image to the bucket")
+    fab(workdir, "image-to-s3")
+    say("Deploying to the host: probe, .env, image, compose service with S3 sync on")
+    fab(workdir, "deploy-runpod")
+    say(f"Training {epochs} epochs; checkpoints and logs go to S3 as it runs")
+    status = wait_for_exit(client, project, timeout=600)
+    print(f"    training container {status}")
+    fab(workdir, "status", check=False)
+    say("Bringing the results back")
+    fab(workdir, "sync-from-runpod", "--path=lightning_logs", f"--dest={workdir}")
+    fab(workdir, "s3.checkpoints")
+    logs = workdir / "lightning_logs"
+    say("Done")
+    print(f"    checkpoints: s3://{BUCKET}/demo/checkpoints/ (listed above) and {logs}/version_*/checkpoints")
+    print(f"    logs:        {logs}")
+    print(f"    TensorBoard: pip install tensorboard && tensorboard --logdir {logs}")
+    print("    For a real run: copy .env.example to .env, fill in your bucket and host, then "
+          "fab image-to-s3 && fab deploy-runpod")
+    return 0 if status.endswith(" 0") else 1
+
+
+def clean_up(client, project: str, ssh, s3) -> None:
+    """Remove the demo container and stop the embedded servers; the images stay for the next run."""
+    for container in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}):
+        container.remove(force=True)
+    if ssh is not None:
+        ssh.stop()
+    s3.stop()
+    print("    stopped the embedded S3 server and sshd; removed the demo container (images are kept for "
+          "the next run)")
 
 
 def main(argv: list[str] | None = None) -> int:
