@@ -184,16 +184,19 @@ def test_a_set_aside_job_whose_file_was_rotated_away_is_counted_and_reported(tmp
     import threading
 
     gate = threading.Event()
+    busy = threading.Event()
     events = []
 
     def transfer(job: UploadJob) -> None:
+        busy.set()
         gate.wait(5)
 
     uploader = BackgroundUploader(transfer, max_pending=1, observer=events.append)
     paths = [checkpoint(tmp_path / f"epoch=0-step={n}.ckpt") for n in (1, 2, 3)]
     for n, path in enumerate(paths):
         uploader.submit(UploadJob(key=f"k/{n}", path=str(path), source=str(path)))
-        time.sleep(0.05)  # the worker takes job 0 and hangs on the gate; job 1 is then set aside
+        if n == 0:
+            assert busy.wait(5)  # the worker holds job 0 and hangs on the gate; job 1 is then set aside
     if not source_exists:
         paths[1].unlink()  # Lightning's top-k rotation removed it before the flush
     gate.set()

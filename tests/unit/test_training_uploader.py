@@ -21,8 +21,10 @@ class FlakyTransfer:
         self.calls = 0
         self.sent: list[tuple[str, bytes]] = []
         self.gate = gate
+        self.busy = threading.Event()  # set once the worker holds a job (and hangs on the gate)
 
     def __call__(self, job: UploadJob) -> str:
+        self.busy.set()
         if self.gate is not None:
             self.gate.wait(10)
         self.calls += 1
@@ -81,7 +83,8 @@ def test_full_queue_sets_the_oldest_aside_and_flush_still_sends_it(tmp_path: Pat
     paths = [write(tmp_path, f"{n}.ckpt", bytes([n])) for n in range(5)]
     for n, path in enumerate(paths):
         uploader.submit(UploadJob(key=f"k/{n}", path=path, source=path))
-        time.sleep(0.02)  # let the worker pick up job 0 (it then hangs on the gate)
+        if n == 0:
+            assert transfer.busy.wait(5)  # the worker holds job 0 (it hangs on the gate)
     assert sum(e.kind == "set_aside" for e in events) == 2
     assert uploader.pending == 5
     gate.set()
@@ -95,7 +98,7 @@ def test_a_newer_file_for_the_same_key_replaces_the_waiting_one(tmp_path: Path) 
     transfer = FlakyTransfer(gate=gate)
     uploader = BackgroundUploader(transfer, backoff=FAST)
     uploader.submit(UploadJob(key="k/busy", path=write(tmp_path, "busy", b"0")))
-    time.sleep(0.05)
+    assert transfer.busy.wait(5)
     old = write(tmp_path, "last-1", b"old")
     uploader.submit(UploadJob(key="k/last.ckpt", path=old, owned=True))
     uploader.submit(UploadJob(key="k/last.ckpt", path=write(tmp_path, "last-2", b"new"), owned=True))
