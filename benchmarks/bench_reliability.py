@@ -45,6 +45,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,6 +195,8 @@ class Bench:
                         os.kill(int(path.read_text().split()[0]), signal.SIGKILL)
                     except (OSError, ValueError):
                         pass
+        for remote_dir in self.remote_dirs:  # each lives in a root of its own under /tmp
+            shutil.rmtree(Path(remote_dir).parent, ignore_errors=True)
         if self.s3.proc is not None:
             os.kill(self.s3.proc.pid, signal.SIGCONT)  # in case a row stopped while it was frozen
         for server in (self.host, self.pod, self.s3):
