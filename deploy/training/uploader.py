@@ -216,10 +216,7 @@ class BackgroundUploader:
         """
         started = time.monotonic()
         deadline = started + max(0.0, timeout)
-        dropped = self._requeue_set_aside()
-        for job in dropped:
-            self._release(job)
-            self._emit(UploadEvent("dropped", job, error="its file was removed before it could be sent"))
+        self._report_dropped(self._requeue_set_aside())
         with self._cond:
             self._deadline = deadline
             if self._pending:
@@ -236,12 +233,18 @@ class BackgroundUploader:
                                  dropped=tuple(self._dropped))
         return result
 
-    def _requeue_set_aside(self) -> list[UploadJob]:
-        """Queue the set-aside jobs again from their source files; return those whose file is gone."""
+    def _report_dropped(self, dropped: list[UploadJob]) -> None:
+        for job in dropped:
+            self._release(job)
+            self._emit(UploadEvent("dropped", job, error="its file was removed before it could be sent"))
+
+    def _requeue_set_aside(self, limit: int | None = None) -> list[UploadJob]:
+        """Queue set-aside jobs again (the oldest ``limit`` of them, default all) from their source files;
+        return those whose file is gone."""
         dropped: list[UploadJob] = []
         with self._cond:
-            requeue = list(self._set_aside.values())
-            self._set_aside.clear()
+            keys = list(self._set_aside)[:limit]
+            requeue = [self._set_aside.pop(key) for key in keys]
             for job in requeue:
                 if job.key in self._pending:
                     self._release(job)  # a newer version is waiting already
@@ -298,10 +301,19 @@ class BackgroundUploader:
         lower_priority(self.nice)
         while True:
             with self._cond:
-                while not self._pending and not self._closed:
+                while not self._pending and not self._set_aside and not self._closed:
                     self._cond.wait()
                 if self._closed and not self._pending:
                     return
+                refill = not self._pending
+            if refill:
+                # The queue drained, so S3 answers again: send what was set aside while it was full
+                # (an outage longer than max_pending checkpoint intervals), without waiting for a flush.
+                self._report_dropped(self._requeue_set_aside(limit=self.max_pending))
+                continue
+            with self._cond:
+                if not self._pending:
+                    continue
                 _, job = self._pending.popitem(last=False)
                 self._active = job
             try:

@@ -157,3 +157,22 @@ def test_the_worker_thread_runs_at_a_lower_cpu_priority(tmp_path: Path) -> None:
     uploader.submit(UploadJob(key="k", path=write(tmp_path, "a", b"A")))
     assert uploader.close(timeout=5).ok
     assert seen == [min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)]
+
+
+def test_jobs_set_aside_during_an_outage_go_up_once_the_queue_drains_without_a_flush(tmp_path: Path) -> None:
+    gate = threading.Event()  # the outage: the worker's first upload hangs until it ends
+    transfer = FlakyTransfer(gate=gate)
+    events = []
+    uploader = BackgroundUploader(transfer, backoff=FAST, max_pending=2, observer=events.append)
+    paths = [write(tmp_path, f"{n}.ckpt", bytes([n])) for n in range(6)]
+    for n, path in enumerate(paths):
+        uploader.submit(UploadJob(key=f"k/{n}", path=path, source=path))
+        if n == 0:
+            assert transfer.busy.wait(5)
+    assert sum(e.kind == "set_aside" for e in events) == 3
+    gate.set()  # S3 answers again
+    deadline = time.monotonic() + 5
+    while len(transfer.sent) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(transfer.sent) == [(f"k/{n}", bytes([n])) for n in range(6)]  # before any flush
+    assert uploader.close(timeout=1).ok
