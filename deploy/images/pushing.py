@@ -252,10 +252,13 @@ class _LayerUploader:
             self.storage.upload_stream(reader, key, metadata=metadata, progress=sent, config=self.config)
         except BaseException as exc:
             reader.close()
-            self._abort_own_uploads(key)
+            self._abort_uploads(key, mine=True)
             if isinstance(exc, StorageError) and isinstance(exc.__cause__, ImageError):
                 raise exc.__cause__ from None
             raise
+        # The object is complete now. An upload on the same key that began before this push is what a
+        # killed push (kill -9, a lost laptop) left open: nothing will finish it, and its parts bill.
+        self._abort_uploads(key, mine=False)
 
     def _rename(self, record: LayerRecord, diff_id: str) -> LayerRecord:
         # The layer's name was not known while it streamed: move it under its digest now.
@@ -281,12 +284,14 @@ class _LayerUploader:
             "size": raw.bytes, "stored_size": reader.bytes, "sha256": reader.digest, "created": _now(),
             "commit": commit})
 
-    def _abort_own_uploads(self, key: str) -> None:
-        """Abort multipart uploads this push left on ``key`` (s3transfer aborts too: belt and braces)."""
+    def _abort_uploads(self, key: str, mine: bool) -> None:
+        """Abort the multipart uploads on ``key`` this push started (``mine``: after a failure; s3transfer
+        aborts too, belt and braces), or those started before it (a killed push's leftovers)."""
         try:
             for upload in self.storage.multipart_uploads(key):
                 initiated = upload.get("initiated")
-                if upload["key"] == key and (initiated is None or initiated >= self.started):
+                ours = initiated is None or initiated >= self.started
+                if upload["key"] == key and ours == mine:
                     self.storage.abort_multipart(key, upload["upload_id"])
         except StorageError:
             pass

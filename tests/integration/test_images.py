@@ -158,6 +158,20 @@ def test_interrupted_upload_leaves_no_multipart_upload_and_next_push_completes(
     assert multipart_uploads(storage) == []
 
 
+def test_a_killed_push_leaves_no_multipart_upload_once_the_rerun_completes_the_layer(
+        docker_client, build, storage) -> None:
+    # kill -9 runs no cleanup: the killed push's multipart upload stays open on the layer's key.
+    ref = build(uuid.uuid4().hex)
+    layer = docker_client.api.inspect_image(ref)["RootFS"]["Layers"][-1]
+    key = ImageStore(storage).layer_key(layer, "none")
+    storage.client.create_multipart_upload(Bucket=storage.bucket, Key=key)
+    assert [u["key"] for u in multipart_uploads(storage)] == [key]
+
+    rerun = images.push(docker_client, storage, ref, "none")
+    assert layer in rerun.uploaded
+    assert multipart_uploads(storage) == []
+
+
 @pytest.mark.parametrize("damage", ["corrupt", "truncate"])
 def test_damaged_layer_is_refused_with_its_key_and_checksums(damage, docker_client, build, storage) -> None:
     ref = build(uuid.uuid4().hex)
