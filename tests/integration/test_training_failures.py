@@ -23,9 +23,11 @@ from tests.integration.training_runs import (  # noqa: E402
     local_checkpoints,
     object_sha256,
     output,
+    private_s3_server,
     sha256_file,
     start,
     storage_for,
+    sync_env_for,
     uploaded,
     wait_until,
 )
@@ -36,17 +38,11 @@ BUCKET = "training-failures"
 
 @pytest.fixture
 def private_s3(tmp_path: Path):
-    server = S3Server(tmp_path / "moto").start()
-    server.client().create_bucket(Bucket=BUCKET)
-    yield server
-    if server.proc is not None and server.proc.poll() is None:
-        os.kill(server.proc.pid, signal.SIGCONT)
-    server.stop()
+    yield from private_s3_server(tmp_path / "moto", BUCKET)
 
 
 def sync_env(server: S3Server) -> dict[str, str]:
-    return {**server.environ(BUCKET, prefix="run"), "ENABLE_S3_SYNC": "1", "CHECKPOINT": "",
-            "AWS_MAX_ATTEMPTS": "1", "S3_SYNC_FLUSH_TIMEOUT": "30"}
+    return sync_env_for(server, BUCKET, checkpoint="")
 
 
 def test_sigterm_flushes_pending_uploads_before_exit(private_s3: S3Server, tmp_path: Path) -> None:

@@ -23,10 +23,12 @@ from tests.integration.training_runs import (  # noqa: E402
     local_checkpoints,
     object_sha256,
     output,
+    private_s3_server,
     recorded_steps,
     sha256_file,
     start,
     storage_for,
+    sync_env_for,
     uploaded,
     wait_until,
 )
@@ -37,18 +39,11 @@ BUCKET = "training-stop"
 
 @pytest.fixture
 def private_s3(tmp_path: Path):
-    """A server of this test's own, so it can be frozen (SIGSTOP) without touching other tests."""
-    server = S3Server(tmp_path / "moto").start()
-    server.client().create_bucket(Bucket=BUCKET)
-    yield server
-    if server.proc is not None and server.proc.poll() is None:
-        os.kill(server.proc.pid, signal.SIGCONT)
-    server.stop()
+    yield from private_s3_server(tmp_path / "moto", BUCKET)
 
 
 def sync_env(server: S3Server) -> dict[str, str]:
-    return {**server.environ(BUCKET, prefix="run"), "ENABLE_S3_SYNC": "1", "CHECKPOINT": "s3",
-            "AWS_MAX_ATTEMPTS": "1", "S3_SYNC_FLUSH_TIMEOUT": "30"}
+    return sync_env_for(server, BUCKET, checkpoint="s3")
 
 
 def step_of(name: str) -> int:

@@ -105,3 +105,24 @@ def sha256_file(path: Path) -> str:
 def object_sha256(storage: Storage, key: str) -> str:
     body = storage.client.get_object(Bucket=storage.bucket, Key=key)["Body"].read()
     return hashlib.sha256(body).hexdigest()
+
+
+def private_s3_server(folder: Path, bucket: str):
+    """A moto server of one test's own, so it can be frozen (SIGSTOP) or stopped without touching others.
+
+    A generator for a pytest fixture: ``yield from private_s3_server(tmp_path / "moto", BUCKET)``.
+    """
+    from tests.harness.servers import S3Server
+
+    server = S3Server(folder).start()
+    server.client().create_bucket(Bucket=bucket)
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    server.stop()
+
+
+def sync_env_for(server, bucket: str, checkpoint: str) -> dict[str, str]:
+    """Training settings with S3 sync on against ``server``: one try per call, 30 s to flush."""
+    return {**server.environ(bucket, prefix="run"), "ENABLE_S3_SYNC": "1", "CHECKPOINT": checkpoint,
+            "AWS_MAX_ATTEMPTS": "1", "S3_SYNC_FLUSH_TIMEOUT": "30"}
