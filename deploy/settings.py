@@ -57,11 +57,11 @@ unless ``SHIP_ENV_INCLUDE`` names it."""
 class Secret:
     """A string that never shows itself: masked in ``repr``, ``str``, f-strings and logs.
 
-    >>> key = Secret("wJalrXUtnFEMI/K7MDENG")
+    >>> key = Secret("not-a-real-key")
     >>> f"{key}"
     '********'
     >>> key.reveal()
-    'wJalrXUtnFEMI/K7MDENG'
+    'not-a-real-key'
     """
 
     __slots__ = ("_value",)

@@ -12,7 +12,7 @@ Which keys go (:func:`plan_env`):
 
 The dialect (written by :func:`render_env` only)::
 
-    AWS_SECRET_ACCESS_KEY='wJalr/K7+MDENG'
+    AWS_SECRET_ACCESS_KEY='abc/def+ghi'
     WANDB_API_KEY='a b # not a comment $HOME'
 
 - UTF-8; one ``KEY='value'`` per line, each ending in ``\\n``; keys sorted; no comments, no ``export``.

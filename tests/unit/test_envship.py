@@ -37,7 +37,7 @@ ACCEPTED = {
     "nbsp_and_zero_width": "a\u00a0b\u200bc\ufeffd",
     "url": "https://user:pa%40ss@example.com/path?q=1&r=2",
     "json": '{"k": [1, 2], "s": "x"}',
-    "aws_like": "wJalrXUtnFEMI/K7MDENG+bPxRfiCY",
+    "slashes_and_plus": "abc/def+ghi=jkl/mno",
 }
 
 LINE_SEPARATORS = ["\n", "\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
@@ -100,7 +100,7 @@ def compose_go_single_quoted(line: str) -> tuple[str, str]:
 
 def test_training_keys_go_and_operator_keys_stay(tmp_path: Path) -> None:
     settings, environ = settings_with(tmp_path, (
-        f"AWS_ACCESS_KEY_ID=AKID\nAWS_SECRET_ACCESS_KEY={SECRET}\nS3_BUCKET=my-bucket\n"
+        f"AWS_ACCESS_KEY_ID=access-id\nAWS_SECRET_ACCESS_KEY={SECRET}\nS3_BUCKET=my-bucket\n"
         "RUNPOD_HOST=203.0.113.10\nRUNPOD_API_KEY=rp-secret\nRUNPOD_SSH_KEY=~/.ssh/id\n"
         "REMOTE_DIR=/workspace/x\nWANDB_API_KEY=wandb\nBATCH_SIZE=8\nSSH_STRICT_HOST_KEYS=1\n"))
     shipment = plan_env(settings, extra={"IMAGE": "train:abc"}, environ=environ)

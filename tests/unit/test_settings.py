@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from deploy.settings import (
     read_env_file,
 )
 
-SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+SECRET = "secret-" + uuid.uuid4().hex  # made per run: no key-shaped value in the repository
+ACCESS_ID = "access-" + uuid.uuid4().hex[:8]
 
 
 def write_env(path: Path, **values: str) -> Path:
@@ -157,11 +159,11 @@ def test_empty_value_means_unset_and_stops_lower_layers(tmp_path: Path) -> None:
 
 
 def test_secrets_never_show_their_value(tmp_path: Path) -> None:
-    env_file = write_env(tmp_path / ".env", AWS_SECRET_ACCESS_KEY=SECRET, AWS_ACCESS_KEY_ID="AKIDEXAMPLE123")
+    env_file = write_env(tmp_path / ".env", AWS_SECRET_ACCESS_KEY=SECRET, AWS_ACCESS_KEY_ID=ACCESS_ID)
     settings = load_settings(env_file=env_file, environ={})
     shown = " ".join([repr(settings), str(settings), f"{settings.aws_secret_access_key}",
                       repr(settings.aws_secret_access_key), str(settings.describe())])
-    assert SECRET not in shown and "AKIDEXAMPLE123" not in shown
+    assert SECRET not in shown and ACCESS_ID not in shown
     assert settings.aws_secret_access_key.reveal() == SECRET
     assert dict((k, v) for k, v, _ in settings.describe())["AWS_SECRET_ACCESS_KEY"] == "********"
 
