@@ -70,6 +70,7 @@ from deploy.training.journal import looks_like_checkpoint  # noqa: E402
 from tests.harness.fab import FAB  # noqa: E402
 from tests.harness.images import build_busybox_image  # noqa: E402
 from tests.harness.servers import S3Server, SshServer, wait_for  # noqa: E402
+from tests.harness.pod import pod_bin  # noqa: E402
 
 STEPS_PER_EPOCH = 64      # --data.samples=2048 / --data.batch_size=32
 TRAIN_COMMAND = ("python -m deploy.training.demo fit --trainer.max_steps=1000000 --trainer.max_epochs=100000 "
@@ -86,7 +87,6 @@ class StepRecorder(Callback):
         with open("steps.log", "a", encoding="utf-8") as handle:
             handle.write(f"{trainer.global_step}\\n")
 '''
-HIDDEN = ("docker", "containerd", "dockerd")
 RESUMED = re.compile(r"entrypoint: resuming from (\S+) \(step (\d+)\)(.*)")
 SAVED = re.compile(r"gpu-deploy: saved step (\d+) on stop([^\n]*)")
 STEP_IN_NAME = re.compile(r"step=(\d+)")
@@ -246,17 +246,6 @@ def clean_env() -> dict[str, str]:
 
 def write_env(folder: Path, values: dict[str, str]) -> None:
     (folder / ".env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-
-
-def pod_bin(folder: Path) -> Path:
-    """Every command of this machine except Docker's: the PATH of a RunPod pod's shell."""
-    folder.mkdir()
-    for source in ("/usr/local/bin", "/usr/bin", "/bin"):
-        if os.path.isdir(source):
-            for name in sorted(os.listdir(source)):
-                if not name.startswith(HIDDEN) and not (folder / name).exists():
-                    (folder / name).symlink_to(os.path.join(source, name))
-    return folder
 
 
 def poll(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.25) -> object:

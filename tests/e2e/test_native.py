@@ -29,28 +29,13 @@ from deploy.storage import Storage
 from tests.harness.waiting import write_dotenv, wait_until
 from tests.harness.fab import run_fab
 from tests.harness.servers import SshServer
+from tests.harness.pod import pids_in, pod_bin
 
 pytestmark = [pytest.mark.slow]
 
 TRAIN_COMMAND = ("python -m deploy.training.demo fit --trainer.max_steps=100000 --trainer.max_epochs=1000 "
                  "--trainer.enable_progress_bar=false --checkpoint.every_n_train_steps=10 "
                  "--checkpoint.save_top_k=-1 --checkpoint.monitor=null --model.step_delay=0.05")
-HIDDEN = ("docker", "containerd", "dockerd")
-
-
-
-
-def pod_bin(folder: Path) -> Path:
-    """Every command of this machine except Docker's: the PATH of a RunPod pod's shell."""
-    folder.mkdir()
-    for source in ("/usr/local/bin", "/usr/bin", "/bin"):
-        if not os.path.isdir(source):
-            continue
-        for name in sorted(os.listdir(source)):
-            if name.startswith(HIDDEN) or (folder / name).exists():
-                continue
-            (folder / name).symlink_to(os.path.join(source, name))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -64,22 +49,6 @@ def pod(tmp_path_factory, ssh_server) -> SshServer:  # ssh_server: skips (or fai
 @pytest.fixture(scope="module")
 def bucket_env(s3_server, s3_bucket: str) -> dict[str, str]:
     return s3_server.environ(s3_bucket, prefix=f"native-{uuid.uuid4().hex[:8]}")
-
-
-def pids_in(remote_dir: str, marker: str) -> list[int]:
-    """Processes of this machine working in ``remote_dir`` whose command line has ``marker``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if cwd == remote_dir and marker in cmdline:
-            found.append(int(entry))
-    return found
 
 
 @pytest.fixture

@@ -29,37 +29,12 @@ from deploy.storage.checkpoints import latest_checkpoint, list_checkpoints
 from tests.harness.fab import run_fab
 from tests.harness.servers import SshServer
 from tests.harness.waiting import wait_until, write_dotenv
+from tests.harness.pod import pids_in, pod_bin
 
 pytestmark = [pytest.mark.slow]
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "trainer"
 TRAIN_COMMAND = "python -m toytrain fit --config config.yaml --data.dataset_dir data"
-HIDDEN = ("docker", "containerd", "dockerd")
-
-
-def pod_bin(folder: Path) -> Path:
-    """Every command of this machine except Docker's: the PATH of a RunPod pod's shell."""
-    folder.mkdir()
-    for source in ("/usr/local/bin", "/usr/bin", "/bin"):
-        if os.path.isdir(source):
-            for name in sorted(os.listdir(source)):
-                if not name.startswith(HIDDEN) and not (folder / name).exists():
-                    (folder / name).symlink_to(os.path.join(source, name))
-    return folder
-
-
-def pids_in(remote_dir: str, marker: str) -> list[int]:
-    """Processes of this machine working in ``remote_dir`` whose command line has ``marker``."""
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if cwd == remote_dir and marker in cmdline:
-            found.append(int(entry))
-    return found
 
 
 @pytest.fixture(scope="module")
