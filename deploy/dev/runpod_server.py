@@ -10,6 +10,10 @@ Each pod is a Docker container from the pod image (:mod:`deploy.dev.podimage`: s
 Docker), whatever ``imageName`` says (that is the "pull"), with its ``env`` (``PUBLIC_KEY``), a Docker
 volume at ``volumeMountPath`` (kept across stop and resume, removed on terminate) and port 22 published
 on 127.0.0.1. ``runtime`` stays null for the pod's pull delay, then lists port 22 with ``isIpPublic``.
+As on RunPod, the container's environment also has ``RUNPOD_POD_ID`` and ``RUNPOD_API_KEY``, a fresh
+pod-scoped key (never the operator's); ``RUNPOD_API_BASE_URL`` (this server's url) is this plane's own
+addition, which real RunPod does not set. The image's command runs as a child of a long-lived PID 1, as
+on RunPod, so the container outlives its sshd.
 
 ``host_network=True`` runs pods on the host's network instead (sshd on a free loopback port, reported as
 the public port of 22), so a pod reaches servers that listen on 127.0.0.1, such as the test S3 server.
@@ -41,6 +45,12 @@ from deploy.dev.embedded import free_port
 LABEL = "gpu-deploy.runpod-server"
 NO_CAPACITY = "There are no longer any instances available with the requested specifications. Please refresh and try again."
 NO_RESOURCES = "This machine does not have the resources to deploy your pod. Please try a different machine."
+
+# PID 1 of every pod: Docker's init (tini, ``init=True``) runs this shell, which runs the image's own command
+# (the pod image's start script, which ends in sshd) as a child and, once that exits, sleeps. So sshd can die
+# (:meth:`RunPodServer.kill_sshd`) while the container, like a RunPod pod whose sshd crashed, keeps running:
+# RunPod's images start sshd as a service and then ``sleep infinity``, it is never their PID 1.
+KEEP_ALIVE = '"$@" & wait; exec sleep infinity'
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,8 @@ class ServerPod:
     container_disk_gb: int
     mount: str
     env: dict[str, str]
+    api_key: str = field(default="", repr=False)
+    """The pod-scoped key in the pod's ``RUNPOD_API_KEY``: it may read, stop and terminate this pod only."""
     status: str = "RUNNING"
     container_id: str = ""
     host_port: int = 0
@@ -305,7 +317,8 @@ class RunPodServer:
                         gpu=gpu, gpu_count=int(fields.get("gpuCount", "1")), cloud_type=cloud,
                         volume_gb=int(fields.get("volumeInGb", "0")),
                         container_disk_gb=int(fields.get("containerDiskInGb", "10")),
-                        mount=fields.get("volumeMountPath") or "/runpod-volume", env=env)
+                        mount=fields.get("volumeMountPath") or "/runpod-volume", env=env,
+                        api_key="rp-pod-" + secrets.token_hex(16))
         self._run_container(pod)
         self.pods[pod.id] = pod
         return {"id": pod.id, "imageName": pod.image, "env": [f"{k}={v}" for k, v in env.items()],
@@ -314,7 +327,7 @@ class RunPodServer:
     def _run_container(self, pod: ServerPod) -> None:
         labels = {LABEL: self._instance, f"{LABEL}.pod": pod.id}
         volume = self.docker.volumes.create(name=f"gpu-deploy-pod-{pod.id}", labels=labels)
-        environment = {**pod.env, "RUNPOD_POD_ID": pod.id}
+        environment = {**pod.env, **self._pod_variables(pod)}
         network: dict[str, Any] = {"ports": {"22/tcp": ("127.0.0.1", None)}}
         if self.host_network:
             pod.host_port = free_port()
@@ -322,10 +335,25 @@ class RunPodServer:
             network = {"network_mode": "host"}
         container = self.docker.containers.run(
             self.pod_image, detach=True, name=f"gpu-deploy-pod-{pod.id}", labels=labels, environment=environment,
-            volumes={volume.name: {"bind": pod.mount, "mode": "rw"}}, **network)
+            volumes={volume.name: {"bind": pod.mount, "mode": "rw"}}, init=True,
+            entrypoint=["/bin/sh", "-c", KEEP_ALIVE, "pod-init"], command=self._image_command(), **network)
         pod.container_id = container.id
         pod.ready_at = time.monotonic() + self.pull_delay
         self._set_status(pod, "RUNNING", "Rented by User")
+
+    def _pod_variables(self, pod: ServerPod) -> dict[str, str]:
+        """What RunPod puts in every pod's environment, plus where this plane listens.
+
+        ``RUNPOD_POD_ID`` and a pod-scoped ``RUNPOD_API_KEY`` are RunPod's; ``RUNPOD_API_BASE_URL`` is this
+        plane's own addition (real pods reach api.runpod.io, the SDK's default). The url is on loopback, so
+        only pods on the host's network (``host_network=True``) can call it.
+        """
+        return {"RUNPOD_POD_ID": pod.id, "RUNPOD_API_KEY": pod.api_key, "RUNPOD_API_BASE_URL": self.url}
+
+    def _image_command(self) -> list[str]:
+        """The pod image's own entrypoint and command, which :data:`KEEP_ALIVE` runs as PID 1's child."""
+        config = self.docker.images.get(self.pod_image).attrs["Config"]
+        return [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
 
     def _set_status(self, pod: ServerPod, status: str, why: str) -> None:
         pod.status = status
