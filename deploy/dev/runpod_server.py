@@ -5,6 +5,9 @@ recognised from the SDK's own query text (``podFindAndDeployOnDemand``, ``podRen
 ``pod(input:``, ``myself { pods``, ``gpuTypes``, ``podStop``, ``podResume``, ``podTerminate``), so a
 change in the SDK's queries breaks the tests rather than production. Answers follow RunPod's documented
 shapes; errors come back as HTTP 200 with an ``errors`` list, a wrong key as HTTP 401, as RunPod does.
+The operator's key may do everything; a pod's own key (its ``RUNPOD_API_KEY``) may only read, stop and
+terminate that pod (``pod(input:``, ``podStop``, ``podTerminate``), anything else is answered with a
+not-authorised error, and it stops working (401) once the pod is terminated.
 
 Each pod is a Docker container from the pod image (:mod:`deploy.dev.podimage`: sshd, python, torch, no
 Docker), whatever ``imageName`` says (that is the "pull"), with its ``env`` (``PUBLIC_KEY``), a Docker
@@ -35,6 +38,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +55,11 @@ NO_RESOURCES = "This machine does not have the resources to deploy your pod. Ple
 # (:meth:`RunPodServer.kill_sshd`) while the container, like a RunPod pod whose sshd crashed, keeps running:
 # RunPod's images start sshd as a service and then ``sleep infinity``, it is never their PID 1.
 KEEP_ALIVE = '"$@" & wait; exec sleep infinity'
+
+# What the SDK surfaces (``QueryError``) when a restricted key asks for something outside its permissions.
+NOT_AUTHORISED = "Unauthorized: this API key has no permission for that operation."
+POD_KEY_OPERATIONS = frozenset({"pod", "podStop", "podTerminate"})
+"""What a pod-scoped key may do, and only to its own pod."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,19 @@ DEFAULT_GPUS = (
 )
 
 
+@dataclass(frozen=True)
+class KeyScope:
+    """What one API key may do: everything (the operator's key: ``pod_id`` None) or its own pod only."""
+
+    pod_id: str | None = None
+
+    def allows(self, operation: str, pod_id: str | None) -> bool:
+        return self.pod_id is None or (operation in POD_KEY_OPERATIONS and pod_id == self.pod_id)
+
+
+OPERATOR = KeyScope()
+
+
 @dataclass
 class ServerPod:
     id: str
@@ -126,6 +148,11 @@ def _input_fields(query: str) -> tuple[dict[str, str], dict[str, str]]:
     return fields, env
 
 
+def _pod_id_in(query: str) -> str | None:
+    match = re.search(r'podId:\s*"([^"]+)"', query)
+    return match.group(1) if match else None
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: "_HTTPServer"
 
@@ -133,21 +160,28 @@ class _Handler(BaseHTTPRequestHandler):
         plane = self.server.plane
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
-        if self.headers.get("Authorization") != f"Bearer {plane.api_key}":
+        scope = plane.scope(self.headers.get("Authorization"))
+        if scope is None:
             self._send(401, {"errors": [{"message": "Unauthorized"}]})
             return
         if self.path.split("?")[0] == "/control":
-            try:
-                self._send(200, plane.control(json.loads(body)))
-            except (ValueError, KeyError, TypeError) as exc:
-                self._send(400, {"error": f"{exc.__class__.__name__}: {exc}"})
+            self._control(plane, scope, body)
             return
         try:
             query = json.loads(body)["query"]
         except (ValueError, KeyError, TypeError):
             self._send(400, {"errors": [{"message": "Must provide query string."}]})
             return
-        self._send(200, plane.answer(query))
+        self._send(200, plane.answer(query, scope))
+
+    def _control(self, plane: "RunPodServer", scope: KeyScope, body: bytes) -> None:
+        if scope != OPERATOR:
+            self._send(403, {"error": "The test controls take the operator's key, not a pod-scoped one."})
+            return
+        try:
+            self._send(200, plane.control(json.loads(body)))
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            self._send(400, {"error": f"{exc.__class__.__name__}: {exc}"})
 
     def _send(self, code: int, payload: dict[str, Any]) -> None:
         data = json.dumps(payload).encode()
@@ -271,10 +305,27 @@ class RunPodServer:
     def container(self, pod_id: str) -> Any:
         return self.docker.containers.get(self.pods[pod_id].container_id)
 
+    def scope(self, authorization: str | None) -> KeyScope | None:
+        """What the ``Authorization`` header's key may do; None for a key RunPod would answer with 401.
+
+        A pod's key dies with the pod (terminated: 401), as RunPod revokes it.
+        """
+        if authorization == f"Bearer {self.api_key}":
+            return OPERATOR
+        with self._lock:
+            for pod in self.pods.values():
+                if authorization == f"Bearer {pod.api_key}":
+                    return KeyScope(pod.id)
+        return None
+
     # ----------------------------------------------------------------- GraphQL
 
-    def answer(self, query: str) -> dict[str, Any]:
-        """The JSON answer to one GraphQL document, matched by the operation names in the SDK's text."""
+    def answer(self, query: str, scope: KeyScope = OPERATOR) -> dict[str, Any]:
+        """The JSON answer to one GraphQL document, matched by the operation names in the SDK's text.
+
+        ``scope`` is what the caller's key may do (:meth:`scope`); anything else is answered with
+        RunPod's not-authorised error.
+        """
         routes = (
             (r"\bpodFindAndDeployOnDemand\s*\(", "podFindAndDeployOnDemand", self._deploy),
             (r"\bpodRentInterruptable\s*\(", "podRentInterruptable", self._deploy),
@@ -287,21 +338,27 @@ class RunPodServer:
         )
         for pattern, name, handler in routes:
             if re.search(pattern, query):
-                with self._lock:
-                    self.operations.append(name)
-                    try:
-                        return {"data": {name: handler(query)} if name != "myself" else handler(query)}
-                    except _Refusal as refusal:
-                        return {"errors": [{"message": str(refusal)}]}
+                return self._run(name, handler, query, scope)
         self.mismatches.append(query)
         return {"errors": [{"message": "Cannot query field on type Query (the local control plane does not know "
                                        "this operation)."}]}
 
+    def _run(self, name: str, handler: Callable[[str], Any], query: str, scope: KeyScope) -> dict[str, Any]:
+        with self._lock:
+            self.operations.append(name)
+            try:
+                if not scope.allows(name, _pod_id_in(query)):
+                    raise _Refusal(NOT_AUTHORISED)
+                data = handler(query)
+            except _Refusal as refusal:
+                return {"errors": [{"message": str(refusal)}]}
+        return {"data": {name: data} if name != "myself" else data}
+
     def _pod_id(self, query: str) -> str:
-        match = re.search(r'podId:\s*"([^"]+)"', query)
-        if not match:
+        pod_id = _pod_id_in(query)
+        if pod_id is None:
             raise _Refusal("podId is required")
-        return match.group(1)
+        return pod_id
 
     def _deploy(self, query: str) -> dict[str, Any]:
         fields, env = _input_fields(query)
