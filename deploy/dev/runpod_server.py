@@ -21,9 +21,13 @@ on RunPod, so the container outlives its sshd.
 ``host_network=True`` runs pods on the host's network instead (sshd on a free loopback port, reported as
 the public port of 22), so a pod reaches servers that listen on 127.0.0.1, such as the test S3 server.
 
-Controls for tests (methods, and ``POST /control`` for another process): :meth:`refuse_capacity` (RunPod's "no longer any instances available"),
-:meth:`lose_pod` (kill the container), :meth:`set_pull_delay`, ``public_ip = False`` (port 22 only on a
-private IP, so no public endpoint ever appears). How a lost pod looks: RunPod stops a reclaimed
+Controls for tests (methods, and ``POST /control`` for another process): :meth:`refuse_capacity` (RunPod's
+"no longer any instances available"), :meth:`lose_pod` (kill the container), :meth:`set_pull_delay`,
+``public_ip = False`` (port 22 only on a private IP, so no public endpoint ever appears),
+:meth:`fail_terminate` (podTerminate answers RunPod's internal error, the pod keeps running),
+:meth:`drop_next_create` (the pod is made, then the connection closes without an answer), :meth:`kill_sshd`
+(the pod stays RUNNING with a runtime, SSH is refused); :meth:`reset_faults` and :meth:`cleanup` undo them
+all. How a lost pod looks: RunPod stops a reclaimed
 interruptible pod (``desiredStatus`` EXITED, ``runtime`` null, volume kept); a machine that fails leaves
 the pod ``RUNNING`` with ``runtime`` null until RunPod notices. ``lose_pod(how="exited")`` and
 ``lose_pod(how="vanished")`` mimic the two.
@@ -54,8 +58,34 @@ NO_RESOURCES = "This machine does not have the resources to deploy your pod. Ple
 # (the pod image's start script, which ends in sshd) as a child and, once that exits, sleeps. So sshd can die
 # (:meth:`RunPodServer.kill_sshd`) while the container, like a RunPod pod whose sshd crashed, keeps running:
 # RunPod's images start sshd as a service and then ``sleep infinity``, it is never their PID 1.
-KEEP_ALIVE = '"$@" & wait; exec sleep infinity'
+COMMAND_PID_FILE = "/run/gpu-deploy-pod-command.pid"
+KEEP_ALIVE = f'"$@" & echo $! > {COMMAND_PID_FILE}; wait; exec sleep infinity'
 
+# Kill every live sshd in a pod (the listener and each session's) until none is left and the image's command
+# is over (the start script execs sshd: a pod still making its host keys gets its sshd killed as it starts).
+# Zombies are dead already (their sockets are closed). Gives up after about 30 s: exit 1 if an sshd lives.
+KILL_SSHD = """
+alive() {
+    for stat in /proc/[0-9]*/stat; do
+        read -r pid comm state rest < "$stat" 2>/dev/null || continue
+        case "$comm" in "(sshd)"|"(sshd-session)") [ "$state" = Z ] || echo "$pid";; esac
+    done
+}
+running() { read -r pid comm state rest < "/proc/$1/stat" 2>/dev/null && [ "$state" != Z ]; }
+command=$(cat %s 2>/dev/null)
+for attempt in $(seq 300); do
+    pids=$(alive)
+    if [ -n "$pids" ]; then kill -9 $pids 2>/dev/null
+    elif [ -z "$command" ] || ! running "$command"; then exit 0
+    fi
+    sleep 0.1
+done
+pids=$(alive)
+[ -z "$pids" ] || { echo "still alive: $pids"; exit 1; }
+""" % COMMAND_PID_FILE
+
+# RunPod's answer when something fails on its side (a podTerminate it could not carry out, for one).
+INTERNAL_ERROR = "Something went wrong. Please try again later or contact support."
 # What the SDK surfaces (``QueryError``) when a restricted key asks for something outside its permissions.
 NOT_AUTHORISED = "Unauthorized: this API key has no permission for that operation."
 POD_KEY_OPERATIONS = frozenset({"pod", "podStop", "podTerminate"})
@@ -172,7 +202,10 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, KeyError, TypeError):
             self._send(400, {"errors": [{"message": "Must provide query string."}]})
             return
-        self._send(200, plane.answer(query, scope))
+        try:
+            self._send(200, plane.answer(query, scope))
+        except ConnectionDropped:
+            self.close_connection = True  # nothing sent: the client's read fails as after a timed-out call
 
     def _control(self, plane: "RunPodServer", scope: KeyScope, body: bytes) -> None:
         if scope != OPERATOR:
@@ -221,6 +254,9 @@ class RunPodServer:
         self.operations: list[str] = []
         self.mismatches: list[str] = []
         self._refused: set[str] = set()
+        self._initial_pull_delay = pull_delay
+        self._failing_terminates: dict[str | None, int] = {}
+        self._dropped_creates = 0
         self._lock = threading.RLock()
         self._instance = secrets.token_hex(4)
         self._http: _HTTPServer | None = None
@@ -243,18 +279,29 @@ class RunPodServer:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
-        if self.docker is not None:
-            self.cleanup()
+        self.cleanup()
 
     def cleanup(self) -> None:
-        """Remove every container and volume this server made (a test's pods never outlive the session)."""
-        labels = {"label": f"{LABEL}={self._instance}"}
-        for container in self.docker.containers.list(all=True, filters=labels):
-            container.remove(force=True)
-        for volume in self.docker.volumes.list(filters=labels):
-            volume.remove(force=True)
+        """Remove every container and volume this server made and reset every fault (one test's pods and
+        faults never reach the next)."""
+        if self.docker is not None:
+            labels = {"label": f"{LABEL}={self._instance}"}
+            for container in self.docker.containers.list(all=True, filters=labels):
+                container.remove(force=True)
+            for volume in self.docker.volumes.list(filters=labels):
+                volume.remove(force=True)
         with self._lock:
             self.pods.clear()
+            self.reset_faults()
+
+    def reset_faults(self) -> None:
+        """Undo every control: capacity, public IP, pull delay (back to the constructor's), failing calls."""
+        with self._lock:
+            self._refused.clear()
+            self.public_ip = True
+            self.pull_delay = self._initial_pull_delay
+            self._failing_terminates.clear()
+            self._dropped_creates = 0
 
     # ----------------------------------------------------------------- controls for tests
 
@@ -281,24 +328,57 @@ class RunPodServer:
             if how == "exited":
                 self._set_status(pod, "EXITED", "Stopped by RunPod: the machine was reclaimed")
 
+    def fail_terminate(self, pod_id: str | None = None, times: int = 1) -> None:
+        """The next ``times`` podTerminate calls for ``pod_id`` (None: for any pod) fail with RunPod's internal
+        error (HTTP 200, ``errors``) and leave the pod running; ``times=0`` ends it."""
+        if times < 0:
+            raise ValueError(f"times must be 0 or more, got {times}")
+        with self._lock:
+            self._failing_terminates[pod_id] = times
+
+    def drop_next_create(self, times: int = 1) -> None:
+        """The next ``times`` create calls make their pod, then close the connection without an answer: a create
+        that timed out after RunPod made the pod (the SDK raises ``requests.ConnectionError``)."""
+        if times < 0:
+            raise ValueError(f"times must be 0 or more, got {times}")
+        with self._lock:
+            self._dropped_creates = times
+
+    def kill_sshd(self, pod_id: str) -> None:
+        """Kill every sshd in the pod: it stays RUNNING with a runtime, but SSH connections are refused.
+
+        The container lives on (its PID 1 is not sshd, see :data:`KEEP_ALIVE`); no port is blocked, so this
+        holds on the host's network too. A stop and resume starts sshd again.
+        """
+        with self._lock:
+            container_id = self.pods[pod_id].container_id
+        result = self.docker.containers.get(container_id).exec_run(["/bin/sh", "-c", KILL_SSHD])
+        if result.exit_code != 0:
+            raise RuntimeError(f"sshd in pod {pod_id} survived kill -9: {result.output.decode(errors='replace')}")
+
     def control(self, command: dict[str, Any]) -> dict[str, Any]:
         """The controls over HTTP (``POST /control`` with the API key), for a test or demo in another process.
 
         ``{"action": "refuse_capacity", "gpu": ID, "refuse": true}``, ``{"action": "lose_pod", "pod": ID,
         "how": "exited"}``, ``{"action": "pull_delay", "seconds": 5, "pod": ID or null}``,
-        ``{"action": "public_ip", "value": false}``; the answer lists the pods by id with their status.
+        ``{"action": "public_ip", "value": false}``, ``{"action": "fail_terminate", "pod": ID or null,
+        "times": 1}``, ``{"action": "drop_next_create", "times": 1}``, ``{"action": "kill_sshd", "pod": ID}``,
+        ``{"action": "reset_faults"}``; the answer lists the pods by id with their status.
         """
+        actions: dict[str, Callable[[dict[str, Any]], None]] = {
+            "refuse_capacity": lambda c: self.refuse_capacity(c["gpu"], bool(c.get("refuse", True))),
+            "lose_pod": lambda c: self.lose_pod(c["pod"], c.get("how", "exited")),
+            "pull_delay": lambda c: self.set_pull_delay(float(c["seconds"]), c.get("pod")),
+            "public_ip": lambda c: setattr(self, "public_ip", bool(c["value"])),
+            "fail_terminate": lambda c: self.fail_terminate(c.get("pod"), int(c.get("times", 1))),
+            "drop_next_create": lambda c: self.drop_next_create(int(c.get("times", 1))),
+            "kill_sshd": lambda c: self.kill_sshd(c["pod"]),
+            "reset_faults": lambda c: self.reset_faults(),
+        }
         action = command["action"]
-        if action == "refuse_capacity":
-            self.refuse_capacity(command["gpu"], bool(command.get("refuse", True)))
-        elif action == "lose_pod":
-            self.lose_pod(command["pod"], command.get("how", "exited"))
-        elif action == "pull_delay":
-            self.set_pull_delay(float(command["seconds"]), command.get("pod"))
-        elif action == "public_ip":
-            self.public_ip = bool(command["value"])
-        else:
+        if action not in actions:
             raise ValueError(f"unknown action {action!r}")
+        actions[action](command)
         with self._lock:
             return {"pods": {pod.id: pod.status for pod in self.pods.values()}}
 
@@ -324,7 +404,7 @@ class RunPodServer:
         """The JSON answer to one GraphQL document, matched by the operation names in the SDK's text.
 
         ``scope`` is what the caller's key may do (:meth:`scope`); anything else is answered with
-        RunPod's not-authorised error.
+        RunPod's not-authorised error. Raises :class:`ConnectionDropped` when :meth:`drop_next_create` holds.
         """
         routes = (
             (r"\bpodFindAndDeployOnDemand\s*\(", "podFindAndDeployOnDemand", self._deploy),
@@ -378,6 +458,9 @@ class RunPodServer:
                         api_key="rp-pod-" + secrets.token_hex(16))
         self._run_container(pod)
         self.pods[pod.id] = pod
+        if self._dropped_creates > 0:
+            self._dropped_creates -= 1
+            raise ConnectionDropped(f"the answer to the create call that made pod {pod.id}")
         return {"id": pod.id, "imageName": pod.image, "env": [f"{k}={v}" for k, v in env.items()],
                 "machineId": f"m-{pod.id[:8]}", "machine": {"podHostId": f"{pod.id}-{self._instance}"}}
 
@@ -438,11 +521,21 @@ class RunPodServer:
                 "machine": {"podHostId": f"{pod.id}-{self._instance}"}}
 
     def _terminate(self, query: str) -> None:
-        pod = self._known(self._pod_id(query))
+        pod_id = self._pod_id(query)
+        if self._take_failing_terminate(pod_id):
+            raise _Refusal(INTERNAL_ERROR)
+        pod = self._known(pod_id)
         self.docker.containers.get(pod.container_id).remove(force=True)
         self.docker.volumes.get(f"gpu-deploy-pod-{pod.id}").remove(force=True)
         del self.pods[pod.id]
         return None
+
+    def _take_failing_terminate(self, pod_id: str) -> bool:
+        for key in (pod_id, None):
+            if self._failing_terminates.get(key, 0) > 0:
+                self._failing_terminates[key] -= 1
+                return True
+        return False
 
     def _known(self, pod_id: str) -> ServerPod:
         if pod_id not in self.pods:
@@ -493,6 +586,10 @@ class RunPodServer:
 
 class _Refusal(Exception):
     """An answer RunPod gives as ``errors`` with HTTP 200."""
+
+
+class ConnectionDropped(Exception):
+    """:meth:`RunPodServer.answer` made the change but sends no answer: the HTTP handler closes the connection."""
 
 
 def main() -> None:  # pragma: no cover - for people: python -m deploy.dev.runpod_server
