@@ -27,7 +27,8 @@ Controls for tests (methods, and ``POST /control`` for another process): :meth:`
 :meth:`fail_terminate` (podTerminate answers RunPod's internal error, the pod keeps running),
 :meth:`drop_next_create` (the pod is made, then the connection closes without an answer), :meth:`kill_sshd`
 (the pod stays RUNNING with a runtime, SSH is refused); :meth:`reset_faults` and :meth:`cleanup` undo them
-all. How a lost pod looks: RunPod stops a reclaimed
+all. :meth:`bills` and :meth:`spend` say what RunPod would have charged (``{"action": "bills"}`` over HTTP):
+every pod since the last :meth:`cleanup`, terminated ones too. How a lost pod looks: RunPod stops a reclaimed
 interruptible pod (``desiredStatus`` EXITED, ``runtime`` null, volume kept); a machine that fails leaves
 the pod ``RUNNING`` with ``runtime`` null until RunPod notices. ``lose_pod(how="exited")`` and
 ``lose_pod(how="vanished")`` mimic the two.
@@ -43,7 +44,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -140,6 +141,26 @@ class KeyScope:
 
 
 OPERATOR = KeyScope()
+
+
+@dataclass(frozen=True)
+class Bill:
+    """What RunPod would charge for one pod: its price from the create call until it was terminated.
+
+    Wall-clock times (``time.time()``). A stopped pod bills on in this model until it is terminated: the
+    rule a watcher is measured against.
+    """
+
+    pod_id: str
+    name: str
+    cost_per_hr: float
+    created_at: float
+    ended_at: float | None = None
+
+    def dollars(self, until: float) -> float:
+        """The charge from ``created_at`` to ``ended_at`` (or ``until``, whichever is first)."""
+        end = until if self.ended_at is None else min(self.ended_at, until)
+        return self.cost_per_hr * max(0.0, end - self.created_at) / 3600
 
 
 @dataclass
@@ -257,6 +278,7 @@ class RunPodServer:
         self._initial_pull_delay = pull_delay
         self._failing_terminates: dict[str | None, int] = {}
         self._dropped_creates = 0
+        self._bills: dict[str, Bill] = {}
         self._lock = threading.RLock()
         self._instance = secrets.token_hex(4)
         self._http: _HTTPServer | None = None
@@ -282,8 +304,8 @@ class RunPodServer:
         self.cleanup()
 
     def cleanup(self) -> None:
-        """Remove every container and volume this server made and reset every fault (one test's pods and
-        faults never reach the next)."""
+        """Remove every container and volume this server made, forget the bills and reset every fault (one
+        test's pods, bills and faults never reach the next)."""
         if self.docker is not None:
             labels = {"label": f"{LABEL}={self._instance}"}
             for container in self.docker.containers.list(all=True, filters=labels):
@@ -292,6 +314,7 @@ class RunPodServer:
                 volume.remove(force=True)
         with self._lock:
             self.pods.clear()
+            self._bills.clear()
             self.reset_faults()
 
     def reset_faults(self) -> None:
@@ -328,6 +351,16 @@ class RunPodServer:
             if how == "exited":
                 self._set_status(pod, "EXITED", "Stopped by RunPod: the machine was reclaimed")
 
+    def bills(self) -> list[Bill]:
+        """One bill per pod created since the last :meth:`cleanup`, terminated ones too, oldest first."""
+        with self._lock:
+            return list(self._bills.values())
+
+    def spend(self, until: float | None = None) -> float:
+        """What RunPod would have charged for every pod, up to ``until`` (wall clock; default now)."""
+        at = time.time() if until is None else until
+        return sum(bill.dollars(at) for bill in self.bills())
+
     def fail_terminate(self, pod_id: str | None = None, times: int = 1) -> None:
         """The next ``times`` podTerminate calls for ``pod_id`` (None: for any pod) fail with RunPod's internal
         error (HTTP 200, ``errors``) and leave the pod running; ``times=0`` ends it."""
@@ -363,7 +396,8 @@ class RunPodServer:
         "how": "exited"}``, ``{"action": "pull_delay", "seconds": 5, "pod": ID or null}``,
         ``{"action": "public_ip", "value": false}``, ``{"action": "fail_terminate", "pod": ID or null,
         "times": 1}``, ``{"action": "drop_next_create", "times": 1}``, ``{"action": "kill_sshd", "pod": ID}``,
-        ``{"action": "reset_faults"}``; the answer lists the pods by id with their status.
+        ``{"action": "reset_faults"}``; the answer lists the pods by id with their status. ``{"action":
+        "bills"}`` adds ``bills`` (:class:`Bill` fields), ``spend`` up to ``now`` and ``now`` (wall clock).
         """
         actions: dict[str, Callable[[dict[str, Any]], None]] = {
             "refuse_capacity": lambda c: self.refuse_capacity(c["gpu"], bool(c.get("refuse", True))),
@@ -374,13 +408,18 @@ class RunPodServer:
             "drop_next_create": lambda c: self.drop_next_create(int(c.get("times", 1))),
             "kill_sshd": lambda c: self.kill_sshd(c["pod"]),
             "reset_faults": lambda c: self.reset_faults(),
+            "bills": lambda c: None,
         }
         action = command["action"]
         if action not in actions:
             raise ValueError(f"unknown action {action!r}")
         actions[action](command)
         with self._lock:
-            return {"pods": {pod.id: pod.status for pod in self.pods.values()}}
+            answer: dict[str, Any] = {"pods": {pod.id: pod.status for pod in self.pods.values()}}
+            if action == "bills":
+                now = time.time()
+                answer.update(bills=[asdict(bill) for bill in self.bills()], spend=self.spend(now), now=now)
+            return answer
 
     def container(self, pod_id: str) -> Any:
         return self.docker.containers.get(self.pods[pod_id].container_id)
@@ -442,14 +481,8 @@ class RunPodServer:
 
     def _deploy(self, query: str) -> dict[str, Any]:
         fields, env = _input_fields(query)
-        gpu = self.gpus.get(fields.get("gpuTypeId", ""))
-        if gpu is None:
-            raise _Refusal(f"Invalid GPU type: {fields.get('gpuTypeId')}")
-        if gpu.id in self._refused:
-            raise _Refusal(NO_CAPACITY)
-        cloud = fields.get("cloudType", "ALL")
-        if gpu.price(cloud) is None:
-            raise _Refusal(NO_CAPACITY)
+        gpu, cloud = self._offer(fields)
+        accepted = time.time()
         pod = ServerPod(id=secrets.token_hex(7), name=fields.get("name", ""), image=fields.get("imageName", ""),
                         gpu=gpu, gpu_count=int(fields.get("gpuCount", "1")), cloud_type=cloud,
                         volume_gb=int(fields.get("volumeInGb", "0")),
@@ -458,11 +491,22 @@ class RunPodServer:
                         api_key="rp-pod-" + secrets.token_hex(16))
         self._run_container(pod)
         self.pods[pod.id] = pod
+        self._bills[pod.id] = Bill(pod.id, pod.name, pod.cost_per_hr, created_at=accepted)
         if self._dropped_creates > 0:
             self._dropped_creates -= 1
             raise ConnectionDropped(f"the answer to the create call that made pod {pod.id}")
         return {"id": pod.id, "imageName": pod.image, "env": [f"{k}={v}" for k, v in env.items()],
                 "machineId": f"m-{pod.id[:8]}", "machine": {"podHostId": f"{pod.id}-{self._instance}"}}
+
+    def _offer(self, fields: dict[str, str]) -> tuple[GpuOffer, str]:
+        """The GPU and cloud a create call asks for, or RunPod's refusal."""
+        gpu = self.gpus.get(fields.get("gpuTypeId", ""))
+        if gpu is None:
+            raise _Refusal(f"Invalid GPU type: {fields.get('gpuTypeId')}")
+        cloud = fields.get("cloudType", "ALL")
+        if gpu.id in self._refused or gpu.price(cloud) is None:
+            raise _Refusal(NO_CAPACITY)
+        return gpu, cloud
 
     def _run_container(self, pod: ServerPod) -> None:
         labels = {LABEL: self._instance, f"{LABEL}.pod": pod.id}
@@ -528,6 +572,8 @@ class RunPodServer:
         self.docker.containers.get(pod.container_id).remove(force=True)
         self.docker.volumes.get(f"gpu-deploy-pod-{pod.id}").remove(force=True)
         del self.pods[pod.id]
+        if pod.id in self._bills:
+            self._bills[pod.id] = replace(self._bills[pod.id], ended_at=time.time())
         return None
 
     def _take_failing_terminate(self, pod_id: str) -> bool:
