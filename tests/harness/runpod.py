@@ -1,7 +1,8 @@
 """Fixtures for the pod tests: the pod image, the local RunPod control plane, an operator's pod settings.
 
 Import them into a test module (``from tests.harness.runpod import pod_image, runpod_server, runpod_env``).
-Every pod container a test made is removed after the test, and the server's controls are reset.
+Every pod container a test made is removed after the test, its bills are forgotten and every control and
+fault of the server is reset (:meth:`RunPodServer.cleanup`), so no test's fault reaches the next.
 """
 
 from __future__ import annotations
@@ -34,6 +35,17 @@ def runpod_server(docker_client, pod_image: str) -> Iterator[RunPodServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def runpod_host_server(docker_client, pod_image: str) -> Iterator[RunPodServer]:
+    """A control plane whose pods run on the host's network: they reach loopback servers (S3, this plane).
+
+    A test that uses it calls ``cleanup()`` when done (``runpod_env`` does that for ``runpod_server`` only).
+    """
+    server = RunPodServer(docker_client, pod_image, api_key=API_KEY, host_network=True).start()
+    yield server
+    server.stop()
+
+
 def ssh_key_pair(folder: Path) -> Path:
     """A fresh ed25519 key pair without a passphrase; returns the private key's path."""
     key = folder / "id_ed25519"
@@ -57,8 +69,4 @@ def runpod_env(runpod_server: RunPodServer, tmp_path: Path, monkeypatch: pytest.
         monkeypatch.setenv(key, value)
     runpod_server.operations.clear()
     yield env
-    runpod_server.cleanup()
-    for gpu in runpod_server.gpus:
-        runpod_server.refuse_capacity(gpu, refuse=False)
-    runpod_server.public_ip = True
-    runpod_server.set_pull_delay(0.0)
+    runpod_server.cleanup()  # the test's pods and bills, and every fault and control it set
