@@ -27,7 +27,6 @@ Example::
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import secrets
@@ -37,11 +36,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from deploy.errors import StorageError
 from deploy.ledger.model import Event, Heartbeat, Record, now
 from deploy.storage import Storage
+# The JSON helpers live in storage (the training side may import deploy.storage, not deploy.ledger);
+# they stay importable from here for the watcher, the index and older callers.
+from deploy.storage.objects import (UNSUPPORTED, ConditionFailed, _precondition,  # noqa: F401
+                                    _put_unconditionally, _unsupported, get_json, put_json)
 
 RUNS = "runs"
 RECORD = "record.json"
@@ -69,74 +70,6 @@ def writer_name(role: str) -> str:
 
 def run_prefix(storage: Storage, run_id: str) -> str:
     return storage.key(RUNS, check_run_id(run_id)) + "/"
-
-
-UNSUPPORTED = ("NotImplemented", "501", "InvalidArgument")
-"""Error codes of providers without conditional writes (S3 has them since 2024, some S3-compatible stores not)."""
-
-
-def _unsupported(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") in UNSUPPORTED
-
-
-def _precondition(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict")
-
-
-def put_json(storage: Storage, key: str, data: Any, if_none_match: bool = False, if_match: str | None = None) -> str:
-    """Write ``data`` as JSON; returns the new ETag. A failed condition raises :class:`ConditionFailed`.
-
-    Where the provider refuses the condition itself, the write goes ahead without it: ``If-None-Match``
-    then becomes a check before the write (a race can slip through, but event keys are unique anyway),
-    and ``If-Match`` a plain write (only the index cache uses it).
-    """
-    body = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-    args: dict[str, Any] = {"Bucket": storage.bucket, "Key": key, "Body": body, "ContentType": "application/json"}
-    if if_none_match:
-        args["IfNoneMatch"] = "*"
-    elif if_match:
-        args["IfMatch"] = if_match
-    try:
-        return str(storage.client.put_object(**args).get("ETag", ""))
-    except ClientError as exc:
-        if _precondition(exc):
-            raise ConditionFailed(f"{storage.url(key)} exists or changed since it was read.") from exc
-        if not ((if_none_match or if_match) and _unsupported(exc)):
-            raise storage.explain(exc, key) from exc
-    except BotoCoreError as exc:
-        raise storage.explain(exc, key) from exc
-    return _put_unconditionally(storage, key, args)
-
-
-def _put_unconditionally(storage: Storage, key: str, args: dict[str, Any]) -> str:
-    if args.pop("IfNoneMatch", None) and storage.head(key) is not None:
-        raise ConditionFailed(f"{storage.url(key)} exists already.")
-    args.pop("IfMatch", None)
-    try:
-        return str(storage.client.put_object(**args).get("ETag", ""))
-    except (ClientError, BotoCoreError) as exc:
-        raise storage.explain(exc, key) from exc
-
-
-class ConditionFailed(StorageError):
-    """A conditional write found the object changed (or present) since it was read."""
-
-
-def get_json(storage: Storage, key: str) -> tuple[Any, str] | None:
-    """(parsed JSON, ETag) of ``key``, or None when it does not exist or is not JSON."""
-    try:
-        resp = storage.client.get_object(Bucket=storage.bucket, Key=key)
-        body = resp["Body"].read()
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-            return None
-        raise storage.explain(exc, key) from exc
-    except BotoCoreError as exc:
-        raise storage.explain(exc, key) from exc
-    try:
-        return json.loads(body), str(resp.get("ETag", ""))
-    except ValueError:
-        return None
 
 
 def event_name(event: Event, writer: str) -> str:
