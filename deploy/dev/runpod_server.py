@@ -26,7 +26,7 @@ Controls for tests (methods, and ``POST /control`` for another process): :meth:`
 ``public_ip = False`` (port 22 only on a private IP, so no public endpoint ever appears),
 :meth:`fail_terminate` (podTerminate answers RunPod's internal error, the pod keeps running),
 :meth:`drop_next_create` (the pod is made, then the connection closes without an answer), :meth:`kill_sshd`
-(the pod stays RUNNING with a runtime, SSH is refused); :meth:`reset_faults` and :meth:`cleanup` undo them
+(the pod stays RUNNING with a runtime, SSH no longer answers); :meth:`reset_faults` and :meth:`cleanup` undo them
 all. :meth:`bills` and :meth:`spend` say what RunPod would have charged (``{"action": "bills"}`` over HTTP):
 every pod since the last :meth:`cleanup`, terminated ones too. How a lost pod looks: RunPod stops a reclaimed
 interruptible pod (``desiredStatus`` EXITED, ``runtime`` null, volume kept); a machine that fails leaves
@@ -378,10 +378,12 @@ class RunPodServer:
             self._dropped_creates = times
 
     def kill_sshd(self, pod_id: str) -> None:
-        """Kill every sshd in the pod: it stays RUNNING with a runtime, but SSH connections are refused.
+        """Kill every sshd in the pod: it stays RUNNING with a runtime, but SSH no longer answers.
 
-        The container lives on (its PID 1 is not sshd, see :data:`KEEP_ALIVE`); no port is blocked, so this
-        holds on the host's network too. A stop and resume starts sshd again.
+        On the host's network the connection is refused; through Docker's published port its proxy accepts
+        and closes at once, without a banner. The container lives on (its PID 1 is not sshd, see
+        :data:`KEEP_ALIVE`) with whatever else runs in it; no port is blocked, so this holds on the host's
+        network too. A stop and resume starts sshd again. RuntimeError when an sshd survives.
         """
         with self._lock:
             container_id = self.pods[pod_id].container_id
