@@ -1,10 +1,11 @@
-"""The bucket: client and verified transfers (bucket), directory sync (sync, cache), checkpoints, permissions.
+"""The bucket: client and verified transfers (bucket), directory sync (sync, cache), checkpoints, permissions,
+small JSON objects with conditional writes (objects) and what the store promises about them (conditions).
 
 ``from deploy.storage import Storage`` is the documented entry point.
 """
 
-from deploy.storage.bucket import (CHECKPOINTS, CHUNK, DATASETS, IMAGES, LOGS, MB, ObjectInfo, Storage,
+from deploy.storage.bucket import (CHECKPOINTS, CHECKS, CHUNK, DATASETS, IMAGES, LOGS, MB, ObjectInfo, Storage,
                                    TransferResult, file_sha256, make_client, safe_relative, transfer_config)
 
-__all__ = ["CHECKPOINTS", "CHUNK", "DATASETS", "IMAGES", "LOGS", "MB", "ObjectInfo", "Storage", "TransferResult",
-           "file_sha256", "make_client", "safe_relative", "transfer_config"]
+__all__ = ["CHECKPOINTS", "CHECKS", "CHUNK", "DATASETS", "IMAGES", "LOGS", "MB", "ObjectInfo", "Storage",
+           "TransferResult", "file_sha256", "make_client", "safe_relative", "transfer_config"]

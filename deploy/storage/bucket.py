@@ -30,6 +30,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.parsers import ResponseParserError
 
 from deploy.errors import StorageError
 from deploy.settings import Settings
@@ -42,6 +43,8 @@ CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 DATASETS = "datasets"
 IMAGES = "docker-images"
+CHECKS = ".gpu-deploy-check"
+"""Throwaway probe objects of ``fab s3.check`` and the conditional-write probe; each is deleted afterwards."""
 
 Progress = Callable[[int], None]
 """An observer called with the number of bytes just moved (s3transfer's subscriber shape)."""
@@ -153,6 +156,20 @@ def verify_download(url: str, path: str | os.PathLike[str], size: int, sha256: s
     return sha, digest_md5
 
 
+def answered_html(response: Mapping[str, Any]) -> bool:
+    """True when an API call (not a GET of an object) "succeeded" with an HTML page: a web server, not
+    an S3 API, is at the endpoint.
+
+    botocore reads a well-formed page as an empty S3 answer, so the call looks fine but every field
+    is missing. S3 answers with XML or an empty body; an empty body may be labelled ``text/html``
+    (moto's server does), so only a page with content counts.
+    """
+    meta = response.get("ResponseMetadata") or {}
+    headers = meta.get("HTTPHeaders") or {}
+    return ("html" in str(headers.get("content-type", "")).lower() and meta.get("HTTPStatusCode") != 204
+            and str(headers.get("content-length", "")).strip() != "0")
+
+
 def safe_relative(path: str) -> str:
     """Refuse keys and paths that climb out (``..``), are absolute (``/x``, ``\\x``) or carry control
     characters (NUL included); return the normal form. Bucket keys and names a host sends are untrusted."""
@@ -227,6 +244,9 @@ class Storage:
             if code in ("NoSuchKey", "404", "NotFound"):
                 return StorageError(f"No object {self.url(key or '')} in {where}.")
             return StorageError(f"S3 error {code or 'unknown'} on {where}" + (f" for {key}" if key else "") + f": {exc}")
+        if isinstance(exc, ResponseParserError):  # its message quotes the whole reply
+            return StorageError(f"{self.endpoint} answered something that is not S3's XML; check AWS_ENDPOINT_URL "
+                                "(the S3 API endpoint, not a web page).")
         if isinstance(exc, BotoCoreError):
             return StorageError(f"S3 request to {self.endpoint} failed: {exc}")
         return StorageError(str(exc))
