@@ -26,6 +26,7 @@ from deploy.storage.checkpoints import (
     parse_checkpoint_name,
 )
 from deploy.errors import ConfigError, StorageError
+from deploy.storage.conditions import ConditionalWrites
 from deploy.storage.permissions import check_bucket, ensure_reachable
 from deploy.storage import CHECKPOINTS, DATASETS, LOGS, Storage, safe_relative
 from deploy.storage.uploads import abort_uploads as abort_multipart_uploads
@@ -245,10 +246,25 @@ def download_dataset(c, name, dest=None, dry_run=False, env_file=None, bucket=No
 # --------------------------------------------------------------------------- check
 
 
+WITHOUT_CONDITIONS = "fab train then allows one watcher per run and holds a lease object with an expiry"
+"""What a store without (or with unproven) conditional writes means for a managed run."""
+
+
+def conditional_writes_line(writes: ConditionalWrites | None) -> str:
+    """The check's line about conditional writes; informational: a store without them is still usable."""
+    if writes is None:
+        return "conditional writes: not checked (the probe object could not be written)"
+    return writes.describe() if writes.honoured else f"{writes.describe()}; {WITHOUT_CONDITIONS}"
+
+
 @task(auto_shortflags=False, help=_help())
 @boundary
 def check(c, env_file=None, bucket=None, prefix=None):
-    """Check endpoint, credentials and every permission the project needs, with a probe object."""
+    """Check endpoint, credentials, every permission the project needs, and conditional writes (probe objects).
+
+    The conditional-writes line is informational: a store that ignores or refuses ``If-Match`` is still
+    usable (fab train then fences the watcher with a lease); only a missing permission fails the check.
+    """
     storage = _storage(env_file, bucket, prefix)
     report = check_bucket(storage)
     print(f"Checked {report.url} at {report.endpoint}:")
@@ -256,6 +272,7 @@ def check(c, env_file=None, bucket=None, prefix=None):
     for step in report.steps:
         table.add_row(step.name, step.permission, step.result)
     print_table(table)
+    print(conditional_writes_line(report.conditional_writes))
     report.raise_for_missing()
     print("All permissions the project needs are in place.")
 

@@ -3,7 +3,9 @@
 A probe object under ``<prefix>/.gpu-deploy-check/`` is listed, written, read and deleted, and a
 multipart upload is created, listed and aborted. Each step maps to one IAM action, so a failure
 names exactly the permission to grant. Endpoint, bucket and credential failures stop at once: no
-later step could tell anything more.
+later step could tell anything more; so does an endpoint that does not answer like S3 (a web page,
+a reply without the fields S3 always sends). When the probe object could be written, the report
+also says whether the store honours conditional writes (:mod:`deploy.storage.conditions`).
 
 Example::
 
@@ -27,9 +29,10 @@ from urllib.parse import urlparse
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy.errors import StorageError
-from deploy.storage import Storage
+from deploy.storage.bucket import CHECKS, Storage, answered_html
+from deploy.storage.conditions import ConditionalWrites, probe_conditional_writes
 
-PROBE_FOLDER = ".gpu-deploy-check"
+PROBE_FOLDER = CHECKS
 PROBE_BODY = b"gpu-deploy bucket check\n"
 
 # Errors that mean "nothing else can work": report them as they are.
@@ -64,6 +67,8 @@ class CheckReport:
     bucket: str
     url: str
     steps: tuple[CheckStep, ...]
+    conditional_writes: ConditionalWrites | None = None
+    """None when the probe object could not be written (then neither could the conditional probe's)."""
 
     @property
     def missing(self) -> list[str]:
@@ -113,6 +118,8 @@ class _Probe:
             value = call()
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
+            if answered_html(exc.response):  # a page botocore could not read: it calls that a 500
+                raise self.not_s3(name) from exc
             if code in _FATAL_CODES:
                 raise self.storage.explain(exc, self.key) from exc
             detail = "access denied" if code in _DENIED_CODES else f"{code or 'error'}: " + \
@@ -121,8 +128,14 @@ class _Probe:
             return None
         except BotoCoreError as exc:
             raise self.storage.explain(exc, self.key) from exc
+        if isinstance(value, dict) and answered_html(value):
+            raise self.not_s3(name)
         self.steps.append(CheckStep(name, permission, True))
         return value if value is not None else True
+
+    def not_s3(self, name: str) -> StorageError:
+        return StorageError(f"{self.storage.endpoint} answered {name} with an HTML page, not S3; check "
+                            "AWS_ENDPOINT_URL (the S3 API endpoint, not a web page).")
 
     def skipped(self, name: str, permission: str, because: str) -> None:
         self.steps.append(CheckStep(name, permission, None, f"needs {because}"))
@@ -143,7 +156,10 @@ class _Probe:
                                      ("abort multipart upload", "s3:AbortMultipartUpload")):
                 self.skipped(name, permission, "a multipart upload")
             return
-        upload_id = upload["UploadId"]
+        upload_id = upload.get("UploadId") if isinstance(upload, dict) else None
+        if not upload_id:  # a 200 with an empty or foreign body parses as an empty answer
+            raise StorageError(f"{self.storage.endpoint} answered create multipart upload without an UploadId, "
+                               "which S3 always sends; check AWS_ENDPOINT_URL (the S3 API endpoint).")
         self.attempt("list multipart uploads", "s3:ListBucketMultipartUploads",
                      lambda: client.list_multipart_uploads(Bucket=bucket, Prefix=self.folder))
         self.attempt("list parts", "s3:ListMultipartUploadParts",
@@ -180,4 +196,5 @@ def check_bucket(storage: Storage) -> CheckReport:
     wrote = probe.write()
     probe.multipart()
     probe.read_and_delete(wrote)
-    return CheckReport(endpoint=storage.endpoint, bucket=storage.bucket, url=storage.url(), steps=tuple(probe.steps))
+    return CheckReport(endpoint=storage.endpoint, bucket=storage.bucket, url=storage.url(), steps=tuple(probe.steps),
+                       conditional_writes=probe_conditional_writes(storage) if wrote else None)
