@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 
 from deploy.errors import StorageError
 from deploy.storage.bucket import CHECKS, Storage, answered_html
@@ -126,7 +127,7 @@ class _Probe:
                 str(exc.response.get("Error", {}).get("Message", "")).rstrip(".")
             self.steps.append(CheckStep(name, permission, False, detail))
             return None
-        except BotoCoreError as exc:
+        except (BotoCoreError, ResponseParserError) as exc:  # the parser's error is not a BotoCoreError
             raise self.storage.explain(exc, self.key) from exc
         if isinstance(value, dict) and answered_html(value):
             raise self.not_s3(name)

@@ -219,3 +219,15 @@ def test_check_reports_the_conditional_writes_of_the_store(moto_storage) -> None
     report = check_bucket(moto_storage)
     assert report.ok and report.conditional_writes is not None and report.conditional_writes.honoured
     assert list(moto_storage.list(moto_storage.key(".gpu-deploy-check"))) == []
+
+
+def test_check_names_an_answer_botocore_cannot_parse_in_one_sentence(moto_storage, monkeypatch) -> None:
+    # botocore's ResponseParserError is not a BotoCoreError, so `except BotoCoreError` alone lets it through.
+    def unparseable(**_: Any) -> dict[str, Any]:
+        raise ResponseParserError("Unable to parse response (syntax error), invalid XML received:\n<html>")
+
+    monkeypatch.setattr(moto_storage.client, "list_objects_v2", unparseable)
+    with pytest.raises(StorageError) as err:
+        check_bucket(moto_storage)
+    assert str(err.value) == ("AWS S3 answered something that is not S3's XML; check AWS_ENDPOINT_URL (the S3 API "
+                              "endpoint, not a web page).")
