@@ -13,6 +13,17 @@ tree is ignored) and never ``--copy-links``/``--copy-unsafe-links``, which would
 points to, wherever that is. SFTP copies regular files, and a link only when it resolves to a
 regular file inside REMOTE_DIR; every name the server lists goes through
 :func:`deploy.hosts.paths.checked_relative`, so ``../x`` never lands outside ``--dest``.
+
+Nothing but regular files, folders and those links lands here, and never with the host's say over
+ownership or special bits, even when fab runs as root: rsync runs with
+:data:`deploy.hosts.rsync.SAFE_RECEIVE` (no ``-a``, so no ``-o``/``-g``/``-D``; ``--no-devices
+--no-specials``; modes through ``--chmod`` without setuid, setgid, sticky or group/other write),
+and SFTP skips device nodes, FIFOs and sockets and gives each file the same mode
+(:func:`safe_mode`). A source that is itself not a regular file or folder is refused.
+
+The upload journal's staging folders (``.s3-sync/``) and the uploader's temporary copies
+(``.s3-sync-*``) never travel (:data:`NEVER_TRAVEL`): they come and go while training uploads. A
+file that vanishes between the listing and its copy anyway is named in the summary, not a failure.
 """
 
 from __future__ import annotations
@@ -31,10 +42,28 @@ from pathlib import Path
 from deploy.errors import ConfigError, HostError, StorageError
 from deploy.hosts.paths import checked_relative
 from deploy.hosts.remote import run
-from deploy.hosts.rsync import remote, rsync_command, run_rsync
+from deploy.hosts.rsync import SAFE_RECEIVE, remote, rsync_command, rsync_run
 from deploy.hosts.ssh import HostOptions, HostSpec, require_sftp
+from deploy.hosts.text import printable
+from deploy.training.journal import STAGING_DIR
 
 PARTIAL_DIR = ".rsync-partial"
+NEVER_TRAVEL = (f"{STAGING_DIR}/", f"{STAGING_DIR}-*")
+"""rsync exclude patterns for what the training side's uploads create and remove while training runs: the
+journal's staging folders (``.s3-sync/``: hard links and their entries) and the uploader's temporary copies,
+which it names ``.s3-sync-XXXX`` beside the checkpoint (deploy.training.uploader; tests/unit/test_hostsync_rules.py
+checks that the two agree)."""
+
+
+def never_travels(name: str, is_dir: bool) -> bool:
+    """``name`` (one path segment) is staging or a temporary copy of the uploads: SFTP's :data:`NEVER_TRAVEL`."""
+    return (is_dir and name == STAGING_DIR) or (not is_dir and fnmatch.fnmatchcase(name, NEVER_TRAVEL[1]))
+
+
+def safe_mode(mode: int) -> int:
+    """The mode a copied file gets: the host's permission bits without setuid, setgid, sticky and group/other
+    write, readable and writable by its owner (rsync's ``--chmod`` of :data:`deploy.hosts.rsync.SAFE_CHMOD`)."""
+    return (mode & 0o755) | 0o600
 
 
 @dataclass(frozen=True)
@@ -48,8 +77,11 @@ class PullResult:
     seconds: float
     outside_links: tuple[str, ...] = ()
     """Links under the source that lead outside REMOTE_DIR (``rel -> target``): never followed."""
+    vanished: tuple[str, ...] = ()
+    """Files the host listed and removed before they could be copied (a training at work): not copied."""
 
     def summary(self) -> str:
+        """One line; every name the host gave goes through :func:`printable`."""
         moved = f"{self.files} files, {self.bytes / 1e6:.1f} MB" if self.files else "nothing new"
         line = (f"{self.source} -> {self.dest}: {moved} ({self.skipped} unchanged) by {self.method} "
                 f"in {self.seconds:.1f} s")
@@ -57,7 +89,13 @@ class PullResult:
             n = len(self.outside_links)
             line += (f"; skipped {n} link{'s' if n > 1 else ''} leading outside REMOTE_DIR: "
                      + ", ".join(self.outside_links[:5]) + (" ..." if n > 5 else ""))
-        return line
+        if self.vanished:
+            n = len(self.vanished)
+            they = "they" if n > 1 else "it"
+            line += (f"; warning: {n} file{'s' if n > 1 else ''} vanished on the host before {they} could be copied"
+                     " (written and removed while training runs; the next sync brings what"
+                     " stays): " + ", ".join(self.vanished[:5]) + (" ..." if n > 5 else ""))
+        return printable(line)
 
 
 def remote_path(remote_dir: str, path: str) -> str:
@@ -87,7 +125,8 @@ root=$(readlink -f -- "$1") || root=""
 src=$(readlink -f -- "$2") || src=""
 if [ -z "$src" ] || [ ! -e "$src" ]; then kind=none
 elif [ -d "$src" ]; then kind=dir
-else kind=file; fi
+elif [ -f "$src" ]; then kind=file
+else kind=special; fi
 printf '%s\0%s\0%s\0' "$root" "$src" "$kind"
 [ "$kind" = dir ] && find "$src" -type l -exec sh -c \
   'for l; do printf "%s\0%s\0" "$l" "$(readlink -f -- "$l")"; done' sh {} +
@@ -119,8 +158,11 @@ def resolve_on_host(conn, spec: HostSpec, remote_dir: str, source: str) -> Resol
         raise HostError(f"{source} does not exist on {spec.host}:{spec.port}; nothing to sync "
                         "(has training written it yet?).")
     if not root or not _inside(root, real) or real == root:
-        raise HostError(f"{source} on {spec.host}:{spec.port} is a link to {real}, outside REMOTE_DIR "
+        raise HostError(f"{source} on {spec.host}:{spec.port} is a link to {printable(real)}, outside REMOTE_DIR "
                         f"({remote_dir}); refusing to copy it.")
+    if kind == "special":
+        raise HostError(f"{source} on {spec.host}:{spec.port} is not a regular file or a folder (a device, FIFO "
+                        "or socket); refusing to copy it.")
     links = fields[3:-1] if len(fields) % 2 == 0 else fields[3:]
     outside = tuple((posixpath.relpath(link, real), target) for link, target in zip(links[::2], links[1::2])
                     if not target or not _inside(root, target))
@@ -163,20 +205,21 @@ def _rsync(spec: HostSpec, options: HostOptions, source: str, target: Path, is_d
     started = time.monotonic()
     target.parent.mkdir(parents=True, exist_ok=True)
     local = str(target) + ("/" if is_dir else "")
-    # --safe-links: links come as links, one that climbs out of the tree is ignored (never --copy-links).
-    args = ["-a", "--safe-links", "--stats", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}",
-            *[f"--exclude={p}" for p in exclude]]
-    out = run_rsync(rsync_command(spec, options, args, remote(spec, source) + ("/" if is_dir else ""), local), spec,
-                    "rsync from")
-    files = _stat(out, "files")
-    total = _stat(out, "total")
+    args = ["--stats", f"--partial-dir={PARTIAL_DIR}", f"--exclude={PARTIAL_DIR}",
+            *[f"--exclude={p}" for p in (*NEVER_TRAVEL, *exclude)], *SAFE_RECEIVE]
+    done = rsync_run(rsync_command(spec, options, args, remote(spec, source) + ("/" if is_dir else ""), local), spec,
+                     "rsync from", vanished_ok=True)
+    files = _stat(done.stdout, "files")
+    total = _stat(done.stdout, "total")
     return PullResult(source=source, dest=str(target), method="rsync", files=files,
-                      bytes=_stat(out, "bytes"), skipped=max(0, total - files),
-                      seconds=time.monotonic() - started)
+                      bytes=_stat(done.stdout, "bytes"), skipped=max(0, total - files),
+                      seconds=time.monotonic() - started, vanished=done.vanished)
 
 
 def _walk(sftp, root: str, skip: set[str], relative: str = "") -> Iterator[tuple[str, object]]:
-    """Regular files under ``root`` (and links that resolve to one inside REMOTE_DIR), by checked relative path."""
+    """Regular files under ``root`` (and links that resolve to one inside REMOTE_DIR), by checked relative path.
+
+    Device nodes, FIFOs and sockets are never yielded; nor what :func:`never_travels`."""
     folder = posixpath.join(root, relative) if relative else root
     for attrs in sftp.listdir_attr(folder):
         name = attrs.filename
@@ -196,6 +239,8 @@ def _walk(sftp, root: str, skip: set[str], relative: str = "") -> Iterator[tuple
                 attrs = sftp.stat(posixpath.join(root, rel))  # the host resolved it inside REMOTE_DIR
             except OSError:
                 continue  # a dangling link
+        if never_travels(name, stat.S_ISDIR(attrs.st_mode)):
+            continue
         if stat.S_ISDIR(attrs.st_mode) and not link:  # a link to a folder is not walked: no cycles
             yield from _walk(sftp, root, skip, rel)
         elif stat.S_ISREG(attrs.st_mode):
@@ -206,11 +251,14 @@ def _sftp(conn, source: str, target: Path, is_dir: bool, exclude: Sequence[str],
           skip: Sequence[str], progress: Callable[[int], None]) -> PullResult:
     started = time.monotonic()
     sftp = conn.sftp()
-    if is_dir:
-        entries = [(rel, a) for rel, a in _walk(sftp, source, set(skip)) if not _excluded(rel, exclude)]
+    if is_dir:  # in name order, as rsync goes
+        entries = sorted((rel, a) for rel, a in _walk(sftp, source, set(skip)) if not _excluded(rel, exclude))
     else:
         entries = [("", sftp.stat(source))]
+        if not stat.S_ISREG(entries[0][1].st_mode):  # it changed since the host resolved it
+            raise HostError(f"{source} is no longer a regular file on the host; refusing to copy it.")
     files = moved = skipped = 0
+    vanished: list[str] = []
     for rel, attrs in entries:
         local = target / rel if rel else target
         if local.is_file():
@@ -218,7 +266,7 @@ def _sftp(conn, source: str, target: Path, is_dir: bool, exclude: Sequence[str],
             if st.st_size == attrs.st_size and int(st.st_mtime) == int(attrs.st_mtime):
                 skipped += 1
                 continue
-        local.parent.mkdir(parents=True, exist_ok=True)
+        _make_dirs(local.parent)
         part = local.with_name(f".{local.name}.part")
         last = 0
 
@@ -227,14 +275,32 @@ def _sftp(conn, source: str, target: Path, is_dir: bool, exclude: Sequence[str],
             progress(done - last)
             last = done
 
+        remote_file = posixpath.join(source, rel) if rel else source
         try:
-            sftp.get(posixpath.join(source, rel) if rel else source, str(part), callback=callback)
+            sftp.get(remote_file, str(part), callback=callback)
+            os.chmod(part, safe_mode(attrs.st_mode))
             os.utime(part, (attrs.st_atime, attrs.st_mtime))
             os.replace(part, local)
+        except FileNotFoundError as exc:
+            part.unlink(missing_ok=True)
+            if exc.filename is not None:  # a local path: paramiko names no file for the host's ENOENT
+                raise
+            vanished.append(remote_file)  # listed, then removed on the host before its copy: rsync's exit 24
+            continue
         except BaseException:
             part.unlink(missing_ok=True)
             raise
         files += 1
         moved += attrs.st_size
     return PullResult(source=source, dest=str(target), method="sftp", files=files, bytes=moved,
-                      skipped=skipped, seconds=time.monotonic() - started)
+                      skipped=skipped, seconds=time.monotonic() - started, vanished=tuple(vanished))
+
+
+def _make_dirs(folder: Path) -> None:
+    """``mkdir -p`` with 0755 for each folder it makes: never group- or world-writable, whatever the umask."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        os.mkdir(path, 0o755)
