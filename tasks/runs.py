@@ -1,4 +1,8 @@
-"""The run ledger: `fab runs` (every run, its state, hosts and cost) and `fab runs.show RUN`."""
+"""The run ledger: `fab runs` (every run, its state, hosts and cost) and `fab runs.show RUN`.
+
+What the bucket holds was written by others: the table gets every cell as rich text (never markup) and
+every printed line goes through deploy.hosts.text.printable; --json is data (json.dumps escapes controls).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ def _storage(env_file):
 @boundary
 def list_(c, json=False, refresh=False, limit=None, env_file=None):
     """List the runs in the bucket, newest first: state, hosts, GPUs, restarts, step, hours and cost."""
+    from deploy.hosts.text import printable, rich_text
     from deploy.ledger.index import list_runs
     from deploy.ledger.show import TABLE_COLUMNS, table_row
 
@@ -41,10 +46,14 @@ def list_(c, json=False, refresh=False, limit=None, env_file=None):
     shown = rows[:limit] if limit else rows
     table = make_table(TABLE_COLUMNS, right=("hosts", "restarts", "step", "hours"))
     for row in shown:
-        table.add_row(*table_row(row))
+        table.add_row(*(rich_text(cell) for cell in table_row(row)))
     print_table(table)
     if len(shown) < len(rows):
         print(f"... and {len(rows) - len(shown)} older run(s); --limit=0 shows all, --json lists all.")
+    for row in shown:
+        if row.get("record_problem"):
+            print(printable(f"{row['run_id']}: {row['record_problem']}; `fab runs.show {row['run_id']}` shows "
+                            "what else can be read."))
 
 
 @task(auto_shortflags=False,
@@ -71,6 +80,7 @@ def show(c, run="latest", json=False, plot=None, env_file=None):
 
 
 def _plot(storage, data, path: str) -> str:
+    from deploy.hosts.text import printable
     from deploy.ledger.logs import download_logs, local_log_cache, run_log_versions
     from deploy.ledger.plot import plot_run
 
@@ -79,7 +89,7 @@ def _plot(storage, data, path: str) -> str:
     download_logs(storage, folder, versions)
     out, curves, marks = plot_run(data, [os.path.join(folder, v) for v in versions], path)
     what = f"{curves} loss curve(s)" if curves else "no loss curve yet (no logs in the bucket for this run)"
-    return f"plot      {out}: {what}, {marks} restart/host marker(s) from logs {', '.join(versions) or '-'}"
+    return printable(f"plot      {out}: {what}, {marks} restart/host marker(s) from logs {', '.join(versions) or '-'}")
 
 
 ns = Collection("runs")

@@ -16,6 +16,10 @@ A write that lands after step 2 changes the ETag after the reader looked, so the
 re-reads that run: the index can lag by one read, never lose a change. Where a provider lacks
 conditional writes the merge falls back to a plain write; it is a cache, so the worst case is a
 re-read. Figures: docs/benchmarks.md.
+
+Nothing in the bucket is trusted to have the shape we wrote: a run's unreadable objects are counted in
+its summary (and the record's sentence kept), an index entry of the wrong shape is read again from
+the run, and a folder under ``runs/`` that is not a run id is not a run.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from deploy.ledger.cost import run_cost
 from deploy.ledger.model import CLOSING, ENDING, OPENING, iso, now, parse_time
 from deploy.errors import StorageError
-from deploy.ledger.store import (INDEX, RUNS, TOUCHED, ConditionFailed, RunData, get_json, put_json, read_run,
-                                  read_runs)
+from deploy.ledger.store import (INDEX, RUNS, TOUCHED, ConditionFailed, RunData, check_run_id, odd_value,
+                                  get_json, put_json, read_run, read_runs)
 from deploy.storage import CHECKPOINTS, Storage
 from deploy.storage.checkpoints import CHECKPOINT_SUFFIX, CheckpointInfo, sort_checkpoints
 
@@ -90,7 +94,9 @@ def hosts_of(run: RunData) -> list[dict[str, Any]]:
         if event.host and event.kind in OPENING:
             entry = hosts.setdefault(event.host, {"host": event.host, "gpu": "", "gpus": 0})
             if event.data.get("gpu"):
-                entry["gpu"], entry["gpus"] = str(event.data["gpu"]), int(event.data.get("gpus") or 0)
+                gpus = event.data.get("gpus")
+                entry["gpu"] = str(event.data["gpu"])
+                entry["gpus"] = int(gpus) if isinstance(gpus, (int, float)) and not isinstance(gpus, bool) else 0
     return list(hosts.values())
 
 
@@ -107,15 +113,46 @@ def summarize(run: RunData, moment: datetime | None = None) -> dict[str, Any]:
         "hosts": hosts_of(run), "restarts": restarts(run), "events": len(run.events),
         "hours": round(cost.hours, 6), "dollars": cost.dollars, "cost_complete": cost.complete,
         "cost": cost.describe(), "step": beat.step if beat else None,
-        "last_seen": iso(seen) if seen else None,
+        "last_seen": iso(seen) if seen else None, "unreadable": len(run.unreadable),
+        "record_problem": str(run.record_unreadable) if run.record_unreadable else None,
     }
+
+
+_SUMMARY = {"run_id": (str,), "created": (str, type(None)), "state": (str,), "hosts": (list,), "restarts": (int,),
+            "events": (int,), "hours": (int, float), "cost": (str,), "step": (int, type(None)),
+            "last_seen": (str, type(None)), "touched": (str,), "unreadable": (int,),
+            "record_problem": (str, type(None))}
+
+
+def usable_summary(entry: Any) -> bool:
+    """An index entry of the shape :func:`summarize` writes (older entries may lack fields); anything else is
+    read again from the run rather than shown."""
+    if not isinstance(entry, dict) or odd_value(entry) is not None:
+        return False
+    if any(k in entry and (not isinstance(entry[k], t) or isinstance(entry[k], bool) and bool not in t)
+           for k, t in _SUMMARY.items()):
+        return False
+    return all(isinstance(h, dict) and isinstance(h.get("host"), str) and isinstance(h.get("gpu", ""), str)
+               and isinstance(h.get("gpus", 0), int) for h in entry.get("hosts") or [])
 
 
 def _fresher(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
     """``b`` saw at least as much of the run as ``a``: more events, or as many and a later sign of life."""
-    if a is None:
+    if a is None or not usable_summary(a):
         return True
     return (b.get("events", 0), b.get("last_seen") or "") >= (a.get("events", 0), a.get("last_seen") or "")
+
+
+def _read_index(storage: Storage, key: str) -> tuple[dict[str, Any], str | None, bool]:
+    """(the index's runs, its ETag, whether it exists); an index that does not read counts as empty."""
+    try:
+        found = get_json(storage, key)
+    except RecursionError:
+        found = None
+    if found is None:
+        return {}, None, storage.head(key) is not None
+    runs = found[0].get("runs") if isinstance(found[0], dict) and found[0].get("format") == INDEX_FORMAT else None
+    return (dict(runs) if isinstance(runs, dict) else {}), found[1], True
 
 
 
@@ -123,15 +160,16 @@ def merge_index(storage: Storage, summaries: dict[str, dict[str, Any]]) -> None:
     """Merge ``summaries`` into ``runs/_index.json`` with compare-and-swap; a fresher entry is kept."""
     key = storage.key(RUNS, INDEX)
     for _ in range(RETRIES):
-        found = get_json(storage, key)
-        runs = dict((found[0] or {}).get("runs") or {}) if found and isinstance(found[0], dict) else {}
+        runs, etag, exists = _read_index(storage, key)
+        runs = {rid: s for rid, s in runs.items() if usable_summary(s)}
         changed = {rid: s for rid, s in summaries.items() if _fresher(runs.get(rid), s) and runs.get(rid) != s}
         if not changed:
             return
         runs.update(changed)
         body = {"format": INDEX_FORMAT, "updated": iso(now()), "runs": runs}
         try:
-            put_json(storage, key, body, if_none_match=found is None, if_match=found[1] if found else None)
+            # An index that exists but does not read is replaced outright: it is a cache of what the runs hold.
+            put_json(storage, key, body, if_none_match=not exists, if_match=etag)
             return
         except ConditionFailed:
             continue  # another writer won: read its version and merge again
@@ -153,7 +191,17 @@ def _run_folders(storage: Storage) -> tuple[set[str], set[str]]:
                     flat.add(name[:-len(".json")])
     except (ClientError, BotoCoreError) as exc:
         raise storage.explain(exc, prefix) from exc
-    return {f for f in folders if not f.startswith("_")}, flat - folders
+    runs = {f for f in folders | flat if not f.startswith("_") and _is_run_id(f)}
+    return folders & runs, (flat - folders) & runs
+
+
+def _is_run_id(name: str) -> bool:
+    """A folder someone made under ``runs/`` with a name no run id has is not a run (and not an error)."""
+    try:
+        check_run_id(name)
+    except StorageError:
+        return False
+    return True
 
 
 def _touched(storage: Storage) -> dict[str, str]:
@@ -179,10 +227,8 @@ def list_runs(storage: Storage, workers: int = 16, refresh: bool = False, save: 
     """Every run's summary, newest first; reads in full only the runs that changed since the index.
 
     ``save=False`` (a dry run) leaves the index as it is, even when it learned something."""
-    found = get_json(storage, storage.key(RUNS, INDEX))
-    cached: dict[str, Any] = {}
-    if found and isinstance(found[0], dict) and found[0].get("format") == INDEX_FORMAT:
-        cached = dict(found[0].get("runs") or {})
+    index, _, _ = _read_index(storage, storage.key(RUNS, INDEX))
+    cached = {rid: s for rid, s in index.items() if usable_summary(s)}
     touched = _touched(storage)  # before the runs are read: a later write shows up next time
     folders, flat = _run_folders(storage)
     present = folders | flat
@@ -196,7 +242,7 @@ def list_runs(storage: Storage, workers: int = 16, refresh: bool = False, save: 
                 merge_index(storage, fresh)
             except StorageError:
                 pass  # a read-only key can still list; the index is only a cache
-    rows = [_aged(s) for rid, s in cached.items() if rid in present]
+    rows = [_aged({**s, "run_id": rid}) for rid, s in cached.items() if rid in present]
     return sorted(rows, key=lambda s: s.get("created") or "", reverse=True)
 
 
