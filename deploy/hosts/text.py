@@ -50,7 +50,7 @@ _BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
 _SPACE = re.compile(r"[\t\n\r\x0b\x0c\u2028\u2029]")  # one-line text: these become a space
 _LINE_SPACE = re.compile(r"[\x0b\x0c\u2028\u2029]")  # log text keeps \n and \t; \r is resolved first
 _DROP = re.compile(rf"[\x00-\x1f\x7f-\x9f{_BIDI}]")  # C0, DEL, C1, bidi
-_DROP_KEEP_TAB = re.compile(rf"[\x00-\x08\x0b-\x1f\x7f-\x9f{_BIDI}]")
+_DROP_IN_LINES = re.compile(rf"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_BIDI}]")  # keeps \t, \n and \r
 
 LINE_LIMIT = 64 * 1024
 """Characters :class:`PrintableStream` holds of a line that has not ended before it prints it anyway."""
@@ -73,9 +73,9 @@ def printable(text: object, *, lines: bool = False) -> str:
     """
     raw = text if isinstance(text, str) else str(text)
     raw = _ESCAPE.sub("", raw)
-    if lines:
-        raw = _LINE_SPACE.sub(" ", raw)
-        return "\n".join(_DROP_KEEP_TAB.sub("", _last_state(line)) for line in raw.split("\n"))
+    if lines:  # controls go before the redraws are resolved: an invisible last redraw hides nothing
+        raw = _DROP_IN_LINES.sub("", _LINE_SPACE.sub(" ", raw))
+        return "\n".join(_last_state(line) for line in raw.split("\n"))
     return _DROP.sub("", _SPACE.sub(" ", raw))
 
 

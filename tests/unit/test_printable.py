@@ -52,6 +52,10 @@ def test_log_text_keeps_lines_and_tabs_and_shows_a_redrawn_line_in_its_last_stat
         "Epoch 1: 100%|##########| 10/10", "step\t5\tloss 0.3", "shown", "cleared ", "Validation: 100%", ""]
 
 
+def test_a_redraw_of_nothing_but_controls_hides_nothing() -> None:
+    assert printable("shown\r\x08\u202e\x1b[2K\n", lines=True) == "shown\n"
+
+
 def test_a_carriage_return_in_one_line_text_hides_nothing() -> None:
     assert printable("rm -rf /\rls") == "rm -rf / ls"
 
