@@ -180,17 +180,23 @@ def status(c, json=False, tail=None, hosts=None, env_file=None):
                                    "env_file": ENV_FILE_HELP})
 @boundary
 def logs(c, follow=False, tail=None, hosts=None, env_file=None):
-    """Print the training service's logs."""
-    from deploy.flow.status import service_on
+    """Print the training service's logs (cleaned of terminal escapes; a progress bar shows its last state)."""
+    import sys
+
+    from deploy.flow.status import stream_logs
 
     lines = whole(100 if tail is None else tail, "--tail")
     settings = settings_from_flags(env_file=env_file)
     opts = options(settings)
     for spec in targets(c, settings, hosts):
         with connect(spec, opts) as conn:
-            service, _ = service_on(conn, spec.workdir(settings.remote_dir))
-            print(f"--- {spec}")
-            conn.run(service.logs_command(tail=lines, follow=follow), hide=False, warn=True, in_stream=False)
+            print(f"--- {spec}", flush=True)
+            try:
+                stream_logs(conn, spec.workdir(settings.remote_dir), sys.stdout, tail=lines, follow=follow)
+            except KeyboardInterrupt:
+                if not follow:
+                    raise
+                return  # Ctrl-C is how --follow ends
 
 
 @task(auto_shortflags=False, help={"timeout": "Seconds to wait for pending uploads to flush before the kill "

@@ -1,17 +1,26 @@
 """Watching a run: the service, the GPUs, the run ledger's run and spend, the training's heartbeat, the last
-log lines and the newest checkpoint in S3."""
+log lines and the newest checkpoint in S3; and the service's log as a stream (``fab logs``).
+
+Almost every value shown here was written by the host or into the bucket: the status text goes line by
+line through :func:`deploy.hosts.text.printable`, and the log stream through its
+:class:`~deploy.hosts.text.PrintableStream`, so nothing a host writes reaches the terminal raw.
+"""
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TextIO
 
 from deploy.errors import DeployError
 from deploy.flow.choose import choose_runtime, runtimes
 from deploy.hosts.probe import Gpu, probe
-from deploy.ledger.live import clean_log_lines, progress_line, read_host_heartbeat, run_overview
+from deploy.hosts.text import PrintableStream, printable
+from deploy.ledger.live import HEARTBEAT_FILE, clean_log_lines, progress_line, read_host_heartbeat, run_overview
+from deploy.ledger.model import Heartbeat
+from deploy.ledger.store import check_shape
 from deploy.runtimes.base import Service, ServiceState
 from deploy.storage import Storage
 from deploy.storage.checkpoints import latest_checkpoint
@@ -60,10 +69,11 @@ class RunStatus:
         else:
             lines.append("checkpoint  none in S3 yet")
         lines += [f"note        {n}" for n in self.notes]
+        lines = [printable(line) for line in lines]
         if self.log_tail.strip():
             lines.append("last log lines:")
             # Progress bars redraw with \r and escapes: the heartbeat says the progress; show the other lines.
-            lines += ["  " + line for line in clean_log_lines(self.log_tail)]
+            lines += ["  " + line for line in clean_log_lines(printable(self.log_tail, lines=True))]
         return lines
 
 
@@ -114,7 +124,7 @@ def run_status(conn, host: str, remote_dir: str, storage: Storage | None, tail: 
         if latest is not None:
             name, step = latest.name, latest.step
             age = (datetime.now(timezone.utc) - latest.uploaded).total_seconds() if latest.uploaded else None
-    beat, beat_age = read_host_heartbeat(conn, remote_dir) if service.exists else (None, None)
+    beat, beat_age = _host_heartbeat(conn, remote_dir, notes) if service.exists else (None, None)
     progress, hang = progress_line(beat, beat_age, service.running) if service.exists else (None, False)
     overview = None
     if storage is not None:
@@ -125,6 +135,18 @@ def run_status(conn, host: str, remote_dir: str, storage: Storage | None, tail: 
     return RunStatus(host=host, service=service, uptime_seconds=_since(service.started_at) if service.running else None,
                      gpus=gpus, log_tail=logs, latest_checkpoint=name, latest_step=step, latest_age_seconds=age,
                      notes=tuple(notes), run=overview.describe() if overview else None, progress=progress, hang=hang)
+
+
+def _host_heartbeat(conn: Any, remote_dir: str, notes: list[str]) -> tuple[Heartbeat | None, float | None]:
+    """The heartbeat file on the host, or a note when it is JSON of another shape (the host wrote it)."""
+    try:
+        beat, age = read_host_heartbeat(conn, remote_dir)
+        if beat is None or check_shape(beat.to_dict(), "heartbeat") is None:  # no NaN, no 1e999 ...
+            return beat, age
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        pass
+    notes.append(f"the heartbeat file on the host ({HEARTBEAT_FILE}) is not a heartbeat; progress unknown")
+    return None, None
 
 
 # The training side prints this once on rank zero after its SIGTERM save (deploy.training.stop.SAVED_ON_STOP).
@@ -153,3 +175,29 @@ def stop_run(conn, remote_dir: str, timeout: int) -> str:
     if saved is not None and saved != earlier:
         what += f"; saved step {saved[0]}" + (f" ({saved[1]})" if saved[1] else "")
     return what
+
+
+CHUNK = 32 * 1024
+
+
+def stream_logs(conn: Any, remote_dir: str, out: TextIO, tail: int = 100, follow: bool = False) -> int:
+    """Print the service's log to ``out`` as it arrives, through :class:`PrintableStream`; the command's exit code.
+
+    Not ``conn.run``: invoke keeps everything a command prints (and joins it all again for each new
+    chunk), which a ``--follow`` that runs for days cannot afford. Here a chunk is decoded (a character
+    split across two chunks stays whole), cleaned and printed, then dropped. stderr comes in the same
+    stream, where the host wrote it.
+    """
+    service, _ = service_on(conn, remote_dir)
+    channel = conn.create_session()
+    try:
+        channel.set_combine_stderr(True)
+        channel.exec_command(service.logs_command(tail=tail, follow=follow))
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        with PrintableStream(out) as stream:
+            while chunk := channel.recv(CHUNK):
+                stream.write(decoder.decode(chunk))
+            stream.write(decoder.decode(b"", final=True))
+        return channel.recv_exit_status()
+    finally:
+        channel.close()
