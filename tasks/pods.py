@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from invoke import Collection, task
+from rich.markup import escape
 
 from deploy.pods.lifecycle import bring_up, list_project, plan_down, take_down
 from deploy.pods.models import RUNNING, Pod
@@ -39,34 +40,52 @@ def _state(pod: Pod) -> str:
     return pod.stage if pod.status != RUNNING or pod.ssh is None else "running"
 
 
+def _storage_or_none(settings):
+    from deploy.errors import DeployError
+    from deploy.storage import Storage
+
+    try:
+        return Storage.from_settings(settings)
+    except DeployError:
+        return None  # without a bucket, managed runs' pods are listed without their owners
+
+
 @task(name="list", default=True, auto_shortflags=False, help={"json": JSON_HELP, "env_file": ENV_FILE_HELP})
 @boundary
 def list_pods(c, json=False, env_file=None):
-    """The project's pods: state, GPU, $/h, uptime, spend so far, and what stopped pods still bill."""
+    """The project's pods: owner (a run, by hand, or ORPHAN), state, GPU, $/h, age, spend so far, stopped volumes."""
+    from deploy.watch.owners import owned_pods
+
     settings = settings_from_flags(env_file=env_file)
-    pods = list_project(settings, Path.cwd())
+    rows = owned_pods(settings, Path.cwd(), _storage_or_none(settings))
     if json:
-        print(jsonlib.dumps([{**p.to_dict(), "spend_so_far": round(spend_so_far(p), 4),
-                              "stopped_volume_per_day": round(stopped_volume_per_day(p), 4)} for p in pods], indent=2))
+        print(jsonlib.dumps([{**r.pod.to_dict(), "owner": r.owner, "orphan": r.orphan,
+                              "spend_so_far": round(spend_so_far(r.pod), 4),
+                              "stopped_volume_per_day": round(stopped_volume_per_day(r.pod), 4)} for r in rows],
+                            indent=2))
         return
-    if not pods:
+    if not rows:
         print("This project has no pods; fab pods.up creates one.")
         return
-    table = make_table(("id", "name", "state", "GPU", "$/h", "uptime", "spent", "ssh"),
-                       right=("$/h", "uptime", "spent"))
-    idle = 0.0
-    for pod in pods:
-        idle += stopped_volume_per_day(pod)
-        ssh = pod.ssh
-        table.add_row(pod.id, pod.name, _state(pod),
-                      f"{pod.gpu_count} x {pod.gpu}" if pod.gpu else "-", f"{pod.cost_per_hr:.2f}",
-                      _uptime(pod.uptime_seconds), f"{spend_so_far(pod):.2f}",
+    table = make_table(("id", "name", "owner", "state", "GPU", "$/h", "age", "spent", "ssh"),
+                       right=("$/h", "age", "spent"))
+    for row in rows:
+        pod, ssh = row.pod, row.pod.ssh
+        table.add_row(escape(pod.id), escape(pod.name), ("ORPHAN: " if row.orphan else "") + escape(row.owner),
+                      _state(pod), escape(f"{pod.gpu_count} x {pod.gpu}") if pod.gpu else "-",
+                      f"{pod.cost_per_hr:.2f}", _uptime(pod.uptime_seconds), f"{spend_so_far(pod):.2f}",
                       f"{ssh.ip}:{ssh.port}" if ssh else "-")
     print_table(table)
-    stopped = [p for p in pods if stopped_volume_per_day(p)]
+    stopped = [r.pod for r in rows if stopped_volume_per_day(r.pod)]
     if stopped:
+        idle = sum(stopped_volume_per_day(p) for p in stopped)
         print(f"{len(stopped)} stopped pod(s) still bill their volume: ${idle:.2f}/day "
               f"({', '.join(p.id for p in stopped)}); fab pods.down --pod ID terminates one.")
+    orphans = [r.pod for r in rows if r.orphan]
+    if orphans:
+        rate = sum(p.cost_per_hr for p in orphans if p.status == RUNNING)
+        print(f"{len(orphans)} orphan pod(s) no live run owns bill ${rate:.2f}/h ({', '.join(p.id for p in orphans)}); "
+              "fab pods.down --orphans ends them.")
 
 
 @task(auto_shortflags=False, help={"json": JSON_HELP, "env_file": ENV_FILE_HELP})
@@ -109,13 +128,21 @@ def up(c, dry_run=False, timeout=None, env_file=None):
 
 @task(auto_shortflags=False, help={
     "pod": "Pod id or name (default: the project's only pod).",
+    "orphans": "End every pod of this project that no live run owns (fab pods marks them).",
     "stop": "Stop instead of terminate: the GPU is released, the volume kept (and billed).",
     "force": "Terminate even when the pod may hold a checkpoint that is not in S3.",
     "dry_run": DRY_RUN_HELP, "env_file": ENV_FILE_HELP})
 @boundary
-def down(c, pod=None, stop=False, force=False, dry_run=False, env_file=None):
+def down(c, pod=None, orphans=False, stop=False, force=False, dry_run=False, env_file=None):
     """Terminate the pod (or --stop it); refuses while its newest checkpoint is not in S3, unless --force."""
+    from deploy.errors import ConfigError
+
     settings = settings_from_flags(env_file=env_file)
+    if orphans:
+        if pod:
+            raise ConfigError("Give --pod or --orphans, not both.")
+        _down_orphans(settings, stop=stop, force=force, dry_run=dry_run)
+        return
     plan = plan_down(settings, Path.cwd(), pod, stop=stop, force=force)
     print("\n".join(plan.lines()))
     if dry_run:
@@ -123,6 +150,35 @@ def down(c, pod=None, stop=False, force=False, dry_run=False, env_file=None):
         return
     take_down(settings, Path.cwd(), plan)
     print(f"Pod {plan.pod.id} {'stopped' if plan.action == 'stop' else 'terminated'}.")
+
+
+def _down_orphans(settings, stop: bool, force: bool, dry_run: bool) -> None:
+    """Each orphan through the same plan as one named pod (the guard included); every refusal is reported."""
+    from deploy.errors import DeployError
+    from deploy.pods.models import PodError
+    from deploy.watch.owners import owned_pods
+
+    found = [r for r in owned_pods(settings, Path.cwd(), _storage_or_none(settings)) if r.orphan]
+    if not found:
+        print("This project has no orphan pods; nothing to do.")
+        return
+    failed = []
+    for row in found:
+        print(f"{row.pod.id}: {escape(row.owner)}")
+        try:
+            plan = plan_down(settings, Path.cwd(), row.pod.id, stop=stop, force=force)
+            print("\n".join(f"  {line}" for line in plan.lines()))
+            if dry_run:
+                print(f"  dry run: {plan.refused or 'nothing changed'}")
+                continue
+            take_down(settings, Path.cwd(), plan)
+            print(f"  pod {plan.pod.id} {'stopped' if plan.action == 'stop' else 'terminated'}")
+        except DeployError as exc:
+            failed.append(f"{row.pod.id}: {exc}")
+            print(f"  {exc}")
+    if failed:
+        raise PodError(f"{len(failed)} of {len(found)} orphan pods were not ended; see above (--force terminates a pod "
+                       "whose checkpoints cannot be compared with S3).")
 
 
 ns = Collection("pods")

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from invoke import Collection, task
+from invoke.exceptions import Exit
 
 from tasks._boundary import DRY_RUN_HELP, ENV_FILE_HELP, boundary, settings_from_flags
 from tasks._flags import number
@@ -48,7 +49,8 @@ def _detach(signum, frame) -> None:
 
 
 def _watch(watcher) -> None:
-    from deploy.watch.managed import detached_message
+    """Run the watcher; say what still bills whichever way it stops; exit non-zero when pods may bill."""
+    from deploy.watch.managed import detached_message, exit_code, final_message
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _detach)
@@ -60,9 +62,18 @@ def _watch(watcher) -> None:
         except OSError:  # no terminal any more
             pass
         return
-    print(f"Run {final.run_id}: {final.outcome}. Pods used: {', '.join(final.pods) or 'none'}; "
-          f"spend ${final.spend(final.pod_since):.2f} (fab runs.show --run {final.run_id}).", flush=True)
+    print(final_message(final), flush=True)
     sys.stdout.flush()
+    code = exit_code(final)
+    if code:
+        raise Exit(code=code)
+
+
+def _plan(settings, tuning):
+    from deploy.watch.managed import plan_train
+
+    return plan_train(settings, api_every=tuning.pop("api_every"), ssh_every=tuning.pop("ssh_every"),
+                      ssh_timeout=tuning.pop("ssh_timeout"))
 
 
 @task(name="run", default=True, auto_shortflags=False, help={"dry_run": DRY_RUN_HELP, **TUNING_HELP})
@@ -70,17 +81,17 @@ def _watch(watcher) -> None:
 def train(c, dry_run=False, results=None, timeout=None, api_every=None, ssh_every=None, env_file=None):
     """Train on a RunPod pod and keep the run going: lost pods replaced, failures restarted, limits kept."""
     from deploy.storage import Storage
-    from deploy.watch.managed import REQUIRED, plan_train, start
+    from deploy.watch.managed import REQUIRED, start
 
     tuning = _tuning(results, timeout, api_every, ssh_every)
     settings = settings_from_flags(env_file=env_file)
-    plan = plan_train(settings, Path.cwd(), api_every=tuning["api_every"], ssh_every=tuning["ssh_every"])
+    plan = _plan(settings, tuning)
     print("\n".join(plan.lines()), flush=True)
     if dry_run:
         print("Dry run: no pod was created.")
         return
     settings.require(*REQUIRED)
-    watcher = start(settings, Path.cwd(), Storage.from_settings(settings), log=_say, **tuning)
+    watcher = start(settings, Path.cwd(), Storage.from_settings(settings), plan, log=_say, **tuning)
     print(f"run       {watcher.state.run_id} (fab train.watch {watcher.state.run_id} attaches to it again)", flush=True)
     _watch(watcher)
 
@@ -99,7 +110,8 @@ def watch(c, run=None, results=None, timeout=None, api_every=None, ssh_every=Non
     tuning = _tuning(results, timeout, api_every, ssh_every)
     settings = settings_from_flags(env_file=env_file)
     settings.require(*REQUIRED)
-    watcher = attach(settings, Path.cwd(), Storage.from_settings(settings), run_id, log=_say, **tuning)
+    plan = _plan(settings, tuning)
+    watcher = attach(settings, Path.cwd(), Storage.from_settings(settings), run_id, plan, log=_say, **tuning)
     state = watcher.state
     print(f"run       {state.run_id}: {state.phase}, pod {state.pod_id or 'none'} {state.host}".rstrip(), flush=True)
     _watch(watcher)

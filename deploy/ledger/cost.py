@@ -3,7 +3,8 @@
 Hours come from the events: a host starts working for the run at an opening event (deployed,
 started, provisioned ...) and stops at a closing one (stopped, finished, lost, terminated ...);
 while no closing event came, its last sign of life (an event or a heartbeat from that host) ends
-the interval. Restarts, moves to other hosts and replacements are all counted, each host once per
+the interval. A RunPod pod of a managed run is counted by its id, from the create RunPod accepted
+(``provisioned``) to the end RunPod confirmed (``terminated``): a pod bills while it is lost too. Restarts, moves to other hosts and replacements are all counted, each host once per
 interval. The price is, newest first: the one an event gave for that host (the pods module passes
 the RunPod API's ``costPerHr``; deploy records ``HOST_PRICE_PER_HOUR`` in its event), else unknown.
 
@@ -118,46 +119,64 @@ class RunCost:
                            "price_per_hour": h.price_per_hour, "dollars": h.dollars} for h in self.hosts]}
 
 
-def _signs_of_life(events: Iterable[Event], heartbeats: Iterable[Heartbeat]) -> list[tuple[datetime, str, str]]:
-    """(time, host, kind) of every event and heartbeat that names a host, in time order."""
-    marks = [(e.at, e.host, e.kind) for e in events if e.host]
-    marks += [(h.at, h.host, "heartbeat") for h in heartbeats if h.host]
-    return sorted(marks, key=lambda m: m[0])
+POD_OPENING = frozenset({"provisioned"})
+"""A pod bills from the create RunPod accepted (the watcher's ``provisioned``) ..."""
+POD_CLOSING = frozenset({"terminated"})
+"""... to the end RunPod confirmed: a lost or preempted pod bills until it is terminated."""
+
+
+def _signs_of_life(events: Iterable[Event], heartbeats: Iterable[Heartbeat]) -> list[tuple[datetime, str, str, bool]]:
+    """(time, key, kind, is_pod) of every event and heartbeat that names a host or a pod, in time order.
+
+    The key is the pod's id when the event names one, or when another event tied its host to that pod
+    (the watcher's ``deployed`` names both), so a pod's training events never open a second interval."""
+    marks: list[tuple[datetime, str, str, str]] = [(e.at, e.host, e.kind, str(e.data.get("pod") or "")) for e in events
+                                                   if e.host or e.data.get("pod")]
+    marks += [(h.at, h.host, "heartbeat", "") for h in heartbeats if h.host]
+    pod_of = {host: pod for _, host, _, pod in sorted(marks, key=lambda m: m[0]) if host and pod}
+    keyed = []
+    for at, host, kind, pod in sorted(marks, key=lambda m: m[0]):
+        pod = pod or pod_of.get(host, "")
+        keyed.append((at, pod or host, kind, bool(pod)))
+    return keyed
 
 
 def host_hours(events: Iterable[Event], heartbeats: Iterable[Heartbeat] = (),
                until: datetime | None = None) -> dict[str, tuple[float, int]]:
-    """Per host: (hours worked for the run, number of intervals).
+    """Per host (or pod): (hours worked for the run, number of intervals).
 
-    An interval opens at an opening event and closes at the next closing event for that host; one
-    still open ends at the host's last sign of life, or at ``until`` (``now`` for a live view).
+    A host's interval opens at an opening event and closes at the next closing event for that host; a
+    pod's opens at its create and closes at its confirmed end. One still open ends at the last sign of
+    life, or at ``until`` (``now`` for a live view).
     """
     opened: dict[str, datetime] = {}
     last: dict[str, datetime] = {}
     seconds: dict[str, float] = {}
     count: dict[str, int] = {}
-    for at, host, kind in _signs_of_life(events, heartbeats):
-        seconds.setdefault(host, 0.0)
-        count.setdefault(host, 0)
-        if kind in OPENING and host not in opened:
-            opened[host] = at
-            count[host] += 1
-        elif kind in CLOSING and host in opened:
-            seconds[host] += (at - opened.pop(host)).total_seconds()
-        if host in opened:
-            last[host] = at
-    for host, began in opened.items():
-        end = max(last.get(host, began), until) if until else last.get(host, began)
-        seconds[host] += (end - began).total_seconds()
-    return {h: (s / 3600.0, count[h]) for h, s in seconds.items() if count[h]}
+    for at, key, kind, is_pod in _signs_of_life(events, heartbeats):
+        seconds.setdefault(key, 0.0)
+        count.setdefault(key, 0)
+        opening, closing = (POD_OPENING, POD_CLOSING) if is_pod else (OPENING, CLOSING)
+        if kind in opening and key not in opened:
+            opened[key] = at
+            count[key] += 1
+        elif kind in closing and key in opened:
+            seconds[key] += (at - opened.pop(key)).total_seconds()
+        if key in opened:
+            last[key] = at
+    for key, began in opened.items():
+        end = max(last.get(key, began), until) if until else last.get(key, began)
+        seconds[key] += (end - began).total_seconds()
+    return {k: (s / 3600.0, count[k]) for k, s in seconds.items() if count[k]}
 
 
 def host_prices(events: Iterable[Event]) -> dict[str, float]:
-    """The newest price each host was given by an event."""
+    """The newest price each host (or pod) was given by an event."""
     prices: dict[str, float] = {}
     for event in sorted(events, key=lambda e: e.at):
-        if event.host and event.price_per_hour is not None:
-            prices[event.host] = event.price_per_hour
+        key = str(event.data.get("pod") or event.host)
+        if key and event.price_per_hour is not None:
+            prices[key] = event.price_per_hour
     return prices
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from deploy.errors import ConfigError
-from deploy.pods.models import GpuType, NoCapacityError, Pod, PodError, PodRequest
+from deploy.pods.models import ApiUnreachable, GpuType, NoCapacityError, Pod, PodError, PodRequest
 from deploy.pods.plan import is_capacity_error
 from deploy.settings import Secret
 
@@ -81,7 +81,7 @@ class PodApi:
                     raise NoCapacityError(f"RunPod has no capacity while {what}: {message}.") from None
                 raise PodError(f"RunPod refused {what}: {message}.") from None
             except requests.RequestException as exc:
-                raise PodError(f"Cannot reach the RunPod API at {base_url()} while {what} "
+                raise ApiUnreachable(f"Cannot reach the RunPod API at {base_url()} while {what} "
                                f"({exc.__class__.__name__}); check the network.") from None
             except ValueError as exc:  # the SDK's own checks (an unknown GPU type) and a non-JSON answer
                 raise PodError(f"RunPod refused {what}: {exc}.") from None

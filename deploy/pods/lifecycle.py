@@ -21,16 +21,16 @@ from deploy.pods import state
 from deploy.pods.api import PodApi
 from deploy.pods.guard import check_termination, pod_listing
 from deploy.pods.models import RUNNING, Pod, PodError
-from deploy.pods.plan import (CheckpointVerdict, PodOptions, UpPlan, choose_pod, name_prefix, new_pod_name, plan_up,
-                              project_pods, project_slug, read_public_key)
+from deploy.pods.naming import MANUAL, manual_pod_name, project_id
+from deploy.pods.plan import CheckpointVerdict, PodOptions, UpPlan, choose_pod, plan_up, project_pods, read_public_key
 from deploy.pods.provision import Progress, create_first, wait_for_ssh
 from deploy.settings import Settings
 from deploy.storage import Storage
 
 
-def prefix_for(settings: Settings, folder: str | os.PathLike[str]) -> str:
-    """The project's pod name prefix: ``gpu-deploy-<S3_PREFIX or folder name>-``."""
-    return name_prefix(project_slug(settings.s3_prefix, folder))
+def project_of(settings: Settings) -> str:
+    """The project's id (its bucket and prefix): pods carry it in their names."""
+    return project_id(settings)
 
 
 @dataclass(frozen=True)
@@ -45,23 +45,25 @@ class UpResult:
         return ssh.host_spec() if ssh else None
 
 
-def plan_pod(settings: Settings, folder: str | os.PathLike[str], api: PodApi | None = None) -> UpPlan:
-    """The ordered create calls for the project's next pod (asks the API for GPU types and prices)."""
+def plan_pod(settings: Settings, api: PodApi | None = None, name: str | None = None) -> UpPlan:
+    """The ordered create calls for the project's next pod (asks the API for GPU types and prices); every
+    call carries ``name`` (default: a name for a pod made by hand)."""
     api = api or PodApi(settings.runpod_api_key)
     options = PodOptions.from_settings(settings)
     public_key = read_public_key(settings.pod_public_key, settings.runpod_ssh_key)
-    return plan_up(options, api.gpu_types(), new_pod_name(prefix_for(settings, folder)), public_key)
+    return plan_up(options, api.gpu_types(), name or manual_pod_name(project_of(settings)), public_key)
 
 
 def bring_up(settings: Settings, folder: str | os.PathLike[str], timeout: float, dry_run: bool = False,
              progress: Progress = print, api: PodApi | None = None) -> UpResult:
     """Create the pod (first GPU type with capacity), wait for its public SSH port, remember it in ``folder``."""
     api = api or PodApi(settings.runpod_api_key)
-    plan = plan_pod(settings, folder, api)
+    plan = plan_pod(settings, api)
     if dry_run:
         return UpResult(plan)
     pod_id, _ = create_first(api, plan.attempts, progress)
-    state.record_pod(folder, Pod(id=pod_id, name=plan.attempts[0].name, status=RUNNING))
+    state.record_pod(folder, Pod(id=pod_id, name=plan.attempts[0].name, status=RUNNING), project=project_of(settings),
+                     made_by=MANUAL)
     pod = wait_for_ssh(api, pod_id, timeout, progress)
     state.record_pod(folder, pod)
     return UpResult(plan, pod)
@@ -70,7 +72,8 @@ def bring_up(settings: Settings, folder: str | os.PathLike[str], timeout: float,
 def list_project(settings: Settings, folder: str | os.PathLike[str], api: PodApi | None = None) -> list[Pod]:
     """The project's pods as the API reports them now; the state file is brought up to date."""
     api = api or PodApi(settings.runpod_api_key)
-    pods = project_pods(api.pods(), prefix_for(settings, folder))
+    project = project_of(settings)
+    pods = project_pods(api.pods(), project, state.recorded_ids(folder, project))
     state.refresh(folder, pods)
     return pods
 
@@ -110,7 +113,8 @@ def plan_down(settings: Settings, folder: str | os.PathLike[str], pod_id: str | 
               api: PodApi | None = None) -> DownPlan:
     """Which pod, terminate or stop, and (for terminate without --force) whether S3 has its newest checkpoint."""
     api = api or PodApi(settings.runpod_api_key)
-    pod = choose_pod(api.pods(), pod_id, prefix_for(settings, folder))
+    project = project_of(settings)
+    pod = choose_pod(api.pods(), pod_id, project, state.recorded_ids(folder, project))
     if stop:
         return DownPlan(pod, "stop", notes=[f"the volume ({pod.volume_gb} GB) is kept and still billed"])
     if force:

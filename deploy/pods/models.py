@@ -23,6 +23,10 @@ class NoCapacityError(PodError):
     """RunPod has no machine for this GPU type (and data center) right now."""
 
 
+class ApiUnreachable(PodError):
+    """The API did not answer (a timeout, a dropped connection): a create may or may not have made its pod."""
+
+
 @dataclass(frozen=True)
 class GpuType:
     """One GPU type and its on-demand prices per GPU and hour (None: not offered on that cloud)."""

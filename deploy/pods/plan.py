@@ -15,16 +15,15 @@ Example::
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.errors import ConfigError
 from deploy.pods.models import EXITED, GpuType, Pod, PodError, PodRequest
+from deploy.pods.naming import NAME_ROOT, belongs
 from deploy.settings import Settings
 
-NAME_ROOT = "gpu-deploy"
 
 # RunPod bills a pod's volume disk at $0.10/GB/month while the pod runs and $0.20/GB/month while it is
 # stopped; the container disk only while it runs ($0.10/GB/month). https://docs.runpod.io/pods/storage/types
@@ -64,22 +63,6 @@ class PodOptions:
                    data_centers=split_list(settings.pod_data_centers),
                    container_disk_gb=settings.pod_container_disk_gb, volume_gb=settings.pod_volume_gb,
                    image=settings.pod_image, max_price_per_hour=settings.max_price_per_hour)
-
-
-def project_slug(s3_prefix: str, folder: str | Path) -> str:
-    """The project's part of pod names: S3_PREFIX, else the folder's name, as lowercase letters, digits and -."""
-    raw = s3_prefix or Path(folder).resolve().name
-    slug = re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-")
-    return slug[:40] or "project"
-
-
-def name_prefix(slug: str) -> str:
-    """Every pod of the project is named with this prefix, which is how ``fab pods`` finds them."""
-    return f"{NAME_ROOT}-{slug}-"
-
-
-def new_pod_name(prefix: str) -> str:
-    return f"{prefix}{secrets.token_hex(3)}"
 
 
 def is_capacity_error(message: str) -> bool:
@@ -163,8 +146,10 @@ def read_public_key(key_file: str | None, private_key: str | None) -> str:
 # --------------------------------------------------------------------------- listing and cost
 
 
-def project_pods(pods: Iterable[Pod], prefix: str) -> list[Pod]:
-    return sorted((p for p in pods if p.name.startswith(prefix)), key=lambda p: p.name)
+def project_pods(pods: Iterable[Pod], project: str, recorded: Iterable[str] = ()) -> list[Pod]:
+    """The project's pods: named with exactly its id (:mod:`deploy.pods.naming`), or recorded by id at create."""
+    ids = set(recorded)
+    return sorted((p for p in pods if p.id in ids or belongs(p.name, project)), key=lambda p: p.name)
 
 
 def spend_so_far(pod: Pod) -> float:
@@ -179,16 +164,16 @@ def stopped_volume_per_day(pod: Pod) -> float:
     return pod.volume_gb * STOPPED_VOLUME_PER_GB_MONTH / DAYS_PER_MONTH
 
 
-def choose_pod(pods: Sequence[Pod], pod_id: str | None, prefix: str) -> Pod:
+def choose_pod(pods: Sequence[Pod], pod_id: str | None, project: str, recorded: Iterable[str] = ()) -> Pod:
     """The pod ``fab pods.down`` acts on: the one named (id or name), else the project's only pod."""
     if pod_id:
         for pod in pods:
             if pod_id in (pod.id, pod.name):
                 return pod
         raise PodError(f"No pod {pod_id} in this RunPod account; fab pods lists the project's pods.")
-    mine = project_pods(pods, prefix)
+    mine = project_pods(pods, project, recorded)
     if not mine:
-        raise PodError(f"This project has no pods (none named {prefix}*); nothing to do.")
+        raise PodError(f"This project has no pods (none named {NAME_ROOT}-{project}-*); nothing to do.")
     if len(mine) > 1:
         raise PodError(f"This project has {len(mine)} pods ({', '.join(p.id for p in mine)}); name the one to act on.")
     return mine[0]

@@ -25,6 +25,7 @@ from deploy.errors import ConfigError
 from deploy.pods.models import RUNNING, Pod
 
 STATE_FILE = Path(".gpu-deploy") / "pods.json"
+OWNER_KEYS = ("project", "run", "made_by")
 
 
 def state_path(folder: str | os.PathLike[str] = ".") -> Path:
@@ -58,16 +59,20 @@ def _save(folder: str | os.PathLike[str], pods: dict[str, dict[str, Any]]) -> No
     os.replace(tmp, path)
 
 
-def _entry(pod: Pod) -> dict[str, Any]:
+def _entry(pod: Pod, previous: dict[str, Any] | None = None, **owner: str) -> dict[str, Any]:
+    """The file's entry for ``pod``; who made it (``project``, ``run``, ``made_by``) is kept from before."""
     ssh = pod.ssh if pod.status == RUNNING else None
+    kept = {k: v for k, v in (previous or {}).items() if k in OWNER_KEYS}
+    kept.update({k: v for k, v in owner.items() if v})
     return {"name": pod.name, "host": ssh.host_spec() if ssh else None, "gpu": pod.gpu, "gpu_count": pod.gpu_count,
-            "cost_per_hour": pod.cost_per_hr, "status": pod.status}
+            "cost_per_hour": pod.cost_per_hr, "status": pod.status, **kept}
 
 
-def record_pod(folder: str | os.PathLike[str], pod: Pod) -> None:
-    """Remember ``pod`` (its SSH address when it is running with one)."""
+def record_pod(folder: str | os.PathLike[str], pod: Pod, project: str = "", run: str = "", made_by: str = "") -> None:
+    """Remember ``pod`` (its SSH address when it is running with one) and, at create, who made it: the
+    project id, the run (managed runs) and ``up`` or ``train``. Membership is that exact record."""
     pods = load(folder)
-    pods[pod.id] = _entry(pod)
+    pods[pod.id] = _entry(pod, pods.get(pod.id), project=project, run=run, made_by=made_by)
     _save(folder, pods)
 
 
@@ -79,11 +84,30 @@ def forget_pod(folder: str | os.PathLike[str], pod_id: str) -> None:
 
 def refresh(folder: str | os.PathLike[str], project: Iterable[Pod]) -> None:
     """Make the file agree with the API: the project's pods as they are now, gone pods dropped."""
-    current = {pod.id: _entry(pod) for pod in project}
-    if current != load(folder) and (current or state_path(folder).exists()):
+    before = load(folder)
+    current = {pod.id: _entry(pod, before.get(pod.id)) for pod in project}
+    if current != before and (current or state_path(folder).exists()):
         _save(folder, current)
 
 
-def known_hosts(folder: str | os.PathLike[str] = ".") -> list[str]:
-    """``user@ip:port`` of every running pod this project created, for when RUNPOD_HOST is unset."""
-    return [entry["host"] for _, entry in sorted(load(folder).items()) if entry.get("host")]
+def recorded_ids(folder: str | os.PathLike[str], project: str) -> set[str]:
+    """Ids of the pods this folder recorded at create for ``project`` (entries of older versions carry no
+    project: this folder made them, so they count)."""
+    return {pod_id for pod_id, entry in load(folder).items() if entry.get("project") in (None, project)}
+
+
+def known_hosts(folder: str | os.PathLike[str] = ".", project: str | None = None, run: str | None = None) -> list[str]:
+    """``user@ip:port`` of every running pod this project created, for when RUNPOD_HOST is unset.
+
+    ``project``: only pods recorded for that project id; ``run``: only that run's pods and pods made by
+    hand (``fab pods.up``), never another run's (a deploy must not ship its .env to them)."""
+    found = []
+    for _, entry in sorted(load(folder).items()):
+        if not entry.get("host"):
+            continue
+        if project is not None and entry.get("project") not in (None, project):
+            continue
+        if run is not None and entry.get("run") not in (None, "", run):
+            continue
+        found.append(entry["host"])
+    return found

@@ -1,14 +1,11 @@
-"""The watcher's facts: the pod from RunPod's API, the run from the pod over SSH.
+"""The watcher's look at the run over SSH (the pods come from the API: :meth:`deploy.watch.act.Hands.run_pods`).
 
-The API is the fast signal: one small ``pod`` query says whether RunPod still runs the pod
-(``desiredStatus``) and whether its machine is up (``runtime`` present), without waiting for an SSH
-timeout. SSH is asked less often and costs one round trip: the supervisor's status (the same script
-``fab status`` runs), the training's heartbeat file (its global step) and ``nvidia-smi``'s
+SSH is asked less often than the API and costs one round trip: the supervisor's status (the same
+script ``fab status`` runs), the training's heartbeat file (its global step) and ``nvidia-smi``'s
 utilisation, separated by marker lines.
 
 Example::
 
-    pod = pod_fact(api, "abc123")              # PodFact(status='RUNNING', has_runtime=True, cost_per_hr=0.79)
     run = run_fact(spec, options, "/workspace/train")
     print(run.service, run.step, run.gpu_percent)   # running 120 None (no nvidia-smi)
 """
@@ -19,32 +16,15 @@ import json
 import posixpath
 import shlex
 
-from deploy.errors import ConfigError
 from deploy.hosts import HostOptions, HostSpec, connect
-from deploy.pods.api import PodApi
-from deploy.pods.models import PodError
 from deploy.runtimes.native.layout import SUPERVISOR, VENV
 from deploy.runtimes.native.service import STATUS_SCRIPT, parse_service
-from deploy.watch.decide import PodFact, RunFact
+from deploy.watch.decide import RunFact
 
 HEARTBEAT_FILE = "lightning_logs/heartbeat.json"  # deploy.training.heartbeat writes it (operator code never imports torch)
 SSH_TIMEOUT = 20.0
 """Seconds one SSH look may take (connect and command): a vanished machine must not stall the loop."""
 _BEAT, _GPU = "@@gpu-deploy-heartbeat", "@@gpu-deploy-gpu"
-
-
-def pod_fact(api: PodApi, pod_id: str) -> PodFact | None:
-    """The pod as RunPod reports it; ``PodFact("")`` when RunPod no longer knows it; None when the API
-    could not be asked (a network blip is no reason to replace a pod). A refused key is raised."""
-    try:
-        pod = api.get(pod_id)
-    except ConfigError:
-        raise
-    except PodError:
-        return None
-    if pod is None:
-        return PodFact("")
-    return PodFact(pod.status, has_runtime=pod.has_runtime, cost_per_hr=pod.cost_per_hr)
 
 
 def look_command(remote_dir: str) -> str:

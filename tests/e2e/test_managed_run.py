@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import subprocess
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,48 +24,17 @@ import pytest
 from deploy.dev.runpod_server import RunPodServer
 from deploy.ledger.cost import run_cost
 from deploy.ledger.store import read_run
-from deploy.settings import load_settings
-from deploy.storage import Storage
+from deploy.settings import Secret
 from deploy.storage.checkpoints import latest_checkpoint, list_checkpoints
-from deploy.watch import record
+from deploy.watch.record import StateStore
 from tests.harness.fab import FAB, REPO, run_fab
-from tests.harness.runpod import API_KEY, pod_image, ssh_key_pair  # noqa: F401 - fixture
+from tests.harness.managed import MAX_STEPS, TRAIN_COMMAND, storage_for
+from tests.harness.managed import managed_plane as control_plane  # noqa: F401 - fixture
+from tests.harness.managed import operator  # noqa: F401 - fixture
+from tests.harness.runpod import pod_image  # noqa: F401 - fixture
 from tests.harness.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
-
-MAX_STEPS = 120
-TRAIN_COMMAND = (f"python -m deploy.training.demo fit --trainer.max_steps={MAX_STEPS} --trainer.max_epochs=1000 "
-                 "--trainer.enable_progress_bar=false --checkpoint.every_n_train_steps=10 "
-                 "--checkpoint.save_top_k=-1 --checkpoint.monitor=null --model.step_delay=0.25")
-
-
-@pytest.fixture(scope="module")
-def control_plane(docker_client, pod_image: str):  # noqa: F811 - the fixture
-    server = RunPodServer(docker_client, pod_image, api_key=API_KEY, host_network=True, pull_delay=1.0).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def operator(tmp_path: Path, control_plane: RunPodServer, s3_server, s3_bucket: str):
-    """The operator's folder and settings: the S3 server, the control plane, a key pair, a short demo run."""
-    env = {
-        **s3_server.environ(s3_bucket, prefix=f"managed-{uuid.uuid4().hex[:8]}"),
-        "RUNPOD_API_BASE_URL": control_plane.url, "RUNPOD_API_KEY": API_KEY,
-        "RUNPOD_SSH_KEY": str(ssh_key_pair(tmp_path)), "SSH_KNOWN_HOSTS": str(tmp_path / "known_hosts"),
-        "POD_GPU_TYPES": "NVIDIA L40S,NVIDIA RTX A6000", "POD_VOLUME_GB": "20", "REMOTE_DIR": "/workspace/train",
-        "TRAIN_COMMAND": TRAIN_COMMAND, "S3_SYNC_FLUSH_TIMEOUT": "30", "LOST_AFTER_SECONDS": "20",
-    }
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "README.md").write_text("the operator's project\n")
-    yield project, env
-    control_plane.cleanup()
-
-
-def storage_for(env: dict[str, str]) -> Storage:
-    return Storage.from_settings(load_settings(overrides={k: v for k, v in env.items() if k.startswith(("AWS_", "S3_"))}))
 
 
 def test_train_dry_run_prints_the_plan_and_creates_nothing(operator, control_plane: RunPodServer) -> None:
@@ -128,8 +96,9 @@ def test_a_managed_run_survives_a_lost_pod_and_ends_with_nothing_billing(operato
     assert kinds.count("provisioned") == 2 and "preempted" in kinds and "finished" in kinds
     cost = run_cost(data.events, data.heartbeats)
     assert len(cost.hosts) == 2 and all(h.price_per_hour == 0.79 and h.dollars and h.dollars > 0 for h in cost.hosts)
-    state, _ = record.load(storage, run_id)
-    assert state.phase == "done" and len(state.pods) == 2 and state.outcome.startswith("finished")
+    state, _ = StateStore(storage, run_id, Secret(env["RUNPOD_API_KEY"])).load()
+    assert state.phase == "done" and len(state.pod_ids) == 2 and state.outcome.startswith("finished")
+    assert not state.billing()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "ssh-session-dropped"])
@@ -153,8 +122,8 @@ def test_ctrl_c_detaches_and_train_watch_resumes_from_the_state_in_the_bucket(op
     (pod_id,) = control_plane.pods
     run_id = re.search(r"^run       (\S+) ", output, re.M).group(1)
     assert proc.returncode == 0, output
-    assert (f"Watcher detached from run {run_id}. Pod {pod_id} keeps running and billing ($0.79/h). Attach again: "
-            f"fab train.watch {run_id}; take it down: fab pods.down --pod {pod_id}") in output
+    assert (f"Watcher detached from run {run_id}. Still billing:\n  {pod_id} ($0.79/h, training)\nAttach again: "
+            f"fab train.watch {run_id}; take them down: fab pods.down --pod {pod_id}") in output
     assert control_plane.pods[pod_id].status == "RUNNING"
 
     again = run_fab("train.watch", run_id, "--api-every", "1", "--ssh-every", "3", "--results", str(tmp_path / "results"),
@@ -176,8 +145,8 @@ def test_max_hours_warns_then_stops_gracefully_syncs_and_terminates(operator, co
     output = result.stdout
     assert result.returncode == 0, output + result.stderr
     assert re.search(r"warning: 0\.0[23]\d* h of MAX_HOURS=0\.03 h used \(80%\); the run stops at 0\.03 h", output)
-    assert re.search(r"\] stopped +root@127\.0\.0\.1:\d+: MAX_HOURS=0\.03 h reached \(0\.0[34]\d* h\); training stopped "
-                     r"gracefully; ", output), output
+    assert re.search(r"\] stopped +root@127\.0\.0\.1:\d+: MAX_HOURS=0\.03 h reached \(0\.0[34]\d* h\)$", output, re.M), output
+    assert re.search(r"\] note +root@127\.0\.0\.1:\d+: training stopped gracefully; ", output), output
     assert control_plane.pods == {}, "the pod was left billing"
     assert re.search(r"Run \S+: stopped: MAX_HOURS=0\.03 h reached", output)
     assert (latest_checkpoint(storage_for(env)).step or 0) > 0  # SIGTERM saved the step it reached

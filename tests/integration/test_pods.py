@@ -55,7 +55,8 @@ def test_up_creates_a_pod_whose_ssh_runs_torch_and_deploy_can_find_it(
     assert torch.ok and torch.stdout.startswith("2."), torch.stderr
     assert docker.stdout.strip() == "none"
     pod = next(iter(runpod_server.pods.values()))
-    assert pod.name.startswith("gpu-deploy-pods-") and pod.mount == "/workspace" and pod.gpu.id == "NVIDIA L40S"
+    assert re.fullmatch(r"gpu-deploy-[0-9a-f]{8}-up-[0-9a-f]{8}", pod.name), pod.name  # this project's id, exactly
+    assert pod.mount == "/workspace" and pod.gpu.id == "NVIDIA L40S"
 
 
 def test_up_falls_back_to_the_next_gpu_type_without_capacity(runpod_server: RunPodServer,
@@ -89,7 +90,7 @@ def test_pods_lists_the_projects_pods_with_cost_and_stopped_volume_billing(
     stopped = fab("pods.down", "--stop", "--pod", pod_id)
     assert stopped.returncode == 0 and f"Pod {pod_id} stopped." in stopped.stdout
     table = fab("pods").stdout
-    assert re.search(rf"{pod_id}\s+\S+\s+stopped\s", table)
+    assert re.search(rf"{pod_id}\s+\S+\s+made by hand \(fab pods\.up\)\s+stopped\s", table), table
     assert f"1 stopped pod(s) still bill their volume: $0.13/day ({pod_id})" in table  # 20 GB x $0.20 / 30
 
 
@@ -160,7 +161,8 @@ def test_lost_pods_look_as_runpod_reports_them(runpod_server: RunPodServer, runp
     assert (after[failed.id].status, after[failed.id].has_runtime, after[failed.id].ssh) == ("RUNNING", False, None)
     assert runpod_server.container(failed.id).status != "running"
     table = fab("pods").stdout
-    assert re.search(rf"{failed.id}\s+\S+\s+no runtime \(starting, or its machine is down\)", table)
+    assert re.search(rf"{failed.id}\s+\S+\s+made by hand \(fab pods\.up\)\s+no runtime \(starting, or its machine "
+                     r"is down\)", table), table
 
 
 # ----------------------------------------------------------------------------- bad input: one sentence each

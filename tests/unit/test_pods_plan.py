@@ -8,8 +8,9 @@ import pytest
 
 from deploy.errors import ConfigError
 from deploy.pods.models import EXITED, RUNNING, GpuType, Pod, PodError
-from deploy.pods.plan import (PodOptions, choose_pod, find_gpu, is_capacity_error, judge_termination, name_prefix,
-                              plan_up, project_pods, project_slug, read_public_key, spend_so_far,
+from deploy.pods.naming import belongs, parse_pod_name, pod_name, project_id
+from deploy.pods.plan import (PodOptions, choose_pod, find_gpu, is_capacity_error, judge_termination,
+                              plan_up, project_pods, read_public_key, spend_so_far,
                               stopped_volume_per_day)
 from deploy.settings import load_settings
 
@@ -93,21 +94,41 @@ def test_capacity_errors_are_told_from_other_refusals() -> None:
     assert not is_capacity_error("Invalid GPU type: NVIDIA A40")
 
 
-def test_project_names_come_from_the_prefix_or_the_folder(tmp_path: Path) -> None:
-    assert project_slug("Piper/TTS_v2", tmp_path) == "piper-tts-v2"
-    folder = tmp_path / "My Project"
-    folder.mkdir()
-    assert project_slug("", folder) == "my-project"
-    assert name_prefix("piper") == "gpu-deploy-piper-"
+def test_the_project_id_is_the_bucket_and_prefix_exactly() -> None:
+    from deploy.settings import load_settings
+
+    piper = project_id(load_settings(overrides={"S3_BUCKET": "bucket-1", "S3_PREFIX": "piper"}, environ={}))
+    piper_v2 = project_id(load_settings(overrides={"S3_BUCKET": "bucket-1", "S3_PREFIX": "piper-v2"}, environ={}))
+    other_bucket = project_id(load_settings(overrides={"S3_BUCKET": "bucket-2", "S3_PREFIX": "piper"}, environ={}))
+    assert len({piper, piper_v2, other_bucket}) == 3 and len(piper) == 8
+    assert piper == project_id(load_settings(overrides={"S3_BUCKET": "bucket-1", "S3_PREFIX": "piper"}, environ={}))
+
+
+def test_pod_names_parse_back_exactly_and_never_by_prefix() -> None:
+    name = pod_name("3f2a9c1b", "20261130-060215-a1b2", 12)
+    assert name == "gpu-deploy-3f2a9c1b-run-20261130-060215-a1b2-12"
+    parsed = parse_pod_name(name)
+    assert (parsed.project, parsed.kind, parsed.run_id, parsed.attempt) == ("3f2a9c1b", "run", "20261130-060215-a1b2", 12)
+    assert belongs(name, "3f2a9c1b") and belongs(name, "3f2a9c1b", "20261130-060215-a1b2")
+    assert not belongs(name, "3f2a9c1c") and not belongs(name, "3f2a9c1b", "20261130-060215-a1b")
+    for stranger in ("gpu-deploy-piper-v2-ab12cd", "gpu-deploy-3f2a9c1b-", "gpu-deploy-3f2a9c1bb-run-r-1",
+                     "gpu-deploy-3f2a9c1b-run-r", "xgpu-deploy-3f2a9c1b-up-12345678", "gpu-deploy-3f2a9c1b-up-1234"):
+        assert not belongs(stranger, "3f2a9c1b"), stranger
 
 
 def pod(pod_id: str, name: str, status: str = RUNNING, **kw) -> Pod:
     return Pod(id=pod_id, name=name, status=status, **kw)
 
 
+P = "3f2a9c1b"
+
+
 def test_only_the_projects_pods_are_listed() -> None:
-    pods = [pod("b", "gpu-deploy-p-2"), pod("x", "someone-else"), pod("a", "gpu-deploy-p-1"), pod("c", "gpu-deploy-pq-1")]
-    assert [p.id for p in project_pods(pods, "gpu-deploy-p-")] == ["a", "b"]
+    pods = [pod("b", f"gpu-deploy-{P}-run-r1-2"), pod("x", "someone-else"), pod("a", f"gpu-deploy-{P}-up-0a1b2c3d"),
+            pod("c", "gpu-deploy-3f2a9c1c-run-r1-1"), pod("d", f"gpu-deploy-{P}x-run-r1-1"),
+            pod("e", "an-old-name-recorded-at-create")]
+    assert {p.id for p in project_pods(pods, P)} == {"a", "b"}
+    assert {p.id for p in project_pods(pods, P, recorded={"e"})} == {"a", "b", "e"}
 
 
 def test_spend_is_uptime_times_price_and_stopped_pods_bill_their_volume() -> None:
@@ -119,16 +140,16 @@ def test_spend_is_uptime_times_price_and_stopped_pods_bill_their_volume() -> Non
 
 
 def test_down_picks_the_named_pod_or_the_only_one() -> None:
-    pods = [pod("a", "gpu-deploy-p-1"), pod("b", "gpu-deploy-p-2"), pod("z", "other")]
-    assert choose_pod(pods, "b", "gpu-deploy-p-").id == "b"
-    assert choose_pod(pods, "gpu-deploy-p-1", "gpu-deploy-p-").id == "a"
-    assert choose_pod(pods[:1], None, "gpu-deploy-p-").id == "a"
+    pods = [pod("a", f"gpu-deploy-{P}-run-r-1"), pod("b", f"gpu-deploy-{P}-run-r-2"), pod("z", "other")]
+    assert choose_pod(pods, "b", P).id == "b"
+    assert choose_pod(pods, f"gpu-deploy-{P}-run-r-1", P).id == "a"
+    assert choose_pod(pods[:1], None, P).id == "a"
     with pytest.raises(PodError, match=r"2 pods \(a, b\); name the one"):
-        choose_pod(pods, None, "gpu-deploy-p-")
+        choose_pod(pods, None, P)
     with pytest.raises(PodError, match="no pods"):
-        choose_pod(pods[2:], None, "gpu-deploy-p-")
+        choose_pod(pods[2:], None, P)
     with pytest.raises(PodError, match="No pod q in this RunPod account"):
-        choose_pod(pods, "q", "gpu-deploy-p-")
+        choose_pod(pods, "q", P)
 
 
 def test_termination_is_safe_when_s3_has_the_newest_step() -> None:
