@@ -770,6 +770,7 @@ def commit() -> str:
     return head + (" (with uncommitted changes under deploy/ or tasks/ by other work)" if dirty else "")
 
 
+MANAGED = ("<!-- managed-runs -->", "<!-- /managed-runs -->")
 NOTES = "## Reading the figures"
 """A hand-written section of the report from this heading on is kept when the script rewrites it."""
 
@@ -791,7 +792,9 @@ def write_report(path: Path, report: Report, header: dict[str, str]) -> None:
               "```", ""]
     kept = path.read_text() if path.exists() else ""
     notes = kept[kept.index(NOTES):] if NOTES in kept else ""
-    path.write_text("\n".join(lines) + ("\n" + notes if notes else ""))
+    managed = kept[kept.index(MANAGED[0]):kept.index(MANAGED[1]) + len(MANAGED[1])] \
+        if MANAGED[0] in kept and MANAGED[1] in kept else ""  # benchmarks/bench_managed.py's section
+    path.write_text("\n".join(lines) + ("\n" + managed + "\n" if managed else "") + ("\n" + notes if notes else ""))
 
 
 def compose_rows(bench: Bench, prefix: str, args: argparse.Namespace, report: Report) -> list[Target]:
