@@ -6,6 +6,7 @@ from typing import Any
 
 from deploy.errors import HostError
 from deploy.hosts import HostOptions, HostSpec, Outcome, hosts_from
+from deploy.pods.naming import project_id
 from deploy.pods.state import known_hosts
 from deploy.settings import Settings
 
@@ -13,13 +14,21 @@ HOSTS_HELP = ("Hosts, comma-separated user@host:port (default: RUNPOD_HOST, else
               "fab -H works too).")
 
 
-def targets(c: Any, settings: Settings, hosts: str | None) -> list[HostSpec]:
-    """fab -H gives the task a Connection: that host wins; then --hosts; then RUNPOD_HOST; then the pods
-    ``fab pods.up`` made for this project (``.gpu-deploy/pods.json``)."""
+def targets(c: Any, settings: Settings, hosts: str | None, run: str | None = None,
+            single: bool = False) -> list[HostSpec]:
+    """fab -H gives the task a Connection: that host wins; then --hosts; then RUNPOD_HOST; then this project's
+    running pods (``.gpu-deploy/pods.json``: recorded for this bucket and prefix exactly; with ``run``, only
+    that run's pods and pods made by hand, so a deploy never ships its .env to another run's pod).
+    ``single``: more than one such pod is an error naming them (a deploy of one node must pick one)."""
     if hosts is None and hasattr(c, "host") and hasattr(c, "port"):
         return [HostSpec(c.host, int(c.port), c.user)]
-    if hosts is None and not settings.runpod_host:  # the pods `fab pods.up` created for this project
-        hosts = ",".join(known_hosts()) or None
+    if hosts is None and not settings.runpod_host:
+        project = project_id(settings) if settings.s3_bucket else None
+        found = known_hosts(project=project, run=run)
+        if single and len(found) > 1:
+            raise HostError(f"{len(found)} pods of this project could take this deploy ({', '.join(found)}); name "
+                            "one with --hosts or RUNPOD_HOST, or set NUM_NODES for one run across them.")
+        hosts = ",".join(found) or None
     return hosts_from(settings, hosts)
 
 

@@ -62,3 +62,19 @@ def test_a_broken_state_file_is_one_sentence(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(ConfigError, match=r"pods.json is not readable JSON .*remove it and run fab pods"):
         state.known_hosts(tmp_path)
+
+
+def test_deploy_targets_only_this_projects_pods_of_this_run_or_made_by_hand(tmp_path: Path) -> None:
+    def running(pod_id: str, port: int) -> Pod:
+        return Pod.from_api({**POD, "id": pod_id, "runtime": {"ports": [
+            {"ip": "203.0.113.7", "isIpPublic": True, "privatePort": 22, "publicPort": port, "type": "tcp"}]}})
+
+    state.record_pod(tmp_path, running("mine-run", 40001), project="3f2a9c1b", run="r1", made_by="train")
+    state.record_pod(tmp_path, running("mine-other-run", 40002), project="3f2a9c1b", run="r0", made_by="train")
+    state.record_pod(tmp_path, running("by-hand", 40003), project="3f2a9c1b", made_by="up")
+    state.record_pod(tmp_path, running("other-project", 40004), project="0badc0de", run="r1", made_by="train")
+    state.record_pod(tmp_path, running("by-hand", 40003))  # a refresh keeps who made it
+    hosts = state.known_hosts(tmp_path, project="3f2a9c1b", run="r1")
+    assert hosts == ["root@203.0.113.7:40003", "root@203.0.113.7:40001"]
+    assert "root@203.0.113.7:40004" not in state.known_hosts(tmp_path, project="3f2a9c1b")
+    assert state.recorded_ids(tmp_path, "3f2a9c1b") == {"mine-run", "mine-other-run", "by-hand"}
