@@ -332,6 +332,9 @@ class Settings:
     run_id: str = setting(
         "RUN_ID", "Run to deploy into (fab runs lists them); empty: continue the newest unfinished run, else a "
         "new one. Training gets it too.", "", default="", parse=_parse_run_id, group="training")
+    from_run: str = setting(
+        "FROM_RUN", "Run whose newest checkpoint training may continue from (fab runs lists them); empty: with "
+        "RUN_ID set, resume skips other runs' checkpoints.", "", default="", parse=_parse_run_id, group="training")
     host_price_per_hour: str = setting(
         "HOST_PRICE_PER_HOUR", "Dollars per hour a GPU host costs, for the run's cost: 1.20 for every host, or "
         "per host as host1=1.20,host2=0.80 (pods report their own price).", "1.20", default="",

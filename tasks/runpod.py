@@ -74,6 +74,8 @@ def ssh(c, hosts=None, env_file=None):
         "runtime": "compose (Docker), native (a supervised process, hosts without Docker such as RunPod pods) or "
                    "auto: compose when the host has Docker and Compose (default: RUNTIME).",
         "restart": "Recreate the service even if nothing changed (it resumes from S3).",
+        "from_run": "Continue from this run's newest checkpoint (fab runs lists runs; default: FROM_RUN); "
+                    "otherwise a run resumes only from its own checkpoints.",
         "build": "Build the image for TRAIN_PROJECT's requirements (fab image-build) and push it first.",
         "dry_run": DRY_RUN_HELP,
         "wait": "Seconds to wait for training to start (default 300).",
@@ -83,7 +85,7 @@ def ssh(c, hosts=None, env_file=None):
 )
 @boundary
 def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart=False, build=False, dry_run=False,
-                  wait=None, hosts=None, env_file=None):
+                  wait=None, hosts=None, env_file=None, from_run=None):
     """Deploy the training to the GPU host(s): probe, provision, ship .env, image or code, start."""
     from deploy.flow.group import deploy_group
     from deploy.flow.rollout import Rollout, deploy_hosts
@@ -97,7 +99,8 @@ def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart
         # so this file stays on the laptop whatever its name (deploy.runtimes.native.tree).
         os.environ[ENV_FILE_VARIABLE] = env_file
     nodes = None if nodes is None else whole(nodes, "--nodes", minimum=1)
-    settings = settings_from_flags(env_file=env_file, IMAGE=image, DATASET=dataset, NUM_NODES=nodes, RUNTIME=runtime)
+    settings = settings_from_flags(env_file=env_file, IMAGE=image, DATASET=dataset, NUM_NODES=nodes, RUNTIME=runtime,
+                                   FROM_RUN=from_run)
     settings.require("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET")
     specs = targets(c, settings, hosts)  # names RUNPOD_HOST when no host is given and no pod is known
     storage = Storage.from_settings(settings)

@@ -40,6 +40,10 @@ CHECKPOINT_SUFFIX = ".ckpt"
 EPOCH_KEY = "epoch"
 STEP_KEY = "step"
 SIZE_KEY = "size"  # metadata the training side's uploader records
+RUN_METADATA = "run"
+"""Metadata naming the run that uploaded a checkpoint (the training side sets it from ``RUN_ID``)."""
+ATTEMPT_METADATA = "attempt"
+"""Metadata naming the run's attempt (deploy.training.lease) whose training uploaded it."""
 _EPOCH_ZERO = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # "-" starts a new "name=value" pair only when a name follows: values may be negative (val_loss=-0.5).
@@ -139,6 +143,10 @@ class CheckpointInfo:
     """Every metric the name carries (``val_mel``, ``val_loss`` ...), plus ``val_loss`` metadata."""
     recorded_size: int | None = None
     """The ``size`` metadata the uploader wrote; None for objects older scripts uploaded."""
+    run: str | None = None
+    """The run that uploaded it (``run`` metadata); None for unlabelled ones (older scripts, no RUN_ID)."""
+    attempt: int | None = None
+    """The run's attempt whose training uploaded it (``attempt`` metadata), when known."""
 
     @property
     def size_mismatch(self) -> bool:
@@ -169,7 +177,8 @@ class CheckpointInfo:
         return cls(name=obj.name, key=obj.key, size=obj.size, uploaded=obj.last_modified,
                    epoch=meta_epoch if meta_epoch is not None else parsed.epoch, step=step,
                    val_loss=val_loss, step_source=source, sha256=obj.sha256, metrics=metrics,
-                   recorded_size=_int_or_none(meta.get(SIZE_KEY)))
+                   recorded_size=_int_or_none(meta.get(SIZE_KEY)),
+                   run=(meta.get(RUN_METADATA) or "").strip() or None, attempt=_int_or_none(meta.get(ATTEMPT_METADATA)))
 
     def sort_key(self) -> tuple[Any, ...]:
         """Known steps first by step, then last-modified, then name (so ties are deterministic)."""
@@ -182,6 +191,7 @@ class CheckpointInfo:
             "epoch": self.epoch, "step": self.step, "val_loss": self.val_loss,
             "step_source": self.step_source, "sha256": self.sha256, "metrics": dict(self.metrics),
             "recorded_size": self.recorded_size, "size_mismatch": self.size_mismatch,
+            "run": self.run, "attempt": self.attempt,
         }
 
 
@@ -214,6 +224,36 @@ def list_checkpoints(storage: Storage, with_metadata: bool = True) -> list[Check
         # An object deleted between the listing and the head keeps its listed facts.
         objects = [h or o for h, o in zip(headed, objects)]
     return sort_checkpoints(CheckpointInfo.from_object(o) for o in objects)
+
+
+@dataclass(frozen=True)
+class RunCandidates:
+    """Checkpoints split by run: those a run may resume from, and those of other runs (both oldest first)."""
+
+    candidates: tuple[CheckpointInfo, ...]
+    others: tuple[CheckpointInfo, ...] = ()
+
+    @property
+    def newest_other(self) -> CheckpointInfo | None:
+        return self.others[-1] if self.others else None
+
+
+def run_candidates(checkpoints: Iterable[CheckpointInfo], run_id: str, also: Iterable[str] = ()) -> RunCandidates:
+    """Which checkpoints run ``run_id`` may resume from: its own, those of the runs in ``also``
+    (``FROM_RUN``), and unlabelled ones (no ``run`` metadata: buckets older scripts wrote). Without a
+    ``run_id`` every checkpoint is a candidate, as before runs had ids.
+
+    >>> mine = CheckpointInfo.from_object(ObjectInfo("c/a.ckpt", 1, metadata={"run": "r1", "step": "5"}))
+    >>> other = CheckpointInfo.from_object(ObjectInfo("c/b.ckpt", 1, metadata={"run": "r0", "step": "9"}))
+    >>> [c.name for c in run_candidates([mine, other], "r1").candidates]
+    ['a.ckpt']
+    """
+    ordered = sort_checkpoints(checkpoints)
+    if not run_id:
+        return RunCandidates(tuple(ordered))
+    wanted = {run_id, *(r for r in also if r)}
+    return RunCandidates(tuple(c for c in ordered if c.run is None or c.run in wanted),
+                         tuple(c for c in ordered if c.run is not None and c.run not in wanted))
 
 
 def latest_checkpoint(storage: Storage) -> CheckpointInfo | None:

@@ -6,7 +6,8 @@
    (found under ``--staged-root``, default the working directory; see
    :mod:`deploy.training.recovery`). Then resolves ``CHECKPOINT`` (``s3``, an ``s3://`` URI, a local
    path, or empty; see :mod:`deploy.training.resume`) to a verified local file and says what it
-   chose; for ``s3`` the newest recovered local file wins over an older object in the bucket.
+   chose; for ``s3`` the newest recovered local file wins over an older object in the bucket, and
+   with ``RUN_ID`` only this run's checkpoints (plus ``FROM_RUN``'s and unlabelled ones) count.
 2. Runs the training command (after ``--``, else ``TRAIN_COMMAND``, else the demo:
    ``python -m deploy.training.demo fit``). For a
    LightningCLI ``fit`` it appends ``--ckpt_path=<file>`` and, with ``ENABLE_S3_SYNC=1``,
@@ -155,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         storage = cache(lambda: Storage.from_settings(settings))
         resume_dir = Path(options.resume_dir)
         local = recover(settings, storage, options.staged_root or ["."], resume_dir)
-        plan = resolve_checkpoint(settings.checkpoint, storage, resume_dir, local=local)
+        plan = resolve_checkpoint(settings.checkpoint, storage, resume_dir, local=local, run_id=settings.run_id,
+                                  from_run=settings.from_run)
     except DeployError as exc:
         print(f"entrypoint: {exc}", file=sys.stderr, flush=True)
         return 2

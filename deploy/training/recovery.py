@@ -37,6 +37,8 @@ class LocalCheckpoint:
     step: int
     name: str
     key: str
+    run: str = ""
+    """The run that staged it (its ``run`` metadata); empty when it was trained without RUN_ID."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ def recover_staged(storage: Callable[[], Any], roots: Iterable[str], dest_dir: P
     if newest_pair is not None:
         staged, path = newest_pair
         assert staged.step is not None
-        newest = LocalCheckpoint(_keep_for_resume(path, staged.name, dest_dir), staged.step, staged.name, staged.key)
+        newest = LocalCheckpoint(_keep_for_resume(path, staged.name, dest_dir), staged.step, staged.name, staged.key,
+                                 run=str(staged.metadata.get("run", "")))
     uploaded: list[str] = []
     failed: list[str] = []
     details: list[str] = []

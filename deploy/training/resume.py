@@ -5,6 +5,9 @@
   checkpoint archive), the next newest, and so on. None at all: start fresh. A verified local
   checkpoint that a killed run staged but had not uploaded (``local``, from
   :mod:`deploy.training.recovery`) wins over every object with a lower or equal step.
+  With ``RUN_ID`` set, only this run's checkpoints (``run`` metadata), those of ``FROM_RUN`` and
+  unlabelled ones (older scripts wrote no ``run``) are candidates: another run's checkpoints are
+  skipped, and when nothing else is left training starts fresh and says whose they were.
 - ``s3://bucket/key``: that object (verified the same way; no fallback: you named it).
 - a local path: that file. Empty: start fresh.
 
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from deploy.storage.checkpoints import CheckpointInfo, list_checkpoints
+from deploy.storage.checkpoints import CheckpointInfo, RunCandidates, list_checkpoints, run_candidates
 from deploy.errors import StorageError, TrainingError
 from deploy.storage import Storage
 from deploy.training.journal import looks_like_checkpoint
@@ -68,28 +71,80 @@ def _is_damage(exc: StorageError) -> bool:
     return "is corrupt" in text or "truncated" in text
 
 
-def _from_local(local: LocalCheckpoint, skipped: list[str]) -> ResumePlan:
-    note = f"; skipped {len(skipped)} newer one(s) in S3 that failed verification: {'; '.join(skipped)}" \
-        if skipped else ""
+def _from_local(local: LocalCheckpoint, skipped: list[str], note: str = "") -> ResumePlan:
+    if skipped:
+        note += f"; skipped {len(skipped)} newer one(s) in S3 that failed verification: {'; '.join(skipped)}"
     return ResumePlan(S3_LATEST, local.path, local.path, local.step, tuple(skipped),
                       f"resuming from {local.name} (step {local.step}) on this machine, where a killed run "
                       f"left it unsent; nothing newer is in S3{note}")
 
 
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def _foreign(folder: str, scope: RunCandidates) -> str:
+    """Starting fresh because every checkpoint in the bucket belongs to another run: say whose, and how to continue it."""
+    newest = scope.newest_other
+    assert newest is not None
+    count = len(scope.others)
+    step = f", step {newest.step}" if newest.step is not None else ""
+    return (f"starting fresh: the {_plural(count, 'checkpoint', 'checkpoints')} in {folder}/ "
+            f"{'belongs' if count == 1 else 'belong'} to other runs (newest: run {newest.run}{step}); "
+            f"to continue that run set FROM_RUN={newest.run} or pass --from-run {newest.run}")
+
+
+def _whose(info: CheckpointInfo, run_id: str, from_run: str, scope: RunCandidates) -> str:
+    """What the message adds about the chosen checkpoint's run, when runs matter (RUN_ID set)."""
+    if not run_id:
+        return ""
+    if from_run and info.run == from_run:
+        note = f" of run {from_run}, as FROM_RUN asks"
+    elif from_run:
+        theirs = [c for c in scope.candidates if c.run == from_run]
+        newest = f" (newest step {theirs[-1].step})" if theirs and theirs[-1].step is not None else ""
+        owner = f"run {info.run}" if info.run else "no recorded run"
+        note = f" ({owner}), newer than every checkpoint of FROM_RUN={from_run}{newest}"
+    elif info.run is None:
+        note = " (uploaded without a run id)"
+    else:
+        note = ""
+    later = [c for c in scope.others if (c.step or 0) > (info.step or 0)]
+    if later:
+        note += (f"; skipped {_plural(len(later), 'newer checkpoint', 'newer checkpoints')} of other runs "
+                 f"(newest: run {later[-1].run}, step {later[-1].step})")
+    return note
+
+
 def resume_from_latest(storage: Storage, dest_dir: Path, candidates: list[CheckpointInfo] | None = None,
-                       local: LocalCheckpoint | None = None) -> ResumePlan:
+                       local: LocalCheckpoint | None = None, run_id: str = "", from_run: str = "") -> ResumePlan:
     """Newest checkpoint first; skip the ones that do not verify, saying which and why.
 
     ``local`` (a verified file on this machine) is used when no object in the bucket has a higher step.
+    With ``run_id``, only that run's checkpoints, ``from_run``'s and unlabelled ones are candidates
+    (:func:`deploy.storage.checkpoints.run_candidates`).
     """
-    ordered = list(reversed(candidates if candidates is not None else list_checkpoints(storage)))
+    folder = storage.url(storage.key("checkpoints"))
+    scope = run_candidates(candidates if candidates is not None else list_checkpoints(storage), run_id,
+                           (from_run,) if from_run else ())
+    note = ""
+    if local is not None and run_id and local.run and local.run not in (run_id, from_run):
+        note = f"; left {local.name} on this machine aside: run {local.run} staged it"
+        local = None
+    ordered = list(reversed(scope.candidates))
+    if from_run and run_id and not any(c.run == from_run for c in ordered):
+        if not ordered and local is None:
+            raise TrainingError(f"FROM_RUN={from_run} has no checkpoint in {folder}/ (fab runs lists the runs); "
+                                "correct it, or unset FROM_RUN to start fresh.")
+        note += f"; FROM_RUN={from_run} has no checkpoint in {folder}/"
     if not ordered and local is None:
-        return ResumePlan(S3_LATEST, None, message=f"no checkpoint in {storage.url(storage.key('checkpoints'))}/; "
-                                                   "starting fresh")
+        if scope.others:
+            return ResumePlan(S3_LATEST, None, message=_foreign(folder, scope) + note)
+        return ResumePlan(S3_LATEST, None, message=f"no checkpoint in {folder}/; starting fresh{note}")
     skipped: list[str] = []
     for info in ordered:
         if local is not None and (info.step is None or info.step <= local.step):
-            return _from_local(local, skipped)
+            return _from_local(local, skipped, note)
         try:
             path = _fetch(storage, info.key, dest_dir)
         except StorageError as exc:
@@ -99,27 +154,30 @@ def resume_from_latest(storage: Storage, dest_dir: Path, candidates: list[Checkp
             skipped.append(f"{info.name}: {exc}")
             continue
         step = f" (step {info.step})" if info.step is not None else ""
-        note = f"; skipped {len(skipped)} newer one(s) that failed verification: {'; '.join(skipped)}" if skipped else ""
+        whose = _whose(info, run_id, from_run, scope)
+        bad = f"; skipped {len(skipped)} newer one(s) that failed verification: {'; '.join(skipped)}" if skipped else ""
         return ResumePlan(S3_LATEST, path, storage.url(info.key), info.step, tuple(skipped),
-                          f"resuming from {storage.url(info.key)}{step}{note}")
+                          f"resuming from {storage.url(info.key)}{step}{whose}{bad}{note}")
     if local is not None:
-        return _from_local(local, skipped)
-    raise TrainingError(f"Every checkpoint in {storage.url(storage.key('checkpoints'))}/ failed verification: "
-                        + "; ".join(skipped) + ". Set CHECKPOINT= (empty) to start fresh.")
+        return _from_local(local, skipped, note)
+    which = f" that run {run_id} may resume from" if run_id else ""
+    raise TrainingError(f"Every checkpoint in {folder}/{which} failed verification: " + "; ".join(skipped)
+                        + ". Set CHECKPOINT= (empty) to start fresh.")
 
 
 def resolve_checkpoint(value: str, storage: Callable[[], Storage], dest_dir: Path,
-                       local: LocalCheckpoint | None = None) -> ResumePlan:
+                       local: LocalCheckpoint | None = None, run_id: str = "", from_run: str = "") -> ResumePlan:
     """Turn a ``CHECKPOINT`` value into a :class:`ResumePlan`. ``storage`` is only called when needed.
 
-    ``local`` only matters for ``s3``: see :func:`resume_from_latest`.
+    ``local``, ``run_id`` (``RUN_ID``) and ``from_run`` (``FROM_RUN``) only matter for ``s3``: see
+    :func:`resume_from_latest`.
     """
     value = (value or "").strip()
     if not value:
         return ResumePlan("", None, message="CHECKPOINT is empty; starting fresh")
     dest_dir.mkdir(parents=True, exist_ok=True)
     if value.lower() == S3_LATEST:
-        return resume_from_latest(storage(), dest_dir, local=local)
+        return resume_from_latest(storage(), dest_dir, local=local, run_id=run_id, from_run=from_run)
     if value.startswith("s3://"):
         parts = urlparse(value)
         store = storage()
