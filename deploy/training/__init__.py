@@ -8,9 +8,12 @@
 - :mod:`deploy.training.journal`: which checkpoints were staged for upload and not yet confirmed.
 - :mod:`deploy.training.recovery`: on start, send what a killed run left staged.
 - :mod:`deploy.training.stop`: SIGTERM: one flush deadline, the stop decided on every rank.
+- :mod:`deploy.training.lease`: one writer per run: the run's lease (granted per deploy, claimed by
+  the training, checked before every write). Torch-free: the deploy flow and the watcher use it too.
 - :mod:`deploy.training.resume`: ``CHECKPOINT`` -> a verified local checkpoint file.
 - :mod:`deploy.training.entrypoint`: the image's entrypoint (resume, run, pass signals on).
 - :mod:`deploy.training.demo`: a tiny LightningCLI job for the image, the tests and the benchmark.
 
-Nothing here is imported by the operator's tasks: torch and Lightning are only in the ``train`` extra.
+The operator's side imports only the torch-free parts (the lease, the journal's names): torch and
+Lightning are only in the ``train`` extra.
 """

@@ -15,6 +15,12 @@ On SIGTERM (``fab stop``, compose, the platform) it saves the current step throu
 with what is pending within the stop deadline (:mod:`deploy.training.stop`), and prints one line:
 ``gpu-deploy: saved step N on stop, uploaded to s3://...``. The next start resumes at exactly N.
 
+When the entrypoint claimed the run's lease (``RUN_ID`` and ``RUN_ATTEMPT``), each upload carries the
+attempt in its metadata beside ``run``, and the upload helper refuses every write once a newer attempt
+claimed the run (:mod:`deploy.training.lease`). The training then stops at the next batch boundary,
+on every rank, without a stop checkpoint and without another write, and prints one line:
+``gpu-deploy: superseded by attempt N on HOST; this training stops without writing to S3``.
+
 :class:`S3LogSync` (:mod:`deploy.training.logsync`) sends the current logger version's event files
 and ``hparams.yaml`` to ``logs/version_N/`` every ``every_n_epochs`` epochs and at the end.
 
@@ -39,12 +45,13 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from deploy.storage import CHECKPOINTS
-from deploy.storage.checkpoints import checkpoint_metadata
+from deploy.storage.checkpoints import ATTEMPT_METADATA, RUN_METADATA, checkpoint_metadata
 from deploy.training import journal
 from deploy.training.checkpoint_io import SyncCheckpointIO, install_checkpoint_io
 from deploy.training.journal import STAGING_DIR
+from deploy.training.lease import ATTEMPT_ENV, RUN_ENV, SUPERSEDED, attempt_from_environment
 from deploy.training.logsync import S3LogSync
-from deploy.training.stop import SAVED_ON_STOP, STOP, agree_to_stop, end_run_after_this_batch
+from deploy.training.stop import SAVED_ON_STOP, STOP, agree, end_run_after_this_batch
 from deploy.training.syncbase import DEFAULT_FLUSH_TIMEOUT, SyncCallback, storage_transfer
 from deploy.training.uploader import FlushResult, UploadJob
 
@@ -82,6 +89,9 @@ class S3CheckpointSync(SyncCallback):
         self.submitted: list[str] = []
         self.saved_on_stop: tuple[int, str] | None = None
         """(step, file) of the checkpoint the last graceful stop saved."""
+        self.superseded = False
+        """A newer attempt of the run took it while this fit ran: it ended without saving or sending."""
+        self._fenced = False
         self._undo: Callable[[], None] | None = None
         self._staged_dirs: set[str] = set()
         self._intents: dict[str, journal.StagedCheckpoint] = {}
@@ -90,6 +100,8 @@ class S3CheckpointSync(SyncCallback):
         if stage != "fit":
             return
         self.saved_on_stop = None
+        self.superseded = False
+        self._fenced = attempt_from_environment() is not None  # the same on every rank
         if not self._start(trainer):
             return
         self._undo = install_checkpoint_io(
@@ -121,8 +133,13 @@ class S3CheckpointSync(SyncCallback):
     @staticmethod
     def _metadata(checkpoint: dict[str, Any]) -> dict[str, str]:
         meta = checkpoint_metadata(int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)))
-        run_id = os.environ.get("RUN_ID", "")  # the run ledger's run (deploy sets it): `fab runs.show` finds it
-        return {**meta, "run": run_id} if run_id else meta
+        run_id = os.environ.get(RUN_ENV, "")  # the run ledger's run (deploy sets it): `fab runs.show` finds it
+        if run_id:
+            meta[RUN_METADATA] = run_id
+            attempt = os.environ.get(ATTEMPT_ENV, "")  # the lease's attempt the entrypoint claimed
+            if attempt:
+                meta[ATTEMPT_METADATA] = attempt
+        return meta
 
     def _saving(self, path: str, checkpoint: dict[str, Any]) -> None:
         """Before Lightning writes ``path``: journal the intent, so a kill during the write is noticed."""
@@ -155,16 +172,37 @@ class S3CheckpointSync(SyncCallback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        """At each batch boundary, on every rank: when any rank got SIGTERM, save this step and end the run."""
-        if not (self.enabled and self.save_on_stop and STOP.coordinated) or self.saved_on_stop is not None:
+        """At each batch boundary, on every rank: when any rank got SIGTERM, save this step and end the run;
+        when a newer attempt took the run (the upload helper was refused), end it without saving."""
+        if not self.enabled or self.saved_on_stop is not None or self.superseded:
             return
-        if not agree_to_stop(trainer):
+        watch_stop = self.save_on_stop and STOP.coordinated
+        if not (watch_stop or self._fenced):
+            return
+        asked, superseded = agree(trainer, watch_stop and STOP.requested, self._fenced and STOP.superseded)
+        if superseded:
+            self._give_up(trainer)
+            return
+        if not asked:
             return
         step = trainer.global_step
         path = os.path.join(self._stop_dir(trainer),
                             STOP_CHECKPOINT.format(epoch=trainer.current_epoch, step=step))
         trainer.save_checkpoint(path)  # every rank (rank zero writes); the IO hook queues the upload
         self.saved_on_stop = (step, path)
+        end_run_after_this_batch(trainer)
+
+    def _give_up(self, trainer: Trainer) -> None:
+        """A newer attempt holds the run: say so once, drop what is pending, end the run after this batch.
+
+        No stop checkpoint is saved and nothing more is sent: the newer training resumed from the
+        bucket as it was when it claimed the run, and this one's later steps are a branch nobody wants.
+        """
+        self.superseded = True
+        if STOP.superseded_by is not None and self.uploader is not None:  # global rank zero: it was refused
+            attempt, host = STOP.superseded_by
+            print(SUPERSEDED.format(attempt=attempt, host=host or "an unnamed host"), flush=True)
+        self._stop("superseded")
         end_run_after_this_batch(trainer)
 
     @staticmethod

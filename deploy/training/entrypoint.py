@@ -2,6 +2,14 @@
 
     python -m deploy.training.entrypoint [options] [-- training command ...]
 
+0. With ``RUN_ID`` set, S3 sync on and an attempt from the deploy (``.gpu-deploy/attempt.json``,
+   written by the deploy flow's ``take-lease`` step), claims the run's lease (see
+   :mod:`deploy.training.lease`). When a newer attempt holds the run already, it says which and on
+   which host and exits 0 without training (0, so neither the native supervisor nor compose's
+   ``restart: on-failure`` starts it again). Otherwise the training command gets ``RUN_ATTEMPT``
+   (and ``RUN_ID``), and every write under ``checkpoints/`` and ``logs/`` from here on checks the
+   lease first. A training superseded while it ran stops without writing; the entrypoint then
+   says so and exits 0 too.
 1. With ``ENABLE_S3_SYNC=1``, first sends the checkpoints a killed run staged but never uploaded
    (found under ``--staged-root``, default the working directory; see
    :mod:`deploy.training.recovery`). Then resolves ``CHECKPOINT`` (``s3``, an ``s3://`` URI, a local
@@ -27,6 +35,7 @@ import argparse
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -38,7 +47,9 @@ from pathlib import Path
 from deploy.errors import DeployError
 from deploy.settings import Settings, load_settings
 from deploy.storage import Storage
-from deploy.training.ledger import TrainingLedger, record_in_background
+from deploy.training.lease import (ATTEMPT_ENV, ATTEMPT_FILE, RUN_ENV, Claim, Lease, claim, fence, read_attempt,
+                                   read_lease)
+from deploy.training.ledger import RUN_HOST_ENV, TrainingLedger, record_in_background
 from deploy.training.recovery import LocalCheckpoint, recover_staged
 from deploy.training.resume import ResumePlan, resolve_checkpoint
 
@@ -72,12 +83,18 @@ def training_command(command: Sequence[str], settings: Settings) -> list[str]:
     return list(DEMO_COMMAND)
 
 
-def plan_launch(command: Sequence[str], resume: ResumePlan, settings: Settings, attach: bool = True) -> Launch:
-    """Add ``--ckpt_path`` and the sync callbacks to a LightningCLI ``fit``; other commands get env only."""
+def plan_launch(command: Sequence[str], resume: ResumePlan, settings: Settings, attach: bool = True,
+                lease: Claim | None = None) -> Launch:
+    """Add ``--ckpt_path`` and the sync callbacks to a LightningCLI ``fit``; other commands get env only.
+
+    ``lease`` (claimed): the command gets ``RUN_ID`` and ``RUN_ATTEMPT``, so its uploads check the lease.
+    """
     cmd = training_command(command, settings)
     env: dict[str, str] = {}
     if resume.path:
         env[RESUME_ENV] = resume.path
+    if lease is not None:
+        env.update({RUN_ENV: lease.run_id, ATTEMPT_ENV: str(lease.attempt)})
     if is_lightning_fit(cmd):
         if resume.path and not any(a == "--ckpt_path" or a.startswith("--ckpt_path=") for a in cmd):
             cmd.append(f"--ckpt_path={resume.path}")
@@ -135,7 +152,35 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--staged-root", action="append", default=None, metavar="DIR",
                         help="where to look for checkpoints a killed run left unsent (repeatable; "
                              "default: the working directory)")
+    parser.add_argument("--attempt-file", default=ATTEMPT_FILE,
+                        help=f"the run's attempt the deploy wrote (default: {ATTEMPT_FILE})")
     return parser.parse_args(args), command
+
+
+def take_lease(settings: Settings, storage: Callable[[], Storage], attempt_file: Path,
+               host: str) -> Claim | None:
+    """Claim the run's lease with the deploy's attempt; None (nothing claimed) without RUN_ID, S3 sync or
+    an attempt file for this run (a training started by hand runs as before)."""
+    if not (settings.run_id and settings.enable_s3_sync):
+        return None
+    found = read_attempt(attempt_file)
+    if found is None:
+        return None
+    run_id, attempt = found
+    if run_id != settings.run_id:
+        print(f"entrypoint: {attempt_file} is for run {run_id}, not RUN_ID={settings.run_id}; no lease claimed",
+              flush=True)
+        return None
+    return claim(storage(), run_id, attempt, host)
+
+
+def superseded_since(storage: Callable[[], Storage], lease: Claim) -> Lease | None:
+    """The lease, when a newer attempt claimed the run while this training ran; None otherwise or unreadable."""
+    try:
+        now = read_lease(storage(), lease.run_id)
+    except DeployError:
+        return None
+    return now if now is not None and now.supersedes(lease.attempt) else None
 
 
 def recover(settings: Settings, storage: Callable[[], Storage], roots: Sequence[str],
@@ -154,6 +199,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         storage = cache(lambda: Storage.from_settings(settings))
+        host = os.environ.get(RUN_HOST_ENV, "") or socket.gethostname()
+        lease = take_lease(settings, storage, Path(options.attempt_file), host)
+        if lease is not None and lease.superseded:
+            print(f"entrypoint: {lease.message}", flush=True)
+            return 0  # not a failure: nothing may restart a superseded training
+        if lease is not None:
+            print(f"entrypoint: {lease.message}", flush=True)
+            fence(storage(), lease.run_id, lease.attempt)  # the recovery's uploads check the lease too
         resume_dir = Path(options.resume_dir)
         local = recover(settings, storage, options.staged_root or ["."], resume_dir)
         plan = resolve_checkpoint(settings.checkpoint, storage, resume_dir, local=local, run_id=settings.run_id,
@@ -162,16 +215,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"entrypoint: {exc}", file=sys.stderr, flush=True)
         return 2
     print(f"entrypoint: {plan.message}", flush=True)
-    launch = plan_launch(command, plan, settings, attach=not options.no_attach)
+    launch = plan_launch(command, plan, settings, attach=not options.no_attach, lease=lease)
     print(f"entrypoint: running {' '.join(launch.command)}", flush=True)
     ledger = TrainingLedger.from_settings(settings)  # the run ledger (RUN_ID from deploy); None: not recorded
-    record_in_background(ledger, "started", resume=os.path.basename(plan.path) if plan.path else None)
+    record_in_background(ledger, "started", resume=os.path.basename(plan.path) if plan.path else None,
+                         attempt=lease.attempt if lease is not None else None)
     try:
         code = run(launch.command, launch.env)
     except OSError as exc:  # the program does not exist or cannot be executed
         print(f"entrypoint: cannot run {launch.command[0]}: {exc.strerror or exc}; check TRAIN_COMMAND.",
               file=sys.stderr, flush=True)
         code = 127
+    newer = superseded_since(storage, lease) if lease is not None else None
+    if newer is not None and lease is not None:
+        what = (f"superseded by {newer.holder}; this training (attempt {lease.attempt}) stopped without writing "
+                "to S3")
+        print(f"entrypoint: {what}", flush=True)
+        record_in_background(ledger, "note", what=what, superseded_by=newer.claimed, attempt=lease.attempt)
+        return 0  # the run goes on elsewhere: nothing may restart this one
     record_in_background(ledger, "finished" if code == 0 else "exited", code=code)
     return code
 

@@ -12,6 +12,7 @@ from lightning.pytorch import LightningModule, Trainer
 
 from deploy.storage import LOGS
 from deploy.training.journal import STAGING_DIR
+from deploy.training.stop import STOP
 from deploy.training.syncbase import SyncCallback
 from deploy.training.uploader import UploadJob
 
@@ -72,8 +73,8 @@ class S3LogSync(SyncCallback):
 
     def sync(self, trainer: Trainer) -> int:
         """Queue every changed log file; returns how many were queued. Never waits on the network."""
-        if self.uploader is None or self.storage is None:
-            return 0
+        if self.uploader is None or self.storage is None or STOP.superseded:
+            return 0  # superseded: a newer attempt of the run writes the logs now
         log_dir = self.log_dir(trainer)
         if not log_dir or not os.path.isdir(log_dir):
             return 0

@@ -16,6 +16,11 @@ every rank, so Lightning ends the run on all of them at that same batch. Lightni
 called from inside the signal, would broadcast on the process group at an arbitrary point of the
 step and could desynchronise the ranks' collectives; without a coordinator it is called as before.
 
+The same record keeps the other way a training ends early: superseded (``STOP.superseded_by``),
+when the upload helper was refused because a newer attempt claimed the run's lease
+(:mod:`deploy.training.lease`). That stop is agreed on every rank in the same all-reduce as SIGTERM
+(:func:`agree`) and saves nothing.
+
 Example::
 
     STOP.arm(trainer, coordinated=True)       # in a callback, once Lightning registered its handlers
@@ -52,6 +57,9 @@ class StopRequest:
     def __init__(self) -> None:
         self.received_at: float | None = None
         self.coordinated = False
+        self.superseded_by: tuple[int, str] | None = None
+        """(attempt, host) of the newer training that took the run (deploy.training.lease); kept for
+        the life of the process: a superseded training never writes again."""
         self._trainer: Any = None
         self._previous: Any = None
         self._lock = threading.Lock()
@@ -90,6 +98,18 @@ class StopRequest:
         if self.received_at is None:
             self.received_at = time.monotonic()
 
+    def supersede(self, attempt: int, host: str) -> bool:
+        """Record that attempt ``attempt`` on ``host`` took the run; True the first time (print the line then)."""
+        with self._lock:
+            if self.superseded_by is not None:
+                return False
+            self.superseded_by = (attempt, host)
+            return True
+
+    @property
+    def superseded(self) -> bool:
+        return self.superseded_by is not None
+
     def flush_deadline(self, timeout: float) -> float:
         """When a flush starting now must end: ``timeout`` from now, or, once SIGTERM arrived,
         ``timeout`` (at most :data:`STOP_BUDGET`) from the signal, the same for every callback."""
@@ -114,12 +134,25 @@ def agree_to_stop(trainer: Any) -> bool:
 
     A rank that was not signalled itself starts its flush deadline at the agreement.
     """
-    asked = STOP.requested
+    return agree(trainer, STOP.requested)[0]
+
+
+def agree(trainer: Any, asked: bool, superseded: bool = False) -> tuple[bool, bool]:
+    """(asked to stop, superseded), each true on every rank when it is true on any: one all-reduce in DDP.
+
+    Only global rank zero uploads, so only it learns that a newer attempt took the run; the other
+    ranks must stop at the same batch. A rank that was not signalled itself starts its flush deadline
+    at the agreement.
+    """
     if getattr(trainer, "world_size", 1) > 1:
-        asked = bool(trainer.strategy.reduce_boolean_decision(asked, all=False))
+        import torch  # the training side only; this module is imported without torch elsewhere
+
+        flags = torch.tensor([int(asked), int(superseded)], device=trainer.strategy.root_device)
+        total = trainer.strategy.reduce(flags, reduce_op="sum")
+        asked, superseded = (bool(v) for v in total.tolist())
         if asked:
             STOP.request()
-    return asked
+    return asked, superseded
 
 
 def end_run_after_this_batch(trainer: Any) -> None:

@@ -4,6 +4,11 @@ Enabling from the settings (decided on every rank, uploading on global rank zero
 :class:`~deploy.training.uploader.BackgroundUploader` each, and flushes that end by a deadline: at
 the end of ``fit``, on an exception, and on SIGTERM, where every callback shares the one deadline
 the signal set (:mod:`deploy.training.stop`), so the whole stop fits in the stop grace period.
+
+With a run's lease claimed (``RUN_ID`` and ``RUN_ATTEMPT``, set by the entrypoint), a write the
+upload helper refuses because a newer attempt took the run (:mod:`deploy.training.lease`) is never
+retried: the process records it (``STOP.superseded_by``), sends nothing more, and the callbacks
+give up what is pending without a flush.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from deploy.errors import DeployError, TrainingError
 from deploy.settings import Settings, load_settings
 from deploy.storage import Storage
+from deploy.training.lease import LeaseLost, fence_from_environment
 from deploy.training.stop import STOP
 from deploy.training.transfer import ProcessTransfer, abort_open_uploads_within
-from deploy.training.uploader import Backoff, BackgroundUploader, FlushResult, UploadJob
+from deploy.training.uploader import Backoff, BackgroundUploader, FlushResult, PermanentError, UploadJob
 
 DEFAULT_FLUSH_TIMEOUT = 60.0
 """Seconds a flush may take when ``S3_SYNC_FLUSH_TIMEOUT`` is not read (see :mod:`deploy.training.stop`)."""
@@ -43,6 +49,23 @@ def storage_transfer(storage: Storage) -> Callable[[UploadJob], Any]:
         return storage.upload_file(job.path, job.key, metadata=job.metadata)
 
     return transfer
+
+
+def refuse_when_superseded(transfer: Callable[[UploadJob], Any]) -> Callable[[UploadJob], Any]:
+    """``transfer``, except that once a newer attempt took the run nothing more is sent, and the
+    refusal that said so is recorded (``STOP.superseded_by``) and never retried."""
+
+    def guarded(job: UploadJob) -> Any:
+        if STOP.superseded_by is not None:
+            attempt, host = STOP.superseded_by
+            raise PermanentError(f"not sent: attempt {attempt} on {host} holds the run now")
+        try:
+            return transfer(job)
+        except LeaseLost as exc:
+            STOP.supersede(exc.lease.claimed, exc.lease.claimed_by)
+            raise PermanentError(str(exc)) from exc
+
+    return guarded
 
 
 def describe(result: FlushResult) -> str:
@@ -105,6 +128,7 @@ class SyncCallback(Callback):
             return False
         if self._storage_given:
             assert self.storage is not None
+            fence_from_environment(self.storage)  # in this process: the helper fences its own client
             self._transfer = storage_transfer(self.storage)
         else:
             try:
@@ -114,7 +138,7 @@ class SyncCallback(Callback):
             # Storage built from the settings can be built again in a helper process, which then
             # does the network work; this process only names the keys.
             self._transfer = ProcessTransfer()
-        self.uploader = BackgroundUploader(self._transfer, max_pending=self.max_pending,
+        self.uploader = BackgroundUploader(refuse_when_superseded(self._transfer), max_pending=self.max_pending,
                                            backoff=self.backoff, name=f"{type(self).__name__}-uploader")
         return True
 
@@ -144,18 +168,24 @@ class SyncCallback(Callback):
         A job still in flight then is cut short: its helper is stopped and the multipart upload it
         may have open is aborted; a journaled job stays staged for the next start.
         """
-        result = self.flush(reason)
+        superseded = STOP.superseded
+        result = None if superseded else self.flush(reason)  # superseded: what is pending is never sent
         if self.uploader is None:
             return result
         timeout = self.flush_timeout if self.flush_timeout is not None else DEFAULT_FLUSH_TIMEOUT
         left = lambda: max(0.0, STOP.flush_deadline(timeout) - time.monotonic())  # noqa: E731
-        cut_short = self.uploader.shutdown()
+        cut_short = self.uploader.shutdown(discard=superseded)
         close = getattr(self._transfer, "close", None)
         if callable(close):
             close(timeout=min(CLOSE_TIMEOUT, max(0.5, left())))
         self.uploader.join(timeout=1.0)
         if cut_short is not None and not cut_short.delete and self.storage is not None:
-            abort_open_uploads_within(self.storage, [cut_short.key], ABORT_TIMEOUT)
+            if not superseded:
+                abort_open_uploads_within(self.storage, [cut_short.key], ABORT_TIMEOUT)
+            elif self.uploader.pending:  # the helper was stopped mid-job: its multipart upload is still open
+                # An abort by key could end the newer attempt's upload of the same key; leave it.
+                rank_zero_warn(f"{type(self).__name__}: an unfinished multipart upload of {cut_short.key} may be "
+                               "left open; `fab s3.abort-uploads` removes it")
         self.uploader = None
         self._transfer = None
         return result

@@ -9,6 +9,11 @@ inherits the environment and working directory; nothing secret is in its argumen
 SIGINT and SIGTERM (its parent decides when to stop: it exits when the pipe closes, including when
 the parent is killed), and is restarted if it dies.
 
+With ``RUN_ID`` and ``RUN_ATTEMPT`` in its environment (the entrypoint claimed the run's lease), the
+worker's client checks the lease before every write under ``checkpoints/`` and ``logs/``
+(:func:`deploy.training.lease.fence`); a refusal comes back as :class:`~deploy.training.lease.LeaseLost`,
+which is never retried.
+
 Open multipart uploads are aborted wherever this side can see them: the worker aborts the ones left
 for a key whose upload failed (at once, and again once a later try of that key succeeded, in case
 the server was unreachable the first time), and :func:`abort_open_uploads` is what the callback
@@ -31,6 +36,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from deploy.errors import StorageError
+from deploy.training.lease import Lease, LeaseLost, fence_from_environment
 from deploy.training.uploader import UploadJob
 
 
@@ -105,6 +111,9 @@ class ProcessTransfer:
                 raise StorageError("the upload helper process stopped; it will be restarted")
         answer = json.loads(line)
         if not answer.get("ok"):
+            if isinstance(answer.get("lease"), dict):  # a newer attempt holds the run: never retried
+                raise LeaseLost(Lease.from_dict(answer["lease"]), int(answer.get("attempt") or 0), job.key,
+                                answer.get("error") or "")
             raise StorageError(answer.get("error") or "the upload failed")
         return answer
 
@@ -151,14 +160,20 @@ def serve(nice: int) -> None:
     for line in sys.stdin:
         job = json.loads(line)
         try:
-            storage = storage or Storage.from_settings(load_settings())
+            if storage is None:
+                storage = Storage.from_settings(load_settings())
+                fence_from_environment(storage)  # RUN_ID and RUN_ATTEMPT: every write checks the lease
             answer = _serve_one(storage, job)
             if job["key"] in failed_keys:
                 failed_keys.discard(job["key"])
                 _abort_quietly(storage, job["key"])  # the first abort may have found S3 unreachable
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent, which retries
             answer = {"ok": False, "error": str(exc) or type(exc).__name__}
-            if storage is not None and not job["delete"]:
+            if isinstance(exc, LeaseLost):
+                # The parent must not retry this one. s3transfer aborted the upload it had open; an
+                # abort by key here could end the newer attempt's upload of the same key.
+                answer.update(lease=exc.lease.to_dict(), attempt=exc.attempt)
+            elif storage is not None and not job["delete"]:
                 failed_keys.add(job["key"])
                 _abort_quietly(storage, job["key"])
         sys.stdout.write(json.dumps(answer) + "\n")

@@ -170,6 +170,7 @@ class BackgroundUploader:
         self._completed = 0
         self._deadline: float | None = None  # while flushing: give up retrying after this
         self._closed = False
+        self._discard = False  # shutdown(discard=True): journaled jobs go too
         self._thread: threading.Thread | None = None
 
     # ----------------------------------------------------------------- the training side
@@ -256,14 +257,16 @@ class BackgroundUploader:
                     self._dropped.append(f"{job.label}: removed before it could be sent")
         return dropped
 
-    def shutdown(self) -> UploadJob | None:
+    def shutdown(self, discard: bool = False) -> UploadJob | None:
         """Stop taking and retrying jobs at once, without waiting; return the job still in flight.
 
-        Waiting jobs are given up (journaled ones stay on disk for the next start). The caller may
-        then stop the transfer under the job in flight and :meth:`join` the worker.
+        Waiting jobs are given up: journaled ones stay on disk for the next start, unless ``discard``
+        (a training a newer attempt superseded: what it did not send must never be sent). The caller
+        may then stop the transfer under the job in flight and :meth:`join` the worker.
         """
         with self._cond:
             self._closed = True
+            self._discard = self._discard or discard
             self._cond.notify_all()
             leftovers = list(self._pending.values()) + list(self._set_aside.values())
             self._pending.clear()
@@ -392,11 +395,13 @@ class BackgroundUploader:
         if job.journal:
             _unlink(job.journal)
 
-    @classmethod
-    def _abandon(cls, job: UploadJob) -> None:
-        """The uploader stops before the job landed: a journaled job stays on disk for the next start."""
-        if not job.journal:
-            cls._release_snapshot(job)
+    def _abandon(self, job: UploadJob) -> None:
+        """The uploader stops before the job landed: a journaled job stays on disk for the next start
+        (unless the shutdown discards: then it goes like a finished one)."""
+        if self._discard:
+            self._release(job)
+        elif not job.journal:
+            self._release_snapshot(job)
 
 
 def _unlink(path: str) -> None:
