@@ -3,6 +3,8 @@
 A DDP group starts together: if any node must (re)start, every node stops and restarts from the
 latest checkpoint in S3, since a group cannot take a node back midway. Before anything starts,
 each other host must reach MASTER_ADDR:MASTER_PORT on rank 0 (deploy/remote/rendezvous.py).
+A group is one writer of its run: it takes one attempt of the run's lease for every node
+(``take-lease``, after the old nodes stopped), so every node claims the same attempt.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from deploy.runtimes.compose import ImageSource
 from deploy.settings import Settings
 from deploy.storage import Storage
 from deploy.flow.choose import choose_runtime, runtimes
-from deploy.flow.rollout import HostDeploy, Rollout, execute, prepare
+from deploy.flow.rollout import TAKE_LEASE, HostDeploy, Rollout, execute, prepare, take_lease, write_attempt
 
 LISTEN_SECONDS = 20  # rank 0 listens this long for the others' connections
 NATIVE_GROUP = ("Multi-node runs (NUM_NODES > 1) need the compose runtime; hosts without Docker (RunPod pods) "
@@ -138,8 +140,23 @@ def _run_group(conns: list[Any], specs: list[HostSpec], deploys: list[HostDeploy
     began = time.monotonic()
     stop_group(conns, deploys)
     check_rendezvous(conns, specs, rollout.master_addr or specs[0].host, rollout.master_port)
+    leased = group_lease(conns, deploys, rollout, storage, log)
     states = start_group(conns, deploys, rollout.wait, log)
     return [Outcome(o.spec, result=DeployResult(
-                spec=o.spec, done=o.result.done + ("start",), service=state,
+                spec=o.spec, done=o.result.done + leased + ("start",), service=state,
                 seconds=o.result.seconds + time.monotonic() - began, follow=f"fab logs --follow --hosts={o.spec}"))
             for o, state in zip(prepared, states)]
+
+
+def group_lease(conns: list[Any], deploys: list[HostDeploy], rollout: Rollout, storage: Storage,
+                log: Log) -> tuple[str, ...]:
+    """One attempt of the run for the whole group, written to every node; ``()`` when the deploy has no run."""
+    if not rollout.run_id:
+        return ()
+    planned = next((d.lease for d in deploys if d.lease is not None), None)
+    to = ",".join(str(d.spec) for d in deploys)
+    lease = take_lease(storage, rollout.run_id, to, planned.attempt if planned else None, log)
+    for conn, deploy in zip(conns, deploys):
+        log(f"{deploy.spec.host}: {TAKE_LEASE}: attempt {lease.granted} of run {rollout.run_id} (every node)")
+        write_attempt(conn, deploy.run.remote_dir, rollout.run_id, lease.granted)
+    return (TAKE_LEASE,)

@@ -1,10 +1,18 @@
 """`deploy-runpod`: one flow for every host and runtime: probe -> gather -> plan (printed) -> execute.
 
 The flow probes the host, chooses its runtime (deploy.flow.choose), lets the runtime read the host
-(``gather``, read-only) and decide the steps (``plan``, pure), adds the one runtime-neutral step it
-owns (staging the dataset), prints the plan (``--dry-run`` stops here) and carries each step out by
-the runtime's handler for it; after a start it waits for training to start. Re-running on a
-healthy host with the same inputs plans no step and says so. Multi-node groups: deploy.flow.group.
+(``gather``, read-only) and decide the steps (``plan``, pure), adds the runtime-neutral steps it
+owns (staging the dataset; taking the run's lease), prints the plan (``--dry-run`` stops here) and
+carries each step out by the runtime's handler for it; after a start it waits for training to
+start. Re-running on a healthy host with the same inputs plans no step and says so. Multi-node
+groups: deploy.flow.group.
+
+``take-lease`` goes just before the (re)start, only when the plan starts training and the deploy
+belongs to a run: it takes the run's next attempt (deploy.training.lease) and writes it to
+``REMOTE_DIR/.gpu-deploy/attempt.json``, where the training's entrypoint claims it. A training of an
+older attempt (a replaced pod still running, another host deployed with the same run) then stops
+without writing. The attempt never goes into the host's .env: a deploy that changes nothing stays a
+no-op.
 
 Example::
 
@@ -14,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,15 +32,18 @@ from deploy.errors import HostError
 from deploy.hosts.dataset import StagePlan, execute_stage, plan_for_host
 from deploy.hosts.envfile import plan_env
 from deploy.hosts.probe import HostFacts, probe
+from deploy.hosts.remote import run as run_remote, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec, Outcome, connect, for_each_host, require_sftp
 from deploy.runtimes.base import (START_STEPS, DeployResult, HostRun, Log, Plan, Runtime, Step, StepHandler,
                                   wait_for_training)
 from deploy.runtimes.compose import ImageSource
 from deploy.settings import Settings
 from deploy.storage import Storage
+from deploy.training.lease import ATTEMPT_FILE, Lease, attempt_document, grant, read_lease
 from deploy.flow.choose import choose_runtime, runtimes
 
 STAGE_DATASET = "stage-dataset"
+TAKE_LEASE = "take-lease"
 
 
 @dataclass(frozen=True)
@@ -73,13 +85,36 @@ class Rollout:
 
 
 @dataclass(frozen=True)
+class LeasePlan:
+    """The ``take-lease`` step, planned: the run, the attempt a deploy would take now, who holds the run."""
+
+    run_id: str
+    attempt: int
+    holder: str = "nobody"
+
+    @classmethod
+    def read(cls, storage: Storage, run_id: str) -> "LeasePlan":
+        """From the run's lease as it is now (read-only: a dry run writes nothing)."""
+        lease = read_lease(storage, run_id)
+        if lease is None:
+            return cls(run_id, 1)
+        return cls(run_id, max(lease.granted, lease.claimed) + 1, lease.holder)
+
+    def describe(self) -> str:
+        now = f" ({self.holder} holds it now)" if self.holder != "nobody" else ""
+        return (f"attempt {self.attempt} of run {self.run_id}{now}; a training of an older attempt stops "
+                "without writing")
+
+
+@dataclass(frozen=True)
 class HostDeploy:
-    """One host's deploy, planned: its runtime, the runtime's plan, and the dataset stage the flow owns."""
+    """One host's deploy, planned: its runtime, the runtime's plan, and the steps the flow owns."""
 
     run: HostRun
     runtime: Runtime
     plan: Plan
     stage: StagePlan | None = None
+    lease: LeasePlan | None = None
 
     @property
     def spec(self) -> HostSpec:
@@ -102,6 +137,20 @@ def with_stage(plan: Plan, stage: StagePlan | None) -> Plan:
     return dataclasses.replace(plan, steps=tuple(steps))
 
 
+def starts_training(plan: Plan) -> bool:
+    return any(s.name in START_STEPS for s in plan.steps)
+
+
+def with_lease(plan: Plan, lease: LeasePlan | None) -> Plan:
+    """``plan`` with ``take-lease`` just before the (re)start; unchanged when it starts nothing."""
+    if lease is None or not starts_training(plan):
+        return plan
+    steps = list(plan.steps)
+    at = next(i for i, s in enumerate(steps) if s.name in START_STEPS)
+    steps.insert(at, Step(TAKE_LEASE, lease.describe()))
+    return dataclasses.replace(plan, steps=tuple(steps))
+
+
 def prepare(conn: Any, spec: HostSpec, rollout: Rollout, settings: Settings, runtime: Runtime, facts: HostFacts,
             reason: str = "", rank: int = 0, storage: Storage | None = None) -> HostDeploy:
     """Gather (read-only) and plan one host with ``runtime``."""
@@ -111,8 +160,12 @@ def prepare(conn: Any, spec: HostSpec, rollout: Rollout, settings: Settings, run
     stage = None
     if rollout.dataset and storage is not None:
         stage = plan_for_host(conn, storage, rollout.dataset, rollout.data_dir_for(spec))
-    return HostDeploy(run=run, runtime=runtime, plan=dataclasses.replace(with_stage(plan, stage), reason=reason),
-                      stage=stage)
+    plan = with_stage(plan, stage)
+    lease = None
+    if rollout.run_id and storage is not None and starts_training(plan):
+        lease = LeasePlan.read(storage, rollout.run_id)
+    return HostDeploy(run=run, runtime=runtime, plan=dataclasses.replace(with_lease(plan, lease), reason=reason),
+                      stage=stage, lease=lease)
 
 
 def stage_step(storage: Storage, stage: StagePlan) -> StepHandler:
@@ -120,6 +173,35 @@ def stage_step(storage: Storage, stage: StagePlan) -> StepHandler:
 
     def handler(conn: Any, plan: Plan, log: Log) -> None:
         execute_stage(conn, storage, stage)
+
+    return handler
+
+
+def write_attempt(conn: Any, remote_dir: str, run_id: str, attempt: int) -> None:
+    """``REMOTE_DIR/.gpu-deploy/attempt.json``, atomically: where the training's entrypoint reads its attempt
+    (compose mounts REMOTE_DIR at its working directory, so the same relative path serves both runtimes)."""
+    path = posixpath.join(remote_dir, ATTEMPT_FILE)
+    run_remote(conn, ["mkdir", "-p", posixpath.dirname(path)], f"Creating {posixpath.dirname(path)}")
+    write_atomic(conn, path, attempt_document(run_id, attempt), mode=0o644)
+
+
+def take_lease(storage: Storage, run_id: str, to: str, planned: int | None, log: Log) -> Lease:
+    """Take the run's next attempt; say so when another deploy took the one the plan showed meanwhile."""
+    lease = grant(storage, run_id, to=to)
+    if planned is not None and lease.granted != planned:
+        log(f"{TAKE_LEASE}: attempt {lease.granted} of run {run_id} (another deploy took attempt {planned} "
+            "meanwhile)")
+    return lease
+
+
+def lease_step(storage: Storage, deploy: HostDeploy) -> StepHandler:
+    """The ``take-lease`` handler: the same for every runtime, so the flow owns it."""
+    assert deploy.lease is not None
+    planned = deploy.lease
+
+    def handler(conn: Any, plan: Plan, log: Log) -> None:
+        lease = take_lease(storage, planned.run_id, str(deploy.spec), planned.attempt, log)
+        write_attempt(conn, deploy.run.remote_dir, planned.run_id, lease.granted)
 
     return handler
 
@@ -133,17 +215,20 @@ def execute(conn: Any, deploy: HostDeploy, storage: Storage | None = None, wait:
             log: Log = lambda s: None, start: bool = True) -> DeployResult:
     """Carry out the plan's steps in order by the runtime's handlers; then wait for training to start.
 
-    ``start=False`` leaves the start step to the caller (a multi-node group starts rank 0 first).
+    ``start=False`` leaves the start step and the lease to the caller (a multi-node group takes one
+    attempt for every node, then starts rank 0 first).
     """
     refuse_problems(deploy)
     plan, began = deploy.plan, time.monotonic()
     handlers: dict[str, StepHandler] = dict(deploy.runtime.handlers)
     if deploy.stage is not None and storage is not None:
         handlers[STAGE_DATASET] = stage_step(storage, deploy.stage)
+    if deploy.lease is not None and storage is not None:
+        handlers[TAKE_LEASE] = lease_step(storage, deploy)
     done: list[str] = []
     since: int | None = None
     for step in plan.steps:
-        if step.name in START_STEPS and not start:
+        if (step.name in START_STEPS or step.name == TAKE_LEASE) and not start:
             continue
         handler = handlers.get(step.name)
         if handler is None:  # a runtime planned a step it cannot carry out: a bug, named
