@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from invoke import Collection, task
-from rich.markup import escape
 
+from deploy.hosts.text import printable, rich_text
 from deploy.pods.lifecycle import bring_up, list_project, plan_down, take_down
 from deploy.pods.models import RUNNING, Pod
 from deploy.pods.plan import spend_so_far, stopped_volume_per_day
@@ -71,8 +71,8 @@ def list_pods(c, json=False, env_file=None):
                        right=("$/h", "age", "spent"))
     for row in rows:
         pod, ssh = row.pod, row.pod.ssh
-        table.add_row(escape(pod.id), escape(pod.name), ("ORPHAN: " if row.orphan else "") + escape(row.owner),
-                      _state(pod), escape(f"{pod.gpu_count} x {pod.gpu}") if pod.gpu else "-",
+        table.add_row(rich_text(pod.id), rich_text(pod.name), rich_text(("ORPHAN: " if row.orphan else "") + row.owner),
+                      rich_text(_state(pod)), rich_text(f"{pod.gpu_count} x {pod.gpu}") if pod.gpu else "-",
                       f"{pod.cost_per_hr:.2f}", _uptime(pod.uptime_seconds), f"{spend_so_far(pod):.2f}",
                       f"{ssh.ip}:{ssh.port}" if ssh else "-")
     print_table(table)
@@ -164,7 +164,7 @@ def _down_orphans(settings, stop: bool, force: bool, dry_run: bool) -> None:
         return
     failed = []
     for row in found:
-        print(f"{row.pod.id}: {escape(row.owner)}")
+        print(printable(f"{row.pod.id}: {row.owner}"))
         try:
             plan = plan_down(settings, Path.cwd(), row.pod.id, stop=stop, force=force)
             print("\n".join(f"  {line}" for line in plan.lines()))

@@ -28,6 +28,7 @@ from paramiko.sftp_client import SFTPClient
 from paramiko.sftp_file import SFTPFile
 
 from deploy.errors import HostError
+from deploy.hosts.text import printable
 
 CHUNK = 32 * 1024  # paramiko's own SFTP write size
 # Lines that name a cause, in the order a person would look for them.
@@ -46,12 +47,13 @@ def where(conn: Any) -> str:
 def cause(text: str, limit: int = 300) -> str:
     """The line of ``text`` (a command's stderr, a log tail) that says what went wrong.
 
-    ssh's own verdicts come first (``UNPROTECTED PRIVATE KEY FILE`` is a banner, the
+    What the host wrote is made safe to print first (:func:`deploy.hosts.text.printable`). ssh's own
+    verdicts come first (``UNPROTECTED PRIVATE KEY FILE`` is a banner, the
     ``Permission denied`` after it is its consequence: both are kept); then the last line naming a
     cause (``ERROR: ...``, an exception), never rsync's closing ``rsync error: ...`` summary; else
     the last line.
     """
-    lines = [line.strip(" @\t") for line in text.strip().splitlines() if line.strip(" @\t")]
+    lines = [clean for line in text.strip().splitlines() if (clean := printable(line).strip(" @\t"))]
     if not lines:
         return ""
     named = [line for line in lines if _CAUSE.search(line) and not line.startswith("rsync error:")]

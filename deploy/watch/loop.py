@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from deploy.errors import ConfigError, DeployError
+from deploy.hosts.text import printable
 from deploy.ledger.model import now as utc_now
 from deploy.ledger.store import RunLedger, read_run
 from deploy.pods.models import ApiUnreachable, PodError
@@ -77,7 +78,7 @@ class Watcher:
         at = data.pop("at", None)
         moment = datetime.fromtimestamp(at, timezone.utc) if isinstance(at, (int, float)) else utc_now()
         stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
-        lines = [f"[{stamp}] {kind:<11} {host + ': ' if host else ''}{message}".rstrip()]
+        lines = [printable(f"[{stamp}] {kind:<11} {host + ': ' if host else ''}{message}").rstrip()]
         try:
             self.ledger.event(kind, host=host, message=message or None, at=moment, **data)
         except DeployError as exc:
