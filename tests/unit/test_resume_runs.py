@@ -132,3 +132,13 @@ def test_from_run_is_a_run_id_setting_shipped_to_the_host() -> None:
     assert f"FROM_RUN='{OLD}'" in text and f"RUN_ID='{MINE}'" in text
     with pytest.raises(ConfigError, match=r"FROM_RUN from flag must be letters"):
         load_settings(overrides={"FROM_RUN": "../x"}, environ={})
+
+
+def test_deploy_runpod_takes_from_run_as_a_flag_checked_like_run_id() -> None:
+    from tests.harness.fab import run_fab
+
+    help_text = run_fab("deploy-runpod", "--help", timeout=120).stdout
+    assert "--from-run=STRING" in help_text
+    refused = run_fab("deploy-runpod", "--from-run", "../escape", timeout=120)
+    assert refused.returncode == 1
+    assert "FROM_RUN from flag must be letters, digits, '.', '_' and '-'" in refused.stdout + refused.stderr
