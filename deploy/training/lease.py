@@ -18,9 +18,10 @@ The object, ``runs/<run-id>/lease.json`` (the run ledger's folder; the ledger's 
   with the host that claimed it (``RUN_HOST``) and when.
 
 Every change is a conditional write (``If-None-Match: *`` for the first, ``If-Match`` on the ETag
-read), retried after a lost race; on stores without conditional writes it falls back to a check
-before a plain write (a narrow race remains there). The rules themselves are pure functions of
-(lease, request, time): :func:`next_grant`, :func:`next_claim`.
+read), retried after a lost race; on stores without conditional writes it falls back as
+:func:`deploy.storage.objects.put_json` does (a race between two writers can then slip through).
+The rules themselves are pure functions of (lease, request, time): :func:`next_grant`,
+:func:`next_claim`.
 
 Before every write under ``checkpoints/`` and ``logs/`` the training's upload helper checks the
 lease (:func:`fence`: a boto3 hook on the client, so even a multipart upload that began before the
@@ -49,10 +50,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from deploy.errors import StorageError
 from deploy.storage import CHECKPOINTS, LOGS, Storage
+from deploy.storage.objects import ConditionFailed, get_json, put_json
 
 FORMAT = 1
 RUNS = "runs"  # the run ledger's folder (deploy.ledger.store.RUNS)
@@ -68,9 +68,6 @@ SUPERSEDED = "gpu-deploy: superseded by attempt {attempt} on {host}; this traini
 RETRIES = 8
 FENCED_OPERATIONS = ("PutObject", "CreateMultipartUpload", "CompleteMultipartUpload", "DeleteObject")
 """The S3 calls that write a key: each one under ``checkpoints/`` or ``logs/`` checks the lease first."""
-UNSUPPORTED = ("NotImplemented", "501", "InvalidArgument")
-"""Error codes of providers without conditional writes (as deploy.ledger.store.put_json treats them)."""
-PRECONDITION = ("PreconditionFailed", "412", "ConditionalRequestConflict")
 _KEY = "gpu_deploy_key"  # where the fence's first hook leaves the call's key for the second
 
 
@@ -163,60 +160,17 @@ def lease_key(storage: Storage, run_id: str) -> str:
 def read_lease(storage: Storage, run_id: str) -> Lease | None:
     """The run's lease as it is now (with its ETag), or None when no deploy has taken one."""
     key = lease_key(storage, run_id)
-    try:
-        resp = storage.client.get_object(Bucket=storage.bucket, Key=key)
-        body = resp["Body"].read()
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+    found = get_json(storage, key)
+    if found is None:
+        if storage.head(key) is None:
             return None
-        raise storage.explain(exc, key) from exc
-    except BotoCoreError as exc:
-        raise storage.explain(exc, key) from exc
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
+        data = None  # there, but not JSON
+    else:
+        data = found[0]
     if not isinstance(data, dict):
         raise StorageError(f"{storage.url(key)} is not a lease (not a JSON object); delete it and deploy again.")
-    return Lease.from_dict(data, run_id, etag=str(resp.get("ETag", "")))
-
-
-class _Raced(Exception):
-    """The lease changed (or appeared) between the read and the write: read again."""
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _write(storage: Storage, lease: Lease, etag: str | None) -> str:
-    """Write ``lease`` if it is still at ``etag`` (None: if it does not exist yet); returns the new ETag."""
-    key = lease_key(storage, lease.run)
-    args: dict[str, Any] = {"Bucket": storage.bucket, "Key": key, "ContentType": "application/json",
-                            "Body": json.dumps(lease.to_dict(), sort_keys=True, separators=(",", ":")).encode()}
-    if etag is None:
-        args["IfNoneMatch"] = "*"
-    else:
-        args["IfMatch"] = etag
-    try:
-        return str(storage.client.put_object(**args).get("ETag", ""))
-    except ClientError as exc:
-        if _code(exc) in PRECONDITION or (etag is not None and _code(exc) in ("NoSuchKey", "404")):
-            raise _Raced() from exc  # changed, created or deleted since it was read
-        if _code(exc) not in UNSUPPORTED:
-            raise storage.explain(exc, key) from exc
-    except BotoCoreError as exc:
-        raise storage.explain(exc, key) from exc
-    # A store without conditional writes: check, then write (a race between the two can slip through).
-    now = read_lease(storage, lease.run)
-    if (now.etag if now is not None else None) != etag:
-        raise _Raced()
-    args.pop("IfNoneMatch", None)
-    args.pop("IfMatch", None)
-    try:
-        return str(storage.client.put_object(**args).get("ETag", ""))
-    except (ClientError, BotoCoreError) as exc:
-        raise storage.explain(exc, key) from exc
+    assert found is not None
+    return Lease.from_dict(data, run_id, etag=found[1])
 
 
 def update_lease(storage: Storage, run_id: str, change: Callable[[Lease | None], Lease | None],
@@ -225,18 +179,19 @@ def update_lease(storage: Storage, run_id: str, change: Callable[[Lease | None],
 
     Returns the lease as it is after the call (what was written, or what was read when nothing was).
     """
+    key = lease_key(storage, run_id)
     for _ in range(retries):
         found = read_lease(storage, run_id)
         wanted = change(found)
         if wanted is None:
             return found
         try:
-            etag = _write(storage, wanted, found.etag if found is not None else None)
-        except _Raced:
-            continue
+            etag = put_json(storage, key, wanted.to_dict(), if_none_match=found is None,
+                            if_match=found.etag if found is not None else None)
+        except ConditionFailed:
+            continue  # another writer won: build on what it wrote
         return replace(wanted, etag=etag)
-    raise StorageError(f"{storage.url(lease_key(storage, run_id))} kept changing while {retries} writers raced "
-                       "for it; try again.")
+    raise StorageError(f"{storage.url(key)} kept changing while {retries} writers raced for it; try again.")
 
 
 def grant(storage: Storage, run_id: str, to: str = "", now: datetime | None = None) -> Lease:
