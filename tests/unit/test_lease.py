@@ -218,3 +218,18 @@ def test_the_attempt_in_the_environment_needs_both_the_run_and_a_number() -> Non
     for env in ({"RUN_ID": RUN}, {"RUN_ATTEMPT": "3"}, {"RUN_ID": RUN, "RUN_ATTEMPT": "x"},
                 {"RUN_ID": RUN, "RUN_ATTEMPT": "0"}):
         assert attempt_from_environment(env) is None, env
+
+
+def test_the_run_ledger_s_readers_skip_the_lease_in_the_run_folder(moto_storage) -> None:
+    from deploy.ledger.index import list_runs
+    from deploy.ledger.model import Record, now
+    from deploy.ledger.store import RunLedger, read_run
+
+    ledger = RunLedger(moto_storage, RUN, writer="deploy")
+    ledger.create(Record(run_id=RUN, created=now()))
+    ledger.event("deployed", host=HOST_A)
+    grant(moto_storage, RUN, to=HOST_A)
+    claim(moto_storage, RUN, 1, HOST_A)
+    run = read_run(moto_storage, RUN)
+    assert run is not None and [e.kind for e in run.events] == ["deployed"] and run.unreadable == ()
+    assert [r["run_id"] for r in list_runs(moto_storage)] == [RUN]
