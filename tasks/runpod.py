@@ -90,6 +90,7 @@ def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart
     from deploy.flow.group import deploy_group
     from deploy.flow.rollout import Rollout, deploy_hosts
     from deploy.flow.sources import bucket_images, build_and_push, resolve_image, stage_local_dataset
+    from deploy.ledger.identity import resolve_run_id
     from deploy.ledger.runs import open_run
     from deploy.storage import Storage
 
@@ -102,8 +103,16 @@ def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart
     settings = settings_from_flags(env_file=env_file, IMAGE=image, DATASET=dataset, NUM_NODES=nodes, RUNTIME=runtime,
                                    FROM_RUN=from_run)
     settings.require("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET")
-    specs = targets(c, settings, hosts)  # names RUNPOD_HOST when no host is given and no pod is known
+    named = hosts is not None or bool(settings.runpod_host) or hasattr(c, "host")
+    specs = targets(c, settings, hosts) if named else None  # hosts named by hand: checked before the network
     storage = Storage.from_settings(settings)
+    run_id, new = resolve_run_id(storage, settings, save=not dry_run)
+    if specs is None:  # this run's pods (pods.json); names RUNPOD_HOST when there is none
+        specs = targets(c, settings, hosts, run=run_id, single=settings.num_nodes == 1)
+    if len(specs) > 1 and settings.num_nodes == 1:
+        raise ConfigError(f"{len(specs)} hosts for run {run_id} with NUM_NODES=1 would be {len(specs)} writers of "
+                          "one run's checkpoints; set NUM_NODES (--nodes) to train one run across them, or deploy "
+                          "each host with its own RUN_ID.")
     if build:
         build_and_push(settings, storage, dry_run=dry_run, log=print)
     images = bucket_images(storage, settings, log=print)  # says when the bucket's image is stale
@@ -112,7 +121,8 @@ def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart
     if dataset_name and os.path.isdir(dataset_name):
         dataset_name, what = stage_local_dataset(storage, dataset_name, dry_run=dry_run)
         print(f"dataset   {what}")
-    ledger, which = open_run(storage, settings, image=settings.image, image_id=image_id, dry_run=dry_run)
+    ledger, which = open_run(storage, settings, image=settings.image, image_id=image_id, dry_run=dry_run,
+                             resolved=(run_id, new))
     print(which)
     rollout = Rollout(image_ref=settings.image, image_id=image_id, image_bytes=image_bytes,
                       remote_dir=settings.remote_dir, data_dir=settings.data_dir, dataset=dataset_name,

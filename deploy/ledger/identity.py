@@ -26,7 +26,7 @@ from deploy.storage import Storage
 
 DIGESTED_GROUPS = ("training",)
 DIGESTED_KEYS = ("DATASET", "DATA_DIR", "RUNTIME", "NATIVE_PYTHON")
-NOT_DIGESTED = ("RUN_ID", "ENABLE_S3_SYNC", "CHECKPOINT")  # deploy sets the last two on every host
+NOT_DIGESTED = ("RUN_ID", "FROM_RUN", "ENABLE_S3_SYNC", "CHECKPOINT")  # deploy sets the last two on every host
 
 
 def new_run_id() -> str:

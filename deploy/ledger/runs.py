@@ -66,10 +66,12 @@ class DeployRun(RunLedger):
 
 
 def open_run(storage: Storage, settings: Settings, image: str = "", image_id: str = "",
-             argv: Sequence[str] | None = None, dry_run: bool = False) -> tuple[DeployRun, str]:
-    """The run this deploy belongs to (see :func:`deploy.ledger.identity.resolve_run_id`) and a line
-    saying which; its record is written if it is new (never overwritten), except on a dry run."""
-    run_id, new = resolve_run_id(storage, settings, save=not dry_run)
+             argv: Sequence[str] | None = None, dry_run: bool = False,
+             resolved: tuple[str, bool] | None = None) -> tuple[DeployRun, str]:
+    """The run this deploy belongs to (see :func:`deploy.ledger.identity.resolve_run_id`; ``resolved`` when the
+    caller asked already) and a line saying which; its record is written if it is new (never overwritten),
+    except on a dry run."""
+    run_id, new = resolved or resolve_run_id(storage, settings, save=not dry_run)
     run = DeployRun(storage, run_id, settings)
     why = ("RUN_ID" if settings.run_id else "a new run: none unfinished in the bucket" if new
            else "continuing the newest unfinished run")

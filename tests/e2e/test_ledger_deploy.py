@@ -89,8 +89,9 @@ def test_deploy_records_the_run_and_a_kill_and_redeploy_keep_its_id(workspace) -
     assert run_id in table.stdout and "stopped" in table.stdout
 
 
-def test_a_run_on_two_hosts_records_both_and_sums_their_cost(workspace, pod) -> None:  # noqa: F811
-    """Two hosts (the pod by two names, each with its own folder: `user@host:port/dir`), priced per host."""
+def test_a_run_that_moves_to_another_host_records_both_and_sums_their_cost(workspace, pod) -> None:  # noqa: F811
+    """A run stopped on one host and deployed to another (the pod by two names, each with its own folder:
+    `user@host:port/dir`), priced per host; deploying it to both at once is refused (one writer per run)."""
     project, remote_dir, values = workspace
     hosts = [f"{pod.user}@{name}:{pod.port}{remote_dir}-{name}" for name in ("127.0.0.1", "localhost")]
     prices = "127.0.0.1=2.00"  # the first host by its name; the other falls back to the default price
@@ -104,11 +105,15 @@ def test_a_run_on_two_hosts_records_both_and_sums_their_cost(workspace, pod) -> 
         assert result.returncode == 0, f"fab {' '.join(args)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         return result
 
+    both = run_fab("deploy-runpod", f"--hosts={','.join(hosts)}", cwd=project)
+    assert both.returncode == 1 and "would be 2 writers of one run's checkpoints; set NUM_NODES" in both.stderr
+    assert not kinds(storage, run_id), "a refused deploy recorded something"
     try:
-        assert f"run       {run_id} (RUN_ID;" in fab("deploy-runpod", f"--hosts={','.join(hosts)}").stdout
-        wait_until(lambda: kinds(storage, run_id).count("started") >= 2, 120, "training started on both hosts")
+        for n, host in enumerate(hosts, start=1):
+            assert f"run       {run_id} (RUN_ID;" in fab("deploy-runpod", f"--hosts={host}").stdout
+            wait_until(lambda: kinds(storage, run_id).count("started") >= n, 120, f"training started on {host}")
+            fab("stop", f"--hosts={host}", "--timeout=30")
     finally:
-        run_fab("stop", f"--hosts={','.join(hosts)}", "--timeout=30", cwd=project)
         for host in hosts:
             folder = host.split(f":{pod.port}", 1)[1]
             for pid in pids_in(folder, "deploy.training"):
