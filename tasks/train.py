@@ -76,15 +76,21 @@ def _plan(settings, tuning):
                       ssh_timeout=tuning.pop("ssh_timeout"))
 
 
-@task(name="run", default=True, auto_shortflags=False, help={"dry_run": DRY_RUN_HELP, **TUNING_HELP})
+FROM_RUN_HELP = ("Continue from another run's newest checkpoint (a new run otherwise starts fresh when the "
+                 "prefix holds only other runs' checkpoints); default FROM_RUN.")
+
+
+@task(name="run", default=True, auto_shortflags=False,
+      help={"dry_run": DRY_RUN_HELP, "from_run": FROM_RUN_HELP, **TUNING_HELP})
 @boundary
-def train(c, dry_run=False, results=None, timeout=None, api_every=None, ssh_every=None, env_file=None):
+def train(c, dry_run=False, results=None, timeout=None, api_every=None, ssh_every=None, env_file=None,
+          from_run=None):
     """Train on a RunPod pod and keep the run going: lost pods replaced, failures restarted, limits kept."""
     from deploy.storage import Storage
     from deploy.watch.managed import REQUIRED, start
 
     tuning = _tuning(results, timeout, api_every, ssh_every)
-    settings = settings_from_flags(env_file=env_file)
+    settings = settings_from_flags(env_file=env_file, FROM_RUN=from_run)
     plan = _plan(settings, tuning)
     print("\n".join(plan.lines()), flush=True)
     if dry_run:

@@ -142,3 +142,12 @@ def test_deploy_runpod_takes_from_run_as_a_flag_checked_like_run_id() -> None:
     refused = run_fab("deploy-runpod", "--from-run", "../escape", timeout=120)
     assert refused.returncode == 1
     assert "FROM_RUN from flag must be letters, digits, '.', '_' and '-'" in refused.stdout + refused.stderr
+
+
+def test_train_takes_from_run_as_deploy_runpod_does() -> None:
+    from tests.harness.fab import run_fab
+
+    assert "--from-run=STRING" in run_fab("train", "--help", timeout=120).stdout
+    refused = run_fab("train", "--from-run", "../escape", timeout=120)
+    assert refused.returncode == 1
+    assert "FROM_RUN from flag must be letters, digits, '.', '_' and '-'" in refused.stdout + refused.stderr
