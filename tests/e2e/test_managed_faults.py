@@ -145,3 +145,27 @@ def test_a_watcher_killed_with_kill_9_leaves_a_pod_that_ends_itself_at_its_deadl
     assert "MAX_HOURS=0.03 h reached" in again.output and "Still billing" not in again.output
     nothing_billing(managed_plane, docker_client)
     spend_matches(managed_plane, env, run_id)
+
+
+def test_a_pod_lost_in_the_middle_of_its_deploy_is_replaced_and_the_run_finishes(
+        operator, managed_plane: RunPodServer, docker_client, tmp_path: Path) -> None:
+    """The machine dies while the deploy runs on it (RunPod: RUNNING, runtime null, SSH gone): the watcher
+    survives the deploy's SSH error, counts it as a lost pod (not a restart), and replaces the pod."""
+    project, env = operator
+    env = {**env, "LOST_AFTER_SECONDS": "10", "MAX_RESTARTS": "1"}
+    train = Train(project, env, tmp_path / "train.out", "train", *FAST, "--results", str(tmp_path / "results"))
+    try:
+        run_id = train.run_id
+        train.wait_for(r"127\.0\.0\.1: (create-venv|install-requirements|create-dir|write-env|sync-code): ")
+        (first,) = managed_plane.pods
+        managed_plane.lose_pod(first, how="vanished")
+        train.wait_for(rf"\] lost +.*pod {first} (has no runtime|does not answer over SSH)")
+        code = train.wait(600)
+    finally:
+        train.kill()
+    output = train.output
+    assert code == 0, output
+    assert "Traceback" not in output and output.count("] provisioned") == 2 and " finished " in output
+    assert "stopped" not in [line.split()[1] for line in output.splitlines() if line.startswith("[")]
+    nothing_billing(managed_plane, docker_client)
+    spend_matches(managed_plane, env, run_id)
