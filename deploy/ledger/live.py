@@ -4,7 +4,8 @@ The heartbeat file (``REMOTE_DIR/lightning_logs/heartbeat.json``, written by
 :class:`deploy.training.heartbeat.Heartbeat` every few seconds) is read over SSH together with the
 host's clock, so its age does not depend on the laptop's clock. A heartbeat older than
 :data:`HANG_AFTER` while the training process is alive is a hang. Log lines are shown without
-terminal escapes and progress-bar redraws (``[A``, ``Validation DataLoader 0: 100%|...``).
+terminal escapes and progress-bar redraws (``[A``, ``Validation DataLoader 0: 100%|...``,
+``Validation: |  | 0/? [00:00<?, ?it/s]``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ HEARTBEAT_FILE = "lightning_logs/heartbeat.json"
 HANG_AFTER = 300.0
 """Seconds without a heartbeat while the process is alive before ``fab status`` calls it a hang."""
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\x1b[()][A-Za-z0-9]")
-_BAR = re.compile(r"\d+%\|.*\|\s*\d+/\d+|\|\s*\d+/\d+ \[\d")
+# A tqdm bar: "Epoch 0:  50%|#####     | 7/14 [00:00<00:00, 40.1it/s]", and one whose total is not known yet,
+# "Validation: |          | 0/? [00:00<?, ?it/s]" (Lightning's sanity check and validation bars start so).
+_BAR = re.compile(r"\d+%\|.*\|\s*\d+/\d+|\|\s*\d+/(?:\d+|\?)\s*\[(?:\d+:)?\d+:\d+")
 
 
 def read_host_heartbeat(conn: Any, remote_dir: str) -> tuple[Heartbeat | None, float | None]:
