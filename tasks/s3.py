@@ -128,7 +128,9 @@ def checkpoints(c, json=False, env_file=None, bucket=None, prefix=None):
             decimal(cp.size) + (f" != {decimal(cp.recorded_size)} recorded!" if cp.size_mismatch else ""),
             cp.uploaded.strftime("%Y-%m-%d %H:%M:%S") if cp.uploaded else "-")
     print_table(table)
-    print(f"{len(found)} checkpoints; latest: {found[-1].name} (* step read from the file name).")
+    named_only = any(cp.step is not None and cp.step_source != "metadata" for cp in found)  # the rows marked *
+    print(f"{len(found)} checkpoints; latest: {found[-1].name}"
+          + (" (* step read from the file name)." if named_only else "."))
     for cp in found:
         if cp.size_mismatch:
             print(f"{cp.name} is {cp.size} bytes but was uploaded as {cp.recorded_size}: it is damaged or was "
