@@ -14,9 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from deploy.settings import load_settings
-from deploy.storage import Storage
-from deploy.storage.checkpoints import list_checkpoints
 from deploy.training.journal import STAGING_DIR
 from tests.e2e.test_native import bucket_env, pod, workspace  # noqa: F401 - fixtures
 from tests.harness.fab import run_fab
@@ -40,7 +37,6 @@ def test_sync_from_runpod_three_times_while_large_checkpoints_upload(workspace, 
     project, remote_dir, values = workspace
     with open(project / ".env", "a") as env:
         env.write(f"TRAIN_COMMAND='{BIG_TRAIN}'\n")
-    storage = Storage.from_settings(load_settings(environ=values))
     deployed = run_fab("deploy-runpod", cwd=project)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     dest = tmp_path / "results"
@@ -53,7 +49,6 @@ def test_sync_from_runpod_three_times_while_large_checkpoints_upload(workspace, 
         assert copied == [], f"staging files were copied: {copied}"
     ckpts = [p for p in dest.rglob("*.ckpt")]
     assert ckpts and all(p.stat().st_size > 150e6 for p in ckpts), ckpts
-    assert list_checkpoints(storage), "no checkpoint reached S3"
     stopped = run_fab("stop", "--timeout=60", cwd=project)
     assert stopped.returncode == 0, stopped.stderr
     os.sync()
