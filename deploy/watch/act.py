@@ -41,7 +41,7 @@ from deploy.pods.provision import create_first, ssh_answers
 from deploy.runtimes.native.layout import APP, META, SUPERVISOR, VENV
 from deploy.settings import Settings
 from deploy.storage import Storage
-from deploy.watch.decide import PodSeen
+from deploy.watch.facts import PodSeen
 
 Log = Callable[[str], None]
 RESULTS = "lightning_logs"

@@ -33,7 +33,7 @@ from deploy.settings import Settings
 from deploy.storage import Storage
 from deploy.storage.conditions import probe_conditional_writes
 from deploy.watch.act import Hands
-from deploy.watch.decide import Guardrails
+from deploy.watch.facts import Guardrails
 from deploy.watch.loop import GAVE_UP, Watcher
 from deploy.watch.record import StateStore, WatchError
 from deploy.watch.state import DONE, PROVISIONING, WATCHING, WatchState

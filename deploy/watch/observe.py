@@ -19,7 +19,7 @@ import shlex
 from deploy.hosts import HostOptions, HostSpec, connect
 from deploy.runtimes.native.layout import SUPERVISOR, VENV
 from deploy.runtimes.native.service import STATUS_SCRIPT, parse_service
-from deploy.watch.decide import RunFact
+from deploy.watch.facts import RunFact
 
 HEARTBEAT_FILE = "lightning_logs/heartbeat.json"  # deploy.training.heartbeat writes it (operator code never imports torch)
 SSH_TIMEOUT = 20.0
