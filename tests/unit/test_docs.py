@@ -35,14 +35,20 @@ def name(page: Path) -> str:
 
 # --------------------------------------------------------------------------- reading Markdown
 
-FENCE = re.compile(r"^ *```[^\n]*\n(.*?)^ *```", flags=re.S | re.M)
+FENCE = re.compile(r"^ *```([^\n]*)\n(.*?)^ *```", flags=re.S | re.M)
+SHELL_BLOCKS = {"bash", "sh", "shell", "console"}
 
 
 def code_lines(text: str) -> list[tuple[str, bool]]:
-    """(line, is shell) for every line of every fenced block, and every inline code span outside them."""
+    """(line, is shell) for every command line of the fenced blocks, and every inline code span outside them.
+
+    In a shell block every line is a command; in another block (a layout, a map) only a line that starts
+    with `fab` (or `$ fab`) is."""
     found = []
     for block in FENCE.finditer(text):
-        found += [(line, True) for line in block.group(1).splitlines()]
+        shell = block.group(1).strip() in SHELL_BLOCKS
+        found += [(line, True) for line in block.group(2).splitlines()
+                  if shell or re.match(r"\s*(\$ )?fab\s", line)]
     prose = FENCE.sub("", text)
     found += [(span, False) for span in re.findall(r"``?([^`\n]+?)``?", prose)]
     return found
@@ -178,10 +184,11 @@ def _all_names(fab: Fab) -> set[str]:
 def test_the_command_finder_reads_blocks_inline_code_and_shell_lines() -> None:
     text = ("Run `fab pods.down --orphans` or `fab`.\n\n```bash\nfab s3.check   # first\n"
             "nohup fab train > train.log 2>&1 &\nfab image-build --push && fab deploy-runpod\n"
-            "ExecStart=/srv/.venv/bin/fab train.watch RUN\n```\n")
+            "ExecStart=/srv/.venv/bin/fab train.watch RUN\n```\n\n```\nwatch/  fab train as a library call\n"
+            "$ fab s3.check\n```\n")
     assert sorted(fab_commands(text)) == sorted([["pods.down", "--orphans"], ["s3.check"], ["train"],
                                                  ["image-build", "--push"], ["deploy-runpod"],
-                                                 ["train.watch", "RUN"]])
+                                                 ["train.watch", "RUN"], ["s3.check"]])
 
 
 def test_the_parser_refuses_what_fab_would_refuse(fab: Fab) -> None:
