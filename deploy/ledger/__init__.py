@@ -11,9 +11,10 @@
   :mod:`deploy.ledger.board`: the timeline, a run's logs, the loss plot and TensorBoard for
   ``fab runs.show`` and ``fab tensorboard``.
 
-Nothing here needs torch. The training side writes the same objects with its own small writer
-(:mod:`deploy.training.ledger`, used by the entrypoint and :mod:`deploy.training.heartbeat`), since
-the training image carries no operator code.
+Nothing here needs torch. The training side writes with the same :class:`RunLedger`
+(:mod:`deploy.training.ledger` adds the host's name): ``model`` and ``store`` import only the standard
+library, the bucket and the errors, so the image and the native runtime ship exactly those two and this
+file; keep this file's imports to them (tests/unit/test_layout.py checks it).
 """
 
 from deploy.ledger.model import FORMAT, Event, Heartbeat, Record

@@ -1,11 +1,12 @@
-"""The training side's writer of the run ledger: events and heartbeats of one run, without torch.
+"""The training side's view of the run ledger: the same writer as the operator's, with this host's name.
 
 The entrypoint records ``started`` before the training command and ``finished`` (exit 0) or
 ``exited`` with the code after it; the :class:`~deploy.training.heartbeat.Heartbeat` callback adds
-its notes and heartbeats. It writes the objects ``deploy.ledger.store.RunLedger`` writes (format 1:
-``runs/<run-id>/events/<time>-<writer>-<pid>-<n>.json``, ``runs/<run-id>/heartbeat/<writer>.json``,
-then a new ETag for ``runs/_touched/<run-id>``) with the bucket client alone, because the training
-image carries no operator code; tests/unit/test_training_heartbeat.py reads them with deploy.ledger.
+its notes and heartbeats; a pod's backstop records its own ``terminated``. Every object is written by
+:class:`deploy.ledger.store.RunLedger` (the one writer: key layout, event names, the conditional
+create, the run's touch), which needs only the standard library, the bucket and the model, so the
+training image carries it (``.dockerignore`` lets exactly ``deploy/ledger/{__init__,model,store}.py``
+in). This module adds what the host knows: ``RUN_ID``, ``RUN_HOST`` and whether S3 sync is on.
 
 Nothing is recorded without ``RUN_ID`` (deploy sets it) or with S3 sync off, and a failing bucket
 never stops or delays training by more than a few seconds.
@@ -13,41 +14,39 @@ never stops or delays training by more than a few seconds.
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
-import re
-import secrets
 import socket
 import threading
 from datetime import datetime, timezone
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from deploy.errors import DeployError
+from deploy.ledger.model import Heartbeat, iso
+from deploy.ledger.store import RunLedger, writer_name
 from deploy.settings import Settings, load_settings
 from deploy.storage import Storage
 
 RUN_HOST_ENV = "RUN_HOST"
 """How the operator addresses this host (``root@10.0.0.5:22``): deploy puts it in the host's .env."""
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_COUNTER = itertools.count()
 
 
 def iso_now(moment: datetime | None = None) -> str:
     """UTC ISO 8601 with microseconds and a ``Z``, as deploy.ledger writes times."""
-    return (moment or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return iso(moment or datetime.now(timezone.utc))
 
 
 class TrainingLedger:
-    """Events and heartbeats of one run, written by the training side (format 1 of deploy.ledger)."""
+    """Events and heartbeats of one run from the training side: a :class:`RunLedger` that names this host."""
 
     def __init__(self, storage: Storage, run_id: str, host: str = "", role: str = "train") -> None:
+        self.run = RunLedger(storage, run_id, writer_name(role))
         self.storage = storage
         self.run_id = run_id
         self.host = host
-        self.writer = _UNSAFE.sub("-", f"{role}-{socket.gethostname()}")[:64]
+
+    @property
+    def writer(self) -> str:
+        return self.run.writer
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> "TrainingLedger | None":
@@ -61,36 +60,15 @@ class TrainingLedger:
             return None
         return cls(storage, settings.run_id, os.environ.get(RUN_HOST_ENV, "") or socket.gethostname())
 
-    def _put(self, key: str, data: dict[str, Any], new: bool = False) -> None:
-        args: dict[str, Any] = {"Bucket": self.storage.bucket, "Key": key, "ContentType": "application/json",
-                                "Body": json.dumps(data, sort_keys=True, separators=(",", ":")).encode()}
-        if new:
-            args["IfNoneMatch"] = "*"  # the key is unique; the condition only guards against a collision
-        try:
-            self.storage.client.put_object(**args)
-        except ClientError as exc:  # a provider without conditional writes: the unique key is enough
-            if not new or exc.response.get("Error", {}).get("Code") not in ("NotImplemented", "501", "InvalidArgument"):
-                raise
-            args.pop("IfNoneMatch")
-            self.storage.client.put_object(**args)
-
-    def _touch(self) -> None:
-        self._put(self.storage.key("runs", "_touched", self.run_id), {"nonce": secrets.token_hex(8)})
-
     def event(self, kind: str, **data: Any) -> None:
-        """One event object (``runs/<id>/events/<time>-<writer>-<pid>-<n>.json``), then the run's touch."""
-        moment = datetime.now(timezone.utc)
-        name = f"{moment:%Y%m%dT%H%M%S.%fZ}-{self.writer}-{os.getpid()}-{next(_COUNTER)}.json"
-        body = {"format": 1, "kind": kind, "at": iso_now(moment), "writer": self.writer, "host": self.host,
-                "data": {k: v for k, v in data.items() if v is not None}}
-        self._put(self.storage.key("runs", self.run_id, "events", name), body, new=True)
-        self._touch()
+        """One event object, then the run's touch."""
+        self.run.event(kind, host=self.host, **data)
 
     def heartbeat(self, beat: dict[str, Any]) -> None:
-        """Replace this writer's heartbeat object, then the run's touch."""
-        body = {"format": 1, **beat, "writer": self.writer, "host": self.host}
-        self._put(self.storage.key("runs", self.run_id, "heartbeat", f"{self.writer}.json"), body)
-        self._touch()
+        """Replace this writer's heartbeat object (``beat`` as the Heartbeat callback makes it), then the touch."""
+        parsed = Heartbeat.from_dict({**beat, "host": self.host})
+        if parsed is not None:
+            self.run.heartbeat(parsed)
 
 
 def record_in_background(ledger: TrainingLedger | None, kind: str, timeout: float = 10.0, **data: Any) -> bool:
