@@ -13,9 +13,9 @@
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -144,17 +144,69 @@ def test_runtimes_sit_below_the_flow() -> None:
             assert not [t for t in targets if in_room(t, "deploy.flow")], f"{name} imports the flow"
 
 
-def _import_fresh(module: str) -> tuple[str, int, str]:
-    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, cwd=ROOT)
-    return module, proc.returncode, proc.stderr.strip().splitlines()[-1:] and proc.stderr.strip().splitlines()[-1]
+THIRD_PARTY = ("torch", "lightning", "boto3", "botocore", "s3transfer", "fabric", "invoke", "paramiko", "rich", "docker",
+               "runpod", "pathspec", "zstandard", "dotenv", "jsonargparse", "requests")
+"""Imported once before the per-module forks: each child then pays only for our own modules."""
+
+FORKED_IMPORTS = """
+import importlib, json, os, sys
+for name in sys.argv[2:]:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass
+assert not [m for m in sys.modules if m == "deploy" or m.startswith("deploy.")], "the parent imported deploy"
+failed, running, waiting = {}, {}, sys.argv[1].split(",")
+def reap():
+    pid, status = os.waitpid(-1, 0)
+    module, read = running.pop(pid)
+    with os.fdopen(read, "rb") as pipe:
+        error = pipe.read().decode(errors="replace")
+    if status != 0:
+        failed[module] = error or f"exit status {status}"
+while waiting or running:
+    if waiting and len(running) < 2:
+        module = waiting.pop(0)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            try:
+                importlib.import_module(module)
+                code = 0
+            except BaseException as exc:
+                os.write(write, f"{type(exc).__name__}: {exc}".encode()[:500])
+                code = 1
+            os._exit(code)
+        os.close(write)
+        running[pid] = (module, read)
+    else:
+        reap()
+print(json.dumps(failed))
+"""
 
 
-@pytest.mark.parametrize("room", sorted({".".join(m.split(".")[:2]) for m in MODULES}))
-def test_every_module_imports_in_a_fresh_interpreter(room: str) -> None:
-    modules = [m for m in MODULES if in_room(m, room)]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        failed = [(m, err) for m, code, err in pool.map(_import_fresh, modules) if code != 0]
-    assert failed == []
+def import_each_first(modules: list[str]) -> dict[str, str]:
+    """Import each module first thing in a process of its own (a fork of one that imported only third-party
+    packages), so a module that works only after another of ours was imported is caught; module -> error."""
+    proc = subprocess.run([sys.executable, "-c", FORKED_IMPORTS, ",".join(modules), *THIRD_PARTY],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_every_module_imports_as_the_first_module_of_ours_in_a_process() -> None:
+    assert import_each_first(sorted(MODULES)) == {}
+
+
+def test_the_fresh_import_check_catches_a_module_that_needs_another_imported_first(tmp_path: Path) -> None:
+    broken = ROOT / "deploy" / "_broken_on_its_own.py"
+    broken.write_text("import deploy\n\ndeploy.settings.Settings  # works only once someone imported deploy.settings\n")
+    try:
+        failed = import_each_first(["deploy.settings", "deploy._broken_on_its_own"])
+    finally:
+        broken.unlink()
+    assert list(failed) == ["deploy._broken_on_its_own"] and "AttributeError" in failed["deploy._broken_on_its_own"]
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:
