@@ -133,7 +133,8 @@ class Watcher:
 
     def step(self) -> list[Action]:
         """One observation, its decision (saved first), then the actions carried out; returns the actions."""
-        self.store.hold_lease() if not self.store.conditional else None
+        if not self.store.conditional:
+            self.store.hold_lease()  # a store without conditional writes: the lease says who drives the run
         seen = self.observe()
         state, actions = decide(self.state, seen, self.rails)
         self.save(state)
