@@ -1,7 +1,7 @@
 """The compose runtime: training as a Compose service on a host with Docker, v2 (`docker compose`) or v1.
 
 The image holds the dependencies only; the training project's code reaches REMOTE_DIR by the same
-incremental sync the native runtime uses (deploy.runtimes.native.sync), and the service bind-mounts
+incremental sync the native runtime uses (deploy.runtimes.code), and the service bind-mounts
 REMOTE_DIR as its working directory ``/workspace`` (``data/`` and ``lightning_logs/`` below it,
 ``PYTHONPATH`` = the project, its ``src/`` for a src layout, then gpu-deploy's training code),
 exactly as the native runtime runs in REMOTE_DIR: a code-only change moves the changed files and
@@ -36,10 +36,10 @@ from deploy.hosts.ssh import HostOptions, HostSpec
 from deploy.project import TrainProject
 from deploy.runtimes.base import (STARTED_MARKER, HostRun, Log, Plan, Progress, ServiceState, Step, StepHandler,
                                   write_env)
-from deploy.runtimes.native.layout import MANIFEST, META, RELEASE, SUPERVISOR_FILES, VENV, VENV_MARKER
-from deploy.runtimes.native.shipped import library_files
-from deploy.runtimes.native.sync import describe_sync, diff_files, send_files, sync_method
-from deploy.runtimes.native.tree import DEPLOY_IGNORE, LocalFile, select_files
+from deploy.runtimes.code.layout import MANIFEST, META, RELEASE
+from deploy.runtimes.code.shipped import library_files
+from deploy.runtimes.code.sync import describe_sync, diff_files, send_files, sync_method
+from deploy.runtimes.code.tree import DEPLOY_IGNORE, LocalFile, select_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_FILE = "docker-compose.runpod.yml"
@@ -50,6 +50,7 @@ SMALL_TOOLS = ("zstd", "curl")
 ENDED = ("exited", "dead")
 MAX_TREE_BYTES = 1 << 30  # code, not data: a larger project almost always ships a dataset by mistake
 WORKDIR = "/workspace"  # REMOTE_DIR inside the container
+NONE = "-"  # a path native_facts.py reads that a compose host does not have
 TRAINING_ENV = {"ENABLE_S3_SYNC": "1", "CHECKPOINT": "s3", "PYTHONUNBUFFERED": "1",
                 "PYTHONPATH": f"{WORKDIR}:{WORKDIR}/src:{WORKDIR}/{META}/app"}
 """What the service file sets for the entrypoint; the native runtime's run.json sets the same (a test says so)."""
@@ -238,11 +239,12 @@ def gather_code(conn: Any, remote_dir: str, facts: HostFacts) -> CodeFacts:
     """The shipped files (size, mtime), the manifest and the code release, read by the host's python3.
 
     The same read-only program the native runtime runs (deploy/remote/native_facts.py); without a
-    python3 on the host nothing is known and every file is sent.
+    python3 on the host nothing is known and every file is sent. A compose host has no virtualenv or
+    supervisor of a native deploy, so those arguments name nothing (``-``).
     """
     if not facts.python3 or not facts.remote_dir_exists:
         return {}, frozenset(), None
-    args = [remote_dir, MANIFEST, VENV, VENV_MARKER, META, ",".join(SUPERVISOR_FILES), RELEASE, SERVICE_FILE]
+    args = [remote_dir, MANIFEST, NONE, NONE, META, NONE, RELEASE, SERVICE_FILE]
     result = run(conn, python_program("python3", "native_facts.py", *args), "Reading the shipped code", warn=True)
     try:
         data = json.loads(result.stdout.strip().splitlines()[-1]) if result.ok else {}

@@ -38,7 +38,8 @@ from deploy.pods.lifecycle import plan_pod, project_of
 from deploy.pods.models import Pod, PodError
 from deploy.pods.naming import MANAGED, parse_pod_name
 from deploy.pods.provision import create_first, ssh_answers
-from deploy.runtimes.native.layout import APP, META, SUPERVISOR, VENV
+from deploy.runtimes.code.layout import APP, META
+from deploy.runtimes.native.layout import SUPERVISOR, VENV
 from deploy.settings import Settings
 from deploy.storage import Storage
 from deploy.watch.facts import PodSeen

@@ -13,9 +13,9 @@ import pytest
 from deploy.hosts import HostOptions, HostSpec
 from deploy.hosts.envfile import EnvShipment
 from deploy.hosts.probe import HostFacts
+from deploy.runtimes.code.sync import send_files
+from deploy.runtimes.code.tree import select_files
 from deploy.runtimes.native.plan import NativeDesired, gather_native, plan_native
-from deploy.runtimes.native.sync import send_files
-from deploy.runtimes.native.tree import select_files
 from deploy.settings import Secret
 
 

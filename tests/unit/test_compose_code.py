@@ -16,10 +16,10 @@ from deploy.hosts import HostSpec
 from deploy.hosts.envfile import EnvShipment
 from deploy.hosts.probe import HostFacts
 from deploy.runtimes.base import HostRun, ServiceState
+from deploy.runtimes.code.tree import LocalFile
 from deploy.runtimes.compose import (SERVICE_FILE, TRAINING_ENV, WORKDIR, ComposeRuntime, DesiredRun, HostState,
                                      compose_files, compose_source, file_digest, plan_deploy)
 from deploy.runtimes.native import NativeRuntime
-from deploy.runtimes.native.tree import LocalFile
 from deploy.settings import Secret
 
 SPEC = HostSpec("203.0.113.10", 40022)

@@ -70,7 +70,7 @@ def test_the_host_program_refuses_a_link_that_leads_out_of_dest(tmp_path: Path) 
 
 
 def test_a_hostile_code_manifest_never_reaches_the_delete_list() -> None:
-    from deploy.runtimes.native.sync import diff_files
+    from deploy.runtimes.code.sync import diff_files
 
     manifest = ["old.py", "../../home/user/.bashrc", "/etc/passwd", "a//b.py", "x\x00y", "pkg/gone.py"]
     assert diff_files({}, {}, manifest) == ((), ("old.py", "pkg/gone.py"))

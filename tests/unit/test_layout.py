@@ -7,6 +7,8 @@
   operator's SSH, image, runtime or flow code.
 - ``deploy/dev/`` (embedded servers, quick start, base image) is tooling: no library module imports it.
 - Runtimes sit below the flow: no runtime imports the flow.
+- Runtimes are strategies: no runtime imports another; what they share is ``runtimes.base`` and
+  ``runtimes.code`` (what code travels and how).
 - Every module imports in a fresh interpreter.
 """
 
@@ -142,6 +144,34 @@ def test_runtimes_sit_below_the_flow() -> None:
     for name, targets in edges().items():
         if in_room(name, "deploy.runtimes"):
             assert not [t for t in targets if in_room(t, "deploy.flow")], f"{name} imports the flow"
+
+
+SHARED_BY_RUNTIMES = ("deploy.runtimes.base", "deploy.runtimes.code")
+"""What every runtime may use; every other child of deploy.runtimes is one runtime (a module or a package)."""
+
+
+def runtime_of(module: str) -> str | None:
+    """The runtime ``module`` belongs to (``deploy.runtimes.native``), or None outside any runtime."""
+    parts = module.split(".")
+    if parts[:2] != ["deploy", "runtimes"] or len(parts) < 3:
+        return None
+    top = ".".join(parts[:3])
+    return None if top in SHARED_BY_RUNTIMES else top
+
+
+def test_no_runtime_imports_another_runtime() -> None:
+    for name, targets in edges().items():
+        own = runtime_of(name)
+        if own is not None:
+            others = sorted(t for t in targets if runtime_of(t) not in (None, own))
+            assert others == [], f"{name} is part of the {own} runtime but imports {others}"
+
+
+def test_the_runtime_rule_knows_what_a_runtime_is() -> None:
+    assert runtime_of("deploy.runtimes.native.plan") == "deploy.runtimes.native"
+    assert runtime_of("deploy.runtimes.compose") == "deploy.runtimes.compose"
+    assert runtime_of("deploy.runtimes.code.sync") is None and runtime_of("deploy.runtimes.base") is None
+    assert runtime_of("deploy.runtimes") is None and runtime_of("deploy.flow.rollout") is None
 
 
 THIRD_PARTY = ("torch", "lightning", "boto3", "botocore", "s3transfer", "fabric", "invoke", "paramiko", "rich", "docker",

@@ -17,12 +17,12 @@ from deploy.hosts import HostSpec
 from deploy.hosts.envfile import EnvShipment, plan_env
 from deploy.hosts.probe import HostFacts, parse_facts
 from deploy.runtimes.base import ServiceState
+from deploy.runtimes.code.layout import APP
+from deploy.runtimes.code.shipped import host_modules, library_files
+from deploy.runtimes.code.tree import LocalFile, select_files
 from deploy.runtimes.compose import plan_deploy
-from deploy.runtimes.native.layout import APP
 from deploy.runtimes.native.plan import NativeDesired, NativeState, parse_gathered, plan_native, release_digest
 from deploy.runtimes.native.service import parse_service, service_state
-from deploy.runtimes.native.shipped import host_modules, library_files
-from deploy.runtimes.native.tree import LocalFile, select_files
 from deploy.runtimes.native.venv import BaseInterpreter, sha256, train_requirements
 from deploy.settings import Secret, load_settings
 

@@ -17,7 +17,8 @@ import pytest
 
 from deploy.hosts.probe import NATIVE_MARKER, parse_facts
 from deploy.hosts.remote import program_source
-from deploy.runtimes.native.layout import MANIFEST, META, RELEASE, SUPERVISOR_FILES, VENV, VENV_MARKER
+from deploy.runtimes.code.layout import MANIFEST, META, RELEASE
+from deploy.runtimes.native.layout import SUPERVISOR_FILES, VENV, VENV_MARKER
 from deploy.runtimes.native.plan import COMPOSE_FILE, parse_gathered
 
 REMOTE = Path(__file__).resolve().parents[2] / "deploy" / "remote"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.runtimes.native.tree import select_files
+from deploy.runtimes.code.tree import select_files
 
 SECRETS = ["prod.env", "config/staging.env", ".envrc", ".env.local", "certs/server.pem", "tls.key", "id_rsa",
            "keys/id_ed25519", "keys/id_ed25519.pub", ".netrc", ".aws/credentials", "sub/.aws/config",

@@ -13,11 +13,11 @@ from deploy.hosts.probe import HostFacts
 from deploy.hosts.remote import cause, python_program, run
 from deploy.hosts.ssh import HostSpec
 from deploy.runtimes.base import Plan, ServiceState, Step
-from deploy.runtimes.native.layout import (APP, MANIFEST, META, RELEASE, REQUIREMENTS, SUPERVISOR_FILES, VENV,
-                                           VENV_MARKER)
+from deploy.runtimes.code.layout import APP, MANIFEST, META, RELEASE
+from deploy.runtimes.code.sync import describe_sync, diff_files, sync_method
+from deploy.runtimes.code.tree import DEPLOY_IGNORE, LocalFile
+from deploy.runtimes.native.layout import REQUIREMENTS, SUPERVISOR_FILES, VENV, VENV_MARKER
 from deploy.runtimes.native.service import STOP_TIMEOUT, NativeService, service_state
-from deploy.runtimes.native.sync import describe_sync, diff_files, sync_method
-from deploy.runtimes.native.tree import DEPLOY_IGNORE, LocalFile
 from deploy.runtimes.native.venv import BaseInterpreter, requirements_digest, sha256
 
 COMPOSE_FILE = "docker-compose.runpod.yml"  # a compose deploy's service file: its REMOTE_DIR is not ours

@@ -2,9 +2,8 @@
 
 A RunPod pod is a container already running a PyTorch image; it cannot run Docker. This runtime
 brings the same run there, through the same gather -> plan -> execute flow as compose:
-``REMOTE_DIR`` mirrors the training project (deploy.project, ``TRAIN_PROJECT``; :mod:`.tree` decides
-what travels, :mod:`.sync` moves it, as for compose) and gets gpu-deploy's training code
-(:mod:`.shipped`) under ``.gpu-deploy/app``; a virtualenv on the volume sees NATIVE_PYTHON's torch
+``REMOTE_DIR`` mirrors the training project (deploy.project, ``TRAIN_PROJECT``; what travels and how is
+deploy.runtimes.code, as for compose) and gets gpu-deploy's training code under ``.gpu-deploy/app``; a virtualenv on the volume sees NATIVE_PYTHON's torch
 (:mod:`.venv`); :mod:`deploy.remote.supervisor` runs ``python -m deploy.training.entrypoint``
 detached from the SSH session, restarted after a crash, stopped gracefully (:mod:`.service`).
 A second deploy with nothing changed plans nothing.
@@ -24,13 +23,13 @@ from deploy.hosts.remote import run, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec
 from deploy.project import TrainProject, train_requirements
 from deploy.runtimes.base import HostRun, Log, StepHandler, write_env
-from deploy.runtimes.native.layout import META, RELEASE
+from deploy.runtimes.code.layout import META, RELEASE
+from deploy.runtimes.code.shipped import library_files
+from deploy.runtimes.code.sync import send_files
+from deploy.runtimes.code.tree import select_files
 from deploy.runtimes.native.plan import (NativeDesired, NativePlan, NativeState, gather_native, plan_native,
                                          release_digest)
 from deploy.runtimes.native.service import NativeService
-from deploy.runtimes.native.shipped import library_files
-from deploy.runtimes.native.sync import send_files
-from deploy.runtimes.native.tree import select_files
 from deploy.runtimes.native.venv import create_venv, install_requirements
 
 

@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 from deploy.errors import HostError
 from deploy.hosts.remote import cause, run, where
 from deploy.runtimes.base import STARTED_MARKER, Progress, ServiceState
-from deploy.runtimes.native.layout import LOG, SUPERVISOR, VENV
+from deploy.runtimes.code.layout import LOG
+from deploy.runtimes.native.layout import SUPERVISOR, VENV
 
 STOP_TIMEOUT = 120
 GAVE_UP = ("failed", "exited", "stopped", "dead", "orphaned")

@@ -17,7 +17,8 @@ from typing import Any
 
 from deploy.hosts.remote import run, write_atomic
 from deploy.project import train_requirements  # noqa: F401 - the runtime reads the train extra through here
-from deploy.runtimes.native.layout import META, REQUIREMENTS, VENV_MARKER
+from deploy.runtimes.code.layout import META
+from deploy.runtimes.native.layout import REQUIREMENTS, VENV_MARKER
 
 
 

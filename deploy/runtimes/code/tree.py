@@ -1,4 +1,4 @@
-"""What of the operator's working tree ships to a native host: git's ignore rules, then ``.deployignore``.
+"""What of the operator's working tree ships to a host (either runtime): git's ignore rules, then ``.deployignore``.
 
 Every ``.gitignore`` in the tree applies to its folder and below (deeper files win, as in git);
 ``root/.deployignore`` (same syntax) is applied last, so it can exclude more or re-include with
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pathspec import GitIgnoreSpec
 
-from deploy.runtimes.native.layout import LOG, META
+from deploy.runtimes.code.layout import LOG, META
 from deploy.settings import ENV_FILE_VARIABLE
 
 IGNORE_FILE = ".gitignore"

@@ -1,4 +1,4 @@
-"""gpu-deploy's own code a native host needs: ``deploy/training/``, ``deploy/remote/`` and what they import.
+"""gpu-deploy's own code a host needs (either runtime): ``deploy/training/``, ``deploy/remote/`` and what they import.
 
 Computed from the imports (every ``import deploy...`` in those files, inside functions too, and the
 packages above each module), so the list follows the code: the operator's SSH, image, runtime and
@@ -13,8 +13,8 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
-from deploy.runtimes.native.layout import APP
-from deploy.runtimes.native.tree import LocalFile, stat_file
+from deploy.runtimes.code.layout import APP
+from deploy.runtimes.code.tree import LocalFile, stat_file
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the folder that holds the deploy package
 ROOTS = ("deploy/training", "deploy/remote")

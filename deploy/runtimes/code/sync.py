@@ -20,8 +20,8 @@ from deploy.hosts.remote import run, where, write_atomic
 from deploy.hosts.rsync import remote, rsync_command, run_rsync
 from deploy.hosts.ssh import HostOptions, HostSpec
 from deploy.runtimes.base import Log
-from deploy.runtimes.native.layout import MANIFEST
-from deploy.runtimes.native.tree import LocalFile
+from deploy.runtimes.code.layout import MANIFEST
+from deploy.runtimes.code.tree import LocalFile
 
 
 class CodeTarget(Protocol):
