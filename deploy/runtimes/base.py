@@ -35,6 +35,29 @@ class Step:
 
 
 @dataclass(frozen=True)
+class CodeSync:
+    """The code-sync part of every runtime's plan: which files to send, which to remove, and how.
+
+    Planned by :func:`deploy.runtimes.code.sync.plan_sync` (pure) and carried out by its ``send_files``.
+    """
+
+    send: tuple[str, ...] = ()
+    delete: tuple[str, ...] = ()
+    method: str = "sftp"  # rsync when both ends have it
+    send_bytes: int = 0
+    unchanged: int = 0
+
+    @property
+    def noop(self) -> bool:
+        return not (self.send or self.delete)
+
+    def describe(self) -> str:
+        """The ``sync-code`` step's line."""
+        return (f"{len(self.send)} files ({self.send_bytes / 1e6:.1f} MB) to send by {self.method}, "
+                f"{len(self.delete)} to remove, {self.unchanged} unchanged")
+
+
+@dataclass(frozen=True)
 class ServiceState:
     """The training service as the host reports it (a container, a supervised process)."""
 

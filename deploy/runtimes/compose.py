@@ -34,11 +34,11 @@ from deploy.hosts.probe import HostFacts, compose_problems
 from deploy.hosts.remote import python_program, run, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec
 from deploy.project import TrainProject
-from deploy.runtimes.base import (STARTED_MARKER, HostRun, Log, Plan, Progress, ServiceState, Step, StepHandler,
-                                  write_env)
+from deploy.runtimes.base import (STARTED_MARKER, CodeSync, HostRun, Log, Plan, Progress, ServiceState, Step,
+                                  StepHandler, write_env)
 from deploy.runtimes.code.layout import MANIFEST, META, RELEASE
 from deploy.runtimes.code.shipped import library_files
-from deploy.runtimes.code.sync import describe_sync, diff_files, send_files, sync_method
+from deploy.runtimes.code.sync import plan_sync, send_files
 from deploy.runtimes.code.tree import DEPLOY_IGNORE, LocalFile, select_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -194,15 +194,9 @@ class HostState:
 class ComposePlan(Plan):
     desired: DesiredRun
     project: ComposeProject
-    send: tuple[str, ...] = ()
-    delete: tuple[str, ...] = ()
-    method: str = "sftp"
+    sync: CodeSync = field(default_factory=CodeSync)
     runtime: ClassVar[str] = "compose"
     idle: ClassVar[str] = "the service runs this image, code and settings"
-
-    @property
-    def send_bytes(self) -> int:
-        return sum(self.desired.files[rel].size for rel in self.send)
 
     def header(self) -> list[str]:
         d, p = self.desired, self.project
@@ -277,10 +271,9 @@ def plan_deploy(spec: HostSpec, desired: DesiredRun, state: HostState, facts: Ho
     env_changed = state.env_digest != desired.env.digest
     if env_changed:
         steps.append(Step("write-env", f".env with {len(desired.env.keys)} keys, mode 0600"))
-    send, delete = diff_files(desired.files, state.code, state.manifest)
-    method = sync_method(desired.local_rsync, facts.tools)
-    if send or delete:
-        steps.append(Step("sync-code", describe_sync(desired.files, send, delete, method)))
+    sync = plan_sync(desired.files, state.code, state.manifest, desired.local_rsync, facts.tools)
+    if not sync.noop:
+        steps.append(Step("sync-code", sync.describe()))
     code_changed = bool(desired.files) and state.release != desired.code_digest()
     image_changed = state.host_image_id != desired.image_id
     if image_changed:
@@ -298,7 +291,7 @@ def plan_deploy(spec: HostSpec, desired: DesiredRun, state: HostState, facts: Ho
         why = "not running" if not state.service.running else "image, code or settings changed"
         steps.append(Step("start", f"{project.command} up -d ({why})"))
     return ComposePlan(spec=spec, desired=desired, project=project, steps=tuple(steps), problems=tuple(problems),
-                       facts=facts, send=send, delete=delete, method=method)
+                       facts=facts, sync=sync)
 
 
 # --------------------------------------------------------------------------- the runtime

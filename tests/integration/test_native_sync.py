@@ -42,7 +42,7 @@ def test_only_changed_files_move_and_deleted_ones_go(method: str, tmp_path: Path
         desired = desired_for(tree, remote_dir, rsync=method == "rsync")
         facts = HostFacts(tools=frozenset({"rsync"}), remote_dir_exists=True)  # what the probe finds here
         plan = plan_native(spec, desired, gather_native(ssh_connection, desired), facts)
-        assert plan.method == method
+        assert plan.sync.method == method
         ssh_connection.run(f"mkdir -p {shlex.quote(remote_dir)}/.gpu-deploy")
         if plan.needs("sync-code"):
             send_files(ssh_connection, plan, options)
@@ -50,7 +50,7 @@ def test_only_changed_files_move_and_deleted_ones_go(method: str, tmp_path: Path
 
     try:
         first = sync()
-        assert set(first.send) == {"pkg/model.py", "run.sh", "old.py", ".gitignore"}
+        assert set(first.sync.send) == {"pkg/model.py", "run.sh", "old.py", ".gitignore"}
         assert Path(remote_dir, "pkg/model.py").read_text() == "A = 1\n"
         assert not Path(remote_dir, "scratch.tmp").exists()
         assert stat.S_IMODE(Path(remote_dir, "run.sh").stat().st_mode) & 0o100
@@ -62,7 +62,7 @@ def test_only_changed_files_move_and_deleted_ones_go(method: str, tmp_path: Path
         (tree / "old.py").unlink()
         Path(remote_dir, "output.txt").write_text("written by training\n")  # not shipped: never removed
         second = sync()
-        assert second.send == ("pkg/model.py",) and second.delete == ("old.py",)
+        assert second.sync.send == ("pkg/model.py",) and second.sync.delete == ("old.py",)
         assert Path(remote_dir, "pkg/model.py").read_text() == "A = 22\n"
         assert not Path(remote_dir, "old.py").exists() and Path(remote_dir, "output.txt").exists()
         assert not sync().needs("sync-code")
@@ -83,7 +83,7 @@ def _modes_after_sync(method: str, tmp_path: Path, ssh_server, ssh_connection) -
     desired = desired_for(tree, remote_dir, rsync=method == "rsync")
     facts = HostFacts(tools=frozenset({"rsync"}), remote_dir_exists=True)
     plan = plan_native(spec, desired, gather_native(ssh_connection, desired), facts)
-    assert plan.method == method
+    assert plan.sync.method == method
     ssh_connection.run(f"mkdir -p {shlex.quote(remote_dir)}/.gpu-deploy")
     try:
         send_files(ssh_connection, plan, options)

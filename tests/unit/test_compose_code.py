@@ -53,14 +53,28 @@ def test_a_code_only_change_sends_that_file_and_recreates_without_any_image_step
     desired = dataclasses.replace(DESIRED, files=changed)
     plan = plan_deploy(SPEC, desired, current())
     assert [s.name for s in plan.steps] == ["sync-code", "restart"]
-    assert plan.send == ("trainer/model.py",) and plan.delete == () and plan.method == "rsync"
+    assert plan.sync.send == ("trainer/model.py",) and plan.sync.delete == () and plan.sync.method == "rsync"
     assert "1 files" in plan.steps[0].detail and "code changed" in plan.steps[1].detail
+
+
+def test_both_runtimes_plan_the_code_sync_as_one_part_with_one_line(tmp_path: Path) -> None:
+    from deploy.runtimes.native.plan import NativeState, plan_native
+    from deploy.runtimes.native.venv import BaseInterpreter
+
+    changed = {**FILES, "trainer/model.py": LocalFile("/src", "trainer/model.py", 2_500_000, 2000)}
+    compose = plan_deploy(SPEC, dataclasses.replace(DESIRED, files=changed), current())
+    run = HostRun(spec=SPEC, remote_dir="/workspace/train", env=ENV)
+    native = dataclasses.replace(NativeRuntime(source=tmp_path).desire(run), files=changed, local_rsync=True)
+    shipped = {rel: (f.size, f.mtime) for rel, f in FILES.items()}
+    state = NativeState(base=BaseInterpreter("/usr/bin/python3", "3.11.9"), files=shipped, manifest=frozenset(FILES))
+    assert plan_native(SPEC, native, state, FACTS).sync == compose.sync
+    assert compose.steps[0].detail == "1 files (2.5 MB) to send by rsync, 0 to remove, 1 unchanged"
 
 
 def test_a_deleted_file_is_removed_and_only_shipped_files_are() -> None:
     state = current(manifest=frozenset({*FILES, "trainer/old.py"}))
     plan = plan_deploy(SPEC, DESIRED, state)
-    assert plan.delete == ("trainer/old.py",) and plan.send == ()
+    assert plan.sync.delete == ("trainer/old.py",) and plan.sync.send == ()
 
 
 def test_code_synced_but_never_started_is_started_on_the_next_deploy() -> None:
@@ -76,7 +90,7 @@ def test_a_host_deployed_by_the_previous_version_gets_the_code_and_the_new_compo
 
 def test_a_host_without_python3_gets_every_file() -> None:
     plan = plan_deploy(SPEC, DESIRED, current(code={}, manifest=frozenset()))
-    assert set(plan.send) == set(FILES)
+    assert set(plan.sync.send) == set(FILES)
 
 
 def test_the_compose_runtime_ships_the_training_project_and_gpu_deploys_training_code(tmp_path: Path) -> None:

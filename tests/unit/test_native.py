@@ -95,7 +95,7 @@ def test_a_fresh_pod_gets_every_step_in_order() -> None:
     plan = plan_native(SPEC, DESIRED, state, facts)
     assert names(plan) == ["create-dir", "write-env", "sync-code", "create-venv", "install-requirements",
                            "install-supervisor", "start"]
-    assert plan.send == tuple(sorted(FILES)) and plan.method == "rsync" and not plan.problems
+    assert plan.sync.send == tuple(sorted(FILES)) and plan.sync.method == "rsync" and not plan.problems
     assert "torch pinned to 2.5.1+cu124" in plan.steps[4].detail
 
 
@@ -109,13 +109,13 @@ def test_a_changed_file_is_sent_alone_and_the_run_restarted() -> None:
     files = {**FILES, "train.py": LocalFile("/src", "train.py", 121, 1_700_000_500)}
     plan = plan_native(SPEC, with_files(files), healthy(), FACTS)
     assert names(plan) == ["sync-code", "restart"]
-    assert plan.send == ("train.py",) and plan.delete == ()
+    assert plan.sync.send == ("train.py",) and plan.sync.delete == ()
 
 
 def test_a_file_gone_from_the_tree_is_removed_from_the_host() -> None:
     files = {k: v for k, v in FILES.items() if k != "pkg/model.py"}
     plan = plan_native(SPEC, with_files(files), healthy(), FACTS)
-    assert plan.send == () and plan.delete == ("pkg/model.py",)
+    assert plan.sync.send == () and plan.sync.delete == ("pkg/model.py",)
     assert names(plan) == ["sync-code", "restart"]
 
 
@@ -144,8 +144,8 @@ def test_restart_flag_restarts_a_healthy_run() -> None:
 
 def test_sftp_when_either_end_lacks_rsync() -> None:
     no_rsync = HostFacts(**{**FACTS.__dict__, "tools": frozenset()})
-    assert plan_native(SPEC, DESIRED, NativeState(base=BASE), no_rsync).method == "sftp"
-    assert plan_native(SPEC, with_files(FILES, local_rsync=False), NativeState(base=BASE), FACTS).method == "sftp"
+    assert plan_native(SPEC, DESIRED, NativeState(base=BASE), no_rsync).sync.method == "sftp"
+    assert plan_native(SPEC, with_files(FILES, local_rsync=False), NativeState(base=BASE), FACTS).sync.method == "sftp"
 
 
 def test_a_missing_interpreter_is_one_sentence_naming_the_setting() -> None:

@@ -4,7 +4,8 @@
 A manifest remembers what was shipped, so only files a previous deploy shipped and the tree no
 longer has are removed: what training writes in REMOTE_DIR is never touched. The native runtime
 and the compose runtime (which bind-mounts REMOTE_DIR as the container's /workspace) both plan
-with :func:`diff_files` and carry out with :func:`send_files`.
+with :func:`plan_sync` (a :class:`~deploy.runtimes.base.CodeSync` in their plan) and carry out with
+:func:`send_files`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from deploy.hosts.paths import checked_relative
 from deploy.hosts.remote import run, where, write_atomic
 from deploy.hosts.rsync import remote, rsync_command, run_rsync
 from deploy.hosts.ssh import HostOptions, HostSpec
-from deploy.runtimes.base import Log
+from deploy.runtimes.base import CodeSync, Log
 from deploy.runtimes.code.layout import MANIFEST
 from deploy.runtimes.code.tree import LocalFile
 
@@ -36,12 +37,7 @@ class CodePlan(Protocol):
 
     spec: HostSpec
     desired: Any  # a CodeTarget
-    send: tuple[str, ...]
-    delete: tuple[str, ...]
-    method: str
-
-    @property
-    def send_bytes(self) -> int: ...
+    sync: CodeSync
 
 
 def diff_files(files: Mapping[str, LocalFile], remote: Mapping[str, tuple[int, int]],
@@ -68,10 +64,12 @@ def sync_method(local_rsync: bool, host_tools: Iterable[str]) -> str:
     return "rsync" if local_rsync and "rsync" in host_tools else "sftp"
 
 
-def describe_sync(files: Mapping[str, LocalFile], send: tuple[str, ...], delete: tuple[str, ...], method: str) -> str:
-    size = sum(files[rel].size for rel in send)
-    return (f"{len(send)} files ({size / 1e6:.1f} MB) to send by {method}, {len(delete)} to remove, "
-            f"{len(files) - len(send)} unchanged")
+def plan_sync(files: Mapping[str, LocalFile], remote: Mapping[str, tuple[int, int]], manifest: Iterable[str],
+              local_rsync: bool, host_tools: Iterable[str]) -> CodeSync:
+    """The code-sync part of a plan: what to send and remove (:func:`diff_files`) and by which method; pure."""
+    send, delete = diff_files(files, remote, manifest)
+    return CodeSync(send=send, delete=delete, method=sync_method(local_rsync, host_tools),
+                    send_bytes=sum(files[rel].size for rel in send), unchanged=len(files) - len(send))
 
 
 def _mkdirs(conn: Any, remote_dir: str, rels: Iterable[str]) -> None:
@@ -89,7 +87,7 @@ def _rsync(spec: HostSpec, options: HostOptions, root: str, rels: list[str], des
 def _sftp(conn: Any, plan: CodePlan) -> None:
     d = plan.desired
     sftp = conn.sftp()
-    for rel in plan.send:
+    for rel in plan.sync.send:
         f = d.files[rel]
         try:
             with open(f.path, "rb") as handle:
@@ -101,7 +99,7 @@ def _sftp(conn: Any, plan: CodePlan) -> None:
 
 def _remove(conn: Any, plan: CodePlan) -> None:
     sftp = conn.sftp()
-    for rel in plan.delete:
+    for rel in plan.sync.delete:
         try:
             sftp.remove(posixpath.join(plan.desired.remote_dir, rel))
         except FileNotFoundError:
@@ -113,19 +111,19 @@ def _remove(conn: Any, plan: CodePlan) -> None:
 
 def send_files(conn: Any, plan: CodePlan, options: HostOptions, log: Log = lambda s: None) -> None:
     """Copy the plan's changed files (rsync per local root, else SFTP), remove stale ones, record the manifest."""
-    d = plan.desired
-    if plan.send:
-        _mkdirs(conn, d.remote_dir, plan.send)
-    if plan.send and plan.method == "rsync":
+    d, sync = plan.desired, plan.sync
+    if sync.send:
+        _mkdirs(conn, d.remote_dir, sync.send)
+    if sync.send and sync.method == "rsync":
         groups: dict[tuple[str, str], list[str]] = {}
-        for rel in plan.send:
+        for rel in sync.send:
             f = d.files[rel]
             groups.setdefault((f.root, rel[: len(rel) - len(f.rel)]), []).append(f.rel)
         for (root, prefix), rels in groups.items():
             _rsync(plan.spec, options, root, rels, posixpath.join(d.remote_dir, prefix))
-    elif plan.send:
+    elif sync.send:
         _sftp(conn, plan)
     _remove(conn, plan)
     write_atomic(conn, posixpath.join(d.remote_dir, MANIFEST), json.dumps(sorted(d.files)).encode(), mode=0o644)
-    log(f"{plan.spec.host}: sent {len(plan.send)} files ({plan.send_bytes / 1e6:.1f} MB) by {plan.method}, "
-        f"removed {len(plan.delete)}")
+    log(f"{plan.spec.host}: sent {len(sync.send)} files ({sync.send_bytes / 1e6:.1f} MB) by {sync.method}, "
+        f"removed {len(sync.delete)}")

@@ -12,9 +12,9 @@ from deploy.hosts.envfile import EnvShipment, remote_env_digest
 from deploy.hosts.probe import HostFacts
 from deploy.hosts.remote import cause, python_program, run
 from deploy.hosts.ssh import HostSpec
-from deploy.runtimes.base import Plan, ServiceState, Step
+from deploy.runtimes.base import CodeSync, Plan, ServiceState, Step
 from deploy.runtimes.code.layout import APP, MANIFEST, META, RELEASE
-from deploy.runtimes.code.sync import describe_sync, diff_files, sync_method
+from deploy.runtimes.code.sync import plan_sync
 from deploy.runtimes.code.tree import DEPLOY_IGNORE, LocalFile
 from deploy.runtimes.native.layout import REQUIREMENTS, SUPERVISOR_FILES, VENV, VENV_MARKER
 from deploy.runtimes.native.service import STOP_TIMEOUT, NativeService, service_state
@@ -107,15 +107,9 @@ def release_digest(desired: NativeDesired, base: BaseInterpreter | None) -> str:
 class NativePlan(Plan):
     desired: NativeDesired
     state: NativeState
-    send: tuple[str, ...] = ()
-    delete: tuple[str, ...] = ()
-    method: str = "sftp"
+    sync: CodeSync = field(default_factory=CodeSync)
     runtime: ClassVar[str] = "native"
     idle: ClassVar[str] = "training runs this code with these settings"
-
-    @property
-    def send_bytes(self) -> int:
-        return sum(self.desired.files[rel].size for rel in self.send)
 
     def header(self) -> list[str]:
         d, base = self.desired, self.state.base
@@ -170,10 +164,9 @@ def plan_native(spec: HostSpec, desired: NativeDesired, state: NativeState, fact
         steps.append(Step("create-dir", f"create {where}"))
     if state.env_digest != desired.env.digest:
         steps.append(Step("write-env", f".env with {len(desired.env.keys)} keys, mode 0600"))
-    send, delete = diff_files(desired.files, state.files, state.manifest)
-    method = sync_method(desired.local_rsync, facts.tools)
-    if send or delete:
-        steps.append(Step("sync-code", describe_sync(desired.files, send, delete, method)))
+    sync = plan_sync(desired.files, state.files, state.manifest, desired.local_rsync, facts.tools)
+    if not sync.noop:
+        steps.append(Step("sync-code", sync.describe()))
     if desired.data_link and state.data_link != desired.data_link:
         steps.append(Step("link-data", f"data -> {desired.data_link} (DATA_DIR, as the compose runtime mounts it)"))
     steps += _venv_steps(desired, state, problems)
@@ -187,8 +180,8 @@ def plan_native(spec: HostSpec, desired: NativeDesired, state: NativeState, fact
         why = "not running" if not state.service.running else "code, settings or packages changed"
         steps.append(Step("restart" if state.service.running else "start",
                           f"the supervised entrypoint ({why}; resumes from the latest checkpoint in S3)"))
-    return NativePlan(spec=spec, desired=desired, state=state, steps=tuple(steps), send=send, delete=delete,
-                      method=method, problems=tuple(problems), facts=facts)
+    return NativePlan(spec=spec, desired=desired, state=state, steps=tuple(steps), sync=sync,
+                      problems=tuple(problems), facts=facts)
 
 
 # --------------------------------------------------------------------------- gathering
