@@ -5,8 +5,8 @@ from __future__ import annotations
 from deploy.errors import ConfigError
 from deploy.hosts.probe import HostFacts
 from deploy.hosts.ssh import HostOptions
-from deploy.runtimes.base import Runtime
-from deploy.runtimes.compose import ComposeRuntime, ImageSource
+from deploy.runtimes.base import ImageSource, Runtime
+from deploy.runtimes.compose import ComposeRuntime
 from deploy.runtimes.native import NativeRuntime
 
 RUNTIMES = ("auto", "compose", "native")

@@ -16,8 +16,7 @@ from deploy.errors import ConfigError, HostError
 from deploy.hosts.probe import probe
 from deploy.hosts.remote import python_program, run
 from deploy.hosts.ssh import HostOptions, HostSpec, Outcome, connect, for_each_host, require_sftp
-from deploy.runtimes.base import DeployResult, Log, ServiceState, wait_for_training
-from deploy.runtimes.compose import ImageSource
+from deploy.runtimes.base import DeployResult, ImageSource, Log, ServiceState, wait_for_training
 from deploy.settings import Settings
 from deploy.storage import Storage
 from deploy.flow.choose import choose_runtime, runtimes

@@ -34,9 +34,8 @@ from deploy.hosts.envfile import plan_env
 from deploy.hosts.probe import HostFacts, probe
 from deploy.hosts.remote import run as run_remote, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec, Outcome, connect, for_each_host, require_sftp
-from deploy.runtimes.base import (START_STEPS, DeployResult, HostRun, Log, Plan, Runtime, Step, StepHandler,
-                                  wait_for_training)
-from deploy.runtimes.compose import ImageSource
+from deploy.runtimes.base import (START_STEPS, DeployResult, HostRun, ImageSource, Log, Plan, Runtime, Step,
+                                  StepHandler, wait_for_training)
 from deploy.settings import Settings
 from deploy.storage import Storage
 from deploy.training.lease import ATTEMPT_FILE, Lease, attempt_document, grant, read_lease

@@ -172,6 +172,14 @@ class Service(Protocol):
     def stop(self, conn: Any, timeout: int = 120) -> None: ...
 
 
+class ImageSource(Protocol):
+    """Where a runtime that needs the training image gets it (the bucket's layer store:
+    deploy.flow.sources.BucketImages); the flow hands one to every runtime."""
+
+    def load_on_host(self, conn: Any, ref: str) -> str:
+        """Load ``ref`` on the host behind ``conn``; return the loaded image id."""
+
+
 StepHandler = Callable[[Any, Any, Log], "int | None"]
 """``handler(conn, plan, log)``; a start step returns where its output begins (see :meth:`Service.start`)."""
 

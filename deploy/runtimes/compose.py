@@ -26,7 +26,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from deploy.errors import HostError
 from deploy.hosts.envfile import EnvShipment, remote_env_digest
@@ -34,8 +34,8 @@ from deploy.hosts.probe import HostFacts, compose_problems
 from deploy.hosts.remote import python_program, run, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec
 from deploy.project import TrainProject
-from deploy.runtimes.base import (STARTED_MARKER, CodeSync, HostRun, Log, Plan, Progress, ServiceState, Step,
-                                  StepHandler, write_env)
+from deploy.runtimes.base import (STARTED_MARKER, CodeSync, HostRun, ImageSource, Log, Plan, Progress, ServiceState,
+                                  Step, StepHandler, write_env)
 from deploy.runtimes.code.layout import MANIFEST, META, RELEASE
 from deploy.runtimes.code.shipped import library_files
 from deploy.runtimes.code.sync import plan_sync, send_files
@@ -142,13 +142,6 @@ def _project_name(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- desired, gathered, planned
-
-
-class ImageSource(Protocol):
-    """Where the training image comes from (the bucket's layer store: deploy.flow.sources.BucketImages)."""
-
-    def load_on_host(self, conn: Any, ref: str) -> str:
-        """Load ``ref`` on the host behind ``conn``; return the loaded image id."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@
 - ``deploy/dev/`` (embedded servers, quick start, base image) is tooling: no library module imports it.
 - Runtimes sit below the flow: no runtime imports the flow.
 - Runtimes are strategies: no runtime imports another; what they share is ``runtimes.base`` and
-  ``runtimes.code`` (what code travels and how).
+  ``runtimes.code`` (what code travels and how). The flow imports only ``runtimes.base``, except the
+  chooser (``flow/choose.py``), the one place that knows the concrete runtimes.
 - Every module imports in a fresh interpreter.
 """
 
@@ -165,6 +166,17 @@ def test_no_runtime_imports_another_runtime() -> None:
         if own is not None:
             others = sorted(t for t in targets if runtime_of(t) not in (None, own))
             assert others == [], f"{name} is part of the {own} runtime but imports {others}"
+
+
+CHOOSER = "deploy.flow.choose"
+"""The one module of the flow that knows the concrete runtimes: it picks one for a host and builds them."""
+
+
+def test_the_flow_reaches_runtimes_only_through_the_base_and_the_chooser() -> None:
+    for name, targets in edges().items():
+        if in_room(name, "deploy.flow") and name != CHOOSER:
+            bad = sorted(t for t in targets if in_room(t, "deploy.runtimes") and t != "deploy.runtimes.base")
+            assert bad == [], f"{name} is the flow, which calls runtimes through deploy.runtimes.base, but imports {bad}"
 
 
 def test_the_runtime_rule_knows_what_a_runtime_is() -> None:
