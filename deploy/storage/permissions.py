@@ -84,7 +84,7 @@ class CheckReport:
         if self.missing:
             raise StorageError(
                 f"The credentials lack {', '.join(self.missing)} on bucket {self.bucket!r} at {self.endpoint}; "
-                "grant them (README.md has the minimal IAM policy).")
+                "grant them (docs/s3.md has the minimal IAM policy).")
 
 
 def ensure_reachable(endpoint: str | None, timeout: float = 5.0) -> None:

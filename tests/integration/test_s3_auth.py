@@ -89,7 +89,7 @@ def test_check_names_exactly_the_missing_permissions(auth_server) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stderr.strip() == (
         f"Error: The credentials lack s3:AbortMultipartUpload, s3:DeleteObject on bucket '{BUCKET}' at "
-        f"{server.endpoint_url}; grant them (README.md has the minimal IAM policy).")
+        f"{server.endpoint_url}; grant them (docs/s3.md has the minimal IAM policy).")
     rows = result.stdout.splitlines()
     assert any("put object" in row and "s3:PutObject" in row and row.rstrip().endswith("ok") for row in rows)
     assert any("delete object" in row and "s3:DeleteObject" in row and row.rstrip().endswith("FAILED: access denied")
