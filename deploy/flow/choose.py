@@ -9,7 +9,9 @@ from deploy.runtimes.base import ImageSource, Runtime
 from deploy.runtimes.compose import ComposeRuntime
 from deploy.runtimes.native import NativeRuntime
 
-RUNTIMES = ("auto", "compose", "native")
+KINDS: dict[str, type] = {"compose": ComposeRuntime, "native": NativeRuntime}
+"""Every runtime's class by name: what each can do (``multi_node``, ``needs_image``) without building one."""
+RUNTIMES = ("auto", *KINDS)
 
 
 def choose_runtime(requested: str, facts: HostFacts) -> tuple[str, str]:
@@ -28,6 +30,12 @@ def choose_runtime(requested: str, facts: HostFacts) -> tuple[str, str]:
     if facts.docker:
         return "native", "the host has Docker but no Compose"
     return "native", "the host has no Docker engine"
+
+
+def needs_image(requested: str) -> bool | None:
+    """Whether the runtime asked for needs the training image; None for ``auto`` (each host's runtime decides)."""
+    kind = KINDS.get(requested)
+    return None if kind is None else bool(kind.needs_image)
 
 
 def runtimes(images: ImageSource | None = None, options: HostOptions | None = None,

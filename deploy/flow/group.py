@@ -16,7 +16,7 @@ from deploy.errors import ConfigError, HostError
 from deploy.hosts.probe import probe
 from deploy.hosts.remote import python_program, run
 from deploy.hosts.ssh import HostOptions, HostSpec, Outcome, connect, for_each_host, require_sftp
-from deploy.runtimes.base import DeployResult, ImageSource, Log, ServiceState, wait_for_training
+from deploy.runtimes.base import DeployResult, ImageSource, Log, Runtime, ServiceState, wait_for_training
 from deploy.settings import Settings
 from deploy.storage import Storage
 from deploy.flow.choose import choose_runtime, runtimes
@@ -83,14 +83,12 @@ def start_group(conns: list[Any], deploys: list[HostDeploy], wait: float, log: L
 
 
 def _plan_all(conns: list[Any], specs: list[HostSpec], rollout: Rollout, settings: Settings, storage: Storage,
-              images: ImageSource, options: HostOptions) -> list[Outcome]:
-    available = runtimes(images, options, settings.train_project)
-
+              available: dict[str, Runtime]) -> list[Outcome]:
     def plan_one(spec: HostSpec) -> HostDeploy:
         rank = specs.index(spec)
         facts = probe(conns[rank], spec.workdir(rollout.remote_dir))
         name, reason = choose_runtime(rollout.runtime, facts)
-        if name != "compose":
+        if not available[name].multi_node:
             raise HostError(f"{spec.host}:{spec.port}: {NATIVE_GROUP} ({reason})")
         return prepare(conns[rank], spec, rollout, settings, available[name], facts, reason, rank, storage)
 
@@ -100,7 +98,8 @@ def _plan_all(conns: list[Any], specs: list[HostSpec], rollout: Rollout, setting
 def deploy_group(specs: list[HostSpec], rollout: Rollout, settings: Settings, options: HostOptions, storage: Storage,
                  images: ImageSource, dry_run: bool = False, log: Log = print) -> list[Outcome]:
     """One run across ``specs`` (rank = position): plan all, check the rendezvous, start rank 0 first."""
-    if rollout.runtime == "native":
+    available = runtimes(images, options, settings.train_project)
+    if rollout.runtime in available and not available[rollout.runtime].multi_node:
         raise ConfigError(NATIVE_GROUP)
     for spec in specs:
         require_sftp(spec)
@@ -109,7 +108,7 @@ def deploy_group(specs: list[HostSpec], rollout: Rollout, settings: Settings, op
                         "(RUNPOD_HOST or --hosts, comma-separated, rank 0 first).")
     conns = [connect(spec, options) for spec in specs]
     try:
-        planned = _plan_all(conns, specs, rollout, settings, storage, images, options)
+        planned = _plan_all(conns, specs, rollout, settings, storage, available)
         for o in planned:
             if o.result is not None:
                 log("\n".join(o.result.describe()))

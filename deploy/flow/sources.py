@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from deploy.errors import HostError
+from deploy.flow.choose import needs_image
 from deploy.images import ImageRef, pull
 from deploy.images.build import image_deps
 from deploy.images.store import ImageStore
@@ -81,17 +82,18 @@ def build_and_push(settings: Any, storage: Storage, dry_run: bool = False, log: 
 
 
 def resolve_image(images: Any, ref: str, runtime: str) -> tuple[str, int, str | None]:
-    """The image id and size in the bucket, and a problem for compose hosts when it is missing.
+    """The image id and size in the bucket, and a problem for hosts whose runtime needs it when it is missing.
 
-    Native hosts need no image, so ``native`` skips the lookup and ``auto`` defers a missing image
-    to the hosts that turn out to run compose.
+    A runtime asked for that needs no image (``native``) skips the lookup; ``auto`` defers a missing
+    image to the hosts whose runtime turns out to need one (compose).
     """
-    if runtime == "native":
+    needed = needs_image(runtime)
+    if needed is False:
         return "", 0, None
     try:
         image_id, size = images.image_id(ref)
     except HostError as exc:
-        if runtime == "compose":
+        if needed:
             raise
         return "", 0, str(exc)
     return image_id, size, None

@@ -185,9 +185,14 @@ StepHandler = Callable[[Any, Any, Log], "int | None"]
 
 
 class Runtime(Protocol):
-    """A way to run training on a host: compose (Docker), native (a supervised process) ..."""
+    """A way to run training on a host: compose (Docker), native (a supervised process) ...
+
+    What it can do is said by attributes, so the flow asks them instead of testing names.
+    """
 
     name: str
+    multi_node: bool  # can run one training across several hosts (NUM_NODES > 1: deploy.flow.group)
+    needs_image: bool  # runs the training image, which must then be in the bucket (deploy.flow.sources)
 
     def desire(self, run: HostRun) -> Any:
         """The runtime's desired state for one host (computed on the operator's machine)."""

@@ -295,6 +295,8 @@ class ComposeRuntime:
     are the SSH settings rsync reuses, ``source`` the training project."""
 
     name = "compose"
+    multi_node = True  # host networking: the nodes reach MASTER_ADDR directly
+    needs_image = True
 
     def __init__(self, images: ImageSource | None = None, options: HostOptions | None = None,
                  source: str | os.PathLike[str] = ".") -> None:

@@ -173,3 +173,21 @@ def test_saved_on_stop_reads_the_last_line_the_training_side_printed() -> None:
             + "restarted\n" + SAVED_ON_STOP.format(step=88) + ", upload pending: /w/x.ckpt stays staged\n")
     assert saved_on_stop(tail) == (88, "upload pending: /w/x.ckpt stays staged")
     assert saved_on_stop("no stop here\n") is None
+
+
+def test_what_a_runtime_can_do_is_its_own_attribute() -> None:
+    available = runtimes()
+    assert {n: (r.multi_node, r.needs_image) for n, r in available.items()} == {
+        "compose": (True, True), "native": (False, False)}
+
+
+def test_a_group_refuses_a_runtime_that_cannot_train_across_hosts_before_connecting() -> None:
+    from deploy.errors import ConfigError
+    from deploy.flow.group import deploy_group
+    from deploy.hosts import HostOptions
+
+    settings = load_settings(overrides={"S3_BUCKET": "my-bucket"}, environ={})
+    rollout = Rollout(image_ref="t:v1", image_id="", image_bytes=0, remote_dir="/w", num_nodes=2, runtime="native")
+    unreachable = HostSpec("192.0.2.1", 22)  # TEST-NET: a connect would time out, so none may be tried
+    with pytest.raises(ConfigError, match=r"^Multi-node runs \(NUM_NODES > 1\) need the compose runtime"):
+        deploy_group([unreachable, unreachable], rollout, settings, HostOptions(), None, None)  # type: ignore[arg-type]

@@ -48,6 +48,8 @@ class NativeRuntime:
     """The native strategy; ``options`` are the SSH settings rsync reuses, ``source`` the training project."""
 
     name = "native"
+    multi_node = False  # a RunPod pod trains one run per host
+    needs_image = False  # NATIVE_PYTHON's torch serves; no image moves
 
     def __init__(self, options: HostOptions | None = None, source: str | os.PathLike[str] = ".") -> None:
         self.options = options or HostOptions()
