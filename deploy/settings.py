@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 
 from dotenv import dotenv_values
 
+from deploy import redact
 from deploy.errors import ConfigError
 
 ENV_FILE_VARIABLE = "ENV_FILE"
@@ -68,6 +69,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        redact.register(value)  # and never in a log record either (fab --debug logs every library's requests)
 
     def reveal(self) -> str:
         """The value itself: pass it to a client, never to a print or a log."""
@@ -279,11 +281,16 @@ class Settings:
         "S3_ADDRESSING_STYLE", "S3 addressing: path (MinIO and most providers), virtual or auto.",
         "path", default="path", parse=_parse_choice(ADDRESSING_STYLES))
     aws_max_attempts: int = setting(
-        "AWS_MAX_ATTEMPTS", "How many times one S3 call is tried before it fails.", "10", default=10,
+        "AWS_MAX_ATTEMPTS", "How many times one S3 call is tried before it fails (fab's tasks also stop retrying "
+        "a call once its time is up, and say so on stderr).", "10", default=10,
         parse=_parse_int(1, 100))
     aws_retry_mode: str = setting(
         "AWS_RETRY_MODE", "botocore retry mode: standard, adaptive or legacy.", "standard",
         default="standard", parse=_parse_choice(RETRY_MODES))
+    connect_timeout_seconds: int = setting(
+        "CONNECT_TIMEOUT_SECONDS", "Seconds the S3 endpoint, an SSH host or RunPod's API gets to accept a connection "
+        "and answer before a task names it as unreachable (fab checks each one before the real work).", "5",
+        default=5, parse=_parse_int(1, 120))
     aws_s3_max_concurrency: int = setting(
         "AWS_S3_MAX_CONCURRENCY", "Parallel S3 requests for one transfer.", "10", default=10,
         parse=_parse_int(1, 256))
@@ -452,6 +459,8 @@ class Settings:
     env_file: str = field(default=DEFAULT_ENV_FILE, compare=False)
     env_file_found: bool = field(default=False, compare=False)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    flag_names: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """The task flag that set a key (``S3_BUCKET``: ``--bucket``), for keys that came from a flag."""
 
     # ----------------------------------------------------------------- queries
 
@@ -463,27 +472,46 @@ class Settings:
         """Where ``key``'s value came from: ``flag``, ``environment``, ``.env`` or ``default``."""
         return self.sources.get(key, "default")
 
+    def origin(self, key: str) -> str:
+        """Where ``key``'s value came from, for a sentence that tells the user to change it.
+
+        >>> load_settings(overrides={"S3_BUCKET": "b"}, flag_names={"S3_BUCKET": "--bucket"}).origin("S3_BUCKET")
+        'the --bucket flag'
+
+        Also ``'the environment'``, ``'the .env file /home/me/project/.env'`` and ``'the default'``.
+        """
+        source = self.source(key)
+        if source == "flag":
+            return f"the {self.flag_names[key]} flag" if key in self.flag_names else "a task flag"
+        if source in ("environment", "default"):
+            return f"the {source}"
+        return f"the .env file {os.path.abspath(source)}"
+
+    def check(self, key: str) -> str:
+        """``KEY (from <origin>)``: what to check when its value does not work, and where it was set."""
+        return f"{key} (from {self.origin(key)})"
+
     def value(self, key: str) -> Any:
         """The parsed value of a setting by its `.env` key."""
         return getattr(self, _FIELD_BY_KEY[key].name)
 
-    def require(self, *keys: str) -> None:
-        """Fail with one message naming every key in ``keys`` that has no value.
+    def missing(self, *keys: str) -> list[str]:
+        """The keys in ``keys`` that have no value, in order."""
+        for key in keys:
+            if key not in _FIELD_BY_KEY:
+                raise KeyError(f"unknown setting {key}")
+        return [key for key in keys if not self.value(key)]
+
+    def require(self, *keys: str, also: Iterable[str] = ()) -> None:
+        """Fail with one sentence naming every key in ``keys`` that has no value, and the keys in ``also``
+        (ones the caller found missing by its own rule, such as RUNPOD_HOST without --hosts or a pod).
 
         Example: ``settings.require("S3_BUCKET", "AWS_ACCESS_KEY_ID")`` raises
         ``ConfigError("Missing settings: S3_BUCKET, AWS_ACCESS_KEY_ID (no .env file at .env) ...")``.
         """
-        for key in keys:
-            if key not in _FIELD_BY_KEY:
-                raise KeyError(f"unknown setting {key}")
-        missing = [key for key in keys if not self.value(key)]
+        missing = list(dict.fromkeys([*self.missing(*keys), *also]))
         if missing:
-            where = (f"read {self.env_file}" if self.env_file_found
-                     else f"no .env file at {self.env_file}")
-            raise ConfigError(
-                f"Missing settings: {', '.join(missing)} ({where}); set them in the .env file, "
-                "the environment or with flags."
-            )
+            raise ConfigError(missing_sentence(missing, self.env_file, self.env_file_found))
 
     def describe(self) -> list[tuple[str, str, str]]:
         """Rows of (key, shown value, source) for every setting; secrets are masked."""
@@ -492,6 +520,22 @@ class Settings:
             key = spec.metadata["key"]
             rows.append((key, _show(getattr(self, spec.name)), self.source(key)))
         return rows
+
+
+MISSING_HINTS = {
+    "RUNPOD_HOST": "RUNPOD_HOST: or name the host with --hosts or fab -H, or create a pod with fab pods.up",
+    "RUNPOD_API_KEY": "RUNPOD_API_KEY: create one in RunPod's console under Settings > API Keys",
+}
+"""What else to say about a missing key, beyond where settings come from."""
+
+
+def missing_sentence(missing: Iterable[str], env_file: str = DEFAULT_ENV_FILE, env_file_found: bool = False) -> str:
+    """The one sentence for missing settings, wherever they are found missing (every task, the pod API)."""
+    keys = list(missing)
+    where = f"read {env_file}" if env_file_found else f"no .env file at {env_file}"
+    hints = [MISSING_HINTS[key] for key in keys if key in MISSING_HINTS]
+    return (f"Missing settings: {', '.join(keys)} ({where}); set them in the .env file, the environment or with "
+            "flags" + (f" ({'; '.join(hints)})" if hints else "") + ".")
 
 
 SETTING_FIELDS: tuple[dataclasses.Field[Any], ...] = tuple(
@@ -544,11 +588,14 @@ def load_settings(
     overrides: Mapping[str, Any] | None = None,
     env_file: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
+    flag_names: Mapping[str, str] | None = None,
 ) -> Settings:
     """Build :class:`Settings`: ``overrides`` (task flags) > ``environ`` > `.env` > defaults.
 
     ``overrides`` maps `.env` keys to flag values; ``None`` means the flag was not given.
-    Every malformed value is reported at once, by key and source, in one :class:`ConfigError`.
+    ``flag_names`` maps keys to the flags that set them (``S3_BUCKET``: ``--bucket``), for
+    :meth:`Settings.origin`. Every malformed value is reported at once, by key and source, in one
+    :class:`ConfigError`.
     """
     environ = os.environ if environ is None else environ
     path, explicit = resolve_env_file(env_file, environ)
@@ -585,7 +632,8 @@ def load_settings(
             values[spec.name] = Secret(str(raw)) if spec.metadata["secret"] and not isinstance(raw, Secret) else raw
     if problems:
         raise ConfigError("Invalid settings: " + "; ".join(problems) + ".")
-    return Settings(**values, env_file=str(path), env_file_found=found, sources=sources)
+    named = {k: v for k, v in (flag_names or {}).items() if sources.get(k) == "flag"}
+    return Settings(**values, env_file=str(path), env_file_found=found, sources=sources, flag_names=named)
 
 
 def env_example() -> str:

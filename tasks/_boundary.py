@@ -2,18 +2,22 @@
 
 A task parses its flags, builds settings, calls the library and prints the result. An expected
 failure (:class:`deploy.errors.DeployError`) becomes one sentence on stderr and exit code 1;
-``fab --debug`` keeps the traceback.
+``fab --debug`` keeps the traceback. While a task runs, no log record shows a credential
+(:mod:`deploy.redact`), and the library's retry notices (``S3 did not answer ...; retry 1 of 9 in 1 s``)
+are lines on stderr.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from invoke.exceptions import Exit
 
+from deploy import redact
 from deploy.errors import DeployError
 from deploy.settings import ENV_FILE_VARIABLE, Settings, load_settings
 
@@ -21,7 +25,37 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ENV_FILE_HELP = f"Path of the .env file to read (default: ./.env, or ${ENV_FILE_VARIABLE})."
 JSON_HELP = "Print JSON for scripts instead of a table."
-DRY_RUN_HELP = "Print the plan and change nothing."
+DRY_RUN_HELP = "Print the plan and change nothing (exit 1 when something it needs could not be checked)."
+BUCKET_HELP = "Bucket to use instead of S3_BUCKET."
+PREFIX_HELP = "Folder inside the bucket instead of S3_PREFIX."
+BUCKET_FLAGS = {"bucket": BUCKET_HELP, "prefix": PREFIX_HELP, "env_file": ENV_FILE_HELP}
+"""The help of the flags every task that uses the bucket takes (``--bucket``, ``--prefix``, ``--env-file``)."""
+RUN_HELP = "The run id (fab runs lists them)."
+
+FLAG_NAMES = {"S3_BUCKET": "--bucket", "S3_PREFIX": "--prefix", "RUN_ID": "--run", "FROM_RUN": "--from-run",
+              "IMAGE": "--image", "DATASET": "--dataset", "NUM_NODES": "--nodes", "RUNTIME": "--runtime",
+              "BASE_IMAGE": "--base-image", "TRAIN_PROJECT": "--project"}
+"""The task flag that sets each key, so a sentence can say "check S3_BUCKET (from the --bucket flag)"."""
+
+
+class _Stderr(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time (a progress bar redirects it, tests capture it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr, flush=True)
+        except Exception:  # noqa: BLE001 - logging's own rule: a handler never raises
+            self.handleError(record)
+
+
+def _prepare_logging() -> None:
+    """No credential in any log record (fab --debug included); the library's retry notices on stderr."""
+    redact.install()
+    notices = logging.getLogger("deploy.retry")
+    if not any(isinstance(h, _Stderr) for h in notices.handlers):
+        notices.addHandler(_Stderr())
+        notices.setLevel(logging.WARNING)
+        notices.propagate = False
 
 
 def _debugging() -> bool:
@@ -34,6 +68,7 @@ def boundary(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _prepare_logging()
         try:
             return func(*args, **kwargs)
         except DeployError as exc:
@@ -48,4 +83,4 @@ def boundary(func: F) -> F:
 
 def settings_from_flags(env_file: str | None = None, **flags: Any) -> Settings:
     """Settings with task flags on top; ``flags`` are `.env` keys, ``None`` for a flag not given."""
-    return load_settings(overrides=flags, env_file=env_file)
+    return load_settings(overrides=flags, env_file=env_file, flag_names=FLAG_NAMES)

@@ -187,3 +187,24 @@ def test_committed_env_example_is_current_and_parses() -> None:
     assert committed.read_text() == env_example(), "regenerate with: python -m deploy.settings > .env.example"
     load_settings(env_file=committed, environ={})
     assert set(read_env_file(committed)) == set(SETTING_KEYS)
+
+
+def test_origin_names_the_flag_the_environment_or_the_env_file_with_its_path(tmp_path: Path) -> None:
+    env_file = write_env(tmp_path / "prod.env", RUNPOD_HOST="203.0.113.10")
+    settings = load_settings(overrides={"S3_BUCKET": "from-flag"}, env_file=env_file,
+                             environ={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, flag_names={"S3_BUCKET": "--bucket"})
+    assert settings.origin("S3_BUCKET") == "the --bucket flag"
+    assert settings.origin("AWS_ENDPOINT_URL") == "the environment"
+    assert settings.origin("RUNPOD_HOST") == f"the .env file {env_file.resolve()}"
+    assert settings.origin("RUNPOD_PORT") == "the default"
+    assert settings.check("AWS_ENDPOINT_URL") == "AWS_ENDPOINT_URL (from the environment)"
+
+
+def test_require_names_missing_keys_found_by_the_caller_and_their_hints_at_once() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(environ={}).require("S3_BUCKET", "RUNPOD_API_KEY", also=["RUNPOD_HOST"])
+    message = str(err.value)
+    assert message.startswith("Missing settings: S3_BUCKET, RUNPOD_API_KEY, RUNPOD_HOST (no .env file at .env)")
+    assert "RUNPOD_HOST: or name the host with --hosts or fab -H" in message
+    assert "RUNPOD_API_KEY: create one in RunPod's console" in message
+    assert message.count(".") >= 1 and "\n" not in message
