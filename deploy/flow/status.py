@@ -18,10 +18,10 @@ from deploy.errors import DeployError
 from deploy.flow.choose import choose_runtime, runtimes
 from deploy.hosts.probe import Gpu, probe
 from deploy.hosts.text import PrintableStream, printable
-from deploy.ledger.live import HEARTBEAT_FILE, clean_log_lines, progress_line, read_host_heartbeat, run_overview
+from deploy.ledger.live import HEARTBEAT_FILE, clean_log_lines, heartbeat_of, progress_line, run_overview
 from deploy.ledger.model import Heartbeat
 from deploy.ledger.store import check_shape
-from deploy.runtimes.base import Service, ServiceState
+from deploy.runtimes.base import Look, Service, ServiceState
 from deploy.storage import Storage
 from deploy.storage.checkpoints import latest_checkpoint
 
@@ -111,7 +111,8 @@ def service_on(conn, remote_dir: str) -> tuple[Service, tuple[Gpu, ...]]:
 
 def run_status(conn, host: str, remote_dir: str, storage: Storage | None, tail: int = 10) -> RunStatus:
     running, gpus = service_on(conn, remote_dir)
-    service = running.state(conn)
+    look = running.look(conn)
+    service = look.service
     logs = running.logs(conn, tail=tail) if service.exists else ""
     notes: list[str] = []
     name = step = age = None
@@ -124,7 +125,7 @@ def run_status(conn, host: str, remote_dir: str, storage: Storage | None, tail: 
         if latest is not None:
             name, step = latest.name, latest.step
             age = (datetime.now(timezone.utc) - latest.uploaded).total_seconds() if latest.uploaded else None
-    beat, beat_age = _host_heartbeat(conn, remote_dir, notes) if service.exists else (None, None)
+    beat, beat_age = _host_heartbeat(look, notes) if service.exists else (None, None)
     progress, hang = progress_line(beat, beat_age, service.running) if service.exists else (None, False)
     overview = None
     if storage is not None:
@@ -137,10 +138,10 @@ def run_status(conn, host: str, remote_dir: str, storage: Storage | None, tail: 
                      notes=tuple(notes), run=overview.describe() if overview else None, progress=progress, hang=hang)
 
 
-def _host_heartbeat(conn: Any, remote_dir: str, notes: list[str]) -> tuple[Heartbeat | None, float | None]:
+def _host_heartbeat(look: Look, notes: list[str]) -> tuple[Heartbeat | None, float | None]:
     """The heartbeat file on the host, or a note when it is JSON of another shape (the host wrote it)."""
     try:
-        beat, age = read_host_heartbeat(conn, remote_dir)
+        beat, age = heartbeat_of(look.heartbeat, look.clock)
         if beat is None or check_shape(beat.to_dict(), "heartbeat") is None:  # no NaN, no 1e999 ...
             return beat, age
     except (AttributeError, TypeError, ValueError, OverflowError):
@@ -160,6 +161,16 @@ def saved_on_stop(log_tail: str) -> tuple[int, str] | None:
         return None
     step, where = found[-1]
     return int(step), where.strip()
+
+
+def plan_stop(conn, remote_dir: str, timeout: int) -> str:
+    """What :func:`stop_run` would do on this host, asked without changing anything (``--dry-run``)."""
+    service, _ = service_on(conn, remote_dir)
+    before = service.state(conn)
+    if not (before.running or before.status == "orphaned"):
+        return f"nothing to stop: the training {service.kind} is {before.status}"
+    return (f"would stop the training {service.kind} ({before.status}): SIGTERM, up to {timeout} s for pending "
+            "uploads to flush, then the kill")
 
 
 def stop_run(conn, remote_dir: str, timeout: int) -> str:

@@ -1,9 +1,10 @@
 """What ``fab status`` adds from the ledger: the run, its elapsed time and spend, and the heartbeat on the host.
 
 The heartbeat file (``REMOTE_DIR/lightning_logs/heartbeat.json``, written by
-:class:`deploy.training.heartbeat.Heartbeat` every few seconds) is read over SSH together with the
-host's clock, so its age does not depend on the laptop's clock. A heartbeat older than
-:data:`HANG_AFTER` while the training process is alive is a hang. Log lines are shown without
+:class:`deploy.training.heartbeat.Heartbeat` every few seconds) is read on the host together with the
+host's clock, in the same look as the service (``Service.look`` of the host's runtime), so its age
+does not depend on the laptop's clock. A heartbeat older than :data:`HANG_AFTER` while the training
+process is alive is a hang. Log lines are shown without
 terminal escapes and progress-bar redraws (``[A``, ``Validation DataLoader 0: 100%|...``,
 ``Validation: |  | 0/? [00:00<?, ?it/s]``).
 """
@@ -12,18 +13,15 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from deploy.ledger.cost import run_cost
 from deploy.ledger.index import current_run, summarize
-from deploy.ledger.model import Heartbeat, duration, now
+from deploy.ledger.model import HEARTBEAT_FILE, Heartbeat, duration, now
 from deploy.ledger.store import read_run
 from deploy.storage import Storage
 
-HEARTBEAT_FILE = "lightning_logs/heartbeat.json"
 HANG_AFTER = 300.0
 """Seconds without a heartbeat while the process is alive before ``fab status`` calls it a hang."""
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\x1b[()][A-Za-z0-9]")
@@ -32,19 +30,21 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\x1b[()][A-Za-z0-
 _BAR = re.compile(r"\d+%\|.*\|\s*\d+/\d+|\|\s*\d+/(?:\d+|\?)\s*\[(?:\d+:)?\d+:\d+")
 
 
-def read_host_heartbeat(conn: Any, remote_dir: str) -> tuple[Heartbeat | None, float | None]:
-    """(heartbeat, its age in seconds by the host's clock), or (None, None) when there is none yet."""
-    path = shlex.quote(f"{remote_dir.rstrip('/')}/{HEARTBEAT_FILE}")
-    result = conn.run(f"date -u +%s.%N; cat {path} 2>/dev/null", hide=True, warn=True, in_stream=False)
-    first, _, body = (result.stdout or "").partition("\n")
+def heartbeat_of(text: str, host_clock: float | None) -> tuple[Heartbeat | None, float | None]:
+    """(heartbeat, its age in seconds by the host's clock), or (None, None) when there is none yet.
+
+    ``text`` is the heartbeat file as the host had it and ``host_clock`` the host's time when it was
+    read: both come from one look at the run (deploy.runtimes.base.Look), whatever the runtime.
+    """
+    if host_clock is None:
+        return None, None
     try:
-        host_now = float(first.strip())
-        beat = Heartbeat.from_dict(json.loads(body))
+        beat = Heartbeat.from_dict(json.loads(text))
     except ValueError:
         return None, None
     if beat is None:
         return None, None
-    return beat, max(0.0, host_now - beat.at.timestamp())
+    return beat, max(0.0, host_clock - beat.at.timestamp())
 
 
 def progress_line(beat: Heartbeat | None, age: float | None, running: bool) -> tuple[str, bool]:

@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 FORMAT = 1
+HEARTBEAT_FILE = "lightning_logs/heartbeat.json"
+"""Where the training's heartbeat lands under its working directory: REMOTE_DIR in every runtime."""
 """The format this version writes."""
 
 # What each event kind means for the host it names (cost: deploy.ledger.cost).

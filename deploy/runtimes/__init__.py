@@ -1,5 +1,7 @@
 """Runtimes: how a run is started and watched on a host, as strategies below the flow.
 
-base.py the shared Step, Plan, ServiceState, DeployResult and wait, and the Runtime/Service
-protocols - compose.py Docker Compose - native/ a supervised process in a virtualenv (no Docker).
+base.py what every runtime shares: Step, Plan, CodeSync, ServiceState, Look, DeployResult, the wait, the
+ImageSource, Runtime and Service protocols - code/ what code travels and how (runtime-neutral) -
+compose.py Docker Compose - native/ a supervised process in a virtualenv (no Docker). No runtime
+imports another; the flow reaches them through base.py and deploy.flow.choose.
 """

@@ -1,14 +1,19 @@
-"""What every runtime shares, once: the step, the plan, the service it runs, the result, the wait.
+"""What every runtime shares, once: the step, the plan and its code-sync part, the service it runs, one look
+at a run, the result, the wait.
 
 A runtime is a strategy below the deploy flow (deploy.flow): it reads what a host has (``gather``,
 read-only), decides the steps (``plan``, pure: the unit tests check it), carries each step out (its
-``handlers``, one callable per step name) and names the service it runs (``service``: state, logs,
-start, stop). The flow calls only the :class:`Runtime` protocol, so a new runtime (compose, native,
-later others) adds a module here and changes nothing above it.
+``handlers``, one callable per step name), names the service it runs (``service``: state, logs,
+start, stop, and a :class:`Look` at the run for the watcher and ``fab status``) and says what it can
+do (``multi_node``, ``needs_image``). The flow calls only the :class:`Runtime` protocol, so a new
+runtime (compose, native, later others) adds a module here and changes nothing above it but the chooser.
 """
 
 from __future__ import annotations
 
+import json
+import posixpath
+import shlex
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,7 +22,9 @@ from typing import Any, ClassVar, Protocol
 from deploy.errors import HostError
 from deploy.hosts.envfile import EnvShipment, ship_env
 from deploy.hosts.probe import HostFacts
+from deploy.hosts.remote import cause, run, where
 from deploy.hosts.ssh import HostSpec
+from deploy.ledger.model import HEARTBEAT_FILE
 
 STARTED_MARKER = "entrypoint: running"
 """The entrypoint prints this once it launches training: the end of a start, for every runtime."""
@@ -77,6 +84,31 @@ class Progress:
     state: ServiceState
     started: bool
     failed: bool
+
+
+@dataclass(frozen=True)
+class Look:
+    """One look at a run on its host, in one round trip (:meth:`Service.look`), the same for every runtime.
+
+    ``training`` says what the training does in the words every runtime shares (the native
+    supervisor's): starting, running, restarting, orphaned, stopping, exited (with 0: finished),
+    stopped, failed, dead, absent; the managed-run watcher decides on it (deploy.watch.decide).
+    """
+
+    service: ServiceState
+    training: str
+    heartbeat: str = ""  # REMOTE_DIR/lightning_logs/heartbeat.json as the host has it ("" when there is none)
+    clock: float | None = None  # the host's clock at the look (epoch seconds): a heartbeat's age by the host
+    gpu_percent: float | None = None  # the GPUs' mean utilisation; None without nvidia-smi
+
+    @property
+    def step(self) -> int | None:
+        """The global step the heartbeat names; None without one."""
+        try:
+            data = json.loads(self.heartbeat or "null")
+        except ValueError:
+            return None
+        return data["step"] if isinstance(data, dict) and isinstance(data.get("step"), int) else None
 
 
 @dataclass(frozen=True)
@@ -171,6 +203,9 @@ class Service(Protocol):
 
     def stop(self, conn: Any, timeout: int = 120) -> None: ...
 
+    def look(self, conn: Any) -> Look:
+        """The service, the training's heartbeat and the GPUs' use in one round trip (:func:`look_at`)."""
+
 
 class ImageSource(Protocol):
     """Where a runtime that needs the training image gets it (the bucket's layer store:
@@ -209,6 +244,57 @@ class Runtime(Protocol):
 
     def service(self, remote_dir: str, facts: HostFacts) -> Service:
         """The service this runtime runs in ``remote_dir``."""
+
+
+_CLOCK, _BEAT, _GPU = "@@gpu-deploy-clock", "@@gpu-deploy-heartbeat", "@@gpu-deploy-gpu"
+GPU_QUERY = "nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits"
+ReadService = Callable[[str], "tuple[ServiceState, str]"]
+"""A runtime's reading of its own part of a look: the service's state and the training word (see :class:`Look`)."""
+
+
+def look_command(own: str, remote_dir: str) -> str:
+    """One shell line: a runtime's own state command, then the host's clock, the heartbeat file and each GPU's use.
+
+    Marker lines separate the parts, so a part that prints nothing (no heartbeat yet, no nvidia-smi)
+    is still told apart; ``true`` at the end: a missing tool is no failure.
+    """
+    beat = shlex.quote(posixpath.join(remote_dir, HEARTBEAT_FILE))
+    return (f"{own}; echo {_CLOCK}; date -u +%s.%N; echo {_BEAT}; cat {beat} 2>/dev/null; echo; "
+            f"echo {_GPU}; {GPU_QUERY} 2>/dev/null; true")
+
+
+def parse_look(output: str, read: ReadService) -> Look:
+    """:func:`look_command`'s output as a :class:`Look`; ``read`` reads the runtime's own part.
+
+    Raises HostError when the host did not answer the look (its output has no heartbeat marker).
+    """
+    head, found, rest = output.partition(_BEAT)
+    if not found:
+        raise HostError("The host did not answer the look at the run.")
+    own, _, clock_text = head.partition(_CLOCK)
+    beat, _, gpus = rest.partition(_GPU)
+    try:
+        clock: float | None = float(clock_text.strip())
+    except ValueError:
+        clock = None
+    busy = []
+    for line in gpus.splitlines():
+        try:
+            busy.append(float(line.strip()))
+        except ValueError:
+            continue
+    service, training = read(own)
+    return Look(service=service, training=training, heartbeat=beat.strip(), clock=clock,
+                gpu_percent=sum(busy) / len(busy) if busy else None)
+
+
+def look_at(conn: Any, own: str, remote_dir: str, read: ReadService) -> Look:
+    """One look at the run in ``remote_dir`` in one round trip (the :meth:`Service.look` of every runtime)."""
+    result = run(conn, ["sh", "-c", look_command(own, remote_dir)], "Looking at the run", warn=True)
+    if _BEAT not in result.stdout:
+        raise HostError(f"Looking at the run failed on {where(conn)}: "
+                        f"{cause(result.stderr) or 'exit ' + str(result.exited)}")
+    return parse_look(result.stdout, read)
 
 
 def wait_for_training(conn: Any, service: Service, since: int, timeout: float, interval: float = 1.0) -> ServiceState:

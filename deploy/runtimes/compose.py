@@ -34,8 +34,8 @@ from deploy.hosts.probe import HostFacts, compose_problems
 from deploy.hosts.remote import python_program, run, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec
 from deploy.project import TrainProject
-from deploy.runtimes.base import (STARTED_MARKER, CodeSync, HostRun, ImageSource, Log, Plan, Progress, ServiceState,
-                                  Step, StepHandler, write_env)
+from deploy.runtimes.base import (STARTED_MARKER, CodeSync, HostRun, ImageSource, Log, Look, Plan, Progress,
+                                  ServiceState, Step, StepHandler, look_at, look_command, parse_look, write_env)
 from deploy.runtimes.code.layout import MANIFEST, META, RELEASE
 from deploy.runtimes.code.shipped import library_files
 from deploy.runtimes.code.sync import plan_sync, send_files
@@ -48,6 +48,8 @@ SERVICE = "train"
 STOP_TIMEOUT = 120  # seconds Compose waits after SIGTERM; longer than the uploader's flush deadline
 SMALL_TOOLS = ("zstd", "curl")
 ENDED = ("exited", "dead")
+STOPPED_CODES = (143, 137)  # the entrypoint after SIGTERM (128 + 15), or the kill after the stop's grace
+STATE_FORMAT = '{"state": {{json .State}}, "image": {{json .Image}}, "restarts": {{.RestartCount}}}'
 MAX_TREE_BYTES = 1 << 30  # code, not data: a larger project almost always ships a dataset by mistake
 WORKDIR = "/workspace"  # REMOTE_DIR inside the container
 NONE = "-"  # a path native_facts.py reads that a compose host does not have
@@ -111,21 +113,74 @@ class ComposeProject:
         started = state.running and STARTED_MARKER in self.logs(conn, tail=200)
         return Progress(state, started=started, failed=failed)
 
+    def _ps(self) -> list[str]:
+        return ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={self.name}",
+                "--filter", f"label=com.docker.compose.service={self.service}"]
+
     def state(self, conn: Any) -> ServiceState:
-        ids = run(conn, ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={self.name}",
-                         "--filter", f"label=com.docker.compose.service={self.service}"], "docker ps",
-                  warn=True).stdout.split()
+        ids = run(conn, self._ps(), "docker ps", warn=True).stdout.split()
         if not ids:
             return ServiceState(exists=False)
-        fmt = '{"state": {{json .State}}, "image": {{json .Image}}, "restarts": {{.RestartCount}}}'
-        out = run(conn, ["docker", "inspect", "--format", fmt, ids[0]], "docker inspect", warn=True)
+        out = run(conn, ["docker", "inspect", "--format", STATE_FORMAT, ids[0]], "docker inspect", warn=True)
         if not out.ok:
             return ServiceState(exists=False)
-        data = json.loads(out.stdout)
-        state = data["state"]
-        return ServiceState(exists=True, running=bool(state.get("Running")), status=state.get("Status", ""),
-                            started_at=state.get("StartedAt", ""), image_id=data["image"],
-                            restarts=int(data["restarts"]), container=ids[0][:12])
+        return container_state(json.loads(out.stdout), ids[0])
+
+    def _state_command(self) -> str:
+        """The service's container id (``id=`` when there is none), then its state: what :meth:`state` reads."""
+        inspect = shlex.join(["docker", "inspect", "--format", STATE_FORMAT])
+        return f'id=$({shlex.join(self._ps())} | head -n 1); echo "id=$id"; [ -z "$id" ] || {inspect} "$id"'
+
+    def look_command(self) -> str:
+        """The container's state, then the heartbeat and the GPUs' use (REMOTE_DIR is the container's /workspace)."""
+        return look_command(self._state_command(), self.directory)
+
+    def look(self, conn: Any) -> Look:
+        return look_at(conn, self._state_command(), self.directory, read_container)
+
+
+def container_state(data: Mapping[str, Any], container: str) -> ServiceState:
+    """``docker inspect`` (:data:`STATE_FORMAT`) of the service's container as a :class:`ServiceState`."""
+    state = data["state"]
+    return ServiceState(exists=True, running=bool(state.get("Running")), status=state.get("Status", ""),
+                        started_at=state.get("StartedAt", ""), image_id=data["image"],
+                        restarts=int(data["restarts"]), container=container[:12])
+
+
+def training_word(state: Mapping[str, Any]) -> str:
+    """A container's state in the words of the native supervisor (:class:`~deploy.runtimes.base.Look`).
+
+    ``restart: on-failure`` restarts a crash, so a container that stays exited has finished (0), was
+    stopped (:data:`STOPPED_CODES`) or failed otherwise.
+    """
+    status = str(state.get("Status") or "")
+    if status == "created":
+        return "starting"
+    if status == "removing":
+        return "stopped"
+    if status != "exited":
+        return status or "absent"  # running, restarting, paused, dead
+    code = state.get("ExitCode")
+    return "exited" if code == 0 else "stopped" if code in STOPPED_CODES else "failed"
+
+
+def read_container(output: str) -> tuple[ServiceState, str]:
+    """The compose part of a look (:meth:`ComposeProject.look_command`): the service's state and its training word."""
+    first, _, rest = output.strip().partition("\n")
+    container = first.strip().removeprefix("id=")
+    try:
+        data = json.loads(rest.strip().splitlines()[-1]) if container and rest.strip() else None
+    except ValueError:
+        data = None
+    try:
+        return container_state(data, container), training_word(data["state"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError, AttributeError):  # no container, or docker printed something else
+        return ServiceState(exists=False), "absent"
+
+
+def parse_compose_look(output: str) -> Look:
+    """A compose look's output as a :class:`~deploy.runtimes.base.Look`."""
+    return parse_look(output, read_container)
 
 
 def project_for(command: str, remote_dir: str, gpu: bool, name: str | None = None) -> ComposeProject:

@@ -195,15 +195,20 @@ def test_a_stale_heartbeat_on_the_host_reads_as_a_hang(ssh_connection, tmp_path:
     """The heartbeat's age comes from the host's own clock over real SSH; stale + alive = hang."""
     from datetime import datetime, timedelta, timezone
 
-    from deploy.ledger.live import HANG_AFTER, progress_line, read_host_heartbeat
+    from deploy.ledger.live import HANG_AFTER, heartbeat_of, progress_line
+    from deploy.runtimes.native.service import NativeService
 
     remote_dir = tmp_path / "run"
     (remote_dir / "lightning_logs").mkdir(parents=True)
-    assert read_host_heartbeat(ssh_connection, str(remote_dir)) == (None, None)
+    service = NativeService(str(remote_dir))
+    look = service.look(ssh_connection)
+    assert heartbeat_of(look.heartbeat, look.clock) == (None, None) and not look.service.exists
     stale = datetime.now(timezone.utc) - timedelta(seconds=HANG_AFTER + 120)
     (remote_dir / "lightning_logs" / "heartbeat.json").write_text(json.dumps(
         {"at": stale.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "step": 4200, "epoch": 7, "metrics": {"loss": 0.25}}))
-    beat, age = read_host_heartbeat(ssh_connection, str(remote_dir))
+    look = service.look(ssh_connection)
+    assert look.step == 4200 and look.training == "absent"
+    beat, age = heartbeat_of(look.heartbeat, look.clock)
     assert beat is not None and beat.step == 4200 and HANG_AFTER + 100 < age < HANG_AFTER + 200
     line, hang = progress_line(beat, age, running=True)
     assert hang and line.startswith("step 4200, epoch 7, loss 0.25 (7 min ago); HANG? no heartbeat for 7 min")

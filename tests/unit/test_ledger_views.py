@@ -11,7 +11,7 @@ from deploy.errors import ConfigError
 from deploy.flow.status import RunStatus
 from deploy.ledger.board import choose_source
 from deploy.ledger.identity import new_run_id, settings_digest, training_settings
-from deploy.ledger.live import HANG_AFTER, clean_log_lines, progress_line
+from deploy.ledger.live import HANG_AFTER, clean_log_lines, heartbeat_of, progress_line
 from deploy.ledger.model import Event, Heartbeat, Record
 from deploy.ledger.show import describe_run, table_row, timeline
 from deploy.ledger.store import RunData
@@ -33,6 +33,15 @@ def test_progress_line_and_a_hang_only_while_the_process_lives() -> None:
     assert hang and "HANG? no heartbeat for 6 min while the process is alive" in line
     assert progress_line(beat(), HANG_AFTER + 60, running=False)[1] is False
     assert progress_line(None, None, running=True)[0].startswith("no heartbeat yet")
+
+
+def test_a_heartbeat_s_age_is_by_the_host_s_clock_of_the_same_look() -> None:
+    text = '{"at": "2026-11-30T06:00:00Z", "step": 1200}'
+    found, age = heartbeat_of(text, T0.timestamp() + 90.5)
+    assert found is not None and found.step == 1200 and age == 90.5
+    assert heartbeat_of(text, None) == (None, None)  # no clock from the host: no age to tell
+    assert heartbeat_of("", T0.timestamp()) == (None, None) and heartbeat_of("{not json", T0.timestamp()) == (None, None)
+    assert heartbeat_of('{"step": 3}', T0.timestamp()) == (None, None)  # no time in it: not a heartbeat yet
 
 
 def test_log_lines_lose_escapes_and_progress_bar_redraws() -> None:

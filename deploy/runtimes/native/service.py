@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from deploy.errors import HostError
 from deploy.hosts.remote import cause, run, where
-from deploy.runtimes.base import STARTED_MARKER, Progress, ServiceState
+from deploy.runtimes.base import STARTED_MARKER, Look, Progress, ServiceState, look_at, look_command, parse_look
 from deploy.runtimes.code.layout import LOG
 from deploy.runtimes.native.layout import SUPERVISOR, VENV
 
@@ -64,6 +64,17 @@ def parse_service(output: str) -> ServiceState:
     return service_state(bool(state.get("alive")), state)
 
 
+def read_status(output: str) -> tuple[ServiceState, str]:
+    """The supervisor's status in a look: its state, and its status word, which is the training word itself."""
+    state = parse_service(output)
+    return state, state.status
+
+
+def parse_native_look(output: str) -> Look:
+    """A native look's output (:meth:`NativeService.look_command`) as a :class:`~deploy.runtimes.base.Look`."""
+    return parse_look(output, read_status)
+
+
 @dataclass(frozen=True)
 class NativeService:
     """The supervised run in ``directory``: the native runtime's :class:`~deploy.runtimes.base.Service`."""
@@ -82,6 +93,16 @@ class NativeService:
     def state(self, conn: Any) -> ServiceState:
         return parse_service(run(conn, ["sh", "-c", STATUS_SCRIPT, "state", *self._status_args()],
                                  "Reading the run's state", warn=True).stdout)
+
+    def _status_command(self) -> str:
+        return shlex.join(["sh", "-c", STATUS_SCRIPT, "state", *self._status_args()])
+
+    def look_command(self) -> str:
+        """The supervisor's status (the script ``state`` runs), then the heartbeat and the GPUs' use."""
+        return look_command(self._status_command(), self.directory)
+
+    def look(self, conn: Any) -> Look:
+        return look_at(conn, self._status_command(), self.directory, read_status)
 
     def progress(self, conn: Any, since: int) -> Progress:
         """This start's output (from byte ``since`` of the log) and the state, in one round trip."""
