@@ -206,6 +206,10 @@ class Service(Protocol):
     def look(self, conn: Any) -> Look:
         """The service, the training's heartbeat and the GPUs' use in one round trip (:func:`look_at`)."""
 
+    def backstop_args(self) -> list[str]:
+        """How deploy/remote/backstop.py stops this training from the host itself and records its end
+        (``--python``, ``--supervisor``, ``--app``); ``[]`` when it cannot."""
+
 
 class ImageSource(Protocol):
     """Where a runtime that needs the training image gets it (the bucket's layer store:

@@ -138,6 +138,9 @@ class ComposeProject:
     def look(self, conn: Any) -> Look:
         return look_at(conn, self._state_command(), self.directory, read_container)
 
+    def backstop_args(self) -> list[str]:
+        return []  # a pod's backstop stops a native training only; Compose hosts are not RunPod pods
+
 
 def container_state(data: Mapping[str, Any], container: str) -> ServiceState:
     """``docker inspect`` (:data:`STATE_FORMAT`) of the service's container as a :class:`ServiceState`."""

@@ -38,8 +38,7 @@ from deploy.pods.lifecycle import plan_pod, project_of
 from deploy.pods.models import Pod, PodError
 from deploy.pods.naming import MANAGED, parse_pod_name
 from deploy.pods.provision import create_first, ssh_answers
-from deploy.runtimes.code.layout import APP, META
-from deploy.runtimes.native.layout import SUPERVISOR, VENV
+from deploy.runtimes.code.layout import META
 from deploy.settings import Settings
 from deploy.storage import Storage
 from deploy.watch.facts import PodSeen
@@ -174,13 +173,17 @@ class Hands:
     # ----------------------------------------------------------------- the pod's own deadline
 
     def arm(self, host: str, deadline: float, why: str) -> str:
-        """Copy the backstop to the pod and start it with ``deadline``; one line saying what it did."""
+        """Copy the backstop to the pod and start it with ``deadline``; one line saying what it did.
+
+        How the backstop stops the training comes from the pod's runtime (``Service.backstop_args``).
+        """
+        from deploy.flow.status import service_on
+
         remote_dir = self.remote_dir(host)
         args = ["--dir", remote_dir, "--deadline", f"{deadline:.0f}", "--slack", f"{BACKSTOP_SLACK:.0f}",
-                "--grace", str(STOP_TIMEOUT), "--why", why,
-                "--python", posixpath.join(remote_dir, VENV, "bin", "python"),
-                "--supervisor", posixpath.join(remote_dir, SUPERVISOR), "--app", posixpath.join(remote_dir, APP)]
+                "--grace", str(STOP_TIMEOUT), "--why", why]
         with host_errors("Arming the pod's backstop", host), connect(self.spec(host), self.options) as conn:
+            args += service_on(conn, remote_dir)[0].backstop_args()
             run(conn, ["mkdir", "-p", posixpath.join(remote_dir, META)], "Making the backstop's folder")
             write_atomic(conn, posixpath.join(remote_dir, BACKSTOP), program_source("backstop.py").encode(), 0o700)
             result = run(conn, [self.settings.native_python, posixpath.join(remote_dir, BACKSTOP), "arm", *args],

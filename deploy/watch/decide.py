@@ -43,7 +43,8 @@ __all__ = ["ARM", "CREATE", "DEPLOY", "END", "RECORD", "WRAP", "Action", "Guardr
            "RunFact", "decide", "deploy_failed", "deployed", "end_refused", "pod_deadline", "reconcile", "replace",
            "wrapped"]
 
-# Supervisor states (deploy.runtimes.native.service) and what they mean to the watcher.
+# The training words of a look (deploy.runtimes.base.Look: the native supervisor's, to which compose maps its
+# container's states) and what they mean to the watcher.
 RUNNING_STATES = frozenset({"starting", "running", "restarting", "orphaned"})
 CREATE_SETTLE = 30.0
 """Seconds a pod whose create answer was lost may take to show up under its name before it is asked for again."""

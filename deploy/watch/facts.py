@@ -89,7 +89,8 @@ class PodSeen:
 
 @dataclass(frozen=True)
 class RunFact:
-    """The run as read over SSH: ``reachable`` False when SSH failed; ``service`` the supervisor's status."""
+    """The run as read over SSH: ``reachable`` False when SSH failed; ``service`` the training word of the look
+    (deploy.runtimes.base.Look: the supervisor's words, whatever the runtime)."""
 
     reachable: bool
     service: str = ""

@@ -2,7 +2,7 @@
 
 Every ``api_every`` seconds the run's pods are listed through RunPod's API (the fast signal: a
 reclaimed pod is ``EXITED`` there at once); every ``ssh_every`` seconds, and every ``api_every`` while
-SSH is failing, the run is read over SSH (supervisor status, heartbeat step, GPU utilisation).
+SSH is failing, the run is read over SSH (the runtime's look: the training's state, heartbeat step, GPU use).
 :func:`deploy.watch.decide.decide` turns that into a new state and actions. The state is saved in the
 bucket before any action is carried out, so the intent to create a pod is on record before the create
 call, and a watcher started again with ``fab train.watch RUN`` goes on from there.

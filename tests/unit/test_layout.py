@@ -9,7 +9,8 @@
 - Runtimes sit below the flow: no runtime imports the flow.
 - Runtimes are strategies: no runtime imports another; what they share is ``runtimes.base`` and
   ``runtimes.code`` (what code travels and how). The flow imports only ``runtimes.base``, except the
-  chooser (``flow/choose.py``), the one place that knows the concrete runtimes.
+  chooser (``flow/choose.py``), the one place that knows the concrete runtimes; nothing in ``watch/``
+  imports a concrete runtime.
 - Every module imports in a fresh interpreter.
 """
 
@@ -177,6 +178,13 @@ def test_the_flow_reaches_runtimes_only_through_the_base_and_the_chooser() -> No
         if in_room(name, "deploy.flow") and name != CHOOSER:
             bad = sorted(t for t in targets if in_room(t, "deploy.runtimes") and t != "deploy.runtimes.base")
             assert bad == [], f"{name} is the flow, which calls runtimes through deploy.runtimes.base, but imports {bad}"
+
+
+def test_the_watcher_imports_no_concrete_runtime() -> None:
+    for name, targets in edges().items():
+        if in_room(name, "deploy.watch"):
+            bad = sorted(t for t in targets if runtime_of(t) is not None)
+            assert bad == [], f"{name} is the watcher, which reaches runtimes through their Service, but imports {bad}"
 
 
 def test_the_runtime_rule_knows_what_a_runtime_is() -> None:

@@ -14,7 +14,9 @@ from deploy.watch.act import Created, Ended
 from deploy.watch.decide import Guardrails, PodSeen, RunFact
 from deploy.watch.loop import Watcher
 from deploy.watch.managed import continued, detached_message, exit_code, final_message
-from deploy.watch.observe import look_command, parse_look
+from deploy.runtimes.compose import parse_compose_look
+from deploy.runtimes.native.service import NativeService, parse_native_look
+from deploy.watch.observe import fact_of
 from deploy.watch.record import StateStore, WatchError
 from deploy.watch.state import DONE, WATCHING, PodRecord, WatchState
 
@@ -28,19 +30,43 @@ def training(run_id: str = "r1") -> WatchState:
     return WatchState(run_id=run_id, started_at=T0, project="3f2a9c1b", phase=WATCHING, pods=(pod,), current=pod.name)
 
 
-def test_parse_look_reads_status_step_and_mean_gpu_utilisation() -> None:
+def test_a_native_look_reads_status_step_and_mean_gpu_utilisation() -> None:
     out = ('{"alive": false, "status": "exited", "exit_code": 0}\n@@gpu-deploy-heartbeat\n{"step": 120, "epoch": 3}\n'
            "\n@@gpu-deploy-gpu\n10\n30\n")
-    assert parse_look(out) == RunFact(reachable=True, service="exited", step=120, gpu_percent=20.0)
+    assert fact_of(parse_native_look(out)) == RunFact(reachable=True, service="exited", step=120, gpu_percent=20.0)
 
 
-def test_parse_look_without_heartbeat_gpu_or_deploy() -> None:
-    assert parse_look("\n@@gpu-deploy-heartbeat\n\n@@gpu-deploy-gpu\n") == RunFact(reachable=True, service="absent")
+def test_a_native_look_without_heartbeat_gpu_or_deploy() -> None:
+    look = parse_native_look("\n@@gpu-deploy-heartbeat\n\n@@gpu-deploy-gpu\n")
+    assert fact_of(look) == RunFact(reachable=True, service="absent")
 
 
-def test_look_command_quotes_the_folder() -> None:
-    line = look_command("/workspace/my run")
+def test_the_native_look_command_quotes_the_folder() -> None:
+    line = NativeService("/workspace/my run").look_command()
     assert "'/workspace/my run/lightning_logs/heartbeat.json'" in line and "nvidia-smi" in line
+
+
+def _compose_look(state: str) -> str:
+    return (f'id=0123456789abcdef\n{{"state": {state}, "image": "sha256:i", "restarts": 0}}\n@@gpu-deploy-clock\n'
+            '1800000000.5\n@@gpu-deploy-heartbeat\n{"step": 77}\n\n@@gpu-deploy-gpu\n50\n')
+
+
+@pytest.mark.parametrize("state, word", [
+    ('{"Status": "running", "Running": true}', "running"),
+    ('{"Status": "restarting", "Running": true}', "restarting"),
+    ('{"Status": "created", "Running": false}', "starting"),
+    ('{"Status": "exited", "Running": false, "ExitCode": 0}', "exited"),
+    ('{"Status": "exited", "Running": false, "ExitCode": 143}', "stopped"),
+    ('{"Status": "exited", "Running": false, "ExitCode": 1}', "failed"),
+], ids=["running", "restarting", "created", "exit-0", "sigterm", "exit-1"])
+def test_a_compose_look_answers_the_watcher_in_the_supervisor_s_words(state: str, word: str) -> None:
+    assert fact_of(parse_compose_look(_compose_look(state))) == RunFact(reachable=True, service=word, step=77,
+                                                                        gpu_percent=50.0)
+
+
+def test_a_compose_host_without_the_service_is_absent() -> None:
+    look = parse_compose_look("id=\n@@gpu-deploy-clock\n1800000000.5\n@@gpu-deploy-heartbeat\n\n@@gpu-deploy-gpu\n")
+    assert not look.service.exists and fact_of(look) == RunFact(reachable=True, service="absent")
 
 
 # ----------------------------------------------------------------------------- the state in the bucket

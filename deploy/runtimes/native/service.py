@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from deploy.errors import HostError
 from deploy.hosts.remote import cause, run, where
 from deploy.runtimes.base import STARTED_MARKER, Look, Progress, ServiceState, look_at, look_command, parse_look
-from deploy.runtimes.code.layout import LOG
+from deploy.runtimes.code.layout import APP, LOG
 from deploy.runtimes.native.layout import SUPERVISOR, VENV
 
 STOP_TIMEOUT = 120
@@ -103,6 +103,11 @@ class NativeService:
 
     def look(self, conn: Any) -> Look:
         return look_at(conn, self._status_command(), self.directory, read_status)
+
+    def backstop_args(self) -> list[str]:
+        """The run's virtualenv python, its supervisor (``supervisor.py stop``) and gpu-deploy's code for the ledger."""
+        return ["--python", posixpath.join(self.directory, VENV, "bin", "python"),
+                "--supervisor", posixpath.join(self.directory, SUPERVISOR), "--app", posixpath.join(self.directory, APP)]
 
     def progress(self, conn: Any, since: int) -> Progress:
         """This start's output (from byte ``since`` of the log) and the state, in one round trip."""
