@@ -9,7 +9,7 @@ from deploy.runtimes.base import ImageSource, Runtime
 from deploy.runtimes.compose import ComposeRuntime
 from deploy.runtimes.native import NativeRuntime
 
-KINDS: dict[str, type] = {"compose": ComposeRuntime, "native": NativeRuntime}
+KINDS: dict[str, type[Runtime]] = {"compose": ComposeRuntime, "native": NativeRuntime}
 """Every runtime's class by name: what each can do (``multi_node``, ``needs_image``) without building one."""
 RUNTIMES = ("auto", *KINDS)
 
@@ -35,7 +35,7 @@ def choose_runtime(requested: str, facts: HostFacts) -> tuple[str, str]:
 def needs_image(requested: str) -> bool | None:
     """Whether the runtime asked for needs the training image; None for ``auto`` (each host's runtime decides)."""
     kind = KINDS.get(requested)
-    return None if kind is None else bool(kind.needs_image)
+    return None if kind is None else kind.needs_image
 
 
 def runtimes(images: ImageSource | None = None, options: HostOptions | None = None,
