@@ -6,15 +6,15 @@ import json as jsonlib
 
 from invoke import Collection, task
 
-from tasks._boundary import ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
+from tasks._boundary import BUCKET_FLAGS, JSON_HELP, boundary, settings_from_flags
 from tasks._table import make_table, print_table
 
 
-@task(auto_shortflags=False, help={"env_file": ENV_FILE_HELP, "json": JSON_HELP})
+@task(auto_shortflags=False, help={"json": JSON_HELP, **BUCKET_FLAGS})
 @boundary
-def config(c, env_file=None, json=False):
-    """Show the effective settings, where each came from, secrets masked."""
-    settings = settings_from_flags(env_file=env_file)
+def config(c, env_file=None, json=False, bucket=None, prefix=None):
+    """Show the effective settings, where each came from, secrets masked (no connection is made)."""
+    settings = settings_from_flags(env_file=env_file, S3_BUCKET=bucket, S3_PREFIX=prefix)
     rows = settings.describe()
     if json:
         print(jsonlib.dumps({k: {"value": v, "source": s} for k, v, s in rows}, indent=2))

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import json as jsonlib
 import os
-import shlex
 
 from invoke import Collection, task
+from invoke.exceptions import Exit
 
-from deploy.errors import DeployError
-from deploy.hosts import connect, for_each_host, require_sftp
 from deploy.errors import ConfigError
+from deploy.hosts import connect, for_each_host, require_sftp
 from deploy.settings import ENV_FILE_VARIABLE
-from deploy.hosts.results import pull, remote_path
+from deploy.hosts.results import plan_pull, pull, remote_path
 from deploy.hosts.ssh import ssh_command
-from tasks._boundary import DRY_RUN_HELP, ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
-from tasks._flags import number, whole
-from tasks._hosts import HOSTS_HELP, options, raise_if_failed, targets
+from tasks._boundary import BUCKET_FLAGS, DRY_RUN_HELP, JSON_HELP, RUN_HELP, boundary, settings_from_flags
+from tasks._flags import duration, duration_help, run_arg, whole
+from tasks._hosts import HOSTS_HELP, missing_hosts, options, raise_if_failed, targets
+from tasks._reach import reach, unchecked
+from deploy.reach import raise_gaps
+
+
+def _host_settings(c, hosts, env_file, bucket, prefix, run=None):
+    """Settings, and the hosts named for the task, checked to answer SSH before any work (a pod from
+    pods.json is found by this bucket and prefix: hence the bucket flags)."""
+    settings = settings_from_flags(env_file=env_file, S3_BUCKET=bucket, S3_PREFIX=prefix)
+    settings.require(also=missing_hosts(c, settings, hosts, run))
+    return settings, targets(c, settings, hosts, run=run)
 
 
 @task(
@@ -27,47 +36,67 @@ from tasks._hosts import HOSTS_HELP, options, raise_if_failed, targets
         "dest": "Local folder to put it in (default: the current folder).",
         "exclude": "Glob of files to leave on the host; repeat for more (e.g. --exclude='*.ckpt').",
         "method": "auto (rsync when both ends have it, else SFTP), rsync or sftp.",
+        "dry_run": DRY_RUN_HELP,
         "hosts": HOSTS_HELP,
-        "env_file": ENV_FILE_HELP,
+        **BUCKET_FLAGS,
     },
 )
 @boundary
-def sync_from_runpod(c, path="lightning_logs", dest=".", exclude=None, method="auto", hosts=None, env_file=None):
+def sync_from_runpod(c, path="lightning_logs", dest=".", exclude=None, method="auto", dry_run=False, hosts=None,
+                     env_file=None, bucket=None, prefix=None):
     """Bring a path under REMOTE_DIR back from the host, incrementally."""
     if method not in ("auto", "rsync", "sftp"):
         raise ConfigError(f"--method must be auto, rsync or sftp, got {method!r}.")
-    settings = settings_from_flags(env_file=env_file)
-    specs = targets(c, settings, hosts)[:1]  # results come from the first host (rank 0)
+    settings, specs = _host_settings(c, hosts, env_file, bucket, prefix)
+    specs = specs[:1]  # results come from the first host (rank 0)
     opts = options(settings)
     for spec in specs:  # checked here, before any connection: a bad --path never waits for a timeout
         require_sftp(spec)
         remote_path(spec.workdir(settings.remote_dir), path)
+    gaps = reach(settings, hosts=specs, collect=dry_run)
+    if gaps:
+        print(f"would bring {path} (under REMOTE_DIR) from {specs[0]} into {dest}")
+        unchecked(gaps)
 
     def work(spec):
         with connect(spec, opts) as conn:
-            return pull(conn, spec, opts, spec.workdir(settings.remote_dir), path, dest, exclude or (), method=method)
+            plan = plan_pull(conn, spec, spec.workdir(settings.remote_dir), path, dest, method)
+            if dry_run:
+                return plan
+            return pull(conn, spec, opts, spec.workdir(settings.remote_dir), path, dest, exclude or (), plan=plan)
 
     outcomes = for_each_host(specs, work)
     for outcome in outcomes:
         if outcome.result is not None:
-            print(outcome.result.summary())
+            print("\n".join(outcome.result.lines() + ["Dry run: nothing was copied."]) if dry_run
+                  else outcome.result.summary())
     raise_if_failed(outcomes)
 
 
-@task(auto_shortflags=False, help={"hosts": HOSTS_HELP, "env_file": ENV_FILE_HELP})
+@task(auto_shortflags=False, help={"hosts": HOSTS_HELP, **BUCKET_FLAGS})
 @boundary
-def ssh(c, hosts=None, env_file=None):
-    """Open an interactive shell on the host, in REMOTE_DIR."""
-    settings = settings_from_flags(env_file=env_file)
-    spec = targets(c, settings, hosts)[0]
-    cmd = ssh_command(spec, options(settings)) + ["-t", f"{spec.user}@{spec.host}",
-                                                  f"cd {shlex.quote(spec.workdir(settings.remote_dir))} 2>/dev/null; exec $SHELL -l"]
-    os.execvp(cmd[0], cmd)
+def ssh(c, hosts=None, env_file=None, bucket=None, prefix=None):
+    """Open an interactive shell on the host, in REMOTE_DIR (exits with the shell's own status)."""
+    from deploy.hosts.session import Session, remote_shell
+
+    settings, specs = _host_settings(c, hosts, env_file, bucket, prefix)
+    spec = specs[0]
+    reach(settings, hosts=[spec])
+    opts = options(settings)
+    with Session(ssh_command(spec, opts), remote_shell(spec, spec.workdir(settings.remote_dir)), spec,
+                 opts) as session:
+        code = session.run()  # a HostError (one sentence) when ssh could not connect
+    if code:
+        raise Exit(code=code)  # how the user left the shell: theirs to read, nothing for us to say
+
+
+WAIT_HELP = duration_help("How long to wait for training to start", "300s")
 
 
 @task(
     auto_shortflags=False,
     help={
+        "run": f"{RUN_HELP} Deploy into this run (default: RUN_ID, else the newest unfinished run, else a new one).",
         "image": "Training image name:tag in the bucket (default: IMAGE).",
         "dataset": "Dataset to stage: a name under datasets/ in the bucket, or a local folder (default: DATASET).",
         "nodes": "Train one run across this many hosts (default: NUM_NODES); ranks follow the host order.",
@@ -78,14 +107,14 @@ def ssh(c, hosts=None, env_file=None):
                     "otherwise a run resumes only from its own checkpoints.",
         "build": "Build the image for TRAIN_PROJECT's requirements (fab image-build) and push it first.",
         "dry_run": DRY_RUN_HELP,
-        "wait": "Seconds to wait for training to start (default 300).",
+        "wait": WAIT_HELP,
         "hosts": HOSTS_HELP,
-        "env_file": ENV_FILE_HELP,
+        **BUCKET_FLAGS,
     }
 )
 @boundary
-def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart=False, build=False, dry_run=False,
-                  wait=None, hosts=None, env_file=None, from_run=None):
+def deploy_runpod(c, run=None, image=None, dataset=None, nodes=None, runtime=None, restart=False, build=False,
+                  dry_run=False, wait=None, hosts=None, env_file=None, from_run=None, bucket=None, prefix=None):
     """Deploy the training to the GPU host(s): probe, provision, ship .env, image or code, start."""
     from deploy.flow.group import deploy_group
     from deploy.flow.rollout import Rollout, deploy_hosts
@@ -94,21 +123,30 @@ def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart
     from deploy.ledger.runs import open_run
     from deploy.storage import Storage
 
-    seconds = number(300 if wait is None else wait, "--wait")  # None defaults: invoke would cast with a traceback
+    # None defaults: invoke would cast with a traceback
+    seconds = duration("300s" if wait is None else wait, "--wait", minimum=1)
     if env_file:
         # The flag names the active env file as ENV_FILE does; the working-tree selection reads ENV_FILE,
         # so this file stays on the laptop whatever its name (deploy.runtimes.native.tree).
         os.environ[ENV_FILE_VARIABLE] = env_file
     nodes = None if nodes is None else whole(nodes, "--nodes", minimum=1)
+    run = None if run is None else run_arg(run)
     settings = settings_from_flags(env_file=env_file, IMAGE=image, DATASET=dataset, NUM_NODES=nodes, RUNTIME=runtime,
-                                   FROM_RUN=from_run)
-    settings.require("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET")
+                                   FROM_RUN=from_run, RUN_ID=run, S3_BUCKET=bucket, S3_PREFIX=prefix)
+    # Every missing key at once, the host's included (no -H, --hosts, RUNPOD_HOST or pod of this project).
+    settings.require("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET", also=missing_hosts(c, settings, hosts))
     named = hosts is not None or bool(settings.runpod_host) or hasattr(c, "host")
     specs = targets(c, settings, hosts) if named else None  # hosts named by hand: checked before the network
-    storage = Storage.from_settings(settings)
+    storage = Storage.from_settings(settings, interactive=True)
+    gaps = reach(settings, storage=storage, hosts=specs or (), collect=dry_run)
+    if gaps:
+        _unchecked_deploy(settings, specs, gaps)
     run_id, new = resolve_run_id(storage, settings, save=not dry_run)
     if specs is None:  # this run's pods (pods.json); names RUNPOD_HOST when there is none
         specs = targets(c, settings, hosts, run=run_id, single=settings.num_nodes == 1)
+        gaps = reach(settings, hosts=specs, collect=dry_run)
+        if gaps:
+            _unchecked_deploy(settings, specs, gaps, run_id)
     if len(specs) > 1 and settings.num_nodes == 1:
         raise ConfigError(f"{len(specs)} hosts for run {run_id} with NUM_NODES=1 would be {len(specs)} writers of "
                           "one run's checkpoints; set NUM_NODES (--nodes) to train one run across them, or deploy "
@@ -152,32 +190,45 @@ def deploy_runpod(c, image=None, dataset=None, nodes=None, runtime=None, restart
     raise_if_failed(outcomes)
 
 
-def _storage_or_none(settings):
+def _unchecked_deploy(settings, specs, gaps, run_id: str | None = None) -> None:
+    """A dry run of a deploy that cannot reach the bucket or a host: what it knows without them, then exit 1."""
+    print(f"deploy    {settings.image} to {', '.join(map(str, specs)) if specs else 'the pods of this run'} "
+          f"(runtime {settings.runtime}, {settings.num_nodes} node(s)) in {settings.remote_dir}")
+    print(f"run       {run_id or settings.run_id or 'the newest unfinished run in the bucket, else a new one'}")
+    print(f"dataset   {settings.dataset or 'none'}")
+    unchecked(gaps)
+
+
+def _optional_bucket(settings):
+    """The bucket when one is configured (status and stop work without), checked with the hosts."""
     from deploy.storage import Storage
 
-    try:
-        return Storage.from_settings(settings)
-    except DeployError:
+    if settings.missing("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET"):
         return None  # status still shows the host when no bucket is configured
+    return Storage.from_settings(settings, interactive=True)
 
 
 @task(auto_shortflags=False, help={"json": JSON_HELP, "tail": "How many log lines to show (default 10).",
-                                   "hosts": HOSTS_HELP, "env_file": ENV_FILE_HELP})
+                                   "hosts": HOSTS_HELP, **BUCKET_FLAGS})
 @boundary
-def status(c, json=False, tail=None, hosts=None, env_file=None):
+def status(c, json=False, tail=None, hosts=None, env_file=None, bucket=None, prefix=None):
     """Show the service, GPUs, last log lines and the newest checkpoint in S3."""
     from deploy.flow.status import run_status
 
     lines = whole(10 if tail is None else tail, "--tail")
-    settings = settings_from_flags(env_file=env_file)
+    settings, specs = _host_settings(c, hosts, env_file, bucket, prefix)
     opts = options(settings)
-    storage = _storage_or_none(settings)
+    storage = _optional_bucket(settings)
+    gaps = reach(settings, storage=storage, hosts=specs, collect=True)
+    raise_gaps([g for g in gaps if g.kind == "host"])
+    bucket_gap = next((g for g in gaps if g.kind == "bucket"), None)  # the hosts are shown; the bucket is the error
+    storage = None if bucket_gap else storage
 
     def work(spec):
         with connect(spec, opts) as conn:
             return run_status(conn, str(spec), spec.workdir(settings.remote_dir), storage, tail=lines)
 
-    outcomes = for_each_host(targets(c, settings, hosts), work)
+    outcomes = for_each_host(specs, work)
     if json:
         print(jsonlib.dumps([o.result.to_dict() if o.result else {"host": str(o.spec), "error": str(o.error)}
                              for o in outcomes], indent=2, default=str))
@@ -186,22 +237,25 @@ def status(c, json=False, tail=None, hosts=None, env_file=None):
             if outcome.result is not None:
                 print("\n".join(outcome.result.describe()))
     raise_if_failed(outcomes)
+    if bucket_gap:
+        raise bucket_gap.error
 
 
 @task(auto_shortflags=False, help={"follow": "Keep printing new lines until Ctrl-C.",
                                    "tail": "How many lines to start with (default 100).", "hosts": HOSTS_HELP,
-                                   "env_file": ENV_FILE_HELP})
+                                   **BUCKET_FLAGS})
 @boundary
-def logs(c, follow=False, tail=None, hosts=None, env_file=None):
+def logs(c, follow=False, tail=None, hosts=None, env_file=None, bucket=None, prefix=None):
     """Print the training service's logs (cleaned of terminal escapes; a progress bar shows its last state)."""
     import sys
 
     from deploy.flow.status import stream_logs
 
     lines = whole(100 if tail is None else tail, "--tail")
-    settings = settings_from_flags(env_file=env_file)
+    settings, specs = _host_settings(c, hosts, env_file, bucket, prefix)
+    reach(settings, hosts=specs)
     opts = options(settings)
-    for spec in targets(c, settings, hosts):
+    for spec in specs:
         with connect(spec, opts) as conn:
             print(f"--- {spec}", flush=True)
             try:
@@ -212,27 +266,35 @@ def logs(c, follow=False, tail=None, hosts=None, env_file=None):
                 return  # Ctrl-C is how --follow ends
 
 
-@task(auto_shortflags=False, help={"timeout": "Seconds to wait for pending uploads to flush before the kill "
-                                              "(default 120).", "hosts": HOSTS_HELP, "env_file": ENV_FILE_HELP})
+@task(auto_shortflags=False, help={
+    "timeout": duration_help("How long pending uploads get to flush before the kill", "120s"),
+    "dry_run": DRY_RUN_HELP, "hosts": HOSTS_HELP, **BUCKET_FLAGS})
 @boundary
-def stop(c, timeout=None, hosts=None, env_file=None):
+def stop(c, timeout=None, dry_run=False, hosts=None, env_file=None, bucket=None, prefix=None):
     """Stop training gracefully: SIGTERM, pending uploads flush, then the container (or native process) stops."""
-    from deploy.flow.status import stop_run
+    from deploy.flow.status import plan_stop, stop_run
 
-    seconds = whole(120 if timeout is None else timeout, "--timeout", minimum=1)
-    settings = settings_from_flags(env_file=env_file)
+    seconds = int(duration("120s" if timeout is None else timeout, "--timeout", minimum=1))
+    settings, specs = _host_settings(c, hosts, env_file, bucket, prefix)
     opts = options(settings)
+    gaps = reach(settings, hosts=specs, collect=dry_run)  # the bucket only records the stop: best effort
+    if gaps:
+        print(f"would stop the training on {', '.join(map(str, specs))} (SIGTERM, up to {seconds} s to flush)")
+        unchecked(gaps)
 
     def work(spec):
         with connect(spec, opts) as conn:
-            return stop_run(conn, spec.workdir(settings.remote_dir), seconds)
+            act = plan_stop if dry_run else stop_run
+            return act(conn, spec.workdir(settings.remote_dir), seconds)
 
-    outcomes = for_each_host(targets(c, settings, hosts), work)
+    outcomes = for_each_host(specs, work)
     for o in outcomes:
         if o.error is None:
             print(f"{o.spec}: {o.result}")
-    storage = _storage_or_none(settings)
-    if storage is not None:
+    storage = _optional_bucket(settings)
+    if dry_run:
+        print("Dry run: nothing was stopped.")
+    elif storage is not None:
         from deploy.ledger.runs import record_stops
 
         record_stops(storage, settings, [str(o.spec) for o in outcomes if o.error is None and o.result])

@@ -11,30 +11,35 @@ import os
 
 from invoke import Collection, task
 
-from tasks._boundary import ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
-from tasks._flags import whole
+from tasks._boundary import BUCKET_FLAGS, JSON_HELP, RUN_HELP, boundary, settings_from_flags
+from tasks._flags import run_arg, whole
+from tasks._reach import reach
 from tasks._table import make_table, print_table
 
 
-def _storage(env_file):
+def _storage(env_file, bucket, prefix):
+    """Settings and the bucket, checked to answer as S3 before anything is read."""
     from deploy.storage import Storage
 
-    settings = settings_from_flags(env_file=env_file)
-    return settings, Storage.from_settings(settings)
+    settings = settings_from_flags(env_file=env_file, S3_BUCKET=bucket, S3_PREFIX=prefix)
+    storage = Storage.from_settings(settings, interactive=True)
+    reach(settings, storage=storage)
+    return settings, storage
 
 
 @task(name="list", default=True, auto_shortflags=False,
       help={"json": JSON_HELP, "refresh": "Read every run in full instead of trusting the index.",
             "limit": "Show the newest N runs in the table (default 30; 0 shows all). --json lists all.",
-            "env_file": ENV_FILE_HELP})
+            **BUCKET_FLAGS})
 @boundary
-def list_(c, json=False, refresh=False, limit=None, env_file=None):
+def list_(c, json=False, refresh=False, limit=None, env_file=None, bucket=None, prefix=None):
     """List the runs in the bucket, newest first: state, hosts, GPUs, restarts, step, hours and cost."""
     from deploy.hosts.text import printable, rich_text
     from deploy.ledger.index import list_runs
     from deploy.ledger.show import TABLE_COLUMNS, table_row
 
-    _, storage = _storage(env_file)
+    limit = whole(30 if limit is None else limit, "--limit")  # None default: invoke would cast with a traceback
+    _, storage = _storage(env_file, bucket, prefix)
     rows = list_runs(storage, refresh=refresh)
     if json:
         print(jsonlib.dumps(rows, indent=2))
@@ -42,7 +47,6 @@ def list_(c, json=False, refresh=False, limit=None, env_file=None):
     if not rows:
         print(f"No runs in {storage.url(storage.key('runs'))} yet; `fab deploy-runpod` starts one.")
         return
-    limit = whole(30 if limit is None else limit, "--limit")  # None default: invoke would cast with a traceback
     shown = rows[:limit] if limit else rows
     table = make_table(TABLE_COLUMNS, right=("hosts", "restarts", "step", "hours"))
     for row in shown:
@@ -52,22 +56,23 @@ def list_(c, json=False, refresh=False, limit=None, env_file=None):
         print(f"... and {len(rows) - len(shown)} older run(s); --limit=0 shows all, --json lists all.")
     for row in shown:
         if row.get("record_problem"):
-            print(printable(f"{row['run_id']}: {row['record_problem']}; `fab runs.show {row['run_id']}` shows "
+            print(printable(f"{row['run_id']}: {row['record_problem']}; `fab runs.show --run {row['run_id']}` shows "
                             "what else can be read."))
 
 
 @task(auto_shortflags=False,
-      help={"run": "Run id (`fab runs` lists them), or 'latest'.", "json": JSON_HELP,
+      help={"run": f"{RUN_HELP} Or 'latest' (the default).", "json": JSON_HELP,
             "plot": "Also draw the loss curves with restart and host-change markers into this PNG "
-                    "(needs the plot extra).", "env_file": ENV_FILE_HELP})
+                    "(needs the plot extra).", **BUCKET_FLAGS})
 @boundary
-def show(c, run="latest", json=False, plot=None, env_file=None):
+def show(c, run="latest", json=False, plot=None, env_file=None, bucket=None, prefix=None):
     """Show one run: its record, events as a timeline, cost per host, progress and checkpoints."""
     from deploy.ledger.cost import parse_prices
     from deploy.ledger.index import find_run, run_checkpoints
     from deploy.ledger.show import describe_run, run_json
 
-    settings, storage = _storage(env_file)
+    run = run_arg(run, latest=True)
+    settings, storage = _storage(env_file, bucket, prefix)
     data = find_run(storage, run)
     checkpoints = run_checkpoints(storage, data)
     prices = parse_prices(settings.host_price_per_hour or "")

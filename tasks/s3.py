@@ -26,9 +26,11 @@ from deploy.storage.checkpoints import (
     parse_checkpoint_name,
 )
 from deploy.errors import ConfigError, StorageError
+from deploy.reach import Gap
 from deploy.storage.conditions import ConditionalWrites
-from deploy.storage.permissions import check_bucket, ensure_reachable
+from deploy.storage.permissions import check_bucket
 from deploy.storage import CHECKPOINTS, DATASETS, LOGS, Storage, safe_relative
+from deploy.storage.scan import scan_local
 from deploy.storage.uploads import abort_uploads as abort_multipart_uploads
 from deploy.storage.uploads import stale_uploads
 from deploy.storage.sync import (
@@ -41,27 +43,37 @@ from deploy.storage.sync import (
     plan_upload,
     plan_upload_file,
 )
-from tasks._boundary import DRY_RUN_HELP, ENV_FILE_HELP, JSON_HELP, boundary, settings_from_flags
-from tasks._flags import number, whole
+from tasks._boundary import BUCKET_FLAGS, DRY_RUN_HELP, JSON_HELP, boundary, settings_from_flags
+from tasks._flags import duration, duration_help, say_duration, whole
 from tasks._progress import RichTransferProgress
+from tasks._reach import reach, unchecked
 from tasks._table import make_table, print_table
 
-COMMON_HELP = {
-    "env_file": ENV_FILE_HELP,
-    "bucket": "Bucket to use instead of S3_BUCKET.",
-    "prefix": "Folder inside the bucket instead of S3_PREFIX.",
-}
+COMMON_HELP = BUCKET_FLAGS
 
 
 def _help(**extra: str) -> dict[str, str]:
     return {**COMMON_HELP, **extra}
 
 
-def _storage(env_file: str | None, bucket: str | None, prefix: str | None) -> Storage:
+def bucket_of(env_file: str | None, bucket: str | None, prefix: str | None, dry_run: bool = False,
+              signed: bool = True) -> tuple[Storage, list[Gap]]:
+    """The bucket of the flags and settings, checked to answer as S3 (``signed``: with the keys) before any
+    work; a dry run gets the gaps back instead of an error (:func:`tasks._reach.reach`)."""
     settings = settings_from_flags(env_file=env_file, S3_BUCKET=bucket, S3_PREFIX=prefix)
-    storage = Storage.from_settings(settings)
-    ensure_reachable(settings.aws_endpoint_url)
-    return storage
+    storage = Storage.from_settings(settings, interactive=True)
+    return storage, reach(settings, storage=storage, signed=signed, collect=dry_run)
+
+
+def _storage(env_file: str | None, bucket: str | None, prefix: str | None) -> Storage:
+    return bucket_of(env_file, bucket, prefix)[0]
+
+
+def incomplete(gaps: list[Gap], *plan: str) -> None:
+    """A dry run that could not reach the bucket: the plan it can print, what it could not check, exit 1."""
+    for line in plan:
+        print(line)
+    unchecked(gaps)
 
 
 def _carry_out(storage: Storage, plan: SyncPlan, dry_run: bool, cache: SyncCache | None = None,
@@ -79,6 +91,18 @@ def _carry_out(storage: Storage, plan: SyncPlan, dry_run: bool, cache: SyncCache
     with RichTransferProgress() as progress:
         result = execute(storage, plan, observer=progress, cache=cache)
     print(result.summary())
+
+
+def _upload_folder(env_file: str | None, bucket: str | None, prefix: str | None, path: str, where: tuple[str, ...],
+                   dry_run: bool) -> None:
+    """Upload a local folder (checked first: it exists) under ``where`` in the prefix, incrementally."""
+    found = scan_local(path)
+    storage, gaps = bucket_of(env_file, bucket, prefix, dry_run)
+    if gaps:
+        size = sum(f.size for f in found.values())
+        incomplete(gaps, f"would upload {path} ({len(found)} files, {decimal(size)}) to "
+                         f"{storage.url(storage.key(*where))}; which the bucket has already: not checked")
+    _sync_up(storage, path, storage.key(*where), dry_run)
 
 
 def _sync_up(storage: Storage, local: str, prefix: str, dry_run: bool) -> None:
@@ -154,7 +178,13 @@ def upload_checkpoint(c, path, name=None, epoch=None, step=None, dry_run=False, 
     epoch = whole(epoch, "--epoch") if epoch is not None else parsed.epoch
     step = whole(step, "--step") if step is not None else parsed.step
     metadata = checkpoint_metadata(epoch, step, parsed.val_loss) if step is not None else {}
-    storage = _storage(env_file, bucket, prefix)
+    if not Path(path).is_file():
+        raise StorageError(f"The local file {path} does not exist; check the path.")
+    storage, gaps = bucket_of(env_file, bucket, prefix, dry_run)
+    if gaps:
+        incomplete(gaps, f"would upload {path} ({decimal(Path(path).stat().st_size)}) to "
+                         f"{storage.url(storage.key(CHECKPOINTS, name))}; whether the bucket holds it already: "
+                         "not checked")
     plan = plan_upload_file(storage, path, storage.key(CHECKPOINTS, name), metadata)
     _carry_out(storage, plan, dry_run)
 
@@ -170,7 +200,10 @@ def download_checkpoint(c, name=None, latest=False, dest="checkpoints", dry_run=
     """Download a checkpoint by name, or the latest one (highest global step)."""
     if bool(name) == bool(latest):
         raise ConfigError("Give exactly one of --name NAME or --latest.")
-    storage = _storage(env_file, bucket, prefix)
+    storage, gaps = bucket_of(env_file, bucket, prefix, dry_run)
+    if gaps:
+        incomplete(gaps, f"would download {'the latest checkpoint' if latest else name} from "
+                         f"{storage.url(storage.key(CHECKPOINTS))} into {dest}: not checked")
     if latest:
         chosen = latest_checkpoint(storage)
         if chosen is None:
@@ -194,8 +227,7 @@ def download_checkpoint(c, name=None, latest=False, dest="checkpoints", dry_run=
 @boundary
 def upload_logs(c, path="logs", dry_run=False, env_file=None, bucket=None, prefix=None):
     """Upload a logs directory to logs/ (incremental: unchanged files are skipped)."""
-    storage = _storage(env_file, bucket, prefix)
-    _sync_up(storage, path, storage.key(LOGS), dry_run)
+    _upload_folder(env_file, bucket, prefix, path, (LOGS,), dry_run)
 
 
 @task(auto_shortflags=False,
@@ -205,7 +237,10 @@ def upload_logs(c, path="logs", dry_run=False, env_file=None, bucket=None, prefi
 @boundary
 def download_logs(c, dest="logs", version=None, dry_run=False, env_file=None, bucket=None, prefix=None):
     """Download logs/ (or one version_N, or the latest) for TensorBoard; incremental."""
-    storage = _storage(env_file, bucket, prefix)
+    storage, gaps = bucket_of(env_file, bucket, prefix, dry_run)
+    if gaps:
+        incomplete(gaps, f"would download {storage.url(storage.key(LOGS))} ({version or 'every version'}) into "
+                         f"{dest}: not checked")
     if version is None:
         _sync_down(storage, storage.key(LOGS), dest, dry_run)
         return
@@ -229,8 +264,7 @@ def download_logs(c, dest="logs", version=None, dry_run=False, env_file=None, bu
 def upload_dataset(c, path, name=None, dry_run=False, env_file=None, bucket=None, prefix=None):
     """Upload a dataset directory to datasets/<name>/ (incremental)."""
     name = _folder_name(name or Path(path).resolve().name, "dataset name")
-    storage = _storage(env_file, bucket, prefix)
-    _sync_up(storage, path, storage.key(DATASETS, name), dry_run)
+    _upload_folder(env_file, bucket, prefix, path, (DATASETS, name), dry_run)
 
 
 @task(auto_shortflags=False,
@@ -241,7 +275,10 @@ def upload_dataset(c, path, name=None, dry_run=False, env_file=None, bucket=None
 def download_dataset(c, name, dest=None, dry_run=False, env_file=None, bucket=None, prefix=None):
     """Download datasets/<name>/ into a local directory (incremental, verified)."""
     name = _folder_name(name, "dataset name")
-    storage = _storage(env_file, bucket, prefix)
+    storage, gaps = bucket_of(env_file, bucket, prefix, dry_run)
+    if gaps:
+        incomplete(gaps, f"would download {storage.url(storage.key(DATASETS, name))} into "
+                         f"{dest or Path('datasets') / name}: not checked")
     _sync_down(storage, storage.key(DATASETS, name), dest or str(Path("datasets") / name), dry_run)
 
 
@@ -259,16 +296,26 @@ def conditional_writes_line(writes: ConditionalWrites | None) -> str:
     return writes.describe() if writes.honoured else f"{writes.describe()}; {WITHOUT_CONDITIONS}"
 
 
-@task(auto_shortflags=False, help=_help())
+@task(auto_shortflags=False, help=_help(json=JSON_HELP))
 @boundary
-def check(c, env_file=None, bucket=None, prefix=None):
+def check(c, json=False, env_file=None, bucket=None, prefix=None):
     """Check endpoint, credentials, every permission the project needs, and conditional writes (probe objects).
 
     The conditional-writes line is informational: a store that ignores or refuses ``If-Match`` is still
     usable (fab train then fences the watcher with a lease); only a missing permission fails the check.
     """
-    storage = _storage(env_file, bucket, prefix)
+    storage, _ = bucket_of(env_file, bucket, prefix, signed=False)  # the probe itself tells what the keys may do
     report = check_bucket(storage)
+    if json:
+        writes = report.conditional_writes
+        print(jsonlib.dumps({"url": report.url, "endpoint": report.endpoint, "ok": report.ok,
+                             "missing": report.missing,
+                             "steps": [{"check": s.name, "permission": s.permission, "ok": s.ok, "detail": s.detail}
+                                       for s in report.steps],
+                             "conditional_writes": None if writes is None else {
+                                 "honoured": writes.honoured, "line": conditional_writes_line(writes)}}, indent=2))
+        report.raise_for_missing()
+        return
     print(f"Checked {report.url} at {report.endpoint}:")
     table = make_table(("check", "permission", "result"))
     for step in report.steps:
@@ -297,16 +344,28 @@ def abort_stale(storage: Storage, prefix: str, older_than: timedelta, age: str, 
     print(f"Aborted {abort_multipart_uploads(storage, uploads)} upload(s).")
 
 
-@task(name="abort-uploads", auto_shortflags=False, help=_help(
-    older_than="Only uploads started at least this many hours ago (default 1: a transfer may be running).",
-    dry_run=DRY_RUN_HELP))
+OLDER_THAN_HELP = duration_help("Only uploads started at least this long ago (a transfer may be running)", "1h",
+                                unit="h")
+"""``--older-than`` of both abort-uploads tasks: one default, and a bare number is hours in both."""
+
+
+def abort_older_than(c, older_than, dry_run, env_file, bucket, prefix, folder: tuple[str, ...]) -> None:
+    """The abort-uploads tasks: stale multipart uploads under ``folder`` of the prefix (all of it when empty)."""
+    # Numeric flags default to None so invoke hands over the text and a typo gets one sentence, not a traceback.
+    seconds = duration("1h" if older_than is None else older_than, "--older-than", unit="h")
+    storage, gaps = bucket_of(env_file, bucket, prefix, dry_run)
+    where = storage.url(storage.key(*folder))
+    if gaps:
+        incomplete(gaps, f"would abort the unfinished uploads older than {say_duration(seconds)} under {where}; "
+                         "which there are: not checked")
+    abort_stale(storage, storage.key(*folder), timedelta(seconds=seconds), say_duration(seconds), dry_run)
+
+
+@task(name="abort-uploads", auto_shortflags=False, help=_help(older_than=OLDER_THAN_HELP, dry_run=DRY_RUN_HELP))
 @boundary
 def abort_uploads(c, older_than=None, dry_run=False, env_file=None, bucket=None, prefix=None):
     """Abort unfinished multipart uploads under the whole S3_PREFIX (their parts are billed until then)."""
-    # Numeric flags default to None so invoke hands over the text and a typo gets one sentence, not a traceback.
-    hours = number(1 if older_than is None else older_than, "--older-than")
-    storage = _storage(env_file, bucket, prefix)
-    abort_stale(storage, storage.key(), timedelta(hours=hours), f"{hours:g} h", dry_run)
+    abort_older_than(c, older_than, dry_run, env_file, bucket, prefix, ())
 
 
 ns = Collection("s3")

@@ -2,8 +2,8 @@
 
 It answers the GraphQL the official ``runpod`` SDK sends (point ``RUNPOD_API_BASE_URL`` at :attr:`url`),
 recognised from the SDK's own query text (``podFindAndDeployOnDemand``, ``podRentInterruptable``,
-``pod(input:``, ``myself { pods``, ``gpuTypes``, ``podStop``, ``podResume``, ``podTerminate``), so a
-change in the SDK's queries breaks the tests rather than production. Answers follow RunPod's documented
+``pod(input:``, ``myself { pods``, ``gpuTypes``, ``podStop``, ``podResume``, ``podTerminate``; and ``myself { id }``,
+the question fab asks first), so a change in the SDK's queries breaks the tests rather than production. Answers follow RunPod's documented
 shapes; errors come back as HTTP 200 with an ``errors`` list, a wrong key as HTTP 401, as RunPod does.
 The operator's key may do everything; a pod's own key (its ``RUNPOD_API_KEY``) may only read, stop and
 terminate that pod (``pod(input:``, ``podStop``, ``podTerminate``), anything else is answered with a
@@ -455,6 +455,7 @@ class RunPodServer:
             (r"\bpodTerminate\s*\(", "podTerminate", self._terminate),
             (r"\bpod\s*\(\s*input:", "pod", self._get_pod),
             (r"\bmyself\s*\{\s*pods\s*\{", "myself", self._my_pods),
+            (r"\bmyself\s*\{\s*id\s*\}", "myself", self._me),
             (r"\bgpuTypes\b", "gpuTypes", self._gpu_types),
         )
         for pattern, name, handler in routes:
@@ -593,6 +594,9 @@ class RunPodServer:
     def _get_pod(self, query: str) -> dict[str, Any] | None:
         pod = self.pods.get(self._pod_id(query))
         return self._pod_json(pod) if pod else None
+
+    def _me(self, query: str) -> dict[str, Any]:
+        return {"myself": {"id": "user-local-control-plane"}}
 
     def _my_pods(self, query: str) -> dict[str, Any]:
         return {"myself": {"pods": [self._pod_json(p) for p in self.pods.values()]}}

@@ -169,25 +169,52 @@ def resolve_on_host(conn, spec: HostSpec, remote_dir: str, source: str) -> Resol
     return Resolved(real, kind, outside)
 
 
-def pull(conn, spec: HostSpec, options: HostOptions, remote_dir: str, path: str, dest: str | os.PathLike[str],
-         exclude: Sequence[str] = (), method: str = "auto",
-         progress: Callable[[int], None] | None = None) -> PullResult:
-    """Pull ``REMOTE_DIR/path`` into ``dest`` (a folder: ``dest/<basename of path>``)."""
+@dataclass(frozen=True)
+class PullPlan:
+    """What a pull would do, asked of the host without changing anything (``--dry-run`` prints it)."""
+
+    spec: HostSpec
+    source: str
+    resolved: Resolved
+    target: Path
+    method: str
+
+    @property
+    def outside_links(self) -> tuple[str, ...]:
+        return tuple(f"{rel} -> {where or '(does not resolve)'}" for rel, where in self.resolved.outside)
+
+    def lines(self) -> list[str]:
+        lines = [f"would bring {self.source} ({'a folder' if self.resolved.kind == 'dir' else 'a file'}) from "
+                 f"{self.spec} into {self.target} with {self.method} (only what changed moves)"]
+        return lines + [printable(f"skip      {link}: a link that leads outside REMOTE_DIR")
+                        for link in self.outside_links]
+
+
+def plan_pull(conn, spec: HostSpec, remote_dir: str, path: str, dest: str | os.PathLike[str],
+              method: str = "auto") -> PullPlan:
+    """Resolve ``REMOTE_DIR/path`` on the host (refusing one outside REMOTE_DIR) and choose rsync or SFTP."""
     require_sftp(spec)
     source = remote_path(remote_dir, path)
     resolved = resolve_on_host(conn, spec, remote_dir, source)
-    target = Path(dest) / posixpath.basename(source)
     if method == "auto":
         remote_rsync = run(conn, ["sh", "-c", "command -v rsync"], "Looking for rsync", warn=True).ok
         method = "rsync" if remote_rsync and shutil.which("rsync") and shutil.which("ssh") else "sftp"
+    return PullPlan(spec, source, resolved, Path(dest) / posixpath.basename(source), method)
+
+
+def pull(conn, spec: HostSpec, options: HostOptions, remote_dir: str, path: str, dest: str | os.PathLike[str],
+         exclude: Sequence[str] = (), method: str = "auto",
+         progress: Callable[[int], None] | None = None, plan: PullPlan | None = None) -> PullResult:
+    """Pull ``REMOTE_DIR/path`` into ``dest`` (a folder: ``dest/<basename of path>``), as ``plan`` says."""
+    plan = plan or plan_pull(conn, spec, remote_dir, path, dest, method)
+    resolved, target = plan.resolved, plan.target
     skip = [rel for rel, _ in resolved.outside]
-    if method == "rsync":
+    if plan.method == "rsync":
         result = _rsync(spec, options, resolved.source, target, resolved.kind == "dir", exclude)
     else:
         result = _sftp(conn, resolved.source, target, resolved.kind == "dir", exclude, skip,
                        progress or (lambda n: None))
-    links = tuple(f"{rel} -> {where or '(does not resolve)'}" for rel, where in resolved.outside)
-    return replace(result, source=source, outside_links=links)
+    return replace(result, source=plan.source, outside_links=plan.outside_links)
 
 
 _STAT = {"files": re.compile(r"Number of regular files transferred: ([\d,.]+)"),

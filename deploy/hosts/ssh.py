@@ -20,14 +20,16 @@ import socket
 import stat
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import paramiko
 from fabric import Config, Connection
 
 from deploy.errors import ConfigError, DeployError, HostError
+from deploy.hosts.text import printable
+from deploy.reach import Silent, causes, greeting, why
 from deploy.settings import Settings
 
 RUNPOD_PROXY_SUFFIX = "ssh.runpod.io"
@@ -42,9 +44,12 @@ class HostSpec:
     user: str = "root"
     remote_dir: str | None = None
     """This host's own REMOTE_DIR, when it differs from the setting (``host:port/workspace/run``)."""
+    origin: str = field(default="", compare=False)
+    """Where this address came from, as what to check when it does not work: ``RUNPOD_HOST (from the
+    environment)``, ``the --hosts flag``, ``.gpu-deploy/pods.json`` ..."""
 
     @classmethod
-    def parse(cls, text: str, default_port: int = 22, default_user: str = "root") -> "HostSpec":
+    def parse(cls, text: str, default_port: int = 22, default_user: str = "root", origin: str = "") -> "HostSpec":
         """Parse ``[user@]host[:port][/remote/dir]`` (``[v6addr]:port`` too); defaults fill the rest."""
         text = text.strip()
         if not text:
@@ -64,7 +69,11 @@ class HostSpec:
             port = _port(raw, text)
         if not host:
             raise ConfigError(f"The host {text!r} has no address; use user@host:port.")
-        return cls(host=host, port=port, user=user or default_user, remote_dir=remote_dir)
+        return cls(host=host, port=port, user=user or default_user, remote_dir=remote_dir, origin=origin)
+
+    def fix(self) -> str:
+        """What to check when this host cannot be reached: where its address came from."""
+        return self.origin or "the host's address and port"
 
     def workdir(self, default: str) -> str:
         """Where this host's run lives: its own folder, else REMOTE_DIR (normalised, see :func:`host_folder`)."""
@@ -113,16 +122,19 @@ class HostOptions:
     known_hosts: str = "~/.ssh/known_hosts"
     strict_host_keys: bool = False
     connect_timeout: float = 10.0
+    key_origin: str = field(default="RUNPOD_SSH_KEY", compare=False)
+    """Where ``key_file`` came from, for the sentence when it cannot be used."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "HostOptions":
         return cls(key_file=settings.runpod_ssh_key, known_hosts=settings.ssh_known_hosts,
                    strict_host_keys=settings.ssh_strict_host_keys,
-                   connect_timeout=float(settings.ssh_connect_timeout))
+                   connect_timeout=float(settings.ssh_connect_timeout), key_origin=settings.check("RUNPOD_SSH_KEY"))
 
 
-def hosts_from(settings: Settings, hosts: str | Iterable[str] | None = None) -> list[HostSpec]:
-    """The hosts a task works on: ``hosts`` (a flag or fab's -H, comma separated) or RUNPOD_HOST."""
+def hosts_from(settings: Settings, hosts: str | Iterable[str] | None = None, origin: str = "") -> list[HostSpec]:
+    """The hosts a task works on: ``hosts`` (a flag or fab's -H, comma separated; ``origin`` names it) or
+    RUNPOD_HOST."""
     if isinstance(hosts, str):
         hosts = [h for h in hosts.split(",") if h.strip()]
     names = list(hosts or [])
@@ -130,7 +142,10 @@ def hosts_from(settings: Settings, hosts: str | Iterable[str] | None = None) -> 
         settings.require("RUNPOD_HOST")
         assert settings.runpod_host is not None
         names = [h for h in settings.runpod_host.split(",") if h.strip()]
-    specs = [HostSpec.parse(n, settings.runpod_port, settings.runpod_user) for n in names]
+        origin = settings.check("RUNPOD_HOST")
+        if settings.source("RUNPOD_PORT") != "default":
+            origin += f" and {settings.check('RUNPOD_PORT')}"
+    specs = [HostSpec.parse(n, settings.runpod_port, settings.runpod_user, origin) for n in names]
     seen: set[tuple[str, int]] = set()
     for spec in specs:
         if (spec.host, spec.port) in seen:
@@ -161,15 +176,15 @@ class AcceptNewHostKeys(paramiko.MissingHostKeyPolicy):
             handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
-def check_key_file(key_file: str) -> str:
-    """The key file's path, refused unless only its owner can read it.
+def check_key_file(key_file: str, origin: str = "RUNPOD_SSH_KEY") -> str:
+    """The key file's path, refused unless only its owner can read it (``origin``: where the path came from).
 
     OpenSSH (and so rsync) refuses a private key that group or others can read while paramiko uses
     it, so the SFTP and rsync paths would disagree; refusing it here makes both fail alike, at once.
     """
     key = os.path.expanduser(key_file)
     if not os.path.isfile(key):
-        raise ConfigError(f"The SSH key file {key} does not exist; check RUNPOD_SSH_KEY.")
+        raise ConfigError(f"The SSH key file {key} does not exist; check {origin}.")
     mode = stat.S_IMODE(os.stat(key).st_mode)
     if mode & 0o077:
         raise ConfigError(f"The SSH key file {key} can be read by others (mode {mode:04o}), so ssh refuses it; "
@@ -186,7 +201,7 @@ def connection(spec: HostSpec, options: HostOptions = HostOptions()) -> Connecti
     })
     connect_kwargs: dict = {"banner_timeout": options.connect_timeout, "auth_timeout": options.connect_timeout}
     if options.key_file:
-        key = check_key_file(options.key_file)
+        key = check_key_file(options.key_file, options.key_origin)
         connect_kwargs.update(key_filename=[key], look_for_keys=False)
     conn = Connection(spec.host, user=spec.user, port=spec.port, config=config,
                       connect_timeout=int(options.connect_timeout), connect_kwargs=connect_kwargs)
@@ -215,10 +230,38 @@ def connect(spec: HostSpec, options: HostOptions = HostOptions()) -> Connection:
                         "and that the public key is in the host's authorized_keys.") from exc
     except (socket.timeout, TimeoutError, paramiko.ssh_exception.NoValidConnectionsError,
             ConnectionError, socket.gaierror, OSError, EOFError, paramiko.SSHException) as exc:
-        raise HostError(f"Cannot reach {spec.host}:{spec.port} over SSH within {options.connect_timeout:.0f} s "
-                        f"({exc.__class__.__name__}); check RUNPOD_HOST and RUNPOD_PORT (on RunPod: the pod's "
-                        "public IP and exposed TCP port).") from exc
+        raise unreachable(spec, exc, options.connect_timeout) from exc
     return conn
+
+
+def unreachable(spec: HostSpec, exc: BaseException, timeout: float) -> HostError:
+    """The one sentence for a host that cannot be reached over SSH: why, in words, and where its address came from."""
+    said = [str(e).lower() for e in causes(exc) if isinstance(e, paramiko.SSHException)]
+    if any("banner" in text for text in said):
+        reason = f"it accepted the connection but sent no SSH greeting within {timeout:g} s"
+    elif any("no existing session" in text for text in said):  # the transport died before it could log in
+        reason = f"it accepted the connection but did not finish the SSH handshake within {timeout:g} s"
+    else:
+        reason = why(exc, spec.host, spec.port, timeout, timeout)
+    return HostError(f"Cannot reach {spec.host}:{spec.port} over SSH: {reason}; check {spec.fix()}"
+                     + (" (on RunPod: the pod's public IP and exposed TCP port)." if not spec.origin else "."))
+
+
+def reach_host(spec: HostSpec, options: HostOptions, timeout: float) -> None:
+    """Fail in seconds, in one sentence, unless an SSH server answers at ``spec``: its key file first (a local
+    check), then a TCP connect and its greeting (``SSH-2.0-...``) within ``timeout``."""
+    if options.key_file:
+        check_key_file(options.key_file, options.key_origin)
+    try:
+        line = greeting(spec.host, spec.port, timeout)
+    except Silent:
+        raise HostError(f"Cannot reach {spec.host}:{spec.port} over SSH: it accepted the connection but sent no SSH "
+                        f"greeting within {timeout:g} s (is it an SSH port?); check {spec.fix()}.") from None
+    except OSError as exc:
+        raise unreachable(spec, exc, timeout) from None
+    if not line.startswith("SSH-"):
+        raise HostError(f"{spec.host}:{spec.port} is not an SSH server: it answered {printable(line[:60])!r}; "
+                        f"check {spec.fix()}.")
 
 
 def ssh_command(spec: HostSpec, options: HostOptions) -> list[str]:
@@ -228,7 +271,7 @@ def ssh_command(spec: HostSpec, options: HostOptions) -> list[str]:
            "-o", f"UserKnownHostsFile={os.path.expanduser(options.known_hosts)}",
            "-o", f"StrictHostKeyChecking={'yes' if options.strict_host_keys else 'accept-new'}"]
     if options.key_file:
-        cmd += ["-i", check_key_file(options.key_file), "-o", "IdentitiesOnly=yes"]
+        cmd += ["-i", check_key_file(options.key_file, options.key_origin), "-o", "IdentitiesOnly=yes"]
     return cmd
 
 

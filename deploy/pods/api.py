@@ -6,9 +6,14 @@ query lacks a field (GPU prices for every type at once) the documented query goe
 ``run_graphql_query``, never a second HTTP client. Every failure becomes one :class:`PodError`
 sentence; the key itself never appears in one.
 
+Every call connects within CONNECT_TIMEOUT_SECONDS (:class:`_BoundedRequests`), and :meth:`PodApi.reach`
+asks one small question first, so a task learns in seconds that the API is dead, is not RunPod's (a web
+page), or refuses the key.
+
 Example::
 
-    api = PodApi(settings.runpod_api_key)
+    api = PodApi.from_settings(settings)
+    api.reach()
     for gpu in api.gpu_types():
         print(gpu.id, gpu.secure_price)
 """
@@ -23,7 +28,9 @@ from typing import Any, TypeVar
 from deploy.errors import ConfigError
 from deploy.pods.models import ApiUnreachable, GpuType, NoCapacityError, Pod, PodError, PodRequest
 from deploy.pods.plan import is_capacity_error
-from deploy.settings import Secret
+from deploy.reach import why
+from deploy.settings import Secret, Settings, missing_sentence
+from deploy.storage.bucket import address
 
 T = TypeVar("T")
 
@@ -45,6 +52,12 @@ query GpuTypes {
 }
 """
 
+REACH_QUERY = "query Reach { myself { id } }"
+"""The smallest question RunPod's API answers for a key: who it belongs to."""
+
+API_READ_TIMEOUT = 30.0
+"""Seconds an API call may wait for its answer once connected (the SDK's own fixed timeout; a create is slow)."""
+
 # The SDK keeps the key in a module global (stop/resume/terminate take no key argument).
 _SDK_LOCK = threading.Lock()
 
@@ -53,39 +66,107 @@ def base_url() -> str:
     return os.environ.get("RUNPOD_API_BASE_URL", DEFAULT_BASE_URL)
 
 
+def base_url_fix() -> str:
+    """What to check when the API's address is wrong: the variable and where it came from."""
+    if os.environ.get("RUNPOD_API_BASE_URL"):
+        return "RUNPOD_API_BASE_URL (from the environment)"
+    return "the network (RUNPOD_API_BASE_URL is not set: the API is RunPod's own)"
+
+
+class _BoundedRequests:
+    """``requests`` as the SDK's GraphQL call uses it, with our timeouts instead of its fixed ``timeout=30``.
+
+    The SDK posts with a bare ``requests.post(..., timeout=30)`` (runpod/api/graphql.py): no session to mount
+    an adapter on, no setting. :meth:`PodApi._call` puts this in the SDK module's place while it holds the
+    SDK's lock (as it sets the SDK's key there), so a dead API fails after our connect timeout, not 30 s,
+    and the answer is kept for the sentence when it was not JSON.
+    """
+
+    def __init__(self, connect: float, read: float) -> None:
+        self.timeout = (connect, read)
+        self.last: Any = None
+
+    def post(self, url: str, **kwargs: Any) -> Any:
+        import requests
+
+        kwargs["timeout"] = self.timeout
+        self.last = requests.post(url, **kwargs)
+        return self.last
+
+    def __getattr__(self, name: str) -> Any:
+        import requests
+
+        return getattr(requests, name)
+
+
+def _answered(response: Any) -> str:
+    """What a non-JSON answer was: ``a web page (HTTP 200)``."""
+    if response is None:
+        return "something that is not JSON"
+    html = "html" in str(response.headers.get("content-type", "")).lower()
+    return f"{'a web page' if html else 'something that is not JSON'} (HTTP {response.status_code})"
+
+
 class PodApi:
-    """RunPod's pod API with typed answers. Build it with the RUNPOD_API_KEY setting."""
+    """RunPod's pod API with typed answers. Build it with the RUNPOD_API_KEY setting.
 
-    def __init__(self, api_key: Secret | None) -> None:
+    ``connect_timeout`` (CONNECT_TIMEOUT_SECONDS): how long a connect to the API may take, in every call.
+    """
+
+    def __init__(self, api_key: Secret | None, connect_timeout: float = 10.0, key_fix: str = "RUNPOD_API_KEY") -> None:
         if not api_key:
-            raise ConfigError("RUNPOD_API_KEY is not set; create a key in RunPod's console (Settings > API Keys) "
-                              "and put it in .env or the environment.")
+            raise ConfigError(missing_sentence(["RUNPOD_API_KEY"]))
         self._key = api_key
+        self.connect_timeout = connect_timeout
+        self.key_fix = key_fix
 
-    def _call(self, what: str, action: Callable[[Any], T]) -> T:
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "PodApi":
+        """The API with the settings' key and CONNECT_TIMEOUT_SECONDS; no key: the missing-settings sentence."""
+        settings.require("RUNPOD_API_KEY")
+        return cls(settings.runpod_api_key, float(settings.connect_timeout_seconds), settings.check("RUNPOD_API_KEY"))
+
+    def reach(self, timeout: float | None = None) -> None:
+        """Fail in seconds, in one sentence, unless RunPod's API answers this key (one small query)."""
+        from runpod.api.graphql import run_graphql_query
+
+        wait = timeout or self.connect_timeout
+        self._call("checking the key", lambda rp: run_graphql_query(REACH_QUERY, api_key=rp.api_key),
+                   read_timeout=wait)
+
+    def _call(self, what: str, action: Callable[[Any], T], read_timeout: float = API_READ_TIMEOUT) -> T:
         """Run ``action(runpod)`` with the key set, turning the SDK's errors into one sentence."""
         import requests
         import runpod
         from runpod import error
+        from runpod.api import graphql
 
+        bounded = _BoundedRequests(self.connect_timeout, read_timeout)
         with _SDK_LOCK:
             runpod.api_key = self._key.reveal()
+            sdk_requests, graphql.requests = graphql.requests, bounded  # type: ignore[attr-defined]
             try:
                 return action(runpod)
             except error.AuthenticationError:
-                raise ConfigError(f"RunPod refused RUNPOD_API_KEY (401 from {base_url()}); check the key in "
-                                  "RunPod's console (Settings > API Keys).") from None
+                raise ConfigError(f"RunPod refused the API key (401 from {base_url()}); check {self.key_fix} in "
+                                  "RunPod's console under Settings > API Keys.") from None
             except error.QueryError as exc:
                 message = str(exc).strip().rstrip(".")
                 if is_capacity_error(message):
                     raise NoCapacityError(f"RunPod has no capacity while {what}: {message}.") from None
                 raise PodError(f"RunPod refused {what}: {message}.") from None
+            except requests.exceptions.JSONDecodeError:
+                raise PodError(f"{base_url()} is not RunPod's API: it answered {_answered(bounded.last)} while "
+                               f"{what}; check {base_url_fix()}.") from None
             except requests.RequestException as exc:
-                raise ApiUnreachable(f"Cannot reach the RunPod API at {base_url()} while {what} "
-                               f"({exc.__class__.__name__}); check the network.") from None
-            except ValueError as exc:  # the SDK's own checks (an unknown GPU type) and a non-JSON answer
+                host, port = address(base_url())
+                reason = why(exc, host, port, self.connect_timeout, read_timeout)
+                raise ApiUnreachable(f"Cannot reach the RunPod API at {base_url()} while {what}: {reason}; check "
+                                     f"{base_url_fix()}.") from None
+            except ValueError as exc:  # the SDK's own checks (an unknown GPU type)
                 raise PodError(f"RunPod refused {what}: {exc}.") from None
             finally:
+                graphql.requests = sdk_requests  # type: ignore[attr-defined]
                 runpod.api_key = None
 
     def gpu_types(self) -> list[GpuType]:

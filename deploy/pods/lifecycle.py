@@ -48,7 +48,7 @@ class UpResult:
 def plan_pod(settings: Settings, api: PodApi | None = None, name: str | None = None) -> UpPlan:
     """The ordered create calls for the project's next pod (asks the API for GPU types and prices); every
     call carries ``name`` (default: a name for a pod made by hand)."""
-    api = api or PodApi(settings.runpod_api_key)
+    api = api or PodApi.from_settings(settings)
     options = PodOptions.from_settings(settings)
     public_key = read_public_key(settings.pod_public_key, settings.runpod_ssh_key)
     return plan_up(options, api.gpu_types(), name or manual_pod_name(project_of(settings)), public_key)
@@ -57,7 +57,7 @@ def plan_pod(settings: Settings, api: PodApi | None = None, name: str | None = N
 def bring_up(settings: Settings, folder: str | os.PathLike[str], timeout: float, dry_run: bool = False,
              progress: Progress = print, api: PodApi | None = None) -> UpResult:
     """Create the pod (first GPU type with capacity), wait for its public SSH port, remember it in ``folder``."""
-    api = api or PodApi(settings.runpod_api_key)
+    api = api or PodApi.from_settings(settings)
     plan = plan_pod(settings, api)
     if dry_run:
         return UpResult(plan)
@@ -71,7 +71,7 @@ def bring_up(settings: Settings, folder: str | os.PathLike[str], timeout: float,
 
 def list_project(settings: Settings, folder: str | os.PathLike[str], api: PodApi | None = None) -> list[Pod]:
     """The project's pods as the API reports them now; the state file is brought up to date."""
-    api = api or PodApi(settings.runpod_api_key)
+    api = api or PodApi.from_settings(settings)
     project = project_of(settings)
     pods = project_pods(api.pods(), project, state.recorded_ids(folder, project))
     state.refresh(folder, pods)
@@ -112,7 +112,7 @@ def _verdict(settings: Settings, pod: Pod) -> CheckpointVerdict:
 def plan_down(settings: Settings, folder: str | os.PathLike[str], pod_id: str | None, stop: bool, force: bool,
               api: PodApi | None = None) -> DownPlan:
     """Which pod, terminate or stop, and (for terminate without --force) whether S3 has its newest checkpoint."""
-    api = api or PodApi(settings.runpod_api_key)
+    api = api or PodApi.from_settings(settings)
     project = project_of(settings)
     pod = choose_pod(api.pods(), pod_id, project, state.recorded_ids(folder, project))
     if stop:
@@ -129,7 +129,7 @@ def take_down(settings: Settings, folder: str | os.PathLike[str], plan: DownPlan
     """Do what ``plan`` says (refusing as it says) and bring the state file up to date."""
     if plan.refused:
         raise PodError(plan.refused)
-    api = api or PodApi(settings.runpod_api_key)
+    api = api or PodApi.from_settings(settings)
     if plan.action == "stop":
         api.stop(plan.pod.id)
         state.record_pod(folder, Pod(id=plan.pod.id, name=plan.pod.name, status="EXITED", gpu=plan.pod.gpu,

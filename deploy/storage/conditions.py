@@ -32,7 +32,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.parsers import ResponseParserError
+
+from deploy.reach import why
 
 from deploy.storage.bucket import CHECKS, Storage, answered_html
 from deploy.storage.objects import PRECONDITION_FAILED, UNSUPPORTED
@@ -147,8 +151,14 @@ def _call(call: Callable[[], dict[str, Any]], api: bool = True) -> _Answer:
         meta = exc.response.get("ResponseMetadata") or {}
         return _Answer(code=str(error.get("Code") or ""), status=meta.get("HTTPStatusCode"),
                        message=str(error.get("Message") or ""))
+    except (BotoConnectionError, HTTPClientError) as exc:
+        return _Answer(problem=f"no answer ({why(exc)})")
+    except ResponseParserError:  # not a BotoCoreError
+        return _Answer(problem="a reply that is not S3's XML")
+    except KeyError as exc:
+        return _Answer(problem=f"a reply without {exc.args[0] if exc.args else 'a field S3 always sends'}")
     except Exception as exc:  # noqa: BLE001 - the probe reports every answer in words; it never raises on one
-        return _Answer(problem=_clip(f"{exc.__class__.__name__}: {exc}".rstrip(". ")))
+        return _Answer(problem=_clip(str(exc).rstrip(". ") or "an error without a message"))
     if not isinstance(response, dict):
         return _Answer(problem=f"an answer botocore could not read ({type(response).__name__})")
     if api and answered_html(response):

@@ -18,19 +18,16 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import os
-import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
 from deploy.errors import StorageError
-from deploy.storage.bucket import CHECKS, Storage, answered_html
+from deploy.storage.bucket import CHECKS, Storage, not_s3
 from deploy.storage.conditions import ConditionalWrites, probe_conditional_writes
 
 PROBE_FOLDER = CHECKS
@@ -87,23 +84,6 @@ class CheckReport:
                 "grant them (docs/s3.md has the minimal IAM policy).")
 
 
-def ensure_reachable(endpoint: str | None, timeout: float = 5.0) -> None:
-    """Fail in seconds when a custom endpoint does not accept connections.
-
-    botocore retries a refused or silent endpoint ``AWS_MAX_ATTEMPTS`` times with backoff (a minute
-    or more) before it gives up; one TCP connect answers the same question at once. Skipped for AWS
-    itself (no endpoint) and behind an HTTP proxy, where a direct connect proves nothing.
-    """
-    if not endpoint or any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
-        return
-    parts = urlparse(endpoint)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((parts.hostname, port), timeout=timeout).close()
-    except OSError as exc:
-        raise StorageError(f"Cannot reach the S3 endpoint {endpoint}; check AWS_ENDPOINT_URL and the network.") from exc
-
-
 class _Probe:
     """Runs the probe steps against one bucket and records each as a :class:`CheckStep`."""
 
@@ -119,8 +99,9 @@ class _Probe:
             value = call()
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            if answered_html(exc.response):  # a page botocore could not read: it calls that a 500
-                raise self.not_s3(name) from exc
+            problem = not_s3(exc.response)  # a page botocore could not read (it calls that a 500), a bare 401
+            if problem:
+                raise self.storage.not_s3(f"{problem} to {name}") from exc
             if code in _FATAL_CODES:
                 raise self.storage.explain(exc, self.key) from exc
             detail = "access denied" if code in _DENIED_CODES else f"{code or 'error'}: " + \
@@ -129,14 +110,10 @@ class _Probe:
             return None
         except (BotoCoreError, ResponseParserError) as exc:  # the parser's error is not a BotoCoreError
             raise self.storage.explain(exc, self.key) from exc
-        if isinstance(value, dict) and answered_html(value):
-            raise self.not_s3(name)
+        if isinstance(value, dict) and not_s3(value):
+            raise self.storage.not_s3(f"{not_s3(value)} to {name}")
         self.steps.append(CheckStep(name, permission, True))
         return value if value is not None else True
-
-    def not_s3(self, name: str) -> StorageError:
-        return StorageError(f"{self.storage.endpoint} answered {name} with an HTML page, not S3; check "
-                            "AWS_ENDPOINT_URL (the S3 API endpoint, not a web page).")
 
     def skipped(self, name: str, permission: str, because: str) -> None:
         self.steps.append(CheckStep(name, permission, None, f"needs {because}"))
@@ -159,8 +136,7 @@ class _Probe:
             return
         upload_id = upload.get("UploadId") if isinstance(upload, dict) else None
         if not upload_id:  # a 200 with an empty or foreign body parses as an empty answer
-            raise StorageError(f"{self.storage.endpoint} answered create multipart upload without an UploadId, "
-                               "which S3 always sends; check AWS_ENDPOINT_URL (the S3 API endpoint).")
+            raise self.storage.not_s3("a reply to create multipart upload without the UploadId S3 always sends")
         self.attempt("list multipart uploads", "s3:ListBucketMultipartUploads",
                      lambda: client.list_multipart_uploads(Bucket=bucket, Prefix=self.folder))
         self.attempt("list parts", "s3:ListMultipartUploadParts",

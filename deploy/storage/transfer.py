@@ -139,7 +139,7 @@ class _Round:
         if not todo:
             return []
         self.moved = moved
-        with _Responses(self.storage.client) as self.responses, \
+        with _Responses(self.storage.transfer_client) as self.responses, \
                 ThreadPoolExecutor(max_workers=HASH_WORKERS) as self.pool:
             try:
                 self._transfer(todo)
@@ -157,7 +157,7 @@ class _Round:
         # Leaving this block by an exception (Ctrl-C) makes the manager cancel every transfer and
         # wait for them; s3transfer then removes its own temp files. (Its shutdown(cancel=True)
         # passes its arguments in the wrong order, so the context manager is the way to cancel.)
-        with TransferManager(self.storage.client, self.storage.config) as manager:
+        with TransferManager(self.storage.transfer_client, self.storage.config) as manager:
             futures = [self._submit(manager, item) for item in self._ready(todo)]
             for fut in futures:
                 try:
@@ -276,7 +276,8 @@ def _raise_first(storage: Storage, direction: str, errors: list[tuple[SyncItem, 
             raise exc  # an interrupt, an observer's or a bug's exception: keep its type and traceback
     item, exc = errors[0]
     cause = _storage_cause(exc)
-    first = cause if isinstance(cause, DeployError) else storage.explain(cause, item.key)  # type: ignore[arg-type]
+    first = (cause if isinstance(cause, DeployError)
+             else storage.explain(cause, item.key, transfer=True))  # type: ignore[arg-type]
     if len(errors) == 1:
         raise first from exc
     verb = UPLOAD if direction == UP else DOWNLOAD

@@ -278,10 +278,13 @@ def fence(storage: Storage, run_id: str, attempt: int, folders: Iterable[str] = 
         if key.startswith(prefixes):
             check(storage, run_id, attempt, storage.url(key))
 
-    events = storage.client.meta.events
-    for operation in FENCED_OPERATIONS:
-        events.register(f"before-parameter-build.s3.{operation}", note, unique_id=f"gpu-deploy-lease-key-{operation}")
-        events.register(f"before-call.s3.{operation}", guard, unique_id=f"gpu-deploy-lease-{operation}")
+    # A task's storage moves files with a client of its own: both are fenced.
+    for client in {id(c): c for c in (storage.client, storage.transfer_client)}.values():
+        events = client.meta.events
+        for operation in FENCED_OPERATIONS:
+            events.register(f"before-parameter-build.s3.{operation}", note,
+                            unique_id=f"gpu-deploy-lease-key-{operation}")
+            events.register(f"before-call.s3.{operation}", guard, unique_id=f"gpu-deploy-lease-{operation}")
 
 
 def attempt_from_environment(environ: Mapping[str, str] | None = None) -> tuple[str, int] | None:

@@ -33,7 +33,8 @@ from deploy.settings import Settings
 from deploy.storage import Storage
 from deploy.storage.conditions import probe_conditional_writes
 from deploy.watch.act import Hands
-from deploy.watch.facts import Guardrails
+from deploy.watch.decide import decide
+from deploy.watch.facts import RECORD, Guardrails
 from deploy.watch.loop import GAVE_UP, Watcher
 from deploy.watch.record import StateStore, WatchError
 from deploy.watch.state import DONE, PROVISIONING, WATCHING, WatchState
@@ -147,6 +148,24 @@ def attach(settings: Settings, folder: Path, storage: Storage, run_id: str, plan
         raise WatchError(f"Run {run_id} belongs to another project (its pods carry id {state.project}, this bucket and "
                          f"prefix make {project_of(settings)}); check S3_BUCKET and S3_PREFIX.")
     return _watcher(settings, folder, storage, state, store, etag, plan, log, **tuning)
+
+
+def preview(settings: Settings, folder: Path, storage: Storage, run_id: str, plan: TrainPlan,
+            **tuning: Any) -> list[str]:
+    """``fab train.watch --dry-run``: what a watcher attached to ``run_id`` would do next, from the state the
+    last one saved and one look at the pods and the run; nothing is written, nothing is created or ended."""
+    settings.require(*REQUIRED)
+    store = StateStore(storage, run_id, settings.runpod_api_key, conditional=True)  # no probe objects: read only
+    state, etag = store.load()
+    if state.project and state.project != project_of(settings):
+        raise WatchError(f"Run {run_id} belongs to another project (its pods carry id {state.project}, this bucket and "
+                         f"prefix make {project_of(settings)}); check S3_BUCKET and S3_PREFIX.")
+    watcher = _watcher(settings, folder, storage, state, store, etag, plan, lambda line: None, **tuning)
+    _, actions = decide(state, watcher.observe(), plan.rails)
+    lines = [f"run       {run_id}: {state.phase}, pod {state.pod_id or 'none'} {state.host}".rstrip()]
+    lines += [f"next      {a.data.get('kind', a.kind) if a.kind == RECORD else a.kind}"
+              + (f" {a.pod}" if a.pod else "") + (f": {a.reason}" if a.reason else "") for a in actions]
+    return lines + ([] if actions else ["next      nothing: the run is as the state wants it"])
 
 
 def billing_lines(state: WatchState, at: float) -> list[str]:

@@ -59,7 +59,7 @@ def test_unknown_access_key_is_named(auth_server) -> None:
                  AWS_SECRET_ACCESS_KEY="not-the-secret-9f8e7d")
     assert result.returncode == 1
     assert result.stderr.strip() == (f"Error: The access key is not known to {server.endpoint_url}; "
-                                     "check AWS_ACCESS_KEY_ID.")
+                                     "check AWS_ACCESS_KEY_ID (from the environment).")
     assert "not-the-secret-9f8e7d" not in result.stdout + result.stderr
 
 
@@ -71,7 +71,8 @@ def test_wrong_secret_is_named_and_never_shown(auth_server, tmp_path: Path) -> N
                  AWS_ACCESS_KEY_ID=creds["AWS_ACCESS_KEY_ID"], AWS_SECRET_ACCESS_KEY="wrong-secret-1a2b3c4d")
     assert result.returncode == 1
     assert result.stderr.strip() == (f"Error: {server.endpoint_url} rejected the request signature; check "
-                                     "AWS_SECRET_ACCESS_KEY (and AWS_DEFAULT_REGION for your provider).")
+                                     "AWS_SECRET_ACCESS_KEY (from the environment) and, for your provider, "
+                                     "AWS_DEFAULT_REGION (from the environment).")
     assert "wrong-secret-1a2b3c4d" not in result.stdout + result.stderr
 
 

@@ -154,8 +154,9 @@ def test_s3_check_against_a_web_server_says_so_in_one_sentence(s3_env, tmp_path:
         result = run_fab("s3.check", env={"AWS_ENDPOINT_URL": endpoint, "AWS_MAX_ATTEMPTS": "1"}, timeout=120)
         probed = probe_conditional_writes(storage_at(endpoint, s3_env))
     assert result.returncode == 1
-    assert result.stderr.strip() == (f"Error: {endpoint} answered list objects with an HTML page, not S3; "
-                                     "check AWS_ENDPOINT_URL (the S3 API endpoint, not a web page).")
+    assert result.stderr.strip() == (f"Error: {endpoint} is not an S3 API: it answered with a web page (HTML) to list "
+                                     "objects; check AWS_ENDPOINT_URL (from the environment): it must be the S3 API "
+                                     "endpoint, not a web page or a login in front of one.")
     assert probed.if_none_match.verdict == UNKNOWN == probed.if_match.verdict
     assert probed.describe() == ("conditional writes: unknown (If-None-Match and If-Match unknown: a create of a "
                                  "new key was answered an HTML page, not an S3 answer (is AWS_ENDPOINT_URL the S3 "

@@ -238,7 +238,7 @@ def test_abort_uploads_covers_the_whole_prefix_and_dry_run_only_lists(s3_env, st
     # (moto dates every upload 2010, so the grace period itself is pinned by the unit tests.)
     listed = fab("s3.abort-uploads", "--older-than", "0", "--dry-run")
     assert listed.returncode == 0, listed.stderr
-    assert "2 unfinished upload(s) older than 0 h" in listed.stdout and key in listed.stdout
+    assert "2 unfinished upload(s) older than 0 s" in listed.stdout and key in listed.stdout
     assert "Dry run: nothing was changed." in listed.stdout
     assert len(open_uploads(storage)) == 2
 
@@ -266,7 +266,8 @@ def test_missing_bucket_is_named(s3_env, tmp_path: Path) -> None:
     result = fab("s3.upload-logs", S3_BUCKET="no-such-bucket-4242")
     assert result.returncode == 1
     assert result.stderr.strip().endswith(
-        f"Error: The bucket 'no-such-bucket-4242' does not exist at {s3_env['AWS_ENDPOINT_URL']}; check S3_BUCKET.")
+        f"Error: The bucket 'no-such-bucket-4242' does not exist at {s3_env['AWS_ENDPOINT_URL']}; check S3_BUCKET "
+        "(from the environment).")
 
 
 def test_unreachable_endpoint_is_named_at_once(s3_env, tmp_path: Path, capsys, monkeypatch) -> None:
@@ -277,8 +278,9 @@ def test_unreachable_endpoint_is_named_at_once(s3_env, tmp_path: Path, capsys, m
         s3tasks.checkpoints(Context())
     assert time.monotonic() - started < 5
     assert err.value.code == 1
-    assert str(err.value.message) == (f"Error: Cannot reach the S3 endpoint {endpoint}; check AWS_ENDPOINT_URL "
-                                      "and the network.")
+    port = endpoint.rsplit(":", 1)[1]
+    assert str(err.value.message) == (f"Error: Cannot reach the S3 endpoint {endpoint}: nothing listens on port {port} "
+                                      "of 127.0.0.1; check AWS_ENDPOINT_URL (from the environment).")
 
 
 @pytest.mark.parametrize(("task", "kwargs", "message"), [

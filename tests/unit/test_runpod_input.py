@@ -35,9 +35,11 @@ def one_sentence(result, expected: str) -> None:
 @pytest.mark.parametrize(("args", "expected"), [
     (["status", "--tail=ten"], "--tail must be a whole number, got 'ten'."),
     (["logs", "--tail=-"], "--tail must be a whole number, got '-'."),
-    (["stop", "--timeout=soon"], "--timeout must be a whole number, got 'soon'."),
-    (["stop", "--timeout=0"], "--timeout must be 1 or more, got 0."),
-    (["deploy-runpod", "--wait=5m"], "--wait must be a number, got '5m'."),
+    (["stop", "--timeout=soon"],
+     "--timeout must be a duration such as 90s, 15m, 2h or 3d (a bare number is seconds), got 'soon'."),
+    (["stop", "--timeout=0"], "--timeout must be at least 1 s, got '0'."),
+    (["deploy-runpod", "--wait=5x"],
+     "--wait must be a duration such as 90s, 15m, 2h or 3d (a bare number is seconds), got '5x'."),
     (["deploy-runpod", "--nodes=two"], "--nodes must be a whole number, got 'two'."),
     (["sync-from-runpod", "--method=scp"], "--method must be auto, rsync or sftp, got 'scp'."),
 ])

@@ -1,4 +1,4 @@
-"""Numeric flags of the s3, images and config tasks: text that is not a number ends in one sentence
+"""Numeric and duration flags of the s3, images and config tasks: text that is not one ends in one sentence
 naming the flag and exit 1, before any connection is made (no server needed)."""
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ from tasks import s3 as s3_tasks
 
 
 @pytest.mark.parametrize(("task", "kwargs", "message"), [
-    (s3_tasks.abort_uploads, {"older_than": "soon"}, "--older-than must be a number, got 'soon'."),
-    (s3_tasks.abort_uploads, {"older_than": "-2"}, "--older-than must be a number of 0 or more, got '-2'."),
-    (image_tasks.abort_uploads, {"older_than": "1h"}, "--older-than must be a number, got '1h'."),
+    (s3_tasks.abort_uploads, {"older_than": "soon"},
+     "--older-than must be a duration such as 90s, 15m, 2h or 3d (a bare number is hours), got 'soon'."),
+    (s3_tasks.abort_uploads, {"older_than": "-2"},
+     "--older-than must be a duration such as 90s, 15m, 2h or 3d (a bare number is hours), got '-2'."),
+    (image_tasks.abort_uploads, {"older_than": "1x"},
+     "--older-than must be a duration such as 90s, 15m, 2h or 3d (a bare number is hours), got '1x'."),
     (s3_tasks.upload_checkpoint, {"path": "epoch=1-step=2.ckpt", "step": "ten"}, "--step must be a whole number"),
     (s3_tasks.upload_checkpoint, {"path": "epoch=1-step=2.ckpt", "epoch": "1.5"}, "--epoch must be a whole number"),
 ])

@@ -14,8 +14,9 @@ def fab(tmp_path: Path, *args: str, **env: str):
 
 
 @pytest.mark.parametrize("args, env, expected", [
-    (("train", "--api-every", "soon"), {}, "Error: --api-every must be a number, got 'soon'.\n"),
-    (("train", "--timeout", "0"), {}, "Error: --timeout must be a number of 1 or more, got '0'.\n"),
+    (("train", "--api-every", "soon"), {},
+     "Error: --api-every must be a duration such as 90s, 15m, 2h or 3d (a bare number is seconds), got 'soon'.\n"),
+    (("train", "--timeout", "0"), {}, "Error: --timeout must be at least 1 s, got '0'.\n"),
     (("train.watch", "../other"), {}, "Error: '../other' is not a run id (letters, digits, '.', '_' and '-', up to "
                                       "128); `fab runs` lists them.\n"),
     (("train.watch", "--run", ""), {}, "Error: Name the run to watch: fab train.watch RUN (fab runs lists them).\n"),
