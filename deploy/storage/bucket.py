@@ -312,7 +312,7 @@ class Storage:
                     f"and, for your provider, {self.fix('AWS_DEFAULT_REGION')}.")
             if code in ("AccessDenied", "403", "Forbidden"):
                 return StorageError(f"Access denied to {where}" + (f" for {key}" if key else "") +
-                                    "; check the key's permissions (see the IAM policy in README.md).")
+                                    "; check the key's permissions (docs/s3.md has the minimal IAM policy).")
             if code in ("NoSuchKey", "404", "NotFound"):
                 return StorageError(f"No object {self.url(key or '')} in {where}.")
             message = str(exc.response.get("Error", {}).get("Message") or "").strip().rstrip(".")

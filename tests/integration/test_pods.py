@@ -176,12 +176,15 @@ def one_sentence(result) -> str:
 
 def test_missing_api_key(runpod_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RUNPOD_API_KEY")
-    assert one_sentence(fab("pods")).startswith("Error: RUNPOD_API_KEY is not set; create a key in RunPod's console")
+    assert one_sentence(fab("pods")).startswith("Error: Missing settings: RUNPOD_API_KEY (no .env file at .env); set "
+                                                "them in the .env file, the environment or with flags (RUNPOD_API_KEY: "
+                                                "create one in RunPod's console under Settings > API Keys).")
 
 
 def test_wrong_api_key_is_refused_without_showing_it(runpod_env: dict[str, str]) -> None:
     message = one_sentence(fab("pods.gpus", RUNPOD_API_KEY="rp-wrong-key-123"))
-    assert message.startswith("Error: RunPod refused RUNPOD_API_KEY (401 from http://127.0.0.1:")
+    assert message.startswith("Error: RunPod refused the API key (401 from http://127.0.0.1:")
+    assert message.endswith("; check RUNPOD_API_KEY (from the environment) in RunPod's console under Settings > API Keys.")
     assert "rp-wrong-key-123" not in message
 
 
