@@ -73,7 +73,7 @@ def _host_has_tensorboard(spec, settings) -> bool:
 def _tunnel(spec, settings, port: int) -> None:
     """The tunnel's ssh is watched: the address is printed once it is up, and its failure is the task's."""
     from deploy.errors import HostError
-    from deploy.hosts.session import Session
+    from deploy.hosts.session import Session, answers_http
     from deploy.hosts.ssh import ssh_command
     from deploy.ledger.board import tunnel_args
 
@@ -81,14 +81,18 @@ def _tunnel(spec, settings, port: int) -> None:
     with Session(ssh_command(spec, opts), tunnel_args(f"{spec.user}@{spec.host}", spec.workdir(settings.remote_dir),
                                                       port), spec, opts) as session:
         session.start()
-        try:
-            session.wait_connected(local_port=port, timeout=3 * opts.connect_timeout)
+        try:  # the address is said once TensorBoard answers through the tunnel, never before
+            session.wait_ready(answers_http(port), "TensorBoard", timeout=TENSORBOARD_START)
             print(f"TensorBoard on http://127.0.0.1:{port}/ through {spec} (Ctrl-C stops it)", flush=True)
             code = session.wait()
         except KeyboardInterrupt:
             return  # Ctrl-C is how it ends
         if code != 0:
             raise HostError(f"TensorBoard through the tunnel to {spec} ended with exit {code}; what it said is above.")
+
+
+TENSORBOARD_START = 120.0
+"""Seconds TensorBoard on a host may take to answer (it imports a lot on a cold machine)."""
 
 
 def _serve_from_bucket(storage, run: str, port: int, every: float) -> None:

@@ -14,13 +14,13 @@ Example::
 
 from __future__ import annotations
 
+import http.client
 import shlex
 import signal
-import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from deploy.errors import HostError
@@ -66,7 +66,8 @@ class Session:
         self._folder = tempfile.TemporaryDirectory(prefix="gpu-deploy-ssh-")
         self.marker = Path(self._folder.name) / "connected"
         self.log = Path(self._folder.name) / "ssh.log"
-        self.argv = [*ssh, "-E", str(self.log), "-o", "PermitLocalCommand=yes",
+        # LogLevel=ERROR: ssh's own notices ("Connection to ... closed.") stay off the user's terminal too.
+        self.argv = [*ssh, "-E", str(self.log), "-o", "LogLevel=ERROR", "-o", "PermitLocalCommand=yes",
                      "-o", f"LocalCommand=touch {shlex.quote(str(self.marker))}", *args]
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -95,21 +96,21 @@ class Session:
         """Start in the background (a tunnel)."""
         self.proc = subprocess.Popen(self.argv)
 
-    def wait_connected(self, local_port: int | None = None, timeout: float = 30.0) -> None:
-        """Until ssh has logged in (and listens on ``local_port``, for a tunnel); a HostError when ssh ends first."""
+    def wait_ready(self, ready: Callable[[], bool], what: str, timeout: float) -> None:
+        """Until ssh has logged in and ``ready()`` (what it carries answers); a HostError when ssh ends first
+        (ssh's own failure when it never connected) or ``timeout`` passes."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                self._status(self.proc.returncode)
-                raise HostError(f"ssh to {self.spec} ended at once (exit {self.proc.returncode}) before the tunnel was "
-                                "up; its output is above.")
-            if self.connected and (local_port is None or _listens(local_port)):
+                code = self._status(self.proc.returncode)
+                raise HostError(f"{what} on {self.spec} did not start: ssh ended with exit {code}; what the host said "
+                                "is above.")
+            if self.connected and ready():
                 return
-            time.sleep(0.1)
+            time.sleep(0.2)
         self.stop()
-        raise HostError(f"ssh to {self.spec} did not set up the tunnel within {timeout:g} s; "
-                        f"check {self.spec.fix()}.")
+        raise HostError(f"{what} on {self.spec} did not answer through the tunnel within {timeout:g} s.")
 
     def wait(self) -> int:
         """The background session's status once it ends (a HostError if it never connected)."""
@@ -141,12 +142,21 @@ class Session:
         self.close()
 
 
-def _listens(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
+def answers_http(port: int) -> Callable[[], bool]:
+    """Whether an HTTP server answers on this machine's ``port`` (through a tunnel: the one on the host)."""
+
+    def ready() -> bool:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            connection.request("HEAD", "/")
+            connection.getresponse()
+        except (OSError, http.client.HTTPException):
+            return False  # no listener yet, or ssh closed the forward: nothing listens on the host's side yet
+        finally:
+            connection.close()
+        return True
+
+    return ready
 
 
 def remote_shell(spec: HostSpec, workdir: str) -> list[str]:
