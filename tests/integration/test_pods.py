@@ -184,7 +184,8 @@ def test_missing_api_key(runpod_env: dict[str, str], monkeypatch: pytest.MonkeyP
 def test_wrong_api_key_is_refused_without_showing_it(runpod_env: dict[str, str]) -> None:
     message = one_sentence(fab("pods.gpus", RUNPOD_API_KEY="rp-wrong-key-123"))
     assert message.startswith("Error: RunPod refused the API key (401 from http://127.0.0.1:")
-    assert message.endswith("; check RUNPOD_API_KEY (from the environment) in RunPod's console under Settings > API Keys.")
+    assert message.endswith("; check RUNPOD_API_KEY (from the environment) in RunPod's console under Settings > "
+                            "API Keys.")
     assert "rp-wrong-key-123" not in message
 
 
