@@ -49,10 +49,12 @@ def _tuning(results, timeout, api_every, ssh_every) -> dict:
 def _checked(settings, dry_run: bool):
     """RunPod's API and the bucket, asked at once before anything else (REQUIRED names every missing key)."""
     from deploy.pods.api import PodApi
+    from deploy.pods.plan import read_public_key
     from deploy.storage import Storage
     from deploy.watch.managed import REQUIRED
 
     settings.require(*REQUIRED)
+    read_public_key(settings.pod_public_key, settings.runpod_ssh_key)  # a local check, before the network
     api = PodApi.from_settings(settings)
     storage = Storage.from_settings(settings, interactive=True)
     return api, reach(settings, storage=storage, api=api, collect=dry_run)

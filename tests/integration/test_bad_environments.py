@@ -215,3 +215,19 @@ def test_fab_debug_runs_against_a_working_bucket_print_no_credential(s3_env: dic
         assert result.returncode == 0, text[-3000:]
         assert "botocore" in text and "Authorization" in text  # the debug output is there, and is about requests
         assert KEY_ID not in text and SECRET not in text, f"fab --debug {' '.join(args)} printed a credential"
+
+
+SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your '
+             b'request rate.</Message><RequestId>TEST</RequestId></Error>')
+
+
+def test_retries_are_said_on_stderr_and_stop_at_the_deadline(s3_env: dict[str, str], tmp_path: Path) -> None:
+    """A store that keeps answering 503 SlowDown: each retry is a line, then one sentence, in seconds."""
+    with Answering(503, SLOW_DOWN, "application/xml") as busy:
+        result = run_fab("s3.checkpoints", env={**s3_env, "AWS_ENDPOINT_URL": busy.url, "ENV_FILE": ""}, cwd=tmp_path,
+                         timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith("S3 answered 503 SlowDown; retry 1 of 9 in "), result.stderr
+    assert all(re.match(r"S3 answered 503 SlowDown; retry \d of 9 in [\d.]+ s$", line) for line in lines[:-1])
+    assert lines[-1].startswith(f"Error: S3 error SlowDown on bucket '{s3_env['S3_BUCKET']}' at {busy.url}"), lines[-1]
