@@ -1,6 +1,6 @@
 """SSH hosts: connecting (ssh), running a command or writing a file there (remote), rsync (rsync), what a
 host has (probe), its .env (envfile), dataset staging (dataset), results back (results), a bucket key
-or a name a host sent as a path (paths).
+or a name a host sent as a path (paths), the ssh sessions fab starts for the user: a shell, a tunnel (session).
 
 ``from deploy.hosts import HostSpec, connect`` is the documented entry point.
 """

@@ -1,5 +1,6 @@
-"""The bucket: client and verified transfers (bucket), directory sync (sync, cache), checkpoints, permissions,
-small JSON objects with conditional writes (objects) and what the store promises about them (conditions).
+"""The bucket: client and verified transfers (bucket), how long a call may take and its retries (retry), directory
+sync (sync, cache), checkpoints, permissions, small JSON objects with conditional writes (objects) and what the
+store promises about them (conditions).
 
 ``from deploy.storage import Storage`` is the documented entry point.
 """
