@@ -14,6 +14,7 @@ from typing import Any
 from deploy.errors import ImageError
 from deploy.images.archive import IterReader
 from deploy.images.ref import ImageProgress, ImageRef
+from deploy.reach import causes, why
 from deploy.storage.bucket import MB
 
 SAVE_CHUNK = MB
@@ -30,8 +31,17 @@ def docker_client(timeout: int = 900) -> Any:
         return client
     except Exception as exc:  # noqa: BLE001 - the SDK raises several kinds for "not reachable"
         raise ImageError(
-            f"Cannot reach the Docker engine ({exc.__class__.__name__}: {str(exc)[:160]}); check that it "
-            "runs with `docker info` (and DOCKER_HOST if you use a remote engine).") from exc
+            f"Cannot reach the Docker engine: {_engine_words(exc)}; check that it runs with `docker info` (and "
+            "DOCKER_HOST if you use a remote engine).") from exc
+
+
+def _engine_words(exc: BaseException) -> str:
+    """What a failed talk with the engine means, without the SDK's class names."""
+    if any(isinstance(e, (FileNotFoundError, ConnectionRefusedError)) for e in causes(exc)):
+        return "nothing answers at its socket"
+    if any(isinstance(e, PermissionError) for e in causes(exc)):
+        return "this user may not use its socket (the docker group?)"
+    return why(exc)
 
 
 def inspect_local(client: Any, ref: ImageRef) -> dict[str, Any]:
@@ -45,7 +55,7 @@ def inspect_local(client: Any, ref: ImageRef) -> dict[str, Any]:
     except docker.errors.APIError as exc:
         raise ImageError(f"The Docker engine refused to inspect {ref}: {exc.explanation or exc}") from exc
     except Exception as exc:  # noqa: BLE001 - connection errors
-        raise ImageError(f"Cannot reach the Docker engine ({exc.__class__.__name__}); check it with `docker info`.") \
+        raise ImageError(f"Cannot reach the Docker engine: {_engine_words(exc)}; check it with `docker info`.") \
             from exc
 
 

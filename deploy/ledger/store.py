@@ -269,8 +269,9 @@ def _model(data: Any, what: str) -> tuple[Any, str | None]:
             made = Event.from_dict(data)
         else:
             made = Heartbeat.from_dict(data)
-    except (TypeError, ValueError, AttributeError, OverflowError) as exc:  # a shape check missed it
-        return None, f"could not be read as {'an' if what[0] in 'aeiou' else 'a'} {what} ({exc.__class__.__name__})"
+    except (TypeError, ValueError, AttributeError, OverflowError):  # a shape check missed it
+        article = "an" if what[0] in "aeiou" else "a"
+        return None, f"could not be read as {article} {what} (a field of the wrong type or out of range)"
     if made is None:
         return None, f"is not {'an' if what[0] in 'aeiou' else 'a'} {what}: it has no time" + \
             (" or no kind" if what == "event" else "")
