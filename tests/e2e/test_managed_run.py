@@ -29,12 +29,17 @@ from deploy.storage.checkpoints import latest_checkpoint, list_checkpoints
 from deploy.watch.record import StateStore
 from tests.harness.fab import FAB, REPO, run_fab
 from tests.harness.managed import MAX_STEPS, TRAIN_COMMAND, storage_for
-from tests.harness.managed import managed_plane as control_plane  # noqa: F401 - fixture
-from tests.harness.managed import operator  # noqa: F401 - fixture
+from tests.harness.managed import managed_plane, operator  # noqa: F401 - fixtures
 from tests.harness.runpod import pod_image  # noqa: F401 - fixture
 from tests.harness.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
+
+
+@pytest.fixture
+def control_plane(managed_plane: RunPodServer) -> RunPodServer:
+    """The plane the operator's settings point at (the operator fixture asks for it as managed_plane)."""
+    return managed_plane
 
 
 def test_train_dry_run_prints_the_plan_and_creates_nothing(operator, control_plane: RunPodServer) -> None:
