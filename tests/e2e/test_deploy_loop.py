@@ -154,23 +154,27 @@ def test_deploy_refuses_bad_input_with_one_sentence(workspace, tmp_path: Path) -
     assert result.returncode == 1 and "push it first" in result.stderr
 
 
-def test_deploy_to_two_hosts_at_once(workspace, ssh_server, tmp_path: Path, ssh_connection) -> None:
+def test_one_run_on_two_hosts_is_refused_and_two_runs_deploy_side_by_side(
+        workspace, ssh_server, tmp_path: Path, ssh_connection) -> None:
+    """One run deployed to two hosts without NUM_NODES would be two writers of its checkpoints: refused in one
+    sentence. Two runs (each host its own RUN_ID) deploy side by side; a task over both hosts reports each."""
     operator, remote_dir, values = workspace
     second = SshServer(tmp_path / "sshd2").start()
     try:
         # both "hosts" accept the operator's one key
         (second.workdir / "authorized_keys").write_text(Path(f"{ssh_server.client_key}.pub").read_text())
-        hosts = f"127.0.0.1:{ssh_server.port}{remote_dir}-a,127.0.0.1:{second.port}{remote_dir}-b"
-        result = run_fab("deploy-runpod", f"--hosts={hosts}", cwd=operator)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        assert result.stdout.count("training is running") == 2
+        one, two = f"127.0.0.1:{ssh_server.port}{remote_dir}-a", f"127.0.0.1:{second.port}{remote_dir}-b"
+        refused = run_fab("deploy-runpod", f"--hosts={one},{two}", cwd=operator)
+        assert refused.returncode == 1 and "would be 2 writers of one run's checkpoints" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        for host, run_id in ((one, "two-hosts-a"), (two, "two-hosts-b")):
+            result = run_fab("deploy-runpod", f"--hosts={host}", cwd=operator, env={"RUN_ID": run_id})
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            assert "training is running" in result.stdout
 
-        broken = f"{hosts},127.0.0.1:1"
-        result = run_fab("deploy-runpod", f"--hosts={broken}", cwd=operator)
-        assert result.returncode == 1
-        assert result.stdout.count("nothing to do") == 2 and "127.0.0.1:1: failed" in result.stdout
-        assert "1 of 3 hosts failed" in result.stderr
-        run_fab("stop", f"--hosts={hosts}", cwd=operator)
+        status = run_fab("status", f"--hosts={one},{two}", cwd=operator)
+        assert status.returncode == 0 and status.stdout.count("service ") == 2, status.stdout + status.stderr
+        run_fab("stop", f"--hosts={one},{two}", cwd=operator)
     finally:
         second.stop()
         for suffix in ("-a", "-b"):
