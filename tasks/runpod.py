@@ -137,6 +137,8 @@ def deploy_runpod(c, run=None, image=None, dataset=None, nodes=None, runtime=Non
     settings.require("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET", also=missing_hosts(c, settings, hosts))
     named = hosts is not None or bool(settings.runpod_host) or hasattr(c, "host")
     specs = targets(c, settings, hosts) if named else None  # hosts named by hand: checked before the network
+    for spec in specs or ():  # .env and code travel over SFTP: a local check, before any connection
+        require_sftp(spec)
     storage = Storage.from_settings(settings, interactive=True)
     gaps = reach(settings, storage=storage, hosts=specs or (), collect=dry_run)
     if gaps:
@@ -144,6 +146,8 @@ def deploy_runpod(c, run=None, image=None, dataset=None, nodes=None, runtime=Non
     run_id, new = resolve_run_id(storage, settings, save=not dry_run)
     if specs is None:  # this run's pods (pods.json); names RUNPOD_HOST when there is none
         specs = targets(c, settings, hosts, run=run_id, single=settings.num_nodes == 1)
+        for spec in specs:
+            require_sftp(spec)
         gaps = reach(settings, hosts=specs, collect=dry_run)
         if gaps:
             _unchecked_deploy(settings, specs, gaps, run_id)

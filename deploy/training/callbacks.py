@@ -36,6 +36,7 @@ Attach them to any LightningCLI with no code change (settings come from the envi
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,29 @@ __all__ = ["DEFAULT_FLUSH_TIMEOUT", "STAGING_DIR", "S3CheckpointSync", "S3LogSyn
 
 STOP_CHECKPOINT = "stop-epoch={epoch}-step={step}.ckpt"
 """The name of the checkpoint a graceful stop saves (``step=N`` in it, as in Lightning's names)."""
+
+
+_GROUP_END_REGISTERED = False
+
+
+def _end_process_group_at_exit() -> None:
+    """Destroy the process group while the interpreter is whole (Lightning does so only for NCCL).
+
+    Without it a gloo rank that stopped early can abort at exit ("terminate called without an active
+    exception", exit 134) when its worker threads outlive the interpreter's teardown.
+    """
+    global _GROUP_END_REGISTERED
+    import torch.distributed as dist
+
+    if _GROUP_END_REGISTERED or not (dist.is_available() and dist.is_initialized()):
+        return
+    _GROUP_END_REGISTERED = True
+
+    def end() -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    atexit.register(end)
 
 
 class S3CheckpointSync(SyncCallback):
@@ -102,6 +126,7 @@ class S3CheckpointSync(SyncCallback):
         self.saved_on_stop = None
         self.superseded = False
         self._fenced = attempt_from_environment() is not None  # the same on every rank
+        _end_process_group_at_exit()
         if not self._start(trainer):
             return
         self._undo = install_checkpoint_io(
