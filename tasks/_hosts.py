@@ -52,6 +52,16 @@ def targets(c: Any, settings: Settings, hosts: str | None, run: str | None = Non
     return hosts_from(settings, hosts, origin=HOSTS_FLAG if hosts else "")
 
 
+def on_reachable_hosts(specs: list[HostSpec], gaps: list[Any], work: Any) -> list[Outcome]:
+    """``work`` on every host that answered the reach check, in parallel; a host that did not is an outcome
+    with its sentence, in the order the hosts were named (so the others' results still show)."""
+    from deploy.hosts import for_each_host
+
+    dead = {g.what: g.error for g in gaps if g.kind == "host"}
+    done = {str(o.spec): o for o in for_each_host([s for s in specs if f"the host {s}" not in dead], work)}
+    return [done.get(str(s)) or Outcome(s, error=dead[f"the host {s}"]) for s in specs]
+
+
 def raise_if_failed(outcomes: list[Outcome]) -> None:
     """After every host's result was shown: fail naming each host that failed."""
     failed = [o for o in outcomes if o.error is not None]

@@ -15,9 +15,8 @@ from deploy.hosts.results import plan_pull, pull, remote_path
 from deploy.hosts.ssh import ssh_command
 from tasks._boundary import BUCKET_FLAGS, DRY_RUN_HELP, JSON_HELP, RUN_HELP, boundary, settings_from_flags
 from tasks._flags import duration, duration_help, run_arg, whole
-from tasks._hosts import HOSTS_HELP, missing_hosts, options, raise_if_failed, targets
+from tasks._hosts import HOSTS_HELP, missing_hosts, on_reachable_hosts, options, raise_if_failed, targets
 from tasks._reach import reach, unchecked
-from deploy.reach import raise_gaps
 
 
 def _host_settings(c, hosts, env_file, bucket, prefix, run=None):
@@ -224,7 +223,6 @@ def status(c, json=False, tail=None, hosts=None, env_file=None, bucket=None, pre
     opts = options(settings)
     storage = _optional_bucket(settings)
     gaps = reach(settings, storage=storage, hosts=specs, collect=True)
-    raise_gaps([g for g in gaps if g.kind == "host"])
     bucket_gap = next((g for g in gaps if g.kind == "bucket"), None)  # the hosts are shown; the bucket is the error
     storage = None if bucket_gap else storage
 
@@ -232,7 +230,7 @@ def status(c, json=False, tail=None, hosts=None, env_file=None, bucket=None, pre
         with connect(spec, opts) as conn:
             return run_status(conn, str(spec), spec.workdir(settings.remote_dir), storage, tail=lines)
 
-    outcomes = for_each_host(specs, work)
+    outcomes = on_reachable_hosts(specs, gaps, work)  # every host that answers is shown, then the failures
     if json:
         print(jsonlib.dumps([o.result.to_dict() if o.result else {"host": str(o.spec), "error": str(o.error)}
                              for o in outcomes], indent=2, default=str))
@@ -281,8 +279,8 @@ def stop(c, timeout=None, dry_run=False, hosts=None, env_file=None, bucket=None,
     seconds = int(duration("120s" if timeout is None else timeout, "--timeout", minimum=1))
     settings, specs = _host_settings(c, hosts, env_file, bucket, prefix)
     opts = options(settings)
-    gaps = reach(settings, hosts=specs, collect=dry_run)  # the bucket only records the stop: best effort
-    if gaps:
+    gaps = reach(settings, hosts=specs, collect=True)  # the bucket only records the stop: best effort
+    if gaps and dry_run:
         print(f"would stop the training on {', '.join(map(str, specs))} (SIGTERM, up to {seconds} s to flush)")
         unchecked(gaps)
 
@@ -291,7 +289,7 @@ def stop(c, timeout=None, dry_run=False, hosts=None, env_file=None, bucket=None,
             act = plan_stop if dry_run else stop_run
             return act(conn, spec.workdir(settings.remote_dir), seconds)
 
-    outcomes = for_each_host(specs, work)
+    outcomes = on_reachable_hosts(specs, gaps, work)  # a dead host does not keep the others training
     for o in outcomes:
         if o.error is None:
             print(f"{o.spec}: {o.result}")

@@ -142,3 +142,17 @@ def test_logs_follow_streams_new_lines_clean_as_they_come(ssh_server, hostile_ho
     with open(hostile_host / "train.log", "a") as log:  # the host's tail notices its reader is gone on a write
         log.write("after\n")
     wait_until(lambda: not pids_with(str(hostile_host / "train.log")), 30, "the host's tail -F to end")
+
+
+def test_status_on_several_hosts_shows_every_host_that_answers_then_names_the_one_that_did_not(
+        ssh_server, hostile_host: Path, tmp_path: Path) -> None:
+    from deploy.dev.embedded import free_port
+
+    closed = free_port()  # nothing listens there
+    good = f"{ssh_server.user}@127.0.0.1:{ssh_server.port}"
+    shown = run("status", f"--hosts={good},{ssh_server.user}@127.0.0.1:{closed}",
+                env=fab_env(ssh_server, hostile_host), cwd=tmp_path)
+    assert shown.returncode == 1 and "Traceback" not in shown.stderr
+    assert any(line.startswith("service     running1m") for line in shown.stdout.splitlines()), shown.stdout
+    [sentence] = shown.stderr.strip().splitlines()
+    assert sentence.startswith(f"Error: 1 of 2 hosts failed: {ssh_server.user}@127.0.0.1:{closed}: "), sentence
