@@ -30,9 +30,8 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
+from deploy.ledger.model import HEARTBEAT_FILE  # one path: the operator's readers use it too
 from deploy.training.ledger import TrainingLedger, iso_now
-
-HEARTBEAT_FILE = os.path.join("lightning_logs", "heartbeat.json")
 
 
 def write_file_atomic(path: str, data: dict[str, Any]) -> None:
