@@ -63,6 +63,7 @@ sys.path.insert(0, str(REPO))
 
 import docker  # noqa: E402
 
+from deploy.dev.waiting import wait_until  # noqa: E402
 from deploy.settings import load_settings  # noqa: E402
 from deploy.storage import Storage  # noqa: E402
 from deploy.storage.checkpoints import CheckpointInfo, list_checkpoints  # noqa: E402
@@ -249,13 +250,7 @@ def write_env(folder: Path, values: dict[str, str]) -> None:
 
 
 def poll(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.25) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return wait_until(predicate, timeout, what, interval=interval)
 
 
 def sha256(path: Path) -> str:

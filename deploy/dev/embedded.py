@@ -12,10 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from deploy.dev.waiting import wait_until
 
 SSHD = "/usr/sbin/sshd"
 
@@ -28,19 +29,8 @@ def free_port() -> int:
 
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None,
              log: Path | None = None) -> None:
-    """Poll ``predicate`` until it is true; fail naming ``what`` (and the end of its log)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            out = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
-            raise RuntimeError(f"{what} exited with {proc.returncode}: {out}")
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} was not ready after {timeout:.0f} s")
+    """Poll ``predicate`` until it is true (an ``OSError`` means not yet); fail naming ``what``."""
+    wait_until(predicate, timeout, what, interval=0.1, proc=proc, log=log, ignore=(OSError,))
 
 
 def _ssh_banner(port: int) -> bool:

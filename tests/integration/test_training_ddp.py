@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("lightning")
 
 from tests.harness.servers import free_port  # noqa: E402
-from tests.integration.training_runs import demo_fit, finish, local_checkpoints, output, start, storage_for  # noqa: E402
+from tests.harness.training_runs import demo_fit, finish, local_checkpoints, output, start, storage_for  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("lightning")
 
 from tests.harness.servers import S3Server  # noqa: E402
-from tests.integration.training_runs import (  # noqa: E402
+from tests.harness.training_runs import (  # noqa: E402
     demo_fit,
     finish,
     local_checkpoints,

@@ -12,7 +12,7 @@ import yaml
 
 from deploy.training.callbacks import DEFAULT_FLUSH_TIMEOUT
 from tests.conftest import need
-from tests.integration.training_runs import REPO, local_checkpoints, object_sha256, sha256_file, storage_for
+from tests.harness.training_runs import REPO, local_checkpoints, object_sha256, sha256_file, storage_for
 
 pytestmark = pytest.mark.docker
 COMPOSE_FILES = ("docker-compose.runpod.yml", "docker-compose.train.yml", "docker-compose.gpu.yml")

@@ -32,7 +32,7 @@ pytest.importorskip("lightning")
 from deploy.storage import Storage  # noqa: E402
 from deploy.training.lease import ATTEMPT_FILE, Lease, LeaseLost, attempt_document, claim, grant, read_lease  # noqa: E402
 from tests.harness.pod import pids_in  # noqa: E402
-from tests.integration.training_runs import (  # noqa: E402
+from tests.harness.training_runs import (  # noqa: E402
     RECORDER,
     REPO,
     demo_fit,

@@ -13,7 +13,7 @@ pytest.importorskip("lightning")
 
 from deploy.training.resume import resolve_checkpoint  # noqa: E402
 from deploy.storage.checkpoints import parse_checkpoint_name  # noqa: E402
-from tests.integration.training_runs import (  # noqa: E402
+from tests.harness.training_runs import (  # noqa: E402
     demo_fit,
     finish,
     local_checkpoints,

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("lightning")
 
 from tests.harness.servers import S3Server, free_port  # noqa: E402
-from tests.integration.training_runs import (  # noqa: E402
+from tests.harness.training_runs import (  # noqa: E402
     RECORDER,
     demo_fit,
     finish,

@@ -7,18 +7,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from lightning.pytorch import Callback
 
+from deploy.dev import waiting
 from deploy.settings import load_settings
 from deploy.storage import Storage
 from deploy.storage.checkpoints import CheckpointInfo, list_checkpoints
 
 REPO = Path(__file__).resolve().parents[2]
-RECORDER = "tests.integration.training_runs.StepRecorder"
+RECORDER = "tests.harness.training_runs.StepRecorder"
 
 
 class StepRecorder(Callback):
@@ -66,15 +66,8 @@ def output(cwd: Path, log_name: str = "run.log") -> str:
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str,
                proc: subprocess.Popen | None = None, cwd: Path | None = None) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the run exited ({proc.returncode}) before {what}:\n{output(cwd)[-3000:] if cwd else ''}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}:\n{output(cwd)[-3000:] if cwd else ''}")
+    """The one poll (:mod:`deploy.dev.waiting`), failing with the end of the run's log in ``cwd``."""
+    return waiting.wait_until(predicate, timeout, what, proc=proc, log=cwd / "run.log" if cwd else None)
 
 
 def finish(proc: subprocess.Popen, timeout: float, cwd: Path) -> int:
