@@ -117,7 +117,7 @@ def deploy_runpod(c, run=None, image=None, dataset=None, nodes=None, runtime=Non
     """Deploy the training to the GPU host(s): probe, provision, ship .env, image or code, start."""
     from deploy.flow.group import deploy_group
     from deploy.flow.rollout import Rollout, deploy_hosts
-    from deploy.flow.sources import bucket_images, build_and_push, resolve_image, stage_local_dataset
+    from deploy.flow.sources import build_and_push, gather_sources
     from deploy.ledger.identity import resolve_run_id
     from deploy.ledger.runs import open_run
     from deploy.storage import Storage
@@ -156,21 +156,13 @@ def deploy_runpod(c, run=None, image=None, dataset=None, nodes=None, runtime=Non
                           "each host with its own RUN_ID.")
     if build:
         build_and_push(settings, storage, dry_run=dry_run, log=print)
-    images = bucket_images(storage, settings, log=print)  # says when the bucket's image is stale
-    image_id, image_bytes, image_problem = resolve_image(images, settings.image, settings.runtime)
-    dataset_name = settings.dataset
-    if dataset_name and os.path.isdir(dataset_name):
-        dataset_name, what = stage_local_dataset(storage, dataset_name, dry_run=dry_run)
-        print(f"dataset   {what}")
-    ledger, which = open_run(storage, settings, image=settings.image, image_id=image_id, dry_run=dry_run,
+    sources = gather_sources(storage, settings, dry_run=dry_run, log=print)  # says when the image is stale
+    images = sources.images
+    ledger, which = open_run(storage, settings, image=settings.image, image_id=sources.image_id, dry_run=dry_run,
                              resolved=(run_id, new))
     print(which)
-    rollout = Rollout(image_ref=settings.image, image_id=image_id, image_bytes=image_bytes,
-                      remote_dir=settings.remote_dir, data_dir=settings.data_dir, dataset=dataset_name,
-                      restart=restart, wait=seconds, num_nodes=settings.num_nodes,
-                      master_addr=settings.master_addr or specs[0].host, master_port=settings.master_port,
-                      runtime=settings.runtime, native_python=settings.native_python, image_problem=image_problem,
-                      run_id=ledger.run_id)
+    rollout = Rollout.from_settings(settings, sources, run_id=ledger.run_id, restart=restart, wait=seconds,
+                                    master_addr=specs[0].host)
     if settings.num_nodes > 1:
         outcomes = deploy_group(specs, rollout, settings, options(settings), storage, images, dry_run=dry_run, log=print)
         for o in outcomes:
@@ -284,16 +276,18 @@ def stop(c, timeout=None, dry_run=False, hosts=None, env_file=None, bucket=None,
         print(f"would stop the training on {', '.join(map(str, specs))} (SIGTERM, up to {seconds} s to flush)")
         unchecked(gaps)
 
+    storage = _optional_bucket(settings)  # a stop that saved nothing names the newest checkpoint in S3
+
     def work(spec):
         with connect(spec, opts) as conn:
-            act = plan_stop if dry_run else stop_run
-            return act(conn, spec.workdir(settings.remote_dir), seconds)
+            if dry_run:
+                return plan_stop(conn, spec.workdir(settings.remote_dir), seconds)
+            return stop_run(conn, spec.workdir(settings.remote_dir), seconds, storage)
 
     outcomes = on_reachable_hosts(specs, gaps, work)  # a dead host does not keep the others training
     for o in outcomes:
         if o.error is None:
             print(f"{o.spec}: {o.result}")
-    storage = _optional_bucket(settings)
     if dry_run:
         print("Dry run: nothing was stopped.")
     elif storage is not None:

@@ -65,6 +65,18 @@ class Rollout:
     image_problem: str | None = None  # the image is missing from the bucket: a problem for compose hosts only
     run_id: str = ""  # the run ledger's run (deploy.ledger): the host's .env gets RUN_ID and RUN_HOST
 
+    @classmethod
+    def from_settings(cls, settings: Settings, sources: Any, *, run_id: str, restart: bool = False,
+                      wait: float = 300.0, master_addr: str | None = None, num_nodes: int | None = None) -> Rollout:
+        """The rollout ``deploy-runpod`` and the managed run's watcher both make: settings, the image and
+        dataset from :func:`deploy.flow.sources.gather_sources`, the run and how to (re)start."""
+        return cls(image_ref=settings.image, image_id=sources.image_id, image_bytes=sources.image_bytes,
+                   remote_dir=settings.remote_dir, data_dir=settings.data_dir, dataset=sources.dataset,
+                   restart=restart, wait=wait, num_nodes=num_nodes or settings.num_nodes,
+                   master_addr=settings.master_addr or master_addr, master_port=settings.master_port,
+                   runtime=settings.runtime, native_python=settings.native_python,
+                   image_problem=sources.image_problem, run_id=run_id)
+
     def data_dir_for(self, spec: HostSpec) -> str:
         return self.data_dir or f"{spec.workdir(self.remote_dir)}/data"
 

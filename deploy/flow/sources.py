@@ -8,6 +8,7 @@ command, or (``--build``) builds and pushes it first.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from deploy.errors import HostError
@@ -108,3 +109,27 @@ def stage_local_dataset(storage: Storage, folder: str, dry_run: bool = False) ->
     if dry_run:
         return name, plan.headline()
     return name, execute_sync(storage, plan, cache=cache).summary()
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What a deploy takes from the bucket: the image's id and size (or why compose hosts cannot have it)
+    and the dataset's name under ``datasets/``."""
+
+    images: BucketImages
+    image_id: str
+    image_bytes: int
+    image_problem: str | None
+    dataset: str | None
+
+
+def gather_sources(storage: Storage, settings: Any, dry_run: bool = False, log: Log = print) -> Sources:
+    """The image a deploy runs and its dataset, for ``deploy-runpod`` and the managed run's watcher alike: the
+    image looked up in the bucket (saying when it is stale), a local dataset folder uploaded first."""
+    images = bucket_images(storage, settings, log=log)
+    image_id, image_bytes, problem = resolve_image(images, settings.image, settings.runtime)
+    dataset = settings.dataset
+    if dataset and os.path.isdir(dataset):
+        dataset, what = stage_local_dataset(storage, dataset, dry_run=dry_run)
+        log(f"dataset   {what}")
+    return Sources(images, image_id, image_bytes, problem, dataset or None)

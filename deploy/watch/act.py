@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -198,21 +197,15 @@ class Hands:
     def deploy(self, host: str, run_id: str, restart: bool) -> str:
         """The deploy flow on ``host`` for ``run_id``; returns one line; raises a HostError when it failed."""
         from deploy.flow.rollout import Rollout, deploy_hosts
-        from deploy.flow.sources import bucket_images, resolve_image, stage_local_dataset
+        from deploy.flow.sources import gather_sources
 
         settings, spec = self.settings, self.spec(host)
         with host_errors("The deploy", host):
-            images = bucket_images(self.storage, settings, log=self.log)
-            image_id, image_bytes, problem = resolve_image(images, settings.image, settings.runtime)
-            dataset = settings.dataset
-            if dataset and os.path.isdir(dataset):
-                dataset, what = stage_local_dataset(self.storage, dataset)
-                self.log(f"dataset   {what}")
-            rollout = Rollout(image_ref=settings.image, image_id=image_id, image_bytes=image_bytes,
-                              remote_dir=settings.remote_dir, data_dir=settings.data_dir, dataset=dataset,
-                              restart=restart, runtime=settings.runtime, native_python=settings.native_python,
-                              image_problem=problem, run_id=run_id)
-            outcome = deploy_hosts([spec], rollout, settings, self.options, self.storage, images, log=self.log)[0]
+            sources = gather_sources(self.storage, settings, log=self.log)
+            # a managed run is one pod, whatever NUM_NODES says
+            rollout = Rollout.from_settings(settings, sources, run_id=run_id, restart=restart, num_nodes=1)
+            outcome = deploy_hosts([spec], rollout, settings, self.options, self.storage, sources.images,
+                                   log=self.log)[0]
         if outcome.error is not None:
             error = outcome.error
             raise error if isinstance(error, DeployError) else HostError(f"The deploy on {host} failed: {error}")
