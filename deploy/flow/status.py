@@ -21,7 +21,7 @@ from deploy.hosts.text import PrintableStream, printable
 from deploy.ledger.live import HEARTBEAT_FILE, clean_log_lines, heartbeat_of, progress_line, run_overview
 from deploy.ledger.model import Heartbeat
 from deploy.ledger.store import check_shape
-from deploy.runtimes.base import Look, Service, ServiceState
+from deploy.runtimes.base import STARTED_MARKER, Look, Service, ServiceState
 from deploy.storage import Storage
 from deploy.storage.checkpoints import latest_checkpoint
 
@@ -152,6 +152,7 @@ def _host_heartbeat(look: Look, notes: list[str]) -> tuple[Heartbeat | None, flo
 
 # The training side prints this once on rank zero after its SIGTERM save (deploy.training.stop.SAVED_ON_STOP).
 _SAVED = re.compile(r"gpu-deploy: saved step (\d+) on stop(?:, (.*))?")
+_ENTRYPOINT = "entrypoint: "  # every line the entrypoint prints (deploy.training.entrypoint) starts so
 
 
 def saved_on_stop(log_tail: str) -> tuple[int, str] | None:
@@ -161,6 +162,65 @@ def saved_on_stop(log_tail: str) -> tuple[int, str] | None:
         return None
     step, where = found[-1]
     return int(step), where.strip()
+
+
+def new_lines(before: str, after: str, anchor: int = 20) -> str:
+    """The lines ``after`` (a log tail read later) has beyond ``before`` (one read earlier); pure.
+
+    The last ``anchor`` lines of ``before`` are looked for in ``after``; what follows their last
+    place is new. Not found (the log moved on by more than a tail): all of ``after`` is new.
+    """
+    old, now = before.splitlines(), after.splitlines()
+    block = old[-anchor:]
+    if not block:
+        return after
+    for end in range(len(now), len(block) - 1, -1):
+        if now[end - len(block):end] == block:
+            return "\n".join(now[end:])
+    return after
+
+
+def training_launched(log_tail: str) -> bool | None:
+    """Whether the newest start in the log launched the training command: its last entrypoint line is
+    the launch (:data:`~deploy.runtimes.base.STARTED_MARKER`); a start still restoring from S3 has not.
+    None when the log has no entrypoint line at all."""
+    # Compose prefixes each line with the container's name ("train_1  | entrypoint: ...").
+    said = [line[line.index(_ENTRYPOINT):] for line in log_tail.splitlines() if _ENTRYPOINT in line]
+    return said[-1].startswith(STARTED_MARKER) if said else None
+
+
+def newest_in_s3(storage: Storage | None) -> str:
+    """The newest checkpoint in the bucket, in words for a stop's line; "" without a bucket."""
+    if storage is None:
+        return ""
+    try:
+        latest = latest_checkpoint(storage)
+    except DeployError as exc:
+        return f"S3 not checked: {exc}"
+    if latest is None:
+        return "there is no checkpoint in S3 yet: nothing was trained"
+    return f"the newest checkpoint in S3 is step {latest.step} ({latest.name})"
+
+
+def describe_stop(supervised: bool, before: str, after: str, newest: str = "") -> str:
+    """What a stop did, from the service's log before and after it; pure.
+
+    The training prints :data:`~deploy.training.stop.SAVED_ON_STOP` when it saved a step on SIGTERM:
+    only a line the stop itself added counts (an earlier stop's line may still be in the log). Without
+    one nothing new was saved: the start was still restoring from S3 (the training never launched),
+    or no step was saved on the stop; then ``newest`` (:func:`newest_in_s3`) says what the next start
+    resumes from.
+    """
+    what = "stopped" if supervised else "stopped a training whose supervisor was gone"
+    added = new_lines(before, after)
+    saved = saved_on_stop(added)
+    if saved is not None:
+        return f"{what}; saved step {saved[0]}" + (f" ({saved[1]})" if saved[1] else "")
+    if training_launched(after) is False:
+        what += " before the training started (it was restoring from S3); nothing new was saved"
+    else:
+        what += "; nothing new was saved (no step was saved on the stop)"
+    return f"{what}; {newest}" if newest else what
 
 
 def plan_stop(conn, remote_dir: str, timeout: int) -> str:
@@ -173,19 +233,18 @@ def plan_stop(conn, remote_dir: str, timeout: int) -> str:
             "uploads to flush, then the kill")
 
 
-def stop_run(conn, remote_dir: str, timeout: int) -> str:
-    """Stop the run in ``remote_dir`` gracefully and say what happened, with the step it saved."""
+def stop_run(conn, remote_dir: str, timeout: int, storage: Storage | None = None) -> str:
+    """Stop the run in ``remote_dir`` gracefully and say what happened: the step it saved, or that it saved
+    nothing and which checkpoint in ``storage`` the next start resumes from (:func:`describe_stop`)."""
     service, _ = service_on(conn, remote_dir)
     before = service.state(conn)
     if not (before.running or before.status == "orphaned"):  # orphaned: the supervisor was killed
         return "was not running"
-    earlier = saved_on_stop(service.logs(conn, tail=400))  # a line an earlier stop left in the same log
+    earlier = service.logs(conn, tail=400)
     service.stop(conn, timeout=timeout)
-    what = "stopped" if before.running else "stopped a training whose supervisor was gone"
-    saved = saved_on_stop(service.logs(conn, tail=400))
-    if saved is not None and saved != earlier:
-        what += f"; saved step {saved[0]}" + (f" ({saved[1]})" if saved[1] else "")
-    return what
+    after = service.logs(conn, tail=400)
+    saved = saved_on_stop(new_lines(earlier, after))
+    return describe_stop(before.running, earlier, after, "" if saved else newest_in_s3(storage))
 
 
 CHUNK = 32 * 1024
