@@ -8,7 +8,6 @@ line through :func:`deploy.hosts.text.printable`, and the log stream through its
 
 from __future__ import annotations
 
-import codecs
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -17,7 +16,8 @@ from typing import Any, TextIO
 from deploy.errors import DeployError
 from deploy.flow.choose import choose_runtime, runtimes
 from deploy.hosts.probe import Gpu, probe
-from deploy.hosts.text import PrintableStream, printable
+from deploy.hosts.remote import stream
+from deploy.hosts.text import printable
 from deploy.ledger.live import HEARTBEAT_FILE, clean_log_lines, heartbeat_of, progress_line, run_overview
 from deploy.ledger.model import Heartbeat
 from deploy.ledger.store import check_shape
@@ -247,27 +247,7 @@ def stop_run(conn, remote_dir: str, timeout: int, storage: Storage | None = None
     return describe_stop(before.running, earlier, after, "" if saved else newest_in_s3(storage))
 
 
-CHUNK = 32 * 1024
-
-
 def stream_logs(conn: Any, remote_dir: str, out: TextIO, tail: int = 100, follow: bool = False) -> int:
-    """Print the service's log to ``out`` as it arrives, through :class:`PrintableStream`; the command's exit code.
-
-    Not ``conn.run``: invoke keeps everything a command prints (and joins it all again for each new
-    chunk), which a ``--follow`` that runs for days cannot afford. Here a chunk is decoded (a character
-    split across two chunks stays whole), cleaned and printed, then dropped. stderr comes in the same
-    stream, where the host wrote it.
-    """
+    """Print the service's log to ``out`` as it arrives (:func:`deploy.hosts.remote.stream`); the command's exit code."""
     service, _ = service_on(conn, remote_dir)
-    channel = conn.create_session()
-    try:
-        channel.set_combine_stderr(True)
-        channel.exec_command(service.logs_command(tail=tail, follow=follow))
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        with PrintableStream(out) as stream:
-            while chunk := channel.recv(CHUNK):
-                stream.write(decoder.decode(chunk))
-            stream.write(decoder.decode(b"", final=True))
-        return channel.recv_exit_status()
-    finally:
-        channel.close()
+    return stream(conn, service.logs_command(tail=tail, follow=follow), out)

@@ -15,12 +15,13 @@ Example::
 
 from __future__ import annotations
 
+import codecs
 import posixpath
 import re
 import shlex
 from collections.abc import Sequence
 from importlib import resources
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
 from paramiko.sftp import CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_TRUNC, SFTP_FLAG_WRITE
 from paramiko.sftp_attr import SFTPAttributes
@@ -28,9 +29,9 @@ from paramiko.sftp_client import SFTPClient
 from paramiko.sftp_file import SFTPFile
 
 from deploy.errors import HostError
-from deploy.hosts.text import printable
+from deploy.hosts.text import PrintableStream, printable
 
-CHUNK = 32 * 1024  # paramiko's own SFTP write size
+CHUNK = 32 * 1024  # paramiko's own SFTP write size, and what a stream reads at once
 # Lines that name a cause, in the order a person would look for them.
 _CAUSE = re.compile(r"denied|unprotected|refused|not found|no such|cannot|can't|could not|error|failed|invalid|"
                     r"verification|timed out|no space|read-only", re.IGNORECASE)
@@ -83,6 +84,28 @@ def run(conn: Any, argv: Sequence[str], what: str, *, cwd: str | None = None, lo
     if result.ok or warn:
         return result
     raise HostError(failure(conn, what, result, log_file))
+
+
+def stream(conn: Any, line: str, out: TextIO) -> int:
+    """Run the shell ``line`` on ``conn``, its output (stderr in the same stream, where the host wrote it)
+    printed to ``out`` as it arrives through :class:`PrintableStream`; return its exit code.
+
+    Not ``conn.run``: invoke keeps everything a command prints (and joins it all again for each new
+    chunk), which a ``fab logs --follow`` that runs for days cannot afford. Here a chunk is decoded (a
+    character split across two chunks stays whole), cleaned and printed, then dropped.
+    """
+    channel = conn.create_session()
+    try:
+        channel.set_combine_stderr(True)
+        channel.exec_command(line)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        with PrintableStream(out) as printed:
+            while chunk := channel.recv(CHUNK):
+                printed.write(decoder.decode(chunk))
+            printed.write(decoder.decode(b"", final=True))
+        return channel.recv_exit_status()
+    finally:
+        channel.close()
 
 
 def failure(conn: Any, what: str, result: Any, log_file: str | None = None) -> str:

@@ -4,9 +4,10 @@ at a run, the result, the wait.
 A runtime is a strategy below the deploy flow (deploy.flow): it reads what a host has (``gather``,
 read-only), decides the steps (``plan``, pure: the unit tests check it), carries each step out (its
 ``handlers``, one callable per step name), names the service it runs (``service``: state, logs,
-start, stop, and a :class:`Look` at the run for the watcher and ``fab status``) and says what it can
-do (``multi_node``, ``needs_image``). The flow calls only the :class:`Runtime` protocol, so a new
-runtime (compose, native, later others) adds a module here and changes nothing above it but the chooser.
+start, stop, a :class:`Look` at the run for the watcher and ``fab status``, and a command line that
+runs where the training runs for ``fab build-ext``) and says what it can do (``multi_node``,
+``needs_image``). The flow calls only the :class:`Runtime` protocol, so a new runtime (compose, native,
+later others) adds a module here and changes nothing above it but the chooser.
 """
 
 from __future__ import annotations
@@ -195,6 +196,10 @@ class Service(Protocol):
     def logs(self, conn: Any, tail: int = 100) -> str: ...
 
     def logs_command(self, tail: int = 100, follow: bool = False) -> str: ...
+
+    def shell_command(self, script: str) -> str:
+        """A shell line that runs the ``sh`` script ``script`` where the training runs: REMOTE_DIR its working
+        directory, the training's python and tools first on PATH (``fab build-ext`` builds there)."""
 
     def start(self, conn: Any, recreate: bool = False) -> int:
         """Start (``recreate``: restart) the service; return where this start's output begins."""

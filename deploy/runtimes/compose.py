@@ -107,6 +107,12 @@ class ComposeProject:
         argv = self.argv("logs", "--no-color", f"--tail={tail}", *(["-f"] if follow else []), self.service)
         return f"cd {shlex.quote(self.directory)} && {shlex.join(argv)}"
 
+    def shell_command(self, script: str) -> str:
+        """A one-off container of the service (its image, ``.env``, environment and ``/workspace`` mount), removed
+        after: ``run --rm --no-deps -T --entrypoint sh train -c SCRIPT``, the same for Compose v2 and 1.29."""
+        argv = self.argv("run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", self.service, "-c", script)
+        return f"cd {shlex.quote(self.directory)} && {shlex.join(argv)}"
+
     def progress(self, conn: Any, since: int) -> Progress:
         state = self.state(conn)
         failed = state.exists and not state.running and state.status in ENDED

@@ -13,10 +13,10 @@ from deploy.hosts.probe import HostFacts
 from deploy.hosts.remote import cause, python_program, run
 from deploy.hosts.ssh import HostSpec
 from deploy.runtimes.base import CodeSync, Plan, ServiceState, Step
-from deploy.runtimes.code.layout import APP, MANIFEST, META, RELEASE
+from deploy.runtimes.code.layout import MANIFEST, META, RELEASE
 from deploy.runtimes.code.sync import plan_sync
 from deploy.runtimes.code.tree import DEPLOY_IGNORE, LocalFile
-from deploy.runtimes.native.layout import REQUIREMENTS, SUPERVISOR_FILES, VENV, VENV_MARKER
+from deploy.runtimes.native.layout import REQUIREMENTS, SUPERVISOR_FILES, VENV, VENV_MARKER, training_paths
 from deploy.runtimes.native.service import STOP_TIMEOUT, NativeService, service_state
 from deploy.runtimes.native.venv import BaseInterpreter, requirements_digest, sha256
 
@@ -55,12 +55,11 @@ class NativeDesired:
 
     def run_config(self) -> dict:
         """``run.json``: what the supervisor runs. No secrets: those stay in ``.env``, read on the host."""
-        d, bin_dir = self.remote_dir.rstrip("/"), f"{self.venv}/bin"
+        bin_dir = f"{self.venv}/bin"
         return {
             "command": [f"{bin_dir}/python", "-m", "deploy.training.entrypoint"],
             "env": {"ENABLE_S3_SYNC": "1", "CHECKPOINT": "s3", "VIRTUAL_ENV": self.venv, "PYTHONUNBUFFERED": "1"},
-            # The project, its src/ (a src layout such as Piper's), then gpu-deploy's training code.
-            "prepend": {"PATH": [bin_dir], "PYTHONPATH": [d, f"{d}/src", f"{d}/{APP}"]},
+            "prepend": training_paths(self.remote_dir),
             "max_restarts": self.max_restarts, "backoff": 1.0, "stop_timeout": float(self.stop_timeout),
         }
 

@@ -21,7 +21,7 @@ from deploy.errors import HostError
 from deploy.hosts.remote import cause, run, where
 from deploy.runtimes.base import STARTED_MARKER, Look, Progress, ServiceState, look_at, look_command, parse_look
 from deploy.runtimes.code.layout import APP, LOG
-from deploy.runtimes.native.layout import SUPERVISOR, VENV
+from deploy.runtimes.native.layout import SUPERVISOR, VENV, training_paths
 
 STOP_TIMEOUT = 120
 GAVE_UP = ("failed", "exited", "stopped", "dead", "orphaned")
@@ -125,6 +125,14 @@ class NativeService:
 
     def logs_command(self, tail: int = 100, follow: bool = False) -> str:
         return shlex.join(["tail", "-n", str(int(tail)), *(["-F"] if follow else []), self.log_path])
+
+    def shell_command(self, script: str) -> str:
+        """``sh -c SCRIPT`` in the directory with the training's PATH and PYTHONPATH first (the run's virtualenv,
+        the project, gpu-deploy's code: :func:`~deploy.runtimes.native.layout.training_paths`) and VIRTUAL_ENV set."""
+        paths = training_paths(self.directory)
+        env = [f"VIRTUAL_ENV={shlex.quote(posixpath.join(self.directory, VENV))}", "PYTHONUNBUFFERED=1"]
+        env += [f"{name}={shlex.quote(':'.join(first))}${{{name}:+:${name}}}" for name, first in paths.items()]
+        return f"cd {shlex.quote(self.directory)} && exec env {' '.join(env)} sh -c {shlex.quote(script)}"
 
     def _supervisor(self, *args: str) -> list[str]:
         """The supervisor under the run's virtualenv python (python3 before the venv exists)."""
