@@ -396,6 +396,10 @@ class Settings:
         "TRAIN_PROJECT", "Folder of the training project whose code runs on the host and whose requirements.txt "
         "(or pyproject.toml) the image and virtualenv install (default: the folder fab runs in).", "../my-trainer",
         default=".", parse=_parse_path, group="project")
+    build_command: str = setting(
+        "BUILD_COMMAND", "Shell line fab build-ext runs in REMOTE_DIR where the training runs, such as make -C native "
+        "(default: bash ./build_*.sh for each such script at the project's root, then python setup.py build_ext "
+        "--inplace when it has a setup.py).", "", default="", group="project")
     base_image: str = setting(
         "BASE_IMAGE", "Image fab image-build installs the dependencies on; its CUDA torch is kept.",
         "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime", default="pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",

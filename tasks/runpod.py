@@ -297,6 +297,32 @@ def stop(c, timeout=None, dry_run=False, hosts=None, env_file=None, bucket=None,
     raise_if_failed(outcomes)
 
 
+@task(auto_shortflags=False, help={"dry_run": DRY_RUN_HELP, "hosts": HOSTS_HELP, **BUCKET_FLAGS})
+@boundary
+def build_ext(c, dry_run=False, hosts=None, env_file=None, bucket=None, prefix=None):
+    """Build the training project's compiled parts on the host, where the training runs (exits with the build's status)."""
+    import sys
+
+    from deploy.flow.build import BuildFailed, build_on_hosts
+
+    settings, specs = _host_settings(c, hosts, env_file, bucket, prefix)
+    opts = options(settings)
+    gaps = reach(settings, hosts=specs, collect=True)
+    if gaps and dry_run:
+        what = settings.build_command or "bash ./build_*.sh, then python setup.py build_ext --inplace"
+        print(f"would build on {', '.join(map(str, specs))} in REMOTE_DIR, where the training runs: {what}")
+        unchecked(gaps)
+    dead = {str(spec): g.error for spec in specs for g in gaps if g.kind == "host" and g.what == f"the host {spec}"}
+    outcomes = build_on_hosts(specs, opts, settings.remote_dir, settings.build_command, sys.stdout, dry_run=dry_run,
+                              unreachable=dead)
+    if dry_run:
+        print("Dry run: nothing was built.")
+    failed = [o.error for o in outcomes if o.error is not None]
+    if len(outcomes) == 1 and failed and isinstance(failed[0], BuildFailed):  # the build's own status is the task's
+        raise Exit(f"Error: {failed[0]}", code=failed[0].exit_code)
+    raise_if_failed(outcomes)
+
+
 ns = Collection("runpod")
 ns.add_task(deploy_runpod)
 ns.add_task(sync_from_runpod)
@@ -304,3 +330,4 @@ ns.add_task(ssh)
 ns.add_task(status)
 ns.add_task(logs)
 ns.add_task(stop)
+ns.add_task(build_ext)

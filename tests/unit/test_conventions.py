@@ -192,7 +192,7 @@ MISSING = {
     "train.run": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET", "RUNPOD_API_KEY"),
     "train.watch": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET", "RUNPOD_API_KEY"),
     "status": ("RUNPOD_HOST",), "logs": ("RUNPOD_HOST",), "ssh": ("RUNPOD_HOST",), "stop": ("RUNPOD_HOST",),
-    "sync-from-runpod": ("RUNPOD_HOST",),
+    "sync-from-runpod": ("RUNPOD_HOST",), "build-ext": ("RUNPOD_HOST",),
     "pods.list": ("RUNPOD_API_KEY",), "pods.gpus": ("RUNPOD_API_KEY",), "pods.up": ("RUNPOD_API_KEY",),
     "pods.down": ("RUNPOD_API_KEY",),
     "runs.list": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET"),
