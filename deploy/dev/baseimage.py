@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from deploy.dev.locks import machine_lock
 from deploy.errors import ImageError
 
 RECIPE_LABEL = "gpu-deploy.recipe"
@@ -111,7 +112,11 @@ def ensure_base_image(client, recipe: BaseImageRecipe | None = None, log=print) 
     existing = find_image(client, recipe)
     if existing is not None:
         return BaseImageResult(tag=recipe.tag, image_id=existing.id, built=False)
-    return build_base_image(client, recipe, log=log)
+    with machine_lock(f"image-{recipe.tag}"):  # another process may be building it: wait, then look again
+        existing = find_image(client, recipe)
+        if existing is not None:
+            return BaseImageResult(tag=recipe.tag, image_id=existing.id, built=False)
+        return build_base_image(client, recipe, log=log)
 
 
 def _run(cmd: Sequence[str], what: str, env: dict[str, str] | None = None) -> None:

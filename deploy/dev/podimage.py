@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from deploy.dev.baseimage import VENV, BaseImageRecipe, ensure_base_image
+from deploy.dev.locks import machine_lock
 from deploy.errors import ImageError
 
 RECIPE_LABEL = "gpu-deploy.pod-recipe"
@@ -105,11 +106,16 @@ def _context(dockerfile: str) -> io.BytesIO:
 def ensure_pod_image(client, recipe: PodImageRecipe | None = None,
                      base: BaseImageRecipe | None = None, log=print) -> PodImageResult:
     """Return the pod image, building it (and the base image, when missing) first."""
-    import docker.errors
-
     recipe = recipe or PodImageRecipe()
     base_tag = ensure_base_image(client, base, log=log).tag
     tag, digest = recipe.tag(base_tag), recipe.digest(base_tag)
+    with machine_lock(f"image-{tag}"):  # another process may be building it: wait, then look again
+        return _pod_image(client, recipe, base_tag, tag, digest, log)
+
+
+def _pod_image(client, recipe: PodImageRecipe, base_tag: str, tag: str, digest: str, log) -> PodImageResult:
+    import docker.errors
+
     try:
         image = client.images.get(tag)
         if image.labels.get(RECIPE_LABEL) == digest:

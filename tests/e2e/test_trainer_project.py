@@ -87,7 +87,7 @@ def deployment(request, tmp_path: Path, s3_server, s3_bucket: str):
         server, docker_client = request.getfixturevalue("pod"), None
         extra = {"NATIVE_PYTHON": sys.executable}  # this interpreter has torch: nothing is downloaded
     remote_root = f"/tmp/gpu-deploy-trainer-{uuid.uuid4().hex[:8]}"
-    remote_dir = f"{remote_root}/run"
+    remote_dir = f"{remote_root}/run-{uuid.uuid4().hex[:6]}"  # its own compose project beside other tests
     project = tmp_path / "my-trainer"
     shutil.copytree(FIXTURE, project)
     operator = tmp_path / "operator"
