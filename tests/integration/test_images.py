@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -132,8 +133,15 @@ def test_interrupted_upload_leaves_no_multipart_upload_and_next_push_completes(
     ref = build(uuid.uuid4().hex, big=40 * 1024 * 1024)
     big_layer = docker_client.api.inspect_image(ref)["RootFS"]["Layers"][2]
 
+    interrupted = threading.Event()
+
+    def ctrl_c(signum: int, frame: object) -> None:  # Python's own SIGINT handler, noting that it ran
+        interrupted.set()
+        raise KeyboardInterrupt
+
     class CtrlC(images.ImageProgress):
-        """Presses Ctrl-C (SIGINT reaches the main thread) once 24 MB of the big layer went by."""
+        """Presses Ctrl-C (SIGINT reaches the main thread) once 24 MB of the big layer went by, and holds the
+        thread that sent them until the main thread took it: the rest of the layer cannot finish first."""
 
         raw_bytes = 0
 
@@ -142,9 +150,14 @@ def test_interrupted_upload_leaves_no_multipart_upload_and_next_push_completes(
             if self.raw_bytes > 24 * 1024 * 1024 and not getattr(self, "pressed", False):
                 self.pressed = True
                 os.kill(os.getpid(), signal.SIGINT)
+                interrupted.wait(60)
 
-    with pytest.raises(KeyboardInterrupt):
-        images.push(docker_client, storage, ref, "none", progress=CtrlC())
+    previous = signal.signal(signal.SIGINT, ctrl_c)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            images.push(docker_client, storage, ref, "none", progress=CtrlC())
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert multipart_uploads(storage) == []
     assert storage.head(storage.key("docker-images", "layers", big_layer[7:] + ".tar")) is None
     store = ImageStore(storage)
