@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.stack import missing_training_stack
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "deploy"
 
@@ -246,7 +248,9 @@ def import_each_first(modules: list[str]) -> dict[str, str]:
 
 
 def test_every_module_imports_as_the_first_module_of_ours_in_a_process() -> None:
-    assert import_each_first(sorted(MODULES)) == {}
+    failed = import_each_first(sorted(MODULES))
+    # the operator's install alone (scripts/test --unit) has no torch: the training side is checked by the full suite
+    assert {m: e for m, e in failed.items() if not missing_training_stack(e)} == {}
 
 
 def test_the_fresh_import_check_catches_a_module_that_needs_another_imported_first(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
+pytest.importorskip("lightning", reason="the training side's lease needs lightning (the train extra)")
+
 from deploy.training.lease import (ATTEMPT_FILE, Lease, LeaseLost, attempt_document, attempt_from_environment, check,
                                    claim, fence, grant, lease_key, next_claim, next_grant, read_attempt, read_lease,
                                    update_lease)

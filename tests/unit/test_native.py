@@ -25,6 +25,7 @@ from deploy.runtimes.native.plan import NativeDesired, NativeState, parse_gather
 from deploy.runtimes.native.service import parse_service, service_state
 from deploy.runtimes.native.venv import BaseInterpreter, sha256, train_requirements
 from deploy.settings import Secret, load_settings
+from tests.harness.stack import needs_training
 
 SPEC = HostSpec("203.0.113.10", 40022)
 ENV = EnvShipment(keys=("AWS_SECRET_ACCESS_KEY", "S3_BUCKET"), _content=Secret("S3_BUCKET=b\nAWS_SECRET_ACCESS_KEY=x\n"))
@@ -304,6 +305,7 @@ def test_a_missing_image_only_matters_to_compose_hosts() -> None:
         resolve_image(MissingImage(), "t:v1", "compose")
 
 
+@needs_training
 def test_the_shipped_closure_covers_what_importing_the_host_code_loads() -> None:
     # A fresh interpreter imports every module of training/ and remote/; every deploy module that
     # loads must be in what the native runtime ships (else the host fails with ModuleNotFoundError).

@@ -152,6 +152,7 @@ def test_entrypoint_runs_train_command_when_no_command_is_given(monkeypatch: pyt
 
 def test_demo_reads_lightning_style_flags_with_lightning_cli(capsys: pytest.CaptureFixture[str],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch", reason="the demo model needs torch (the train extra)")
     import yaml
 
     from deploy.training.demo import main
