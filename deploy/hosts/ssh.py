@@ -299,7 +299,7 @@ def for_each_host(specs: list[HostSpec], work: Callable[[HostSpec], Any]) -> lis
         except DeployError as exc:
             return Outcome(spec, error=exc)
 
-    if len(specs) == 1:
-        return [one(specs[0])]
+    if len(specs) <= 1:  # none: every host named was found dead before (a pool of 0 workers is an error)
+        return [one(spec) for spec in specs]
     with ThreadPoolExecutor(max_workers=min(8, len(specs))) as pool:
         return list(pool.map(one, specs))

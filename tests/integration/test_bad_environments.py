@@ -55,6 +55,7 @@ SSH_TASKS = {
     "status": ["status"], "logs": ["logs"], "ssh": ["ssh"], "stop": ["stop"], "stop --dry-run": ["stop", "--dry-run"],
     "sync-from-runpod": ["sync-from-runpod"], "tensorboard --via ssh": ["tensorboard", "--via", "ssh"],
     "deploy-runpod": ["deploy-runpod"], "deploy-runpod --dry-run": ["deploy-runpod", "--dry-run"],
+    "build-ext": ["build-ext"], "build-ext --dry-run": ["build-ext", "--dry-run"],
 }
 """Tasks that use an SSH host; the bucket is good."""
 API_TASKS = {
@@ -200,6 +201,8 @@ def test_a_dry_run_that_cannot_check_prints_what_it_can_and_fails(results) -> No
     result = results[("ssh", "deploy-runpod --dry-run", "closed", False)]
     assert "deploy    gpu-deploy-train:latest to root@127.0.0.1:" in result.stdout and "not checked: the host" \
         in result.stdout
+    result = results[("ssh", "build-ext --dry-run", "closed", False)]
+    assert "would build on root@127.0.0.1:" in result.stdout and "not checked: the host" in result.stdout
     result = results[("api", "train --dry-run", "html", False)]
     assert "prices not checked" in result.stdout and "not checked: RunPod's API" in result.stdout
 
