@@ -164,18 +164,19 @@ def saved_on_stop(log_tail: str) -> tuple[int, str] | None:
     return int(step), where.strip()
 
 
-def new_lines(before: str, after: str, anchor: int = 20) -> str:
-    """The lines ``after`` (a log tail read later) has beyond ``before`` (one read earlier); pure.
+def new_lines(before: str, after: str) -> str:
+    """The lines ``after`` (a log's tail read later) has beyond ``before`` (its tail read earlier); pure.
 
-    The last ``anchor`` lines of ``before`` are looked for in ``after``; what follows their last
-    place is new. Not found (the log moved on by more than a tail): all of ``after`` is new.
+    Both are tails of one log that only grows, so the start of ``after`` is the end of ``before``: the
+    longest such overlap is found (the last line of ``before`` may have been half written, so it only
+    has to begin its line in ``after``) and what follows it is new. No overlap (more than a tail was
+    printed in between): all of ``after`` is new.
     """
     old, now = before.splitlines(), after.splitlines()
-    block = old[-anchor:]
-    if not block:
+    if not old:
         return after
-    for end in range(len(now), len(block) - 1, -1):
-        if now[end - len(block):end] == block:
+    for end in range(min(len(old), len(now)), 0, -1):
+        if now[end - 1].startswith(old[-1]) and now[:end - 1] == old[len(old) - end:-1]:
             return "\n".join(now[end:])
     return after
 

@@ -75,6 +75,14 @@ def test_new_lines_are_what_follows_the_earlier_tail() -> None:
     assert new_lines(before, window) == "new"
 
 
+def test_new_lines_in_a_log_that_repeats_itself_or_was_half_written() -> None:
+    same = "warning: slow\n" * 400  # every line alike: the stop's own line is still the new one
+    assert new_lines(same, ("warning: slow\n" * 399) + "gpu-deploy: saved step 7 on stop\n") == \
+        "gpu-deploy: saved step 7 on stop"
+    half = "epoch 3\nloss 0.5 (25%"  # the last line was being written when the tail was read
+    assert new_lines(half, "epoch 3\nloss 0.5 (25% 50% 100%)\nsaved\n") == "saved"
+
+
 def test_training_launched_reads_the_newest_start() -> None:
     assert training_launched(EARLIER_RUN) is True
     assert training_launched(EARLIER_RUN + RESTORING) is False
