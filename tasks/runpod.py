@@ -115,6 +115,7 @@ WAIT_HELP = duration_help("How long to wait for training to start", "300s")
 def deploy_runpod(c, run=None, image=None, dataset=None, nodes=None, runtime=None, restart=False, build=False,
                   dry_run=False, wait=None, hosts=None, env_file=None, from_run=None, bucket=None, prefix=None):
     """Deploy the training to the GPU host(s): probe, provision, ship .env, image or code, start."""
+    from deploy.flow.choose import needs_image
     from deploy.flow.group import deploy_group
     from deploy.flow.rollout import Rollout, deploy_hosts
     from deploy.flow.sources import build_and_push, gather_sources
@@ -126,7 +127,7 @@ def deploy_runpod(c, run=None, image=None, dataset=None, nodes=None, runtime=Non
     seconds = duration("300s" if wait is None else wait, "--wait", minimum=1)
     if env_file:
         # The flag names the active env file as ENV_FILE does; the working-tree selection reads ENV_FILE,
-        # so this file stays on the laptop whatever its name (deploy.runtimes.native.tree).
+        # so this file stays on the laptop whatever its name (deploy.runtimes.code.tree).
         os.environ[ENV_FILE_VARIABLE] = env_file
     nodes = None if nodes is None else whole(nodes, "--nodes", minimum=1)
     run = None if run is None else run_arg(run)
@@ -177,7 +178,7 @@ def deploy_runpod(c, run=None, image=None, dataset=None, nodes=None, runtime=Non
         elif o.result is None:
             print(f"{o.spec}: dry run, nothing changed")
         elif not o.result.done:
-            what = settings.image if o.result.runtime == "compose" else "this code"
+            what = settings.image if needs_image(o.result.runtime) else "this code"
             print(f"{o.spec}: nothing to do; the service already runs {what} with these settings.")
         else:
             print(f"{o.spec}: {', '.join(o.result.done)} in {o.result.seconds:.0f} s; training is running. "

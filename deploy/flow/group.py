@@ -142,7 +142,8 @@ def _run_group(conns: list[Any], specs: list[HostSpec], deploys: list[HostDeploy
     states = start_group(conns, deploys, rollout.wait, log)
     return [Outcome(o.spec, result=DeployResult(
                 spec=o.spec, done=o.result.done + leased + ("start",), service=state,
-                seconds=o.result.seconds + time.monotonic() - began, follow=f"fab logs --follow --hosts={o.spec}"))
+                seconds=o.result.seconds + time.monotonic() - began, follow=f"fab logs --follow --hosts={o.spec}",
+                runtime=o.result.runtime))
             for o, state in zip(prepared, states)]
 
 

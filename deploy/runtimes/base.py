@@ -183,7 +183,7 @@ class DeployResult:
     service: ServiceState
     seconds: float
     follow: str
-    runtime: str = "compose"
+    runtime: str  # the runtime that deployed it (compose, native)
 
 
 class Service(Protocol):
