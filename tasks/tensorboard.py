@@ -61,12 +61,12 @@ def tensorboard(c, run="latest", via="auto", port=None, refresh=None, hosts=None
 
 def _host_has_tensorboard(spec, settings) -> bool:
     from deploy.hosts import connect
-
+    from deploy.hosts.remote import run_line
     from deploy.ledger.board import host_probe_command
 
     with connect(spec, options(settings)) as conn:
-        probe = conn.run(host_probe_command(spec.workdir(settings.remote_dir)), hide=True, warn=True,
-                         in_stream=False, timeout=20)
+        probe = run_line(conn, host_probe_command(spec.workdir(settings.remote_dir)), "Looking for TensorBoard",
+                         warn=True, timeout=20)
         return probe.ok and bool(probe.stdout.strip())
 
 

@@ -80,7 +80,19 @@ def run(conn: Any, argv: Sequence[str], what: str, *, cwd: str | None = None, lo
     ``log_file``: the command's output goes there and a failure quotes its last lines instead of
     stderr. ``warn=True`` returns a failed result instead of raising (for commands that may fail).
     """
-    result = conn.run(command(argv, cwd, log_file), hide=True, warn=True, in_stream=False)
+    return run_line(conn, command(argv, cwd, log_file), what, log_file=log_file, warn=warn)
+
+
+def run_line(conn: Any, line: str, what: str, *, log_file: str | None = None, warn: bool = False,
+             timeout: float | None = None) -> Any:
+    """:func:`run` for a shell line made of :func:`command` pieces (``;``, pipes, redirections); a command
+    still running after ``timeout`` seconds is a failure too."""
+    from invoke.exceptions import CommandTimedOut
+
+    try:
+        result = conn.run(line, hide=True, warn=True, in_stream=False, timeout=timeout)
+    except CommandTimedOut:
+        raise HostError(f"{what} failed on {where(conn)}: no answer within {timeout:.0f} s.") from None
     if result.ok or warn:
         return result
     raise HostError(failure(conn, what, result, log_file))

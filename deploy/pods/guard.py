@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 from deploy.errors import HostError
 from deploy.hosts import HostOptions, HostSpec, connect
-from deploy.hosts.remote import command
+from deploy.hosts.remote import command, run_line
 from deploy.pods.plan import CheckpointVerdict, judge_termination
 from deploy.storage import Storage
 from deploy.storage.checkpoints import latest_checkpoint, parse_checkpoint_name
@@ -51,7 +51,7 @@ def listing_command(remote_dir: str) -> str:
 
 def pod_listing(spec: HostSpec, options: HostOptions, remote_dir: str) -> tuple[list[int], int]:
     with connect(spec, options) as conn:
-        result = conn.run(listing_command(remote_dir), hide=True, warn=True, in_stream=False)
+        result = run_line(conn, listing_command(remote_dir), f"Listing the checkpoints in {remote_dir}", warn=True)
     if _SEPARATOR not in result.stdout:
         raise HostError(f"Listing the checkpoints in {remote_dir} failed on {spec}: {result.stderr.strip()[-200:]}")
     return parse_listing(result.stdout)

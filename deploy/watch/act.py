@@ -28,7 +28,7 @@ from typing import Any
 
 from deploy.errors import DeployError, HostError
 from deploy.hosts import HostOptions, HostSpec, connect
-from deploy.hosts.remote import program_source, run, write_atomic
+from deploy.hosts.remote import program_source, run, run_line, write_atomic
 from deploy.hosts.results import pull
 from deploy.pods import state as pods_state
 from deploy.pods.api import PodApi
@@ -216,7 +216,7 @@ class Hands:
         """SSH answers and runs a command (a quick look, for telling a dead pod from a failing deploy)."""
         try:
             with host_errors("A look", host), connect(self.spec(host), self.options) as conn:
-                return bool(conn.run("true", hide=True, warn=True, in_stream=False, timeout=20).ok)
+                return bool(run_line(conn, "true", "A look", warn=True, timeout=20).ok)
         except HostError:
             return False
 

@@ -84,3 +84,19 @@ def test_silent_host_fails_within_the_connect_timeout(tmp_path: Path) -> None:
         for sock in accepted:
             sock.close()
     assert time.monotonic() - started < 10
+
+
+def test_the_checkpoint_guard_lists_a_pod_s_checkpoints_and_staged_uploads_over_ssh(ssh_server, spec: HostSpec,
+                                                                                      tmp_path: Path) -> None:
+    from deploy.pods.guard import pod_listing
+
+    run = tmp_path / "run with space"
+    (run / "lightning_logs" / "version_0" / "checkpoints" / ".s3-sync").mkdir(parents=True)
+    folder = run / "lightning_logs" / "version_0" / "checkpoints"
+    (folder / "epoch=0-step=5.ckpt").write_bytes(b"x")
+    (folder / "last.ckpt").write_bytes(b"x")
+    (folder / ".s3-sync" / "epoch=0-step=9.ckpt").write_bytes(b"x")  # staged: not a checkpoint of the run
+    (folder / ".s3-sync" / "epoch=0-step=9.ckpt.json").write_text("{}")
+    options = HostOptions(key_file=str(ssh_server.client_key), known_hosts=str(ssh_server.known_hosts))
+    assert pod_listing(spec, options, str(run)) == ([5], 1)
+    assert pod_listing(spec, options, str(tmp_path / "nothing here")) == ([], 0)
