@@ -107,11 +107,13 @@ def _serve(proc: subprocess.Popen[bytes], port: int, folder: str, refresh: Calla
            log: Callable[[str], None], stop_after: float | None) -> bool:
     """Refresh while TensorBoard runs; True when we stopped it (Ctrl-C, SIGTERM, ``stop_after``)."""
     stopped = False
-    if _started(proc, port):
-        log(f"TensorBoard on http://127.0.0.1:{port}/ serving {folder} (Ctrl-C stops it)")
-    began = time.monotonic()
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM ends TensorBoard too, as Ctrl-C does
+    # A SIGTERM ends TensorBoard too, as Ctrl-C does, from the moment it runs (also while it starts: else fab
+    # would die of the signal and leave TensorBoard serving).
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if _started(proc, port):
+            log(f"TensorBoard on http://127.0.0.1:{port}/ serving {folder} (Ctrl-C stops it)")
+        began = time.monotonic()
         while proc.poll() is None:
             deadline = time.monotonic() + every
             while proc.poll() is None and time.monotonic() < deadline:

@@ -96,6 +96,7 @@ class RunFact:
     service: str = ""
     step: int | None = None
     gpu_percent: float | None = None
+    why: str = field(default="", compare=False)  # what failed when not reachable (for logs and tests)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from deploy.flow.status import service_on
 from deploy.hosts import HostOptions, HostSpec, connect
+from deploy.hosts.text import printable
 from deploy.runtimes.base import Look
 from deploy.watch.facts import RunFact
 
@@ -43,6 +44,6 @@ def run_fact(spec: HostSpec, options: HostOptions, remote_dir: str) -> RunFact:
             conn.config.timeouts.command = SSH_TIMEOUT
             service, _ = service_on(conn, remote_dir)
             look = service.look(conn)
-    except Exception:  # noqa: BLE001 - any failure to look (refused, timed out, reset) means unreachable
-        return RunFact(reachable=False)
+    except Exception as exc:  # noqa: BLE001 - any failure to look (refused, timed out, reset) means unreachable
+        return RunFact(reachable=False, why=printable(str(exc) or type(exc).__name__)[:200])
     return fact_of(look)
