@@ -7,7 +7,9 @@ RunPod's API (RUNPOD_API_BASE_URL) are each put there in turn, with the other pa
 server, the session's sshd, a stand-in API) so the bad one is what the task meets. Each run must:
 
 - exit non-zero with one sentence on stderr (``Error: ...``), no traceback and no exception class name;
-- take under 10 s of the task's own time, the silent port included (CONNECT_TIMEOUT_SECONDS is 3 here);
+- take under 10 s of the task's own time, the silent port included (CONNECT_TIMEOUT_SECONDS is 3 here), or,
+  when the machine is so loaded that a healthy `fab status` (the control, run among the cases) takes longer
+  than 10 s less two silent waits, no more than two silent waits over that control;
 - show no credential on stdout or stderr, with and without ``fab --debug``.
 
 All runs go at once through :class:`tests.harness.fabrun.FabRunner` (one fresh forked process per run),
@@ -38,6 +40,8 @@ BOUND = 10.0
 """Seconds of the task's own time (imports excluded) a bad environment may cost."""
 CONNECT_TIMEOUT = 3
 """CONNECT_TIMEOUT_SECONDS for these runs: a silent port costs each task this long."""
+CONTROLS = 6
+"""Healthy `fab status` runs spread among the cases: what the task's own work costs at this load."""
 TB_PORT = str(free_port())
 """fab tensorboard's local port (6006 may be taken on this machine by something else)."""
 
@@ -141,8 +145,22 @@ def results(places, workdir: Path, s3_server, s3_bucket: str, ssh_server) -> Ite
         commands = {(p, t, pl, False): Command(tasks[p][t], env(p, pl), str(workdir)) for p, t, pl in CASES}
         commands.update({(p, t, pl, True): Command(["--debug", *tasks[p][t]], env(p, pl), str(workdir))
                          for p, t, pl in DEBUG_CASES})
+        every = max(1, len(commands) // CONTROLS)
+        spread: dict[tuple, Command] = {}
+        for i, (key, command) in enumerate(commands.items()):
+            if i % every == 0:
+                spread[("control", "status", str(i), False)] = Command(["status"], {**base, **good, "ENV_FILE": ""},
+                                                                       str(workdir))
+            spread[key] = command
         with FabRunner(workers=8) as runner:
-            yield runner.run_all(commands)
+            yield runner.run_all(spread)
+
+
+def _bound(results: dict[tuple, Result]) -> float:
+    """BOUND, or two silent waits over the slowest healthy control when the machine is that loaded."""
+    controls = [r for key, r in results.items() if key[0] == "control"]
+    assert controls and all(r.returncode == 0 for r in controls), [r.stdout + r.stderr for r in controls]
+    return max(BOUND, max(r.seconds for r in controls) + 2 * CONNECT_TIMEOUT)
 
 
 @pytest.mark.parametrize("part,task,place", CASES, ids=_ids(CASES))
@@ -155,7 +173,7 @@ def test_a_bad_endpoint_ends_the_task_fast_in_one_sentence(results, part: str, t
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and lines[0].endswith("."), said
     assert not CLASS_NAME.search(lines[0]), said
-    assert result.seconds < BOUND, said
+    assert result.seconds < _bound(results), said
     assert not any(secret in result.stdout + result.stderr for secret in CREDENTIALS), said
 
 
