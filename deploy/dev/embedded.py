@@ -53,13 +53,15 @@ class SshServer:
     """An `sshd` on 127.0.0.1 with host and client keys generated in ``workdir``.
 
     ``path`` is the PATH the sshd gives its sessions, so a test can hide a tool (docker) from the
-    deploying user.
+    deploying user; ``env`` adds variables to its sessions (``DOCKER_HOST``: a host whose Docker is
+    another engine).
     """
 
     workdir: Path
     port: int = field(default_factory=free_port)
     user: str = field(default_factory=getpass.getuser)
     path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
 
     @property
@@ -98,7 +100,8 @@ class SshServer:
                     "StrictModes no",
                     "PermitRootLogin yes",
                     "PermitUserEnvironment no",
-                    f"SetEnv PATH={self.path}",
+                    # sshd takes only its first SetEnv line: every variable goes on this one.
+                    " ".join(["SetEnv", f"PATH={self.path}", *(f"{k}={v}" for k, v in self.env.items())]),
                     "Subsystem sftp internal-sftp",
                     "MaxSessions 50",
                     "MaxStartups 50:30:100",
