@@ -138,3 +138,38 @@ def training_image(docker_client, base_image: str) -> Iterator[str]:
         docker_client.images.remove(tag, force=True)
     except Exception:  # noqa: BLE001 - a test may have removed it already
         pass
+
+
+# ----------------------------------------------------------------------------- a second engine: Docker 26
+
+
+@pytest.fixture(scope="session")
+def docker26(tmp_path_factory: pytest.TempPathFactory):
+    """Docker 26 with Compose v2 (Debian trixie's, unpacked by scripts/bootstrap) beside the system's engine, with
+    its own socket, data root and bridge; the test processes on this machine share it, the last one stops it."""
+    from tests.harness.engines import DOCKER26
+
+    need(DOCKER26.unpacked(), f"Docker 26 in {DOCKER26.root} (scripts/bootstrap fetches it)")
+    need(os.geteuid() == 0 and shutil.which("ip") is not None, "root and iproute2, for a second Docker engine")
+    engine = DOCKER26.acquire(tmp_path_factory.mktemp("docker26") / "dockerd.log")
+    yield engine
+    engine.release()
+
+
+@pytest.fixture(scope="session")
+def docker26_client(docker26):
+    """The docker SDK's client for Docker 26, as an operator whose DOCKER_HOST names it gets from docker.from_env()."""
+    client = docker26.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def engine_host26(docker26, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """A "GPU host" with Docker 26: an sshd whose sessions reach that engine (DOCKER_HOST) and find its docker,
+    `docker compose` (the v2 plugin, through DOCKER_CONFIG) and a standalone `docker-compose` v2 first."""
+    need(os.path.exists(SSHD) and shutil.which("ssh-keygen") is not None, "openssh-server (sshd)")
+    server = SshServer(tmp_path_factory.mktemp("sshd26"), path=docker26.session_path(),
+                       env=docker26.session_env()).start()
+    yield server
+    server.stop()
