@@ -8,9 +8,11 @@ system: its runc, containerd and containerd-shim are found on the system PATH do
 It must leave the system engine alone:
 
 - its own bridge, made here: dockerd with ``--bridge=none`` deletes the system's ``docker0``;
+- no ``default-address-pools``: a dockerd restarted on its data root with them set deletes the link named
+  ``docker0`` whatever its own bridge is (moby's configureNetworking, "clear stale bridge network");
 - no iptables: a dockerd that starts rewrites the DOCKER chains, which hold the system engine's published
   ports; a port published on 127.0.0.1 goes through docker-proxy instead;
-- ip_forward left as it is, and address pools of its own for the networks Compose creates.
+- ip_forward left as it is.
 
 The test processes on this machine (pytest-xdist workers, a second session) share one engine: under a
 machine-wide lock each registers itself; the first starts the engine, the last one out stops it and removes
@@ -83,7 +85,6 @@ class Engine:
     root: Path
     bridge: str
     address: str  # the bridge's, with its prefix: containers on the default network get addresses from it
-    pools: str  # the networks Compose creates get /24s from here
     state: Path
 
     @property
@@ -196,7 +197,6 @@ class Engine:
             "hosts": [self.url], "pidfile": str(self.pidfile),
             "data-root": str(self.state / "data"), "exec-root": str(self.state / "exec"),
             "bridge": self.bridge, "iptables": False, "ip6tables": False, "ip-forward": False, "ip-masq": False,
-            "default-address-pools": [{"base": self.pools, "size": 24}],
             "userland-proxy": True, "userland-proxy-path": str(self.root / "usr/sbin/docker-proxy"),
             "init-path": shutil.which("docker-init", path=SYSTEM_PATH),  # trixie's links to a tini it lacks
         }
@@ -256,5 +256,5 @@ class Engine:
 
 
 DOCKER26 = Engine(name="docker26", root=REPO / ".engines/docker26/root", bridge="gdtest26",
-                  address="10.226.26.1/24", pools="10.227.0.0/16", state=STATE_ROOT / "docker26")
+                  address="10.226.26.1/24", state=STATE_ROOT / "docker26")
 """Debian trixie's Docker 26.1 with Compose v2.26, as scripts/bootstrap unpacks it."""
