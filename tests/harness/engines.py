@@ -73,6 +73,12 @@ def _pid_in(path: Path, command: str) -> int | None:
     return pid if comm == command and _alive(pid) else None
 
 
+def _mount_points(under: str) -> list[str]:
+    """Mount points below the folder ``under`` (with its trailing slash)."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [p for p in (line.split()[4] for line in lines) if p.startswith(under)]
+
+
 def _ip(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
 
@@ -249,6 +255,9 @@ class Engine:
         containerd = _pid_in(self.state / "exec/containerd/containerd.pid", "containerd")
         if containerd is not None:  # left by a dockerd that was killed
             os.kill(containerd, signal.SIGKILL)
+        exec_root = f"{self.state / 'exec'}/"
+        for point in sorted(_mount_points(exec_root), reverse=True):  # the host-network namespace dockerd leaves
+            subprocess.run(["umount", point], capture_output=True, timeout=30)
         if _ip("link", "show", self.bridge).returncode == 0:
             _ip("link", "del", self.bridge)
         for path in (self.socket, self.pidfile):
