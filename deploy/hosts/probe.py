@@ -38,7 +38,7 @@ class HostFacts:
     docker_client: bool = False
     docker: str = ""  # server version; empty when no engine answers
     compose_v2: str = ""
-    compose_v1: str = ""
+    compose_v1: str = ""  # the standalone docker-compose command: 1.x, or 2.x where a distribution packs v2 so
     runtimes: tuple[str, ...] = ()
     python3: str = ""
     tools: frozenset[str] = field(default_factory=frozenset)
@@ -64,8 +64,9 @@ class HostFacts:
         """A short human report, one line per fact."""
         gpus = ", ".join(f"{g.name} {g.memory_mb // 1024} GB" for g in self.gpus) or "none"
         driver = self.gpus[0].driver if self.gpus else "-"
-        compose = (f"v2 {self.compose_v2}" if self.compose_v2 else
-                   f"v1 {self.compose_v1}" if self.compose_v1 else "none")
+        # By command, not by generation: a standalone docker-compose may be v2 too (Debian trixie's 2.26).
+        compose = (f"docker compose {self.compose_v2}" if self.compose_v2 else
+                   f"docker-compose {self.compose_v1}" if self.compose_v1 else "none")
         return [
             f"os        {self.os} ({self.arch}, kernel {self.kernel})",
             f"gpus      {gpus} (driver {driver})",

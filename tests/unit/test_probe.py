@@ -52,6 +52,14 @@ def test_parse_a_gpu_host_with_compose_v2() -> None:
 def test_compose_v1_is_accepted_when_v2_is_missing() -> None:
     facts = parse_facts("docker=20.10.24\ncompose_v1=1.29.2\n")
     assert facts.compose_command == "docker-compose"
+    assert "compose   docker-compose 1.29.2" in parse_facts("docker=20.10.24\ncompose_v1=1.29.2\n").report()
+
+
+def test_a_standalone_docker_compose_v2_is_reported_by_its_command_not_as_v1() -> None:
+    """Debian trixie's docker-compose package is Compose 2.26 as a standalone command."""
+    facts = parse_facts("docker=26.1.5\ncompose_v1=2.26.1\n")
+    assert facts.compose_command == "docker-compose"
+    assert "compose   docker-compose 2.26.1" in facts.report() and "v1" not in " ".join(facts.report())
 
 
 def test_a_pod_without_docker_is_told_plainly() -> None:
