@@ -138,15 +138,17 @@ Check = Callable[[], None]
 @dataclass(frozen=True)
 class Gap:
     """What a check found: the endpoint (``the bucket s3://b/p``), the sentence why it cannot be used, and its
-    kind (``bucket``, ``host``, ``api``: what the task's plan cannot show without it)."""
+    kind (``bucket``, ``host``, ``api``: what the task's plan cannot show without it), and the subject checked
+    (a host's :class:`~deploy.hosts.HostSpec`), for a task that goes on with the others."""
 
     what: str
     error: DeployError
     kind: str = ""
+    subject: Any = None
 
 
-def preflight(checks: Sequence[tuple[str, Check]] | Sequence[tuple[str, Check, str]]) -> list[Gap]:
-    """Run every ``(what, check[, kind])`` at once (each bounded by its own timeout); the ones that failed.
+def preflight(checks: Sequence[tuple[Any, ...]]) -> list[Gap]:
+    """Run every ``(what, check[, kind[, subject]])`` at once (each bounded by its own timeout); the ones that failed.
 
     Checks run in threads, so a task that needs a bucket, two hosts and the API waits for the slowest
     one, not for their sum.
@@ -155,11 +157,11 @@ def preflight(checks: Sequence[tuple[str, Check]] | Sequence[tuple[str, Check, s
         return []
 
     def one(item: tuple[Any, ...]) -> Gap | None:
-        what, check, *kind = item
+        what, check, *rest = item
         try:
             check()
         except DeployError as exc:
-            return Gap(what, exc, *kind)
+            return Gap(what, exc, *rest)
         return None
 
     with ThreadPoolExecutor(max_workers=min(8, len(checks))) as pool:

@@ -8,6 +8,7 @@ from deploy.errors import HostError
 from deploy.hosts import HostOptions, HostSpec, Outcome, hosts_from
 from deploy.pods.naming import project_id
 from deploy.pods.state import STATE_FILE, known_hosts
+from deploy.reach import Gap
 from deploy.settings import Settings
 
 HOSTS_HELP = ("Hosts, comma-separated user@host:port (default: RUNPOD_HOST, else the pods fab pods.up made; "
@@ -52,14 +53,14 @@ def targets(c: Any, settings: Settings, hosts: str | None, run: str | None = Non
     return hosts_from(settings, hosts, origin=HOSTS_FLAG if hosts else "")
 
 
-def on_reachable_hosts(specs: list[HostSpec], gaps: list[Any], work: Any) -> list[Outcome]:
+def on_reachable_hosts(specs: list[HostSpec], gaps: list[Gap], work: Any) -> list[Outcome]:
     """``work`` on every host that answered the reach check, in parallel; a host that did not is an outcome
     with its sentence, in the order the hosts were named (so the others' results still show)."""
     from deploy.hosts import for_each_host
 
-    dead = {g.what: g.error for g in gaps if g.kind == "host"}
-    done = {str(o.spec): o for o in for_each_host([s for s in specs if f"the host {s}" not in dead], work)}
-    return [done.get(str(s)) or Outcome(s, error=dead[f"the host {s}"]) for s in specs]
+    dead = {g.subject: g.error for g in gaps if g.kind == "host"}
+    done = {o.spec: o for o in for_each_host([s for s in specs if s not in dead], work)}
+    return [done.get(s) or Outcome(s, error=dead[s]) for s in specs]
 
 
 def raise_if_failed(outcomes: list[Outcome]) -> None:

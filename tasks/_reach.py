@@ -28,10 +28,10 @@ def reach(settings: Settings, *, storage: Any = None, signed: bool = True, hosts
     options = HostOptions.from_settings(settings)
     if hosts and options.key_file:
         check_key_file(options.key_file, options.key_origin)  # a local check: before any connection
-    checks: list[tuple[str, Any, str]] = []
+    checks: list[tuple[Any, ...]] = []
     if storage is not None:
         checks.append((f"the bucket {storage.url()}", partial(storage.reach, timeout, signed), "bucket"))
-    checks += [(f"the host {spec}", partial(reach_host, spec, options, timeout), "host") for spec in hosts]
+    checks += [(f"the host {spec}", partial(reach_host, spec, options, timeout), "host", spec) for spec in hosts]
     if api is not None:
         checks.append(("RunPod's API", partial(api.reach, timeout), "api"))
     gaps = preflight(checks)
