@@ -37,6 +37,7 @@ Attach them to any LightningCLI with no code change (settings come from the envi
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -63,27 +64,29 @@ STOP_CHECKPOINT = "stop-epoch={epoch}-step={step}.ckpt"
 """The name of the checkpoint a graceful stop saves (``step=N`` in it, as in Lightning's names)."""
 
 
-_GROUP_END_REGISTERED = False
-
-
 def _end_process_group_at_exit() -> None:
     """Destroy the process group while the interpreter is whole (Lightning does so only for NCCL).
 
     Without it a gloo rank that stopped early can abort at exit ("terminate called without an active
     exception", exit 134) when its worker threads outlive the interpreter's teardown.
     """
-    global _GROUP_END_REGISTERED
     import torch.distributed as dist
 
-    if _GROUP_END_REGISTERED or not (dist.is_available() and dist.is_initialized()):
-        return
-    _GROUP_END_REGISTERED = True
+    if dist.is_available() and dist.is_initialized():
+        _register_group_end()
 
-    def end() -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
-    atexit.register(end)
+@functools.cache
+def _register_group_end() -> None:
+    """Once per process, however many trainers set up."""
+    atexit.register(_destroy_group)
+
+
+def _destroy_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class S3CheckpointSync(SyncCallback):
