@@ -12,7 +12,8 @@ from deploy.runtimes.code.tree import select_files
 SECRETS = ["prod.env", "config/staging.env", ".envrc", ".env.local", "certs/server.pem", "tls.key", "id_rsa",
            "keys/id_ed25519", "keys/id_ed25519.pub", ".netrc", ".aws/credentials", "sub/.aws/config",
            "credentials.json", "credentials-prod.json", ".npmrc", ".pypirc", "bundle.p12", "secrets.yaml",
-           "deep/dir/secrets.toml", ".ssh/config", ".git-credentials", "service-account-ci.json"]
+           "deep/dir/secrets.toml", ".ssh/config", ".git-credentials", "service-account-ci.json",
+           "etc/ssh/ssh_host_ed25519_key", "sshd/ssh_host_rsa_key.pub", "putty/deploy.ppk"]
 CODE = ["train.py", "pkg/model.py", "configs/base.yaml", "README.md", "envs.py", "keyboard.py"]
 
 

@@ -30,7 +30,7 @@ DEPLOY_IGNORE = ".deployignore"
 SECRET_FILES = (
     ".env", ".env.*", "*.env", ".envrc", "env.*.local",  # env files by any common name
     "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore", "*.kdbx",  # keys and key stores
-    "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".ssh/", ".gnupg/",  # SSH and GPG
+    "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "ssh_host_*key*", "*.ppk", ".ssh/", ".gnupg/",  # SSH, GPG
     ".netrc", "_netrc", ".git-credentials", ".npmrc", ".pypirc", ".yarnrc.yml", ".docker/config.json",
     ".aws/", ".azure/", ".kube/", ".config/gcloud/", "credentials*.json", "*-credentials.json",
     "service-account*.json", "client_secret*.json", "secrets.*", ".secrets/", "*.tfvars", ".vault-token",
