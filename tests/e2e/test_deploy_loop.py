@@ -8,68 +8,21 @@ reservation, as it would for a CPU-only user.
 
 from __future__ import annotations
 
-import shlex
 import stat
-import uuid
 from pathlib import Path
 
 import pytest
 
 from deploy.storage.checkpoints import latest_checkpoint, list_checkpoints
-from deploy.settings import load_settings
-from deploy.storage import Storage
+from tests.harness.deploys import storage_of
 from tests.harness.waiting import write_dotenv, wait_until
 from tests.harness.fab import run_fab
 from tests.harness.servers import SshServer
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-TRAIN_COMMAND = ("python -m deploy.training.demo fit --trainer.max_steps=100000 --trainer.max_epochs=1000 "
-                 "--trainer.enable_progress_bar=false --checkpoint.every_n_train_steps=10 "
-                 "--checkpoint.save_top_k=-1 --checkpoint.monitor=null --model.step_delay=0.05")
-
-
-
-
-@pytest.fixture(scope="module")
-def bucket_env(s3_server, s3_bucket: str, training_image: str, tmp_path_factory) -> dict[str, str]:
-    """One corner of the bucket for this module, holding the training image (pushed once)."""
-    env = s3_server.environ(s3_bucket, prefix=f"e2e-{uuid.uuid4().hex[:8]}")
-    folder = tmp_path_factory.mktemp("push")
-    write_dotenv(folder / ".env", {**env, "IMAGE": training_image})
-    result = run_fab("image-to-s3", cwd=folder)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return env
-
-
-@pytest.fixture
-def workspace(tmp_path: Path, bucket_env: dict[str, str], ssh_server: SshServer, training_image: str,
-              ssh_connection):
-    """An operator's folder with a .env for the sshd host, and a fresh REMOTE_DIR on the host."""
-    remote_root = f"/tmp/gpu-deploy-e2e-{uuid.uuid4().hex[:8]}"
-    remote_dir = f"{remote_root}/run-{uuid.uuid4().hex[:6]}"
-    values = {
-        **bucket_env,
-        "RUNPOD_HOST": "127.0.0.1", "RUNPOD_PORT": str(ssh_server.port), "RUNPOD_USER": ssh_server.user,
-        "RUNPOD_SSH_KEY": str(ssh_server.client_key), "SSH_KNOWN_HOSTS": str(tmp_path / "known_hosts"),
-        "REMOTE_DIR": remote_dir, "IMAGE": training_image, "TRAIN_COMMAND": TRAIN_COMMAND,
-        "RUNPOD_API_KEY": "rp-operator-only-secret",
-    }
-    operator = tmp_path / "operator"
-    operator.mkdir()
-    write_dotenv(operator / ".env", values)
-    yield operator, remote_dir, values
-    project = "gpu-deploy-" + Path(remote_dir).name
-    ssh_connection.run(f"docker ps -aq --filter label=com.docker.compose.project={project} | xargs -r docker rm -f; "
-                       f"rm -rf {shlex.quote(remote_root)}", warn=True)
-
-
-def storage_of(values: dict[str, str]) -> Storage:
-    return Storage.from_settings(load_settings(environ=values))
-
-
-def test_deploy_train_sync_kill_resume(workspace, ssh_connection, docker_client) -> None:
-    operator, remote_dir, values = workspace
+def test_deploy_train_sync_kill_resume(compose_workspace, ssh_connection, docker_client) -> None:
+    operator, remote_dir, values = compose_workspace
     storage = storage_of(values)
     outputs: list[str] = []
 
@@ -137,8 +90,8 @@ def test_deploy_train_sync_kill_resume(workspace, ssh_connection, docker_client)
     assert not any(secret in text or "rp-operator-only-secret" in text for text in outputs)
 
 
-def test_deploy_refuses_bad_input_with_one_sentence(workspace, tmp_path: Path) -> None:
-    operator, _remote_dir, values = workspace
+def test_deploy_refuses_bad_input_with_one_sentence(compose_workspace, tmp_path: Path) -> None:
+    operator, _remote_dir, values = compose_workspace
     no_host = {k: v for k, v in values.items() if k != "RUNPOD_HOST"}
     write_dotenv(operator / ".env", no_host)
     result = run_fab("deploy-runpod", cwd=operator)
@@ -155,10 +108,10 @@ def test_deploy_refuses_bad_input_with_one_sentence(workspace, tmp_path: Path) -
 
 
 def test_one_run_on_two_hosts_is_refused_and_two_runs_deploy_side_by_side(
-        workspace, ssh_server, tmp_path: Path, ssh_connection) -> None:
+        compose_workspace, ssh_server, tmp_path: Path, ssh_connection) -> None:
     """One run deployed to two hosts without NUM_NODES would be two writers of its checkpoints: refused in one
     sentence. Two runs (each host its own RUN_ID) deploy side by side; a task over both hosts reports each."""
-    operator, remote_dir, values = workspace
+    operator, remote_dir, values = compose_workspace
     second = SshServer(tmp_path / "sshd2").start()
     try:
         # both "hosts" accept the operator's one key
@@ -190,11 +143,11 @@ def _resumed_step(container) -> str | None:
     return match.group(1) if match else None
 
 
-def test_two_node_run_trains_and_resumes_as_a_group(workspace, ssh_server, tmp_path: Path, ssh_connection,
+def test_two_node_run_trains_and_resumes_as_a_group(compose_workspace, ssh_server, tmp_path: Path, ssh_connection,
                                                     docker_client) -> None:
     from deploy.dev.embedded import free_port
 
-    operator, remote_dir, values = workspace
+    operator, remote_dir, values = compose_workspace
     storage = storage_of(values)
     second = SshServer(tmp_path / "sshd2").start()
     dirs = (f"{remote_dir}-n0", f"{remote_dir}-n1")

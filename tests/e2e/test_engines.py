@@ -23,17 +23,13 @@ from deploy.hosts.probe import probe
 from deploy.settings import load_settings
 from deploy.storage import Storage
 from deploy.storage.checkpoints import latest_checkpoint
+from tests.harness.deploys import DEMO_TRAIN_COMMAND
 from tests.harness.engines import DOCKER26, STATE_ROOT, Engine
 from tests.harness.fab import run_fab
 from tests.harness.images import build_busybox_image
 from tests.harness.waiting import wait_until, write_dotenv
 
 pytestmark = pytest.mark.docker
-
-TRAIN_COMMAND = ("python -m deploy.training.demo fit --trainer.max_steps=100000 --trainer.max_epochs=1000 "
-                 "--trainer.enable_progress_bar=false --checkpoint.every_n_train_steps=10 "
-                 "--checkpoint.save_top_k=-1 --checkpoint.monitor=null --model.step_delay=0.05")
-
 
 @pytest.fixture
 def host26(engine_host26):
@@ -165,7 +161,7 @@ def test_compose_deploy_stop_and_resume_on_a_docker_26_host(
     project = "gpu-deploy-" + Path(remote_dir).name
     values = {**s3_server.environ(s3_bucket, prefix=f"e2e26-{uuid.uuid4().hex[:8]}"),
               **host_settings(engine_host26, tmp_path), "REMOTE_DIR": remote_dir, "IMAGE": training_image,
-              "TRAIN_COMMAND": TRAIN_COMMAND, "RUNTIME": "compose"}
+              "TRAIN_COMMAND": DEMO_TRAIN_COMMAND, "RUNTIME": "compose"}
     operator = tmp_path / "operator"
     operator.mkdir()
     write_dotenv(operator / ".env", values)

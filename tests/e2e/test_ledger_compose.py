@@ -9,15 +9,15 @@ import pytest
 
 from deploy.ledger.index import list_runs
 from deploy.ledger.store import read_run
-from tests.e2e.test_deploy_loop import bucket_env, storage_of, workspace  # noqa: F401 - fixtures
+from tests.harness.deploys import storage_of
 from tests.harness.fab import run_fab
 from tests.harness.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
-def test_compose_training_records_start_heartbeat_and_exit(workspace, ssh_connection) -> None:  # noqa: F811
-    operator, remote_dir, values = workspace
+def test_compose_training_records_start_heartbeat_and_exit(compose_workspace, ssh_connection) -> None:
+    operator, remote_dir, values = compose_workspace
     storage = storage_of(values)
 
     def fab(*args: str):

@@ -19,7 +19,7 @@ from deploy.ledger.index import list_runs
 from deploy.ledger.store import read_run
 from deploy.settings import load_settings
 from deploy.storage import Storage
-from tests.e2e.test_native import bucket_env, pids_in, pod, workspace  # noqa: F401 - fixtures
+from tests.harness.pod import pids_in
 from tests.harness.fab import run_fab
 from tests.harness.waiting import wait_until
 
@@ -31,8 +31,8 @@ def kinds(storage: Storage, run_id: str) -> list[str]:
     return [e.kind for e in run.events] if run else []
 
 
-def test_deploy_records_the_run_and_a_kill_and_redeploy_keep_its_id(workspace) -> None:  # noqa: F811
-    project, remote_dir, values = workspace
+def test_deploy_records_the_run_and_a_kill_and_redeploy_keep_its_id(native_workspace) -> None:
+    project, remote_dir, values = native_workspace
     with open(project / ".env", "a") as env:
         env.write("HOST_PRICE_PER_HOUR=2.50\n")
     storage = Storage.from_settings(load_settings(environ=values))
@@ -89,10 +89,10 @@ def test_deploy_records_the_run_and_a_kill_and_redeploy_keep_its_id(workspace) -
     assert run_id in table.stdout and "stopped" in table.stdout
 
 
-def test_a_run_that_moves_to_another_host_records_both_and_sums_their_cost(workspace, pod) -> None:  # noqa: F811
+def test_a_run_that_moves_to_another_host_records_both_and_sums_their_cost(native_workspace, pod) -> None:
     """A run stopped on one host and deployed to another (the pod by two names, each with its own folder:
     `user@host:port/dir`), priced per host; deploying it to both at once is refused (one writer per run)."""
-    project, remote_dir, values = workspace
+    project, remote_dir, values = native_workspace
     hosts = [f"{pod.user}@{name}:{pod.port}{remote_dir}-{name}" for name in ("127.0.0.1", "localhost")]
     prices = "127.0.0.1=2.00"  # the first host by its name; the other falls back to the default price
     run_id = f"two-hosts-{os.getpid()}"  # RUN_ID picks the run: this module's other run may be unfinished

@@ -14,7 +14,6 @@ its create to its termination:
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -24,9 +23,7 @@ from deploy.ledger.store import read_run
 from deploy.settings import Secret
 from deploy.storage.checkpoints import latest_checkpoint, list_checkpoints
 from deploy.watch.record import StateStore
-from tests.harness.managed import (MAX_STEPS, TRAIN_COMMAND, Train, managed_plane, nothing_billing,  # noqa: F401
-                                   operator, spend_matches, storage_for)
-from tests.harness.runpod import pod_image  # noqa: F401 - fixture
+from tests.harness.managed import MAX_STEPS, TRAIN_COMMAND, Train, nothing_billing, spend_matches, storage_for
 from tests.harness.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]

@@ -29,8 +29,6 @@ from deploy.storage.checkpoints import latest_checkpoint, list_checkpoints
 from deploy.watch.record import StateStore
 from tests.harness.fab import FAB, REPO, run_fab
 from tests.harness.managed import MAX_STEPS, TRAIN_COMMAND, storage_for
-from tests.harness.managed import managed_plane, operator  # noqa: F401 - fixtures
-from tests.harness.runpod import pod_image  # noqa: F401 - fixture
 from tests.harness.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]

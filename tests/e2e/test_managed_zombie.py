@@ -16,9 +16,7 @@ import pytest
 
 from deploy.dev.runpod_server import RunPodServer
 from deploy.storage.checkpoints import latest_checkpoint, list_checkpoints
-from tests.harness.managed import (MAX_STEPS, Train, managed_plane, nothing_billing, operator,  # noqa: F401
-                                   spend_matches, storage_for)
-from tests.harness.runpod import pod_image  # noqa: F401 - fixture
+from tests.harness.managed import MAX_STEPS, Train, nothing_billing, spend_matches, storage_for
 from tests.harness.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import signal
 import stat
-import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -28,66 +25,16 @@ from deploy.settings import load_settings
 from deploy.storage import Storage
 from tests.harness.waiting import write_dotenv, wait_until
 from tests.harness.fab import run_fab
-from tests.harness.servers import SshServer
-from tests.harness.pod import pids_in, pod_bin
+from tests.harness.pod import pids_in
 
 pytestmark = [pytest.mark.slow]
-
-TRAIN_COMMAND = ("python -m deploy.training.demo fit --trainer.max_steps=100000 --trainer.max_epochs=1000 "
-                 "--trainer.enable_progress_bar=false --checkpoint.every_n_train_steps=10 "
-                 "--checkpoint.save_top_k=-1 --checkpoint.monitor=null --model.step_delay=0.05")
-
-
-@pytest.fixture(scope="module")
-def pod(tmp_path_factory, ssh_server) -> SshServer:  # ssh_server: skips (or fails in CI) without sshd
-    work = tmp_path_factory.mktemp("pod")
-    server = SshServer(work / "sshd", path=f"{pod_bin(work / 'bin')}:/usr/sbin:/sbin").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def bucket_env(s3_server, s3_bucket: str) -> dict[str, str]:
-    return s3_server.environ(s3_bucket, prefix=f"native-{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture
-def workspace(tmp_path: Path, bucket_env: dict[str, str], pod: SshServer):
-    """An operator's project folder (code, ignore files, requirements, .env) and a fresh REMOTE_DIR on the pod."""
-    remote_root = f"/tmp/gpu-deploy-native-{uuid.uuid4().hex[:8]}"
-    remote_dir = f"{remote_root}/run"
-    values = {
-        **bucket_env,
-        "RUNPOD_HOST": "127.0.0.1", "RUNPOD_PORT": str(pod.port), "RUNPOD_USER": pod.user,
-        "RUNPOD_SSH_KEY": str(pod.client_key), "SSH_KNOWN_HOSTS": str(tmp_path / "known_hosts"),
-        "REMOTE_DIR": remote_dir, "TRAIN_COMMAND": TRAIN_COMMAND, "NATIVE_PYTHON": sys.executable,
-        "S3_SYNC_FLUSH_TIMEOUT": "30", "RUNPOD_API_KEY": "rp-operator-only-secret",
-    }
-    project = tmp_path / "project"
-    (project / "mytrain").mkdir(parents=True)
-    (project / "mytrain" / "__init__.py").write_text("VERSION = 1\n")
-    (project / "requirements.txt").write_text("python-dotenv>=1.0\n")  # already there: pip installs nothing
-    (project / ".gitignore").write_text("outputs/\n*.log\n")
-    (project / ".deployignore").write_text("notes.txt\n")
-    (project / "notes.txt").write_text("stays here\n")
-    (project / "outputs").mkdir()
-    (project / "outputs" / "big.bin").write_bytes(bytes(4096))
-    write_dotenv(project / ".env", values)
-    yield project, remote_dir, values
-    supervisor = Path(remote_dir, ".gpu-deploy", "supervisor.pid")
-    if supervisor.exists():  # a failed test may leave the run going: end what this test started
-        run_fab("stop", "--timeout=5", cwd=project)
-    for pid in pids_in(remote_dir, "deploy.training"):
-        os.kill(pid, signal.SIGKILL)
-    os.system(f"rm -rf {shlex.quote(remote_root)}")
-
 
 def resumed_steps(log: str) -> list[int]:
     return [int(m) for m in re.findall(r"entrypoint: resuming.*\(step (\d+)\)", log)]
 
 
-def test_native_deploy_trains_restarts_after_a_crash_stops_and_redeploys(workspace, pod) -> None:
-    project, remote_dir, values = workspace
+def test_native_deploy_trains_restarts_after_a_crash_stops_and_redeploys(native_workspace, pod) -> None:
+    project, remote_dir, values = native_workspace
     storage = Storage.from_settings(load_settings(environ=values))
     log_file = Path(remote_dir, "train.log")
     outputs: list[str] = []
@@ -168,8 +115,8 @@ def test_native_deploy_trains_restarts_after_a_crash_stops_and_redeploys(workspa
     assert not any(secret in text or "rp-operator-only-secret" in text for text in outputs)
 
 
-def test_native_deploy_refuses_runpods_proxy_ssh(workspace) -> None:
-    project, _remote_dir, values = workspace
+def test_native_deploy_refuses_runpods_proxy_ssh(native_workspace) -> None:
+    project, _remote_dir, values = native_workspace
     write_dotenv(project / ".env", {**values, "RUNPOD_HOST": "abc123-64411a@ssh.runpod.io"})
     result = run_fab("deploy-runpod", cwd=project)
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -34,7 +34,7 @@ from deploy.settings import load_settings
 from deploy.storage import Storage
 from deploy.storage.checkpoints import list_checkpoints
 from tests.harness.fab import REPO, run_fab
-from tests.harness.pod import pids_in, pod_bin
+from tests.harness.pod import pids_in
 from tests.harness.servers import SshServer
 from tests.harness.waiting import wait_until, write_dotenv
 
@@ -72,14 +72,6 @@ def test_the_docs_build_on_the_host_with_both_compose_spellings_by_hand() -> Non
               "build_ext --inplace'"
     for compose in ("docker compose", "docker-compose"):
         assert f"{compose} -f docker-compose.runpod.yml {by_hand}" in TEXT, compose
-
-
-@pytest.fixture(scope="module")
-def pod(tmp_path_factory, ssh_server) -> SshServer:  # ssh_server: skips (or fails in CI) without sshd
-    work = tmp_path_factory.mktemp("pod")
-    server = SshServer(work / "sshd", path=f"{pod_bin(work / 'bin')}:/usr/sbin:/sbin").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from deploy.settings import load_settings
 from deploy.storage import Storage
 from deploy.storage.checkpoints import list_checkpoints
 from tests.harness.fab import REPO, run_fab
+from tests.harness.pod import pids_in
 from tests.harness.waiting import wait_until, write_dotenv
 
 pytestmark = [pytest.mark.slow]
@@ -81,21 +82,9 @@ def checkout(request, tmp_path: Path, s3_server, s3_bucket: str):
                                                                     + Path(remote_dir).name}):
             c.remove(force=True)
     else:
-        from tests.e2e.test_trainer_project import pids_in  # one copy of the pod helpers
-
         for pid in pids_in(remote_dir, "supervisor.py") + pids_in(remote_dir, "deploy.training"):
             os.kill(pid, signal.SIGKILL)
     subprocess.run(["rm", "-rf", remote_dir], check=False)
-
-
-@pytest.fixture(scope="module")
-def pod(tmp_path_factory, ssh_server):
-    from tests.e2e.test_trainer_project import SshServer, pod_bin
-
-    work = tmp_path_factory.mktemp("pod")
-    server = SshServer(work / "sshd", path=f"{pod_bin(work / 'bin')}:/usr/sbin:/sbin").start()
-    yield server
-    server.stop()
 
 
 def dotenv_of_readme() -> dict[str, str]:

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from deploy.training.journal import STAGING_DIR
-from tests.e2e.test_native import bucket_env, pod, workspace  # noqa: F401 - fixtures
 from tests.harness.fab import run_fab
 from tests.harness.waiting import wait_until
 
@@ -33,8 +32,8 @@ def staged(remote_dir: str) -> list[Path]:
     return [p for p in Path(remote_dir, "lightning_logs").rglob(f"{STAGING_DIR}/*") if p.is_file()]
 
 
-def test_sync_from_runpod_three_times_while_large_checkpoints_upload(workspace, tmp_path: Path) -> None:
-    project, remote_dir, values = workspace
+def test_sync_from_runpod_three_times_while_large_checkpoints_upload(native_workspace, tmp_path: Path) -> None:
+    project, remote_dir, values = native_workspace
     with open(project / ".env", "a") as env:
         env.write(f"TRAIN_COMMAND='{BIG_TRAIN}'\n")
     deployed = run_fab("deploy-runpod", cwd=project)

@@ -29,20 +29,12 @@ from deploy.storage.checkpoints import latest_checkpoint, list_checkpoints
 from tests.harness.fab import run_fab
 from tests.harness.servers import SshServer
 from tests.harness.waiting import wait_until, write_dotenv
-from tests.harness.pod import pids_in, pod_bin
+from tests.harness.pod import pids_in
 
 pytestmark = [pytest.mark.slow]
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "trainer"
 TRAIN_COMMAND = "python -m toytrain fit --config config.yaml --data.dataset_dir data"
-
-
-@pytest.fixture(scope="module")
-def pod(tmp_path_factory, ssh_server) -> SshServer:  # ssh_server: skips (or fails in CI) without sshd
-    work = tmp_path_factory.mktemp("pod")
-    server = SshServer(work / "sshd", path=f"{pod_bin(work / 'bin')}:/usr/sbin:/sbin").start()
-    yield server
-    server.stop()
 
 
 class Host:

@@ -20,7 +20,6 @@ from deploy.pods.lifecycle import bring_up
 from deploy.settings import load_settings
 from deploy.storage import Storage
 from tests.harness.fab import run_fab
-from tests.harness.runpod import pod_image, runpod_env, runpod_server  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.docker
 

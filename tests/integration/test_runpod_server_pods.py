@@ -28,7 +28,7 @@ from deploy.dev.runpod_server import INTERNAL_ERROR, NOT_AUTHORISED, RunPodServe
 from deploy.pods.api import PodApi
 from deploy.pods.models import Endpoint, PodError, PodRequest
 from deploy.settings import Secret
-from tests.harness.runpod import API_KEY, pod_image, runpod_host_server, runpod_server  # noqa: F401 - fixtures
+from tests.harness.runpod import API_KEY
 from tests.harness.waiting import wait_until
 
 # Run inside a pod with nothing but its environment: POST one GraphQL document (argv[1], by default the pod's
