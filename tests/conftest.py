@@ -15,9 +15,10 @@ import pytest
 
 from tests.harness.servers import SSHD, S3Server, SshServer
 
-pytest_plugins = ("tests.harness.runpod", "tests.harness.managed")
-"""Fixture modules of the harness, for every tier: RunPod's stand-in control plane with real pods, and a managed
-run's operator folder (test files name the fixtures; none imports them)."""
+pytest_plugins = ("tests.harness.runpod", "tests.harness.managed", "tests.harness.s3proxy")
+"""Fixture modules of the harness, for every tier: RunPod's stand-in control plane with real pods, a managed
+run's operator folder, and S3 behind a proxy that drops or refuses conditional writes (test files name the
+fixtures; none imports them)."""
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from deploy.settings import load_settings
 from deploy.storage import CHECKPOINTS, Storage
 from tests.harness.fab import run_fab
 
 FOOTNOTE = "(* step read from the file name)"
 
-
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GPU_DEPLOY_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def storage(s3_env) -> Storage:
-    return Storage.from_settings(load_settings())
+pytestmark = pytest.mark.usefixtures("own_cache")
 
 
 def put(storage: Storage, name: str, **metadata: str) -> None:

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from deploy.settings import load_settings
 from deploy.storage import CHECKPOINTS, Storage
 from deploy.storage.checkpoints import list_checkpoints, metric_names
 from tests.harness.fab import run_fab
 
-
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GPU_DEPLOY_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def storage(s3_env) -> Storage:
-    return Storage.from_settings(load_settings())
+pytestmark = pytest.mark.usefixtures("own_cache")
 
 
 def put(storage: Storage, name: str, data: bytes, **metadata: str) -> None:

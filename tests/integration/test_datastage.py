@@ -11,13 +11,7 @@ import pytest
 
 from deploy.hosts.dataset import MARKER, execute_stage, plan_for_host
 from deploy.errors import HostError, StorageError
-from deploy.settings import load_settings
 from deploy.storage import Storage
-
-
-@pytest.fixture
-def storage(s3_env) -> Storage:
-    return Storage.from_settings(load_settings())
 
 
 def test_dataset_is_staged_incrementally(storage: Storage, ssh_connection, tmp_path: Path) -> None:

@@ -21,15 +21,9 @@ from invoke import Context
 from deploy import images
 from deploy.errors import ImageError
 from deploy.images.store import ImageStore
-from deploy.settings import load_settings
 from deploy.storage import Storage
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def storage(s3_env) -> Storage:
-    return Storage.from_settings(load_settings())
 
 
 @pytest.fixture

@@ -22,11 +22,6 @@ RUN = "20261130-0602-lease"
 
 
 @pytest.fixture
-def storage(s3_env) -> Storage:
-    return Storage.from_settings(load_settings())
-
-
-@pytest.fixture
 def remote_dirs(ssh_connection) -> Iterator[list[str]]:
     dirs = [f"/tmp/gpu-deploy-lease-{uuid.uuid4().hex[:8]}" for _ in range(2)]
     yield dirs

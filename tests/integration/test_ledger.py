@@ -16,7 +16,6 @@ import pytest
 
 from deploy.ledger.index import list_runs
 from deploy.ledger.store import RunLedger, put_json, read_run
-from deploy.settings import load_settings
 from deploy.storage import Storage
 from tests.harness.fab import REPO, run_fab
 from tests.harness.servers import free_port
@@ -24,15 +23,7 @@ from tests.harness.waiting import wait_until
 
 RUN = "20261130-060000-a1b2"
 
-
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GPU_DEPLOY_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def storage(s3_env) -> Storage:
-    return Storage.from_settings(load_settings())
+pytestmark = pytest.mark.usefixtures("own_cache")
 
 
 WRITER = """
@@ -212,7 +203,6 @@ def test_a_stale_heartbeat_on_the_host_reads_as_a_hang(ssh_connection, tmp_path:
     assert beat is not None and beat.step == 4200 and HANG_AFTER + 100 < age < HANG_AFTER + 200
     line, hang = progress_line(beat, age, running=True)
     assert hang and line.startswith("step 4200, epoch 7, loss 0.25 (7 min ago); HANG? no heartbeat for 7 min")
-
 
 
 def test_tensorboard_through_an_ssh_tunnel_while_the_host_is_up(ssh_server, s3_env, tmp_path: Path) -> None:

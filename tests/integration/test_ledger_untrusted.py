@@ -4,13 +4,11 @@ are one sentence or left out, never a traceback, and no string from the bucket r
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from deploy.ledger.model import Heartbeat, Record, now
 from deploy.ledger.store import RunLedger
-from deploy.settings import load_settings
 from deploy.storage import Storage
 from tests.harness.fab import run_fab
 
@@ -18,15 +16,7 @@ HOSTILE = "\x1b[31m\x1b]0;owned\x07\x1b[2J\r\x08\x9b1m\u202e"
 GOOD = "20261130-060000-good"
 NASTY = "20261130-070000-nasty"
 
-
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GPU_DEPLOY_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def storage(s3_env) -> Storage:
-    return Storage.from_settings(load_settings())
+pytestmark = pytest.mark.usefixtures("own_cache")
 
 
 def put(storage: Storage, body: bytes | str, *parts: str) -> str:

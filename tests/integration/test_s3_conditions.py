@@ -33,14 +33,13 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from deploy.errors import StorageError
 from deploy.settings import load_settings
 from deploy.storage import MB, Storage
 from deploy.storage.conditions import HONOURED, IGNORED, REFUSED, UNKNOWN, probe_conditional_writes
 from deploy.storage.objects import ConditionFailed, get_json, put_json
 from tasks.s3 import WITHOUT_CONDITIONS
 from tests.harness.fab import run_fab
-from tests.harness.s3proxy import ConditionalWriteProxy, ProxiedEnv, proxied_s3_env, s3_proxy  # noqa: F401
+from tests.harness.s3proxy import ConditionalWriteProxy, ProxiedEnv
 from tests.harness.servers import S3Server
 
 VERDICTS = {"honour": HONOURED, "ignore": IGNORED, "refuse": REFUSED}

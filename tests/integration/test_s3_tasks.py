@@ -16,7 +16,6 @@ from invoke import Context
 from invoke.exceptions import Exit
 
 from deploy.errors import StorageError
-from deploy.settings import load_settings
 from deploy.storage import Storage
 from deploy.storage.sync import SyncObserver, execute, plan_download, plan_upload
 from tasks import s3 as s3tasks
@@ -25,15 +24,7 @@ from tests.harness.servers import free_port
 from tests.harness.waiting import wait_until
 
 
-
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GPU_DEPLOY_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def storage(s3_env) -> Storage:
-    return Storage.from_settings(load_settings())
+pytestmark = pytest.mark.usefixtures("own_cache")
 
 
 def fab(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

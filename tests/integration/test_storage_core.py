@@ -8,13 +8,7 @@ from pathlib import Path
 import pytest
 
 from deploy.errors import StorageError
-from deploy.settings import load_settings
 from deploy.storage import Storage, file_sha256
-
-
-@pytest.fixture
-def storage(s3_env) -> Storage:
-    return Storage.from_settings(load_settings())
 
 
 def test_upload_file_records_size_and_sha256(storage: Storage, tmp_path: Path) -> None:

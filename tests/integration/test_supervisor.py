@@ -21,7 +21,6 @@ from tests.harness.waiting import wait_until
 SUPERVISOR = Path(__file__).resolve().parents[2] / "deploy" / "remote" / "supervisor.py"
 
 
-
 @pytest.fixture
 def run_dir(tmp_path: Path):
     """A REMOTE_DIR with the supervisor installed as deploy installs it; whatever it started is ended."""

@@ -13,7 +13,7 @@ from deploy.storage import Storage
 from deploy.watch.managed import _store
 from deploy.watch.record import WatchError
 from deploy.watch.state import WATCHING, PodRecord, WatchState
-from tests.harness.s3proxy import ProxiedEnv, proxied_s3_env, s3_proxy  # noqa: F401 - fixtures
+from tests.harness.s3proxy import ProxiedEnv
 
 T0 = 1_800_000_000.0
 
