@@ -221,16 +221,12 @@ class Hands:
             return False
 
     def stop_training(self, host: str) -> str:
-        """Stop the training gracefully (SIGTERM saves a checkpoint and the uploads flush)."""
-        from deploy.flow.status import service_on
+        """Stop the training gracefully, as ``fab stop`` does (:func:`deploy.flow.status.stop_run`: SIGTERM saves
+        a checkpoint and the uploads flush), and say what it saved."""
+        from deploy.flow.status import stop_run
 
         with host_errors("Stopping the training", host), connect(self.spec(host), self.options) as conn:
-            service, _ = service_on(conn, self.remote_dir(host))
-            before = service.state(conn)
-            if not (before.running or before.status == "orphaned"):
-                return f"training was {before.status}"
-            service.stop(conn, timeout=STOP_TIMEOUT)
-        return "training stopped gracefully"
+            return f"training {stop_run(conn, self.remote_dir(host), STOP_TIMEOUT, self.storage)}"
 
     def sync_results(self, host: str) -> str:
         """``lightning_logs`` back from the pod into ``results_dest``."""

@@ -149,8 +149,9 @@ def test_max_hours_warns_then_stops_gracefully_syncs_and_terminates(operator, co
     assert result.returncode == 0, output + result.stderr
     assert re.search(r"warning: 0\.0[23]\d* h of MAX_HOURS=0\.03 h used \(80%\); the run stops at 0\.03 h", output)
     assert re.search(r"\] stopped +root@127\.0\.0\.1:\d+: MAX_HOURS=0\.03 h reached \(0\.0[34]\d* h\)$", output, re.M), output
-    assert re.search(r"\] note +root@127\.0\.0\.1:\d+: training stopped gracefully; ", output), output
+    saved = re.search(r"\] note +root@127\.0\.0\.1:\d+: training stopped; saved step (\d+)", output)  # as fab stop says
+    assert saved, output
     assert control_plane.pods == {}, "the pod was left billing"
     assert re.search(r"Run \S+: stopped: MAX_HOURS=0\.03 h reached", output)
-    assert (latest_checkpoint(storage_for(env)).step or 0) > 0  # SIGTERM saved the step it reached
+    assert latest_checkpoint(storage_for(env)).step == int(saved.group(1))  # SIGTERM saved the step it reached
     assert any((tmp_path / "results").glob("lightning_logs/version_*/*"))
