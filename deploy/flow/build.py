@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from deploy.errors import DeployError, HostError
 from deploy.flow.choose import choose_runtime, runtimes
@@ -40,6 +40,9 @@ from deploy.hosts.remote import run, stream, where
 from deploy.hosts.ssh import HostOptions, HostSpec, Outcome, connect
 from deploy.hosts.text import printable
 from deploy.runtimes.base import Service
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 BUILD_SCRIPTS = "build_*.sh"
 SETUP = "setup.py"
@@ -117,14 +120,14 @@ class BuildResult:
                 "(fab deploy-runpod --restart)")
 
 
-def host_service(conn: Any, remote_dir: str) -> tuple[str, Service]:
+def host_service(conn: Connection, remote_dir: str) -> tuple[str, Service]:
     """The runtime that runs ``remote_dir`` on this host (chosen from the probe as ``auto`` does) and its service."""
     facts = probe(conn, remote_dir)
     name, _ = choose_runtime("auto", facts)
     return name, runtimes()[name].service(remote_dir, facts)
 
 
-def prepare_build(conn: Any, host: str, remote_dir: str, build_command: str = "") -> BuildPlan:
+def prepare_build(conn: Connection, host: str, remote_dir: str, build_command: str = "") -> BuildPlan:
     """Read which build files ``remote_dir`` has and whether a deploy made its service there (read-only),
     and plan the build.
 
@@ -157,7 +160,7 @@ class _Tail:
         self.out.flush()
 
 
-def run_build(conn: Any, plan: BuildPlan, out: TextIO) -> BuildResult:
+def run_build(conn: Connection, plan: BuildPlan, out: TextIO) -> BuildResult:
     """Run the plan's commands in turn where the training runs, their output printed to ``out`` as it comes.
 
     Each command is announced (``+ command``) before it runs. Raises :class:`BuildFailed` at the first

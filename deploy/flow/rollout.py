@@ -26,7 +26,7 @@ import posixpath
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from deploy.errors import HostError
 from deploy.hosts.dataset import StagePlan, execute_stage, plan_for_host
@@ -40,6 +40,9 @@ from deploy.settings import Settings
 from deploy.storage import Storage
 from deploy.training.lease import ATTEMPT_FILE, Lease, attempt_document, grant, read_lease
 from deploy.flow.choose import choose_runtime, runtimes
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 STAGE_DATASET = "stage-dataset"
 TAKE_LEASE = "take-lease"
@@ -162,7 +165,7 @@ def with_lease(plan: Plan, lease: LeasePlan | None) -> Plan:
     return dataclasses.replace(plan, steps=tuple(steps))
 
 
-def prepare(conn: Any, spec: HostSpec, rollout: Rollout, settings: Settings, runtime: Runtime, facts: HostFacts,
+def prepare(conn: Connection, spec: HostSpec, rollout: Rollout, settings: Settings, runtime: Runtime, facts: HostFacts,
             reason: str = "", rank: int = 0, storage: Storage | None = None) -> HostDeploy:
     """Gather (read-only) and plan one host with ``runtime``."""
     run = rollout.host_run(spec, settings, rank, facts)
@@ -182,13 +185,13 @@ def prepare(conn: Any, spec: HostSpec, rollout: Rollout, settings: Settings, run
 def stage_step(storage: Storage, stage: StagePlan) -> StepHandler:
     """The ``stage-dataset`` handler: the same for every runtime, so the flow owns it."""
 
-    def handler(conn: Any, plan: Plan, log: Log) -> None:
+    def handler(conn: Connection, plan: Plan, log: Log) -> None:
         execute_stage(conn, storage, stage)
 
     return handler
 
 
-def write_attempt(conn: Any, remote_dir: str, run_id: str, attempt: int) -> None:
+def write_attempt(conn: Connection, remote_dir: str, run_id: str, attempt: int) -> None:
     """``REMOTE_DIR/.gpu-deploy/attempt.json``, atomically: where the training's entrypoint reads its attempt
     (compose mounts REMOTE_DIR at its working directory, so the same relative path serves both runtimes)."""
     path = posixpath.join(remote_dir, ATTEMPT_FILE)
@@ -210,7 +213,7 @@ def lease_step(storage: Storage, deploy: HostDeploy) -> StepHandler:
     assert deploy.lease is not None
     planned = deploy.lease
 
-    def handler(conn: Any, plan: Plan, log: Log) -> None:
+    def handler(conn: Connection, plan: Plan, log: Log) -> None:
         lease = take_lease(storage, planned.run_id, str(deploy.spec), planned.attempt, log)
         write_attempt(conn, deploy.run.remote_dir, planned.run_id, lease.granted)
 
@@ -222,7 +225,7 @@ def refuse_problems(deploy: HostDeploy) -> None:
         raise HostError(f"{deploy.spec.host}:{deploy.spec.port}: {deploy.plan.problems[0]}")
 
 
-def execute(conn: Any, deploy: HostDeploy, storage: Storage | None = None, wait: float = 300.0,
+def execute(conn: Connection, deploy: HostDeploy, storage: Storage | None = None, wait: float = 300.0,
             log: Log = lambda s: None, start: bool = True) -> DeployResult:
     """Carry out the plan's steps in order by the runtime's handlers; then wait for training to start.
 

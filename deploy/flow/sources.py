@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from deploy.errors import HostError
 from deploy.flow.choose import needs_image
@@ -21,6 +21,9 @@ from deploy.runtimes.base import Log
 from deploy.storage import DATASETS, Storage
 from deploy.storage.sync import cache_for, plan_upload
 from deploy.storage.sync import execute as execute_sync
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 
 class BucketImages:
@@ -44,7 +47,7 @@ class BucketImages:
             self.log(line)
         return manifest.image_id, sum(layer.size for layer in manifest.layers)
 
-    def load_on_host(self, conn: Any, ref: str) -> str:
+    def load_on_host(self, conn: Connection, ref: str) -> str:
         result = pull(conn, self.storage, ref, where=f"{conn.host}:{conn.port}")
         self.log(result.summary())
         return result.image_id or ""

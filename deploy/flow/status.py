@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, TextIO
+from typing import Any, TYPE_CHECKING, TextIO
 
 from deploy.errors import DeployError
 from deploy.flow.choose import choose_runtime, runtimes
@@ -24,6 +24,9 @@ from deploy.ledger.store import check_shape
 from deploy.runtimes.base import STARTED_MARKER, Look, Service, ServiceState
 from deploy.storage import Storage
 from deploy.storage.checkpoints import latest_checkpoint
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def _since(iso: str) -> float | None:
     return (datetime.now(timezone.utc) - stamp).total_seconds()
 
 
-def service_on(conn, remote_dir: str) -> tuple[Service, tuple[Gpu, ...]]:
+def service_on(conn: Connection, remote_dir: str) -> tuple[Service, tuple[Gpu, ...]]:
     """The deployed service on a host and its GPUs; the runtime is read from the probe as ``auto`` does
     (a native deploy, or a host without Compose such as a RunPod pod, is native; else compose)."""
     facts = probe(conn, remote_dir)
@@ -109,7 +112,7 @@ def service_on(conn, remote_dir: str) -> tuple[Service, tuple[Gpu, ...]]:
     return runtimes()[name].service(remote_dir, facts), facts.gpus
 
 
-def run_status(conn, host: str, remote_dir: str, storage: Storage | None, tail: int = 10) -> RunStatus:
+def run_status(conn: Connection, host: str, remote_dir: str, storage: Storage | None, tail: int = 10) -> RunStatus:
     running, gpus = service_on(conn, remote_dir)
     look = running.look(conn)
     service = look.service
@@ -224,7 +227,7 @@ def describe_stop(supervised: bool, before: str, after: str, newest: str = "") -
     return f"{what}; {newest}" if newest else what
 
 
-def plan_stop(conn, remote_dir: str, timeout: int) -> str:
+def plan_stop(conn: Connection, remote_dir: str, timeout: int) -> str:
     """What :func:`stop_run` would do on this host, asked without changing anything (``--dry-run``)."""
     service, _ = service_on(conn, remote_dir)
     before = service.state(conn)
@@ -234,7 +237,7 @@ def plan_stop(conn, remote_dir: str, timeout: int) -> str:
             "uploads to flush, then the kill")
 
 
-def stop_run(conn, remote_dir: str, timeout: int, storage: Storage | None = None) -> str:
+def stop_run(conn: Connection, remote_dir: str, timeout: int, storage: Storage | None = None) -> str:
     """Stop the run in ``remote_dir`` gracefully and say what happened: the step it saved, or that it saved
     nothing and which checkpoint in ``storage`` the next start resumes from (:func:`describe_stop`)."""
     service, _ = service_on(conn, remote_dir)
@@ -248,7 +251,7 @@ def stop_run(conn, remote_dir: str, timeout: int, storage: Storage | None = None
     return describe_stop(before.running, earlier, after, "" if saved else newest_in_s3(storage))
 
 
-def stream_logs(conn: Any, remote_dir: str, out: TextIO, tail: int = 100, follow: bool = False) -> int:
+def stream_logs(conn: Connection, remote_dir: str, out: TextIO, tail: int = 100, follow: bool = False) -> int:
     """Print the service's log to ``out`` as it arrives (:func:`deploy.hosts.remote.stream`); the command's exit code."""
     service, _ = service_on(conn, remote_dir)
     return stream(conn, service.logs_command(tail=tail, follow=follow), out)

@@ -15,11 +15,15 @@ import posixpath
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from deploy.errors import StorageError
 from deploy.hosts.paths import checked_relative
 from deploy.hosts.remote import python_program, run, write_atomic
 from deploy.storage import DATASETS, Storage
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 MARKER = ".gpu-deploy-dataset.json"
 URL_LIFETIME = 3600
@@ -113,7 +117,7 @@ def plan_stage(files: list[RemoteFile], marker: dict, dataset: str, dest: str) -
                      unchanged=len(files) - len(fetch), marker=new_marker)
 
 
-def read_marker(conn, dest: str) -> dict:
+def read_marker(conn: Connection, dest: str) -> dict:
     """The marker the host kept from its last stage into ``dest`` (empty when there is none)."""
     result = run(conn, ["cat", posixpath.join(dest, MARKER)], "Reading the dataset marker", warn=True)
     try:
@@ -123,7 +127,7 @@ def read_marker(conn, dest: str) -> dict:
     return found if isinstance(found, dict) else {}
 
 
-def plan_for_host(conn, storage: Storage, dataset: str, dest: str) -> StagePlan:
+def plan_for_host(conn: Connection, storage: Storage, dataset: str, dest: str) -> StagePlan:
     """List the dataset in the bucket, read the host's marker, and plan (read-only on both sides)."""
     files = list_dataset(storage, dataset)
     for i, f in enumerate(files):  # sha256 lets the host verify what it fetched, when we know it
@@ -133,7 +137,7 @@ def plan_for_host(conn, storage: Storage, dataset: str, dest: str) -> StagePlan:
     return plan_stage(files, read_marker(conn, dest), dataset, dest)
 
 
-def execute_stage(conn, storage: Storage, plan: StagePlan) -> StageResult:
+def execute_stage(conn: Connection, storage: Storage, plan: StagePlan) -> StageResult:
     """Run the host script on ``plan`` (a no-op plan does nothing)."""
     started = time.monotonic()
     if plan.noop:

@@ -41,11 +41,15 @@ import os
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from deploy.errors import ConfigError
 from deploy.hosts.remote import run, write_atomic
 from deploy.remote.supervisor import DOTENV_KEY, dotenv_refusal
 from deploy.settings import SETTING_FIELDS, TRAINING_SERVICE_KEYS, Secret, Settings, read_env_file
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 # Always kept on the laptop, whatever the include list says.
 OPERATOR_ONLY = ("RUNPOD_*", "SSH_*", "REMOTE_DIR", "ENV_FILE", "SHIP_ENV_*")
@@ -136,13 +140,13 @@ def plan_env(settings: Settings, extra: Mapping[str, str] | None = None,
     return EnvShipment(keys=tuple(sorted(chosen)), _content=Secret(content), left_behind=left_behind)
 
 
-def remote_env_digest(conn, remote_dir: str) -> str | None:
+def remote_env_digest(conn: Connection, remote_dir: str) -> str | None:
     """sha256 of the host's current `.env`, or None (compared, so an unchanged file is not rewritten)."""
     result = run(conn, ["sha256sum", posixpath.join(remote_dir, ".env")], "Reading the host's .env", warn=True)
     return result.stdout.split()[0] if result.ok and result.stdout.strip() else None
 
 
-def ship_env(conn, remote_dir: str, shipment: EnvShipment) -> bool:
+def ship_env(conn: Connection, remote_dir: str, shipment: EnvShipment) -> bool:
     """Write ``REMOTE_DIR/.env`` atomically, mode 0600 from its first byte; False when it was already identical."""
     if remote_env_digest(conn, remote_dir) == shipment.digest:
         return False

@@ -7,9 +7,13 @@ and each problem is one sentence that says what to do.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from deploy.errors import HostError
 from deploy.hosts.remote import cause, program_source, run, where
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 NATIVE_MARKER = ".gpu-deploy/supervisor.py"
 """A native deploy (deploy.runtimes.native) keeps its supervisor here under REMOTE_DIR; the probe looks for it."""
@@ -118,7 +122,7 @@ def parse_facts(output: str) -> HostFacts:
     )
 
 
-def probe(conn, remote_dir: str) -> HostFacts:
+def probe(conn: Connection, remote_dir: str) -> HostFacts:
     """Run the probe on ``conn`` (a Fabric Connection or an invoke Context)."""
     # The script holds no secret, so it may travel as an argument (stdin through invoke is slow).
     result = run(conn, ["sh", "-c", program_source("probe.sh"), "probe.sh", remote_dir, NATIVE_MARKER], "The probe",

@@ -21,7 +21,7 @@ import re
 import shlex
 from collections.abc import Sequence
 from importlib import resources
-from typing import IO, Any, TextIO
+from typing import Any, IO, TYPE_CHECKING, TextIO
 
 from paramiko.sftp import CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_TRUNC, SFTP_FLAG_WRITE
 from paramiko.sftp_attr import SFTPAttributes
@@ -31,6 +31,9 @@ from paramiko.sftp_file import SFTPFile
 from deploy.errors import HostError
 from deploy.hosts.text import PrintableStream, printable
 
+if TYPE_CHECKING:
+    from fabric import Connection
+
 CHUNK = 32 * 1024  # paramiko's own SFTP write size, and what a stream reads at once
 # Lines that name a cause, in the order a person would look for them.
 _CAUSE = re.compile(r"denied|unprotected|refused|not found|no such|cannot|can't|could not|error|failed|invalid|"
@@ -39,7 +42,7 @@ _SSH_BANNER = re.compile(r"UNPROTECTED PRIVATE KEY FILE|REMOTE HOST IDENTIFICATI
                          r"Host key verification failed")
 
 
-def where(conn: Any) -> str:
+def where(conn: Connection) -> str:
     """``host:port`` of a Fabric Connection, ``localhost`` for an invoke Context."""
     host = getattr(conn, "host", None)
     return f"{host}:{getattr(conn, 'port', 22)}" if host else "localhost"
@@ -73,7 +76,7 @@ def command(argv: Sequence[str], cwd: str | None = None, log_file: str | None = 
     return line
 
 
-def run(conn: Any, argv: Sequence[str], what: str, *, cwd: str | None = None, log_file: str | None = None,
+def run(conn: Connection, argv: Sequence[str], what: str, *, cwd: str | None = None, log_file: str | None = None,
         warn: bool = False) -> Any:
     """Run ``argv`` on ``conn``; on failure raise ``HostError("<what> failed on host:port: <cause>")``.
 
@@ -83,7 +86,7 @@ def run(conn: Any, argv: Sequence[str], what: str, *, cwd: str | None = None, lo
     return run_line(conn, command(argv, cwd, log_file), what, log_file=log_file, warn=warn)
 
 
-def run_line(conn: Any, line: str, what: str, *, log_file: str | None = None, warn: bool = False,
+def run_line(conn: Connection, line: str, what: str, *, log_file: str | None = None, warn: bool = False,
              timeout: float | None = None) -> Any:
     """:func:`run` for a shell line made of :func:`command` pieces (``;``, pipes, redirections); a command
     still running after ``timeout`` seconds is a failure too."""
@@ -98,7 +101,7 @@ def run_line(conn: Any, line: str, what: str, *, log_file: str | None = None, wa
     raise HostError(failure(conn, what, result, log_file))
 
 
-def stream(conn: Any, line: str, out: TextIO) -> int:
+def stream(conn: Connection, line: str, out: TextIO) -> int:
     """Run the shell ``line`` on ``conn``, its output (stderr in the same stream, where the host wrote it)
     printed to ``out`` as it arrives through :class:`PrintableStream`; return its exit code.
 
@@ -120,7 +123,7 @@ def stream(conn: Any, line: str, out: TextIO) -> int:
         channel.close()
 
 
-def failure(conn: Any, what: str, result: Any, log_file: str | None = None) -> str:
+def failure(conn: Connection, what: str, result: Any, log_file: str | None = None) -> str:
     """The one sentence for a failed remote command."""
     if log_file:
         tail = conn.run(shlex.join(["tail", "-n", "20", log_file]), hide=True, warn=True, in_stream=False).stdout

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deploy.errors import ConfigError, HostError, StorageError
 from deploy.hosts.paths import checked_relative
@@ -46,6 +47,9 @@ from deploy.hosts.rsync import SAFE_RECEIVE, remote, rsync_command, rsync_run
 from deploy.hosts.ssh import HostOptions, HostSpec, require_sftp
 from deploy.hosts.text import printable
 from deploy.training.journal import STAGING_DIR
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 PARTIAL_DIR = ".rsync-partial"
 NEVER_TRAVEL = (f"{STAGING_DIR}/", f"{STAGING_DIR}-*")
@@ -147,7 +151,7 @@ class Resolved:
     outside: tuple[tuple[str, str], ...]  # (path relative to source, where it leads)
 
 
-def resolve_on_host(conn, spec: HostSpec, remote_dir: str, source: str) -> Resolved:
+def resolve_on_host(conn: Connection, spec: HostSpec, remote_dir: str, source: str) -> Resolved:
     """Resolve ``source`` and the links under it on the host; refuse a source that leads out of REMOTE_DIR."""
     out = run(conn, ["sh", "-c", _RESOLVE, "resolve", remote_dir, source], f"Looking at {source}").stdout
     fields = out.split("\0")
@@ -190,7 +194,7 @@ class PullPlan:
                         for link in self.outside_links]
 
 
-def plan_pull(conn, spec: HostSpec, remote_dir: str, path: str, dest: str | os.PathLike[str],
+def plan_pull(conn: Connection, spec: HostSpec, remote_dir: str, path: str, dest: str | os.PathLike[str],
               method: str = "auto") -> PullPlan:
     """Resolve ``REMOTE_DIR/path`` on the host (refusing one outside REMOTE_DIR) and choose rsync or SFTP."""
     require_sftp(spec)
@@ -202,7 +206,7 @@ def plan_pull(conn, spec: HostSpec, remote_dir: str, path: str, dest: str | os.P
     return PullPlan(spec, source, resolved, Path(dest) / posixpath.basename(source), method)
 
 
-def pull(conn, spec: HostSpec, options: HostOptions, remote_dir: str, path: str, dest: str | os.PathLike[str],
+def pull(conn: Connection, spec: HostSpec, options: HostOptions, remote_dir: str, path: str, dest: str | os.PathLike[str],
          exclude: Sequence[str] = (), method: str = "auto",
          progress: Callable[[int], None] | None = None, plan: PullPlan | None = None) -> PullResult:
     """Pull ``REMOTE_DIR/path`` into ``dest`` (a folder: ``dest/<basename of path>``), as ``plan`` says."""
@@ -274,7 +278,7 @@ def _walk(sftp, root: str, skip: set[str], relative: str = "") -> Iterator[tuple
             yield rel, attrs
 
 
-def _sftp(conn, source: str, target: Path, is_dir: bool, exclude: Sequence[str],
+def _sftp(conn: Connection, source: str, target: Path, is_dir: bool, exclude: Sequence[str],
           skip: Sequence[str], progress: Callable[[int], None]) -> PullResult:
     started = time.monotonic()
     sftp = conn.sftp()

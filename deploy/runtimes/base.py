@@ -18,7 +18,7 @@ import shlex
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TYPE_CHECKING
 
 from deploy.errors import HostError
 from deploy.hosts.envfile import EnvShipment, ship_env
@@ -26,6 +26,9 @@ from deploy.hosts.probe import HostFacts
 from deploy.hosts.remote import cause, run, where
 from deploy.hosts.ssh import HostSpec
 from deploy.ledger.model import HEARTBEAT_FILE
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 STARTED_MARKER = "entrypoint: running"
 """The entrypoint prints this once it launches training: the end of a start, for every runtime."""
@@ -191,9 +194,9 @@ class Service(Protocol):
 
     kind: str  # what the state describes: "container", "supervisor"
 
-    def state(self, conn: Any) -> ServiceState: ...
+    def state(self, conn: Connection) -> ServiceState: ...
 
-    def logs(self, conn: Any, tail: int = 100) -> str: ...
+    def logs(self, conn: Connection, tail: int = 100) -> str: ...
 
     def logs_command(self, tail: int = 100, follow: bool = False) -> str: ...
 
@@ -201,14 +204,14 @@ class Service(Protocol):
         """A shell line that runs the ``sh`` script ``script`` where the training runs: REMOTE_DIR its working
         directory, the training's python and tools first on PATH (``fab build-ext`` builds there)."""
 
-    def start(self, conn: Any, recreate: bool = False) -> int:
+    def start(self, conn: Connection, recreate: bool = False) -> int:
         """Start (``recreate``: restart) the service; return where this start's output begins."""
 
-    def progress(self, conn: Any, since: int) -> Progress: ...
+    def progress(self, conn: Connection, since: int) -> Progress: ...
 
-    def stop(self, conn: Any, timeout: int = 120) -> None: ...
+    def stop(self, conn: Connection, timeout: int = 120) -> None: ...
 
-    def look(self, conn: Any) -> Look:
+    def look(self, conn: Connection) -> Look:
         """The service, the training's heartbeat and the GPUs' use in one round trip (:func:`look_at`)."""
 
     def backstop_args(self) -> list[str]:
@@ -220,7 +223,7 @@ class ImageSource(Protocol):
     """Where a runtime that needs the training image gets it (the bucket's layer store:
     deploy.flow.sources.BucketImages); the flow hands one to every runtime."""
 
-    def load_on_host(self, conn: Any, ref: str) -> str:
+    def load_on_host(self, conn: Connection, ref: str) -> str:
         """Load ``ref`` on the host behind ``conn``; return the loaded image id."""
 
 
@@ -241,7 +244,7 @@ class Runtime(Protocol):
     def desire(self, run: HostRun) -> Any:
         """The runtime's desired state for one host (computed on the operator's machine)."""
 
-    def gather(self, conn: Any, desired: Any, facts: HostFacts) -> Any:
+    def gather(self, conn: Connection, desired: Any, facts: HostFacts) -> Any:
         """Read what the host has for this runtime; changes nothing."""
 
     def plan(self, spec: HostSpec, desired: Any, state: Any, facts: HostFacts) -> Plan:
@@ -297,7 +300,7 @@ def parse_look(output: str, read: ReadService) -> Look:
                 gpu_percent=sum(busy) / len(busy) if busy else None)
 
 
-def look_at(conn: Any, own: str, remote_dir: str, read: ReadService) -> Look:
+def look_at(conn: Connection, own: str, remote_dir: str, read: ReadService) -> Look:
     """One look at the run in ``remote_dir`` in one round trip (the :meth:`Service.look` of every runtime)."""
     result = run(conn, ["sh", "-c", look_command(own, remote_dir)], "Looking at the run", warn=True)
     if _BEAT not in result.stdout:
@@ -306,7 +309,7 @@ def look_at(conn: Any, own: str, remote_dir: str, read: ReadService) -> Look:
     return parse_look(result.stdout, read)
 
 
-def wait_for_training(conn: Any, service: Service, since: int, timeout: float, interval: float = 1.0) -> ServiceState:
+def wait_for_training(conn: Connection, service: Service, since: int, timeout: float, interval: float = 1.0) -> ServiceState:
     """Poll until the service runs and this start's output says training launched, or fail with its logs.
 
     The host offers nothing to wait on over SSH, so this polls, once a second, for at most ``timeout``.
@@ -324,7 +327,7 @@ def wait_for_training(conn: Any, service: Service, since: int, timeout: float, i
                     f"{state.restarts} restarts); last log lines:\n{tail}")
 
 
-def write_env(conn: Any, plan: Any, log: Log) -> None:
+def write_env(conn: Connection, plan: Any, log: Log) -> None:
     """The ``write-env`` step, the same for every runtime: REMOTE_DIR/.env, mode 0600, atomically.
 
     ``plan.desired`` has ``remote_dir`` and ``env`` in every runtime.

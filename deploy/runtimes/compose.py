@@ -26,7 +26,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TYPE_CHECKING
 
 from deploy.errors import HostError
 from deploy.hosts.envfile import EnvShipment, remote_env_digest
@@ -40,6 +40,9 @@ from deploy.runtimes.code.layout import MANIFEST, META, RELEASE
 from deploy.runtimes.code.shipped import library_files
 from deploy.runtimes.code.sync import plan_sync, send_files
 from deploy.runtimes.code.tree import DEPLOY_IGNORE, LocalFile, select_files
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_FILE = "docker-compose.runpod.yml"
@@ -90,17 +93,17 @@ class ComposeProject:
         files = [arg for f in self.files for arg in ("-f", f)]
         return [*self.command.split(), "-p", self.name, *files, *args]
 
-    def _run(self, conn: Any, *args: str, what: str) -> Any:
+    def _run(self, conn: Connection, *args: str, what: str) -> Any:
         return run(conn, self.argv(*args), f"`{self.command} {what}` in {self.directory}", cwd=self.directory)
 
-    def start(self, conn: Any, recreate: bool = False) -> int:
+    def start(self, conn: Connection, recreate: bool = False) -> int:
         self._run(conn, "up", "-d", *(["--force-recreate"] if recreate else []), self.service, what="up")
         return 0  # a (re)created container's logs start empty
 
-    def stop(self, conn: Any, timeout: int = STOP_TIMEOUT) -> None:
+    def stop(self, conn: Connection, timeout: int = STOP_TIMEOUT) -> None:
         self._run(conn, "stop", "-t", str(timeout), self.service, what="stop")
 
-    def logs(self, conn: Any, tail: int = 100) -> str:
+    def logs(self, conn: Connection, tail: int = 100) -> str:
         return self._run(conn, "logs", "--no-color", f"--tail={tail}", self.service, what="logs").stdout
 
     def logs_command(self, tail: int = 100, follow: bool = False) -> str:
@@ -113,7 +116,7 @@ class ComposeProject:
         argv = self.argv("run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", self.service, "-c", script)
         return f"cd {shlex.quote(self.directory)} && {shlex.join(argv)}"
 
-    def progress(self, conn: Any, since: int) -> Progress:
+    def progress(self, conn: Connection, since: int) -> Progress:
         state = self.state(conn)
         failed = state.exists and not state.running and state.status in ENDED
         started = state.running and STARTED_MARKER in self.logs(conn, tail=200)
@@ -123,7 +126,7 @@ class ComposeProject:
         return ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={self.name}",
                 "--filter", f"label=com.docker.compose.service={self.service}"]
 
-    def state(self, conn: Any) -> ServiceState:
+    def state(self, conn: Connection) -> ServiceState:
         ids = run(conn, self._ps(), "docker ps", warn=True).stdout.split()
         if not ids:
             return ServiceState(exists=False)
@@ -141,7 +144,7 @@ class ComposeProject:
         """The container's state, then the heartbeat and the GPUs' use (REMOTE_DIR is the container's /workspace)."""
         return look_command(self._state_command(), self.directory)
 
-    def look(self, conn: Any) -> Look:
+    def look(self, conn: Connection) -> Look:
         return look_at(conn, self._state_command(), self.directory, read_container)
 
     def backstop_args(self) -> list[str]:
@@ -269,7 +272,7 @@ def _wants_gpu(desired: DesiredRun, facts: HostFacts) -> bool:
     return bool(facts.gpus) if desired.gpu_file is None else desired.gpu_file
 
 
-def gather(conn: Any, desired: DesiredRun, facts: HostFacts) -> HostState:
+def gather(conn: Connection, desired: DesiredRun, facts: HostFacts) -> HostState:
     """Read the host: its image, .env and compose file digests, the service."""
     image = run(conn, ["docker", "image", "inspect", "--format", "{{.Id}}", desired.image_ref], "docker image inspect",
                 warn=True).stdout.strip() if facts.docker else ""
@@ -286,7 +289,7 @@ def gather(conn: Any, desired: DesiredRun, facts: HostFacts) -> HostState:
 CodeFacts = tuple[dict[str, tuple[int, int]], frozenset[str], "str | None"]  # shipped files, manifest, release
 
 
-def gather_code(conn: Any, remote_dir: str, facts: HostFacts) -> CodeFacts:
+def gather_code(conn: Connection, remote_dir: str, facts: HostFacts) -> CodeFacts:
     """The shipped files (size, mtime), the manifest and the code release, read by the host's python3.
 
     The same read-only program the native runtime runs (deploy/remote/native_facts.py); without a
@@ -375,7 +378,7 @@ class ComposeRuntime:
                           files={**select_files(project.root), **library_files()}, source=project.root,
                           local_rsync=bool(shutil.which("rsync") and shutil.which("ssh")))
 
-    def gather(self, conn: Any, desired: DesiredRun, facts: HostFacts) -> HostState:
+    def gather(self, conn: Connection, desired: DesiredRun, facts: HostFacts) -> HostState:
         return gather(conn, desired, facts)
 
     def plan(self, spec: HostSpec, desired: DesiredRun, state: HostState, facts: HostFacts) -> ComposePlan:
@@ -391,10 +394,10 @@ class ComposeRuntime:
                 "sync-code": self.sync_code, "load-image": self.load_image, "upload-compose": upload_compose,
                 "start": start, "restart": start}
 
-    def sync_code(self, conn: Any, plan: ComposePlan, log: Log) -> None:
+    def sync_code(self, conn: Connection, plan: ComposePlan, log: Log) -> None:
         send_files(conn, plan, self.options, log)
 
-    def load_image(self, conn: Any, plan: ComposePlan, log: Log) -> None:
+    def load_image(self, conn: Connection, plan: ComposePlan, log: Log) -> None:
         if self.images is None:
             raise HostError("The compose runtime was given no image source; deploy through deploy.flow.")
         d = plan.desired
@@ -403,23 +406,23 @@ class ComposeRuntime:
             raise HostError(f"The image loaded on {plan.spec.host} is {loaded[:19]}, not {d.image_id[:19]}.")
 
 
-def create_dir(conn: Any, plan: ComposePlan, log: Log) -> None:
+def create_dir(conn: Connection, plan: ComposePlan, log: Log) -> None:
     run(conn, ["mkdir", "-p", plan.desired.remote_dir], f"Creating {plan.desired.remote_dir}")
 
 
-def install_tools(conn: Any, plan: ComposePlan, log: Log) -> None:
+def install_tools(conn: Connection, plan: ComposePlan, log: Log) -> None:
     # Best effort: the tools speed up image loading, the load works without them.
     missing = [t for t in SMALL_TOOLS if t not in plan.facts.tools]
     run(conn, ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-qq", *missing],
         "apt-get install", warn=True)
 
 
-def upload_compose(conn: Any, plan: ComposePlan, log: Log) -> None:
+def upload_compose(conn: Connection, plan: ComposePlan, log: Log) -> None:
     for name, data in compose_files(GPU_FILE in plan.project.files).items():
         write_atomic(conn, posixpath.join(plan.desired.remote_dir, name), data, mode=0o644)
 
 
-def start(conn: Any, plan: ComposePlan, log: Log) -> int:
+def start(conn: Connection, plan: ComposePlan, log: Log) -> int:
     """(Re)create the service, then record the code it runs: a later deploy with the same code does nothing."""
     since = plan.project.start(conn, recreate=plan.needs("restart"))
     d = plan.desired

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import posixpath
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TYPE_CHECKING
 
 from deploy.errors import HostError, StorageError
 from deploy.hosts.paths import checked_relative
@@ -23,6 +23,9 @@ from deploy.hosts.ssh import HostOptions, HostSpec
 from deploy.runtimes.base import CodeSync, Log
 from deploy.runtimes.code.layout import MANIFEST
 from deploy.runtimes.code.tree import LocalFile
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 
 class CodeTarget(Protocol):
@@ -72,7 +75,7 @@ def plan_sync(files: Mapping[str, LocalFile], remote: Mapping[str, tuple[int, in
                     send_bytes=sum(files[rel].size for rel in send), unchanged=len(files) - len(send))
 
 
-def _mkdirs(conn: Any, remote_dir: str, rels: Iterable[str]) -> None:
+def _mkdirs(conn: Connection, remote_dir: str, rels: Iterable[str]) -> None:
     dirs = sorted({posixpath.dirname(posixpath.join(remote_dir, rel)) for rel in rels})
     for i in range(0, len(dirs), 200):
         run(conn, ["mkdir", "-p", *dirs[i:i + 200]], "Creating folders")
@@ -84,7 +87,7 @@ def _rsync(spec: HostSpec, options: HostOptions, root: str, rels: list[str], des
     run_rsync(argv, spec, "rsync to", stdin="\n".join(rels) + "\n")
 
 
-def _sftp(conn: Any, plan: CodePlan) -> None:
+def _sftp(conn: Connection, plan: CodePlan) -> None:
     d = plan.desired
     sftp = conn.sftp()
     for rel in plan.sync.send:
@@ -97,7 +100,7 @@ def _sftp(conn: Any, plan: CodePlan) -> None:
             raise HostError(f"Reading {f.path} to send it failed ({exc.strerror or exc}).") from exc
 
 
-def _remove(conn: Any, plan: CodePlan) -> None:
+def _remove(conn: Connection, plan: CodePlan) -> None:
     sftp = conn.sftp()
     for rel in plan.sync.delete:
         try:
@@ -109,7 +112,7 @@ def _remove(conn: Any, plan: CodePlan) -> None:
                             f"({exc.strerror or exc}).") from exc
 
 
-def send_files(conn: Any, plan: CodePlan, options: HostOptions, log: Log = lambda s: None) -> None:
+def send_files(conn: Connection, plan: CodePlan, options: HostOptions, log: Log = lambda s: None) -> None:
     """Copy the plan's changed files (rsync per local root, else SFTP), remove stale ones, record the manifest."""
     d, sync = plan.desired, plan.sync
     if sync.send:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar, TYPE_CHECKING
 
 from deploy.hosts.envfile import EnvShipment, remote_env_digest
 from deploy.hosts.probe import HostFacts
@@ -19,6 +19,9 @@ from deploy.runtimes.code.tree import DEPLOY_IGNORE, LocalFile
 from deploy.runtimes.native.layout import REQUIREMENTS, SUPERVISOR_FILES, VENV, VENV_MARKER, training_paths
 from deploy.runtimes.native.service import STOP_TIMEOUT, NativeService, service_state
 from deploy.runtimes.native.venv import BaseInterpreter, requirements_digest, sha256
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 COMPOSE_FILE = "docker-compose.runpod.yml"  # a compose deploy's service file: its REMOTE_DIR is not ours
 MAX_TREE_BYTES = 1 << 30
@@ -207,7 +210,7 @@ def parse_gathered(output: str, error: str = "") -> NativeState:
                        service=service_state(bool(service.get("alive")), service.get("state") or {}))
 
 
-def gather_native(conn: Any, desired: NativeDesired) -> NativeState:
+def gather_native(conn: Connection, desired: NativeDesired) -> NativeState:
     """Read the host in one pass (NATIVE_PYTHON runs deploy/remote/native_facts.py); read-only."""
     args = [desired.remote_dir, MANIFEST, VENV, VENV_MARKER, META, ",".join(SUPERVISOR_FILES), RELEASE, COMPOSE_FILE]
     result = run(conn, python_program(desired.python, "native_facts.py", *args), "Reading the host", warn=True)

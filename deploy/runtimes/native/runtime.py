@@ -16,7 +16,7 @@ import os
 import posixpath
 import shutil
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from deploy.hosts.probe import HostFacts
 from deploy.hosts.remote import run, write_atomic
@@ -31,6 +31,9 @@ from deploy.runtimes.native.plan import (NativeDesired, NativePlan, NativeState,
                                          release_digest)
 from deploy.runtimes.native.service import NativeService
 from deploy.runtimes.native.venv import create_venv, install_requirements
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 
 def desired_native(run: HostRun, source: str | os.PathLike[str] = ".") -> NativeDesired:
@@ -58,7 +61,7 @@ class NativeRuntime:
     def desire(self, run: HostRun) -> NativeDesired:
         return desired_native(run, self.source)
 
-    def gather(self, conn: Any, desired: NativeDesired, facts: HostFacts) -> NativeState:
+    def gather(self, conn: Connection, desired: NativeDesired, facts: HostFacts) -> NativeState:
         return gather_native(conn, desired)
 
     def plan(self, spec: HostSpec, desired: NativeDesired, state: NativeState, facts: HostFacts) -> NativePlan:
@@ -73,15 +76,15 @@ class NativeRuntime:
                 "link-data": link_data, "create-venv": make_venv, "install-requirements": install,
                 "install-supervisor": install_supervisor, "start": start, "restart": start}
 
-    def sync_code(self, conn: Any, plan: NativePlan, log: Log) -> None:
+    def sync_code(self, conn: Connection, plan: NativePlan, log: Log) -> None:
         send_files(conn, plan, self.options, log)
 
 
-def create_dir(conn: Any, plan: NativePlan, log: Log) -> None:
+def create_dir(conn: Connection, plan: NativePlan, log: Log) -> None:
     run(conn, ["mkdir", "-p", posixpath.join(plan.desired.remote_dir, META)], f"Creating {plan.desired.remote_dir}")
 
 
-def link_data(conn: Any, plan: NativePlan, log: Log) -> None:
+def link_data(conn: Connection, plan: NativePlan, log: Log) -> None:
     """``REMOTE_DIR/data`` -> DATA_DIR, so ``data/`` is the dataset here as in the compose runtime.
 
     ``-T`` refuses to replace a real ``data`` folder (the failure names it) instead of linking inside it.
@@ -91,25 +94,25 @@ def link_data(conn: Any, plan: NativePlan, log: Log) -> None:
         f"Linking {d.remote_dir}/data to DATA_DIR {d.data_link}")
 
 
-def make_venv(conn: Any, plan: NativePlan, log: Log) -> None:
+def make_venv(conn: Connection, plan: NativePlan, log: Log) -> None:
     d, base = plan.desired, plan.state.base
     assert base is not None  # a plan without an interpreter has a problem and never runs
     create_venv(conn, d.python, d.venv, d.remote_dir, base)
 
 
-def install(conn: Any, plan: NativePlan, log: Log) -> None:
+def install(conn: Connection, plan: NativePlan, log: Log) -> None:
     d, base = plan.desired, plan.state.base
     assert base is not None
     install_requirements(conn, d.venv, d.remote_dir, base, d.train_requirements, d.user_requirements,
                          d.requirements_source)
 
 
-def install_supervisor(conn: Any, plan: NativePlan, log: Log) -> None:
+def install_supervisor(conn: Connection, plan: NativePlan, log: Log) -> None:
     for name, data in plan.desired.supervisor_files().items():
         write_atomic(conn, posixpath.join(plan.desired.remote_dir, META, name), data, mode=0o644)
 
 
-def start(conn: Any, plan: NativePlan, log: Log) -> int:
+def start(conn: Connection, plan: NativePlan, log: Log) -> int:
     """(Re)start the supervisor, then record what it runs: a later deploy with the same release does nothing."""
     d = plan.desired
     since = NativeService(d.remote_dir).start(conn)

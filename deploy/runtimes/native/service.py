@@ -15,13 +15,16 @@ import posixpath
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar, TYPE_CHECKING
 
 from deploy.errors import HostError
 from deploy.hosts.remote import cause, run, where
 from deploy.runtimes.base import STARTED_MARKER, Look, Progress, ServiceState, look_at, look_command, parse_look
 from deploy.runtimes.code.layout import APP, LOG
 from deploy.runtimes.native.layout import SUPERVISOR, VENV, training_paths
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 STOP_TIMEOUT = 120
 GAVE_UP = ("failed", "exited", "stopped", "dead", "orphaned")
@@ -90,7 +93,7 @@ class NativeService:
         return [posixpath.join(self.directory, VENV, "bin", "python"), posixpath.join(self.directory, SUPERVISOR),
                 self.directory]
 
-    def state(self, conn: Any) -> ServiceState:
+    def state(self, conn: Connection) -> ServiceState:
         return parse_service(run(conn, ["sh", "-c", STATUS_SCRIPT, "state", *self._status_args()],
                                  "Reading the run's state", warn=True).stdout)
 
@@ -101,7 +104,7 @@ class NativeService:
         """The supervisor's status (the script ``state`` runs), then the heartbeat and the GPUs' use."""
         return look_command(self._status_command(), self.directory)
 
-    def look(self, conn: Any) -> Look:
+    def look(self, conn: Connection) -> Look:
         return look_at(conn, self._status_command(), self.directory, read_status)
 
     def backstop_args(self) -> list[str]:
@@ -109,7 +112,7 @@ class NativeService:
         return ["--python", posixpath.join(self.directory, VENV, "bin", "python"),
                 "--supervisor", posixpath.join(self.directory, SUPERVISOR), "--app", posixpath.join(self.directory, APP)]
 
-    def progress(self, conn: Any, since: int) -> Progress:
+    def progress(self, conn: Connection, since: int) -> Progress:
         """This start's output (from byte ``since`` of the log) and the state, in one round trip."""
         script = (f'if tail -c +"$4" "$5" 2>/dev/null | grep -q {shlex.quote(STARTED_MARKER)}; '
                   f"then echo started; else echo waiting; fi; {STATUS_SCRIPT}")
@@ -120,7 +123,7 @@ class NativeService:
         failed = state.status in GAVE_UP or state.restarts > 0
         return Progress(state, started=first.strip() == "started" and state.running, failed=failed)
 
-    def logs(self, conn: Any, tail: int = 100) -> str:
+    def logs(self, conn: Connection, tail: int = 100) -> str:
         return run(conn, ["tail", "-n", str(int(tail)), self.log_path], "Reading the log", warn=True).stdout
 
     def logs_command(self, tail: int = 100, follow: bool = False) -> str:
@@ -141,7 +144,7 @@ class NativeService:
         return ["sh", "-c", 'P="$1"; shift; [ -x "$P" ] || P=python3; exec "$P" "$@"', "supervise", venv_python,
                 script, *args, "--dir", self.directory]
 
-    def start(self, conn: Any, recreate: bool = False) -> int:
+    def start(self, conn: Connection, recreate: bool = False) -> int:
         """Start the supervisor; return the log offset of this start's output.
 
         Whatever runs is stopped first, every time: a running supervisor, and also a training whose
@@ -158,5 +161,5 @@ class NativeService:
             raise HostError(f"The supervisor did not start in {self.directory} on {where(conn)}: {data['error']}")
         return int(data.get("log_offset", 0))
 
-    def stop(self, conn: Any, timeout: int = STOP_TIMEOUT) -> None:
+    def stop(self, conn: Connection, timeout: int = STOP_TIMEOUT) -> None:
         run(conn, self._supervisor("stop", "--timeout", str(int(timeout))), f"Stopping the run in {self.directory}")

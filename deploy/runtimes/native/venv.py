@@ -13,13 +13,15 @@ import hashlib
 import json
 import posixpath
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from deploy.hosts.remote import run, write_atomic
 from deploy.project import train_requirements  # noqa: F401 - the runtime reads the train extra through here
 from deploy.runtimes.code.layout import META
 from deploy.runtimes.native.layout import REQUIREMENTS, VENV_MARKER
 
+if TYPE_CHECKING:
+    from fabric import Connection
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ def requirements_digest(base: BaseInterpreter | None, train: tuple[str, ...], us
                              sort_keys=True).encode())
 
 
-def create_venv(conn: Any, python: str, venv: str, remote_dir: str, base: BaseInterpreter) -> None:
+def create_venv(conn: Connection, python: str, venv: str, remote_dir: str, base: BaseInterpreter) -> None:
     """A virtualenv that sees what NATIVE_PYTHON sees: system site-packages, and a .pth for a venv interpreter."""
     # The interpreter's own pip serves the venv (it installs by the running interpreter's prefix); a
     # pip of the venv's own would also bring an old setuptools that shadows the image's.
@@ -68,7 +70,7 @@ def create_venv(conn: Any, python: str, venv: str, remote_dir: str, base: BaseIn
                  mode=0o644)
 
 
-def install_requirements(conn: Any, venv: str, remote_dir: str, base: BaseInterpreter, train: tuple[str, ...],
+def install_requirements(conn: Connection, venv: str, remote_dir: str, base: BaseInterpreter, train: tuple[str, ...],
                          user: str | None, source: str = REQUIREMENTS) -> None:
     """pip install the train extra and the project's requirements, torch held at the interpreter's build.
 
