@@ -174,14 +174,30 @@ def _parse_prefix(raw: str) -> str:
     return prefix
 
 
+def folder_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a folder of a run's own on a host, or None: one rule for REMOTE_DIR and for the
+    folder of a ``host:port/dir`` address. A control character (a newline or NUL would end up in commands and
+    files), a relative path, ``..`` (``/workspace/../etc`` is /etc) and the root itself are refused."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+        return "holds a control character; give a plain absolute folder"
+    if not path.startswith("/") or ".." in path.split("/"):
+        return "must be an absolute path without '..', e.g. /workspace/run"
+    if normal_folder(path) == "/":
+        return "is the root folder; give a folder of its own, e.g. /workspace/run"
+    return None
+
+
+def normal_folder(path: str) -> str:
+    """``/dir//sub/`` as ``/dir/sub`` (normpath keeps a leading ``//``)."""
+    return "/" + posixpath.normpath(path).lstrip("/")
+
+
 def _parse_remote_dir(raw: str) -> str:
     path = raw.strip()
-    if not path.startswith("/"):
-        raise ValueError(f"must be an absolute path on the host, got {raw!r}")
-    normal = posixpath.normpath(path)
-    if normal == "/":
-        raise ValueError("must not be the root directory")
-    return normal
+    problem = folder_problem(path)
+    if problem:
+        raise ValueError(f"{problem} (got {path!r})")
+    return normal_folder(path)
 
 
 def _parse_str(raw: str) -> str:

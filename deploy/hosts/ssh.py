@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import os
-import posixpath
 import socket
 import stat
 from collections.abc import Callable, Iterable
@@ -30,7 +29,7 @@ from fabric import Config, Connection
 from deploy.errors import ConfigError, DeployError, HostError
 from deploy.hosts.text import printable
 from deploy.reach import Silent, causes, greeting, why
-from deploy.settings import Settings
+from deploy.settings import Settings, folder_problem, normal_folder
 
 RUNPOD_PROXY_SUFFIX = "ssh.runpod.io"
 
@@ -76,8 +75,9 @@ class HostSpec:
         return self.origin or "the host's address and port"
 
     def workdir(self, default: str) -> str:
-        """Where this host's run lives: its own folder, else REMOTE_DIR (normalised, see :func:`host_folder`)."""
-        return self.remote_dir or host_folder(default, "REMOTE_DIR")
+        """Where this host's run lives: its own folder (``host:port/dir``), else ``default``: REMOTE_DIR, which the
+        settings checked and normalised (:func:`deploy.settings.folder_problem`)."""
+        return self.remote_dir or default
 
     @property
     def is_runpod_proxy(self) -> bool:
@@ -93,19 +93,12 @@ class HostSpec:
 
 
 def host_folder(path: str, what: str = "The folder") -> str:
-    """A folder on a host in normal form (``/dir//sub/`` is ``/dir/sub``), or a ConfigError naming ``what``.
-
-    Refused up front: control characters (a newline or NUL in a folder ends up in commands and
-    files), a relative path, ``..`` and the root itself. Commands still quote every folder.
-    """
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
-        raise ConfigError(f"{what} {path!r} holds a control character; give a plain absolute folder.")
-    if not path.startswith("/") or ".." in path.split("/"):
-        raise ConfigError(f"{what} {path!r} must be an absolute path without '..', e.g. /workspace/run.")
-    normal = "/" + posixpath.normpath(path).lstrip("/")  # normpath keeps a leading '//'
-    if normal == "/":
-        raise ConfigError(f"{what} {path!r} is the root folder; give a folder of its own, e.g. /workspace/run.")
-    return normal
+    """A folder on a host in normal form (``/dir//sub/`` is ``/dir/sub``), or a ConfigError naming ``what``; the
+    rule is REMOTE_DIR's (:func:`deploy.settings.folder_problem`). Commands still quote every folder."""
+    problem = folder_problem(path)
+    if problem:
+        raise ConfigError(f"{what} {path!r} {problem}.")
+    return normal_folder(path)
 
 
 def _port(raw: str, text: str) -> int:

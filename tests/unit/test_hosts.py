@@ -63,15 +63,20 @@ def test_runpod_proxy_is_detected_and_refused_for_file_transfer() -> None:
 @pytest.mark.parametrize(("remote_dir", "expected"), [("/workspace/run/", "/workspace/run"),
                                                       ("//workspace//run", "/workspace/run"),
                                                       ("/work space/r;un", "/work space/r;un")])
-def test_remote_dir_is_normalised_where_a_host_uses_it(remote_dir: str, expected: str) -> None:
-    assert HostSpec("h").workdir(remote_dir) == expected
+def test_remote_dir_is_normalised_once_by_the_settings_and_a_host_uses_it(remote_dir: str, expected: str) -> None:
+    settings = load_settings(environ={"REMOTE_DIR": remote_dir})
+    assert settings.remote_dir == expected and HostSpec("h").workdir(settings.remote_dir) == expected
 
 
-@pytest.mark.parametrize("remote_dir", ["relative/run", "/a/../b", "/", "/run\n", "/r\x7fun"])
+@pytest.mark.parametrize("remote_dir", ["relative/run", "/a/../b", "/", "/r\nun", "/r\x7fun"])
 def test_a_bad_remote_dir_is_refused_in_one_sentence(remote_dir: str) -> None:
     with pytest.raises(ConfigError, match="REMOTE_DIR") as err:
-        HostSpec("h").workdir(remote_dir)
+        load_settings(environ={"REMOTE_DIR": remote_dir})
     assert "\n" not in str(err.value)
+    if remote_dir.strip() == remote_dir:  # an address is stripped as a setting is
+        with pytest.raises(ConfigError, match="The folder in") as err:  # a host's own folder: the same rule
+            HostSpec.parse(f"h:22{remote_dir}" if remote_dir.startswith("/") else f"h:22/{remote_dir}/../x")
+        assert "\n" not in str(err.value)
 
 
 def test_a_path_under_a_folder_given_with_slashes_is_not_refused() -> None:

@@ -59,7 +59,8 @@ def test_a_path_that_leaves_remote_dir_is_refused_before_connecting(path: str, c
 
 def test_a_remote_dir_with_a_control_character_is_refused_in_one_sentence(closed_port: int) -> None:
     one_sentence(run_fab("sync-from-runpod", env=env(closed_port, REMOTE_DIR="/workspace/r\tun"), timeout=120),
-                 "REMOTE_DIR '/workspace/r\\tun' holds a control character")
+                 "REMOTE_DIR from environment holds a control character; give a plain absolute folder (got "
+                 "'/workspace/r\\tun')")
 
 
 @pytest.mark.parametrize("task", runpod_tasks.ns.tasks.values(), ids=lambda t: t.name)

@@ -111,6 +111,9 @@ def test_require_without_an_env_file_says_where_it_looked() -> None:
         ("ENABLE_S3_SYNC", "maybe", "must be 1 or 0"),
         ("AWS_RETRY_MODE", "sometimes", "AWS_RETRY_MODE from environment must be one of"),
         ("REMOTE_DIR", "workspace", "must be an absolute path"),
+        ("REMOTE_DIR", "/workspace/../etc", "REMOTE_DIR from environment must be an absolute path without '..'"),
+        ("REMOTE_DIR", "/srv/run\nx", "REMOTE_DIR from environment holds a control character"),
+        ("REMOTE_DIR", "/srv/..", "without '..'"),
         ("S3_PREFIX", "a/../b", "must not contain"),
     ],
 )
