@@ -47,6 +47,7 @@ from pathlib import Path
 from deploy.errors import DeployError
 from deploy.settings import Settings, load_settings
 from deploy.storage import Storage
+from deploy.training.journal import checkpoint_dirs
 from deploy.training.lease import (ATTEMPT_ENV, ATTEMPT_FILE, RUN_ENV, Claim, Lease, claim, fence, read_attempt,
                                    read_lease)
 from deploy.training.ledger import RUN_HOST_ENV, TrainingLedger, record_in_background
@@ -208,9 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"entrypoint: {lease.message}", flush=True)
             fence(storage(), lease.run_id, lease.attempt)  # the recovery's uploads check the lease too
         resume_dir = Path(options.resume_dir)
-        local = recover(settings, storage, options.staged_root or ["."], resume_dir)
+        roots = options.staged_root or ["."]
+        local = recover(settings, storage, roots, resume_dir)
         plan = resolve_checkpoint(settings.checkpoint, storage, resume_dir, local=local, run_id=settings.run_id,
-                                  from_run=settings.from_run)
+                                  from_run=settings.from_run, near=checkpoint_dirs(roots))
     except DeployError as exc:
         print(f"entrypoint: {exc}", file=sys.stderr, flush=True)
         return 2

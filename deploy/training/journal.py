@@ -145,23 +145,41 @@ def discard(staged: StagedCheckpoint) -> None:
             pass
 
 
+def checkpoint_dirs(roots: Iterable[str], depth: int = SCAN_DEPTH) -> list[str]:
+    """The folders under ``roots`` that hold checkpoint files (``*.ckpt``), searched as :func:`find_staged`
+    searches: where the files the bucket holds may still be on this machine."""
+    found: dict[str, None] = {}
+    for root in roots:
+        for folder, entries in _folders(root, depth):
+            if any(e.name.endswith(".ckpt") and e.is_file(follow_symlinks=False) for e in entries):
+                found.setdefault(os.path.realpath(folder))
+    return list(found)
+
+
 def _staging_dirs(root: str, depth: int) -> Iterator[str]:
-    """Every ``.s3-sync`` folder below ``root``, not following links, at most ``depth`` levels down.
+    """Every ``.s3-sync`` folder below ``root`` (:func:`_folders`)."""
+    for _, entries in _folders(root, depth):
+        yield from (e.path for e in entries if e.name == STAGING_DIR and e.is_dir(follow_symlinks=False))
+
+
+def _folders(root: str, depth: int) -> Iterator[tuple[str, list[os.DirEntry[str]]]]:
+    """``root`` and the folders below it with their entries, not following links, at most ``depth`` levels down.
 
     Hidden folders and folders this process cannot write (a read-only dataset mount) are not
-    entered: no staging folder can have been created there.
+    entered: no staging folder or checkpoint can have been created there.
     """
     try:
-        with os.scandir(root) as entries:
-            dirs = [e for e in entries if e.is_dir(follow_symlinks=False)]
+        with os.scandir(root) as listing:
+            entries = list(listing)
     except OSError:
         return
-    for entry in dirs:
-        if entry.name == STAGING_DIR:
-            yield entry.path
-        elif depth > 0 and not entry.name.startswith(".") and entry.name not in _SKIP_DIRS \
+    yield root, entries
+    if depth <= 0:
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".") and entry.name not in _SKIP_DIRS \
                 and os.access(entry.path, os.W_OK):
-            yield from _staging_dirs(entry.path, depth - 1)
+            yield from _folders(entry.path, depth - 1)
 
 
 def sweep(staging: str) -> list[StagedCheckpoint]:

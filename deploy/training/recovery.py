@@ -66,7 +66,7 @@ class Recovery:
         return "; ".join(parts) if parts else "no unsent checkpoints from an earlier run"
 
 
-def _keep_for_resume(path: str, name: str, dest_dir: Path) -> str:
+def keep_for_resume(path: str, name: str, dest_dir: Path) -> str:
     """Hard-link (else copy) ``path`` into ``dest_dir`` as ``name``, the only checkpoint there."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / name
@@ -103,7 +103,7 @@ def recover_staged(storage: Callable[[], Any], roots: Iterable[str], dest_dir: P
     if newest_pair is not None:
         staged, path = newest_pair
         assert staged.step is not None
-        newest = LocalCheckpoint(_keep_for_resume(path, staged.name, dest_dir), staged.step, staged.name, staged.key,
+        newest = LocalCheckpoint(keep_for_resume(path, staged.name, dest_dir), staged.step, staged.name, staged.key,
                                  run=str(staged.metadata.get("run", "")))
     uploaded: list[str] = []
     failed: list[str] = []

@@ -8,6 +8,9 @@
   With ``RUN_ID`` set, only this run's checkpoints (``run`` metadata), those of ``FROM_RUN`` and
   unlabelled ones (older scripts wrote no ``run``) are candidates: another run's checkpoints are
   skipped, and when nothing else is left training starts fresh and says whose they were.
+  The chosen object is read from this machine when a file of its name, size and sha256 is still in a
+  folder the uploader sent from (``near``: a redeploy on the same host resumes from the step its
+  stop saved without downloading it back); otherwise it is downloaded.
 - ``s3://bucket/key``: that object (verified the same way; no fallback: you named it).
 - a local path: that file. Empty: start fresh.
 
@@ -23,7 +26,7 @@ Example::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -31,8 +34,9 @@ from urllib.parse import urlparse
 from deploy.storage.checkpoints import CheckpointInfo, RunCandidates, list_checkpoints, run_candidates
 from deploy.errors import StorageError, TrainingError
 from deploy.storage import Storage
+from deploy.storage.bucket import hash_file
 from deploy.training.journal import looks_like_checkpoint
-from deploy.training.recovery import LocalCheckpoint
+from deploy.training.recovery import LocalCheckpoint, keep_for_resume
 
 S3_LATEST = "s3"
 
@@ -64,6 +68,33 @@ def _fetch(storage: Storage, key: str, dest_dir: Path) -> str:
         dest.unlink(missing_ok=True)
         raise StorageError(f"{storage.url(key)} is corrupt: it is not a checkpoint archive.")
     return str(dest)
+
+
+def local_copy(info: CheckpointInfo, near: Sequence[str]) -> str | None:
+    """A file in ``near`` that is the object ``info`` byte for byte (its name, its size, the sha256 the
+    uploader recorded) and a whole checkpoint archive; None when there is none or the object has no sha256."""
+    if not info.sha256:
+        return None
+    for folder in near:
+        path = os.path.join(folder, info.name)
+        try:
+            if not os.path.isfile(path) or os.path.getsize(path) != info.size:
+                continue
+            if hash_file(path)[0] == info.sha256 and looks_like_checkpoint(path):
+                return path
+        except OSError:
+            continue  # gone or unreadable: the bucket's copy serves
+    return None
+
+
+def _obtain(storage: Storage, info: CheckpointInfo, dest_dir: Path, near: Sequence[str]) -> tuple[str, str]:
+    """The resume file for ``info`` and how it was had: from this machine's identical copy, else downloaded."""
+    copy = local_copy(info, near)
+    if copy is not None:
+        same = os.path.realpath(copy) == os.path.realpath(dest_dir / info.name)
+        return (copy if same else keep_for_resume(copy, info.name, dest_dir),
+                "; read from this machine's copy (its sha256 matches)")
+    return _fetch(storage, info.key, dest_dir), ""
 
 
 def _is_damage(exc: StorageError) -> bool:
@@ -117,12 +148,14 @@ def _whose(info: CheckpointInfo, run_id: str, from_run: str, scope: RunCandidate
 
 
 def resume_from_latest(storage: Storage, dest_dir: Path, candidates: list[CheckpointInfo] | None = None,
-                       local: LocalCheckpoint | None = None, run_id: str = "", from_run: str = "") -> ResumePlan:
+                       local: LocalCheckpoint | None = None, run_id: str = "", from_run: str = "",
+                       near: Sequence[str] = ()) -> ResumePlan:
     """Newest checkpoint first; skip the ones that do not verify, saying which and why.
 
     ``local`` (a verified file on this machine) is used when no object in the bucket has a higher step.
     With ``run_id``, only that run's checkpoints, ``from_run``'s and unlabelled ones are candidates
-    (:func:`deploy.storage.checkpoints.run_candidates`).
+    (:func:`deploy.storage.checkpoints.run_candidates`). ``near``: folders where an identical copy of the
+    chosen object may be (:func:`local_copy`).
     """
     folder = storage.url(storage.key("checkpoints"))
     scope = run_candidates(candidates if candidates is not None else list_checkpoints(storage), run_id,
@@ -146,7 +179,7 @@ def resume_from_latest(storage: Storage, dest_dir: Path, candidates: list[Checkp
         if local is not None and (info.step is None or info.step <= local.step):
             return _from_local(local, skipped, note)
         try:
-            path = _fetch(storage, info.key, dest_dir)
+            path, how = _obtain(storage, info, dest_dir, near)
         except StorageError as exc:
             if not _is_damage(exc):
                 # The bucket is unreachable: falling back would silently resume from an older step.
@@ -157,7 +190,7 @@ def resume_from_latest(storage: Storage, dest_dir: Path, candidates: list[Checkp
         whose = _whose(info, run_id, from_run, scope)
         bad = f"; skipped {len(skipped)} newer one(s) that failed verification: {'; '.join(skipped)}" if skipped else ""
         return ResumePlan(S3_LATEST, path, storage.url(info.key), info.step, tuple(skipped),
-                          f"resuming from {storage.url(info.key)}{step}{whose}{bad}{note}")
+                          f"resuming from {storage.url(info.key)}{step}{whose}{how}{bad}{note}")
     if local is not None:
         return _from_local(local, skipped, note)
     which = f" that run {run_id} may resume from" if run_id else ""
@@ -166,10 +199,11 @@ def resume_from_latest(storage: Storage, dest_dir: Path, candidates: list[Checkp
 
 
 def resolve_checkpoint(value: str, storage: Callable[[], Storage], dest_dir: Path,
-                       local: LocalCheckpoint | None = None, run_id: str = "", from_run: str = "") -> ResumePlan:
+                       local: LocalCheckpoint | None = None, run_id: str = "", from_run: str = "",
+                       near: Sequence[str] = ()) -> ResumePlan:
     """Turn a ``CHECKPOINT`` value into a :class:`ResumePlan`. ``storage`` is only called when needed.
 
-    ``local``, ``run_id`` (``RUN_ID``) and ``from_run`` (``FROM_RUN``) only matter for ``s3``: see
+    ``local``, ``run_id`` (``RUN_ID``), ``from_run`` (``FROM_RUN``) and ``near`` only matter for ``s3``: see
     :func:`resume_from_latest`.
     """
     value = (value or "").strip()
@@ -177,7 +211,7 @@ def resolve_checkpoint(value: str, storage: Callable[[], Storage], dest_dir: Pat
         return ResumePlan("", None, message="CHECKPOINT is empty; starting fresh")
     dest_dir.mkdir(parents=True, exist_ok=True)
     if value.lower() == S3_LATEST:
-        return resume_from_latest(storage(), dest_dir, local=local, run_id=run_id, from_run=from_run)
+        return resume_from_latest(storage(), dest_dir, local=local, run_id=run_id, from_run=from_run, near=near)
     if value.startswith("s3://"):
         parts = urlparse(value)
         store = storage()

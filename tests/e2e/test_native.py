@@ -102,6 +102,9 @@ def test_native_deploy_trains_restarts_after_a_crash_stops_and_redeploys(native_
         assert f"change    {step}" not in again.stdout
     wait_until(lambda: resumed_steps(log_file.read_text(errors="replace"))[-1] >= at_stop.step, 30,
                "the redeployed run to resume")
+    resume_line = [line for line in log_file.read_text(errors="replace").splitlines()
+                   if "entrypoint: resuming" in line][-1]
+    assert f"(step {at_stop.step}); read from this machine's copy (its sha256 matches)" in resume_line, resume_line
 
     (project / "mytrain" / "__init__.py").write_text("VERSION = 2\n")
     changed = fab("deploy-runpod")

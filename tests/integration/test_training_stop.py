@@ -110,7 +110,8 @@ def test_sigterm_saves_the_current_step_uploads_it_and_the_restart_resumes_there
 
     second = start(tmp_path, [*command, f"--trainer.max_steps={last + 3}", "--trainer.max_epochs=-1"], env)
     assert finish(second, 120, tmp_path) == 0, output(tmp_path)[-3000:]
-    assert f"{saved.name} (step {last})" in output(tmp_path)
+    assert f"{saved.name} (step {last}); read from this machine's copy (its sha256 matches)" in output(tmp_path), \
+        output(tmp_path)[-3000:]  # the stop's file is still here: nothing is downloaded back
     steps = recorded_steps(tmp_path)
     assert steps[-3:] == [last + 1, last + 2, last + 3]  # not one step lost, not one trained twice
     assert steps.count(last) == 1

@@ -180,3 +180,50 @@ def test_entrypoint_names_a_training_command_that_does_not_exist(capsys: pytest.
 
     assert main(["--", "no-such-trainer-here", "fit"]) == 127
     assert "cannot run no-such-trainer-here" in capsys.readouterr().err
+
+
+def sent(tmp_path: Path, name: str, data: bytes) -> tuple[Path, CheckpointInfo]:
+    """A checkpoint the uploader sent from ``ckpts/`` (its staging folder is beside it) and its bucket row."""
+    import hashlib
+
+    folder = tmp_path / "run" / "lightning_logs" / "version_0" / "checkpoints"
+    (folder / ".s3-sync").mkdir(parents=True)
+    (folder / name).write_bytes(data)
+    row = CheckpointInfo(name=name, key=f"p/checkpoints/{name}", size=len(data), step=40, epoch=0, val_loss=None,
+                         step_source="metadata", uploaded=datetime(2026, 1, 1, tzinfo=timezone.utc),
+                         sha256=hashlib.sha256(data).hexdigest())
+    return folder, row
+
+
+def test_a_redeploy_reads_the_chosen_checkpoint_from_this_machine_when_its_sha256_matches(tmp_path: Path) -> None:
+    from deploy.training.journal import checkpoint_dirs
+
+    data = archive(tmp_path, "40")
+    folder, row = sent(tmp_path, "stop-step=40.ckpt", data)
+    store = FakeStorage({row.key: data})
+    near = checkpoint_dirs([str(tmp_path / "run")])
+    assert near == [str(folder)]
+    plan = resume_from_latest(store, tmp_path / "dl", [row], near=near)
+    assert store.fetched == [] and plan.step == 40 and Path(plan.path).read_bytes() == data
+    assert "read from this machine's copy (its sha256 matches)" in plan.message
+    assert (folder / "stop-step=40.ckpt").read_bytes() == data  # the training's own file is untouched
+
+
+@pytest.mark.parametrize("change", ["other bytes, same size", "shorter", "no sha256 in the bucket"])
+def test_a_local_file_that_is_not_the_object_byte_for_byte_is_not_used(tmp_path: Path, change: str) -> None:
+    import dataclasses
+
+    from deploy.training.journal import checkpoint_dirs
+
+    data = archive(tmp_path, "40")
+    folder, row = sent(tmp_path, "last.ckpt", data)
+    if change == "other bytes, same size":  # last.ckpt written again after the upload
+        (folder / "last.ckpt").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    elif change == "shorter":
+        (folder / "last.ckpt").write_bytes(data[:-10])
+    else:
+        row = dataclasses.replace(row, sha256=None)
+    store = FakeStorage({row.key: data})
+    plan = resume_from_latest(store, tmp_path / "dl", [row], near=checkpoint_dirs([str(tmp_path / "run")]))
+    assert store.fetched == [row.key] and Path(plan.path).read_bytes() == data
+    assert "this machine's copy" not in plan.message
