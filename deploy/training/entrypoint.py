@@ -32,8 +32,10 @@ from the last uploaded step.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,12 +54,16 @@ from deploy.training.lease import (ATTEMPT_ENV, ATTEMPT_FILE, RUN_ENV, Claim, Le
                                    read_lease)
 from deploy.training.ledger import RUN_HOST_ENV, TrainingLedger, record_in_background
 from deploy.training.recovery import LocalCheckpoint, recover_staged
+from deploy.training.reload import RELOAD_SIGNAL, EntrypointState
 from deploy.training.resume import ResumePlan, resolve_checkpoint
+from deploy.training.warm import command_argv
 
 DEMO_COMMAND = (sys.executable, "-m", "deploy.training.demo", "fit")
 SYNC_CALLBACKS = ("deploy.training.callbacks.S3CheckpointSync", "deploy.training.callbacks.S3LogSync")
 HEARTBEAT_CALLBACK = "deploy.training.heartbeat.Heartbeat"  # attached for a deploy's run (RUN_ID set)
 RESUME_ENV = "RESUME_CHECKPOINT"
+WARM_ENV = "WARM_START"  # 0: every training starts in a fresh interpreter (no warm process)
+RELOAD_POLL = 0.2  # seconds between looks for a reload request while the training runs
 DEFAULT_RESUME_DIR = ".resume"
 
 
@@ -113,10 +119,87 @@ def plan_launch(command: Sequence[str], resume: ResumePlan, settings: Settings, 
     return Launch(tuple(cmd), env, resume)
 
 
-def run(command: Sequence[str], extra_env: dict[str, str]) -> int:
-    """Run ``command``; SIGTERM/SIGINT/SIGHUP received meanwhile go to it. Returns its exit code."""
-    child = subprocess.Popen(list(command), env={**os.environ, **extra_env})
+class Reloads:
+    """SIGUSR2 received: the deploy asks for the training to start again with the new code (see :mod:`.reload`)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> None:
+        signal.signal(RELOAD_SIGNAL, self._request)
+
+    def _request(self, _signum: int, _frame: object) -> None:
+        self.requested = True
+
+    def take(self) -> bool:
+        requested, self.requested = self.requested, False
+        return requested
+
+
+class Warm:
+    """A :mod:`deploy.training.warm` process importing torch and Lightning while the entrypoint works; the next
+    training starts from it when its command runs under this interpreter (``WARM_START=0``: never)."""
+
+    def __init__(self, command: Sequence[str]) -> None:
+        self.command = list(command)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def argv(self, command: Sequence[str]) -> list[str] | None:
+        if os.environ.get(WARM_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+            return None
+        return command_argv(sys.executable, command, shutil.which(command[0]) if command else None)
+
+    def prepare(self) -> None:
+        """Start the next warm process (nothing when one waits already or the command cannot use it)."""
+        if self.process is None and self.argv(self.command) is not None:
+            self.process = subprocess.Popen([sys.executable, "-m", "deploy.training.warm"], stdin=subprocess.PIPE)
+
+    def ready(self, command: Sequence[str]) -> bool:
+        return self.process is not None and self.process.poll() is None and self.argv(command) is not None
+
+    def take(self, command: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes] | None:
+        """The warm process, now running ``command`` with ``env``; None when it cannot (then it is let go)."""
+        process, self.process, argv = self.process, None, self.argv(command)
+        if process is None or process.stdin is None:
+            return None
+        if argv is None or process.poll() is not None:
+            self._release(process)
+            return None
+        try:
+            process.stdin.write((json.dumps({"argv": argv, "env": env}) + "\n").encode())
+            process.stdin.close()
+        except OSError:  # it died meanwhile
+            self._release(process)
+            return None
+        return process
+
+    def close(self) -> None:
+        if self.process is not None:
+            self._release(self.process)
+            self.process = None
+
+    @staticmethod
+    def _release(process: subprocess.Popen[bytes]) -> None:
+        """End of input: an unused warm process exits 0 by itself."""
+        try:
+            if process.stdin is not None:
+                process.stdin.close()
+            process.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            process.kill()
+
+
+def run(command: Sequence[str], extra_env: dict[str, str], warm: Warm | None = None,
+        reloads: Reloads | None = None) -> tuple[int, bool]:
+    """Run ``command`` (from ``warm`` when it can); SIGTERM/SIGINT/SIGHUP received meanwhile go to it.
+
+    Returns its exit code and whether it ended for a reload: a reload request (``reloads``) stops it with
+    SIGTERM, as ``fab stop`` does, and has ``warm`` import ahead for the next start meanwhile.
+    """
+    env = {**os.environ, **extra_env}
+    child = (warm.take(command, env) if warm is not None else None) or subprocess.Popen(list(command), env=env)
     received: list[int] = []
+    reloading = False
 
     def forward(signum: int, _frame: object) -> None:
         received.append(signum)
@@ -125,17 +208,30 @@ def run(command: Sequence[str], extra_env: dict[str, str]) -> int:
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        code = child.wait()  # a signal runs forward() and the wait goes on (PEP 475)
+        while True:
+            try:
+                code = child.wait(timeout=None if reloads is None else RELOAD_POLL)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if reloads is not None and reloads.take() and not reloading and not received:
+                reloading = True
+                if warm is not None:
+                    warm.prepare()
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if reloading and not received:
+        return code, True
     if code < 0:
-        return 128 - code  # -15 (killed by SIGTERM) -> 143, like a shell
+        return 128 - code, False  # -15 (killed by SIGTERM) -> 143, like a shell
     if code == 0 and received:
         # Lightning exits 0 after a SIGTERM, but the run is not finished: say so, so that
         # `restart: on-failure` brings it back after a daemon restart or a reboot.
-        return 128 + received[0]
-    return code
+        return 128 + received[0], False
+    return code, False
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -195,12 +291,10 @@ def recover(settings: Settings, storage: Callable[[], Storage], roots: Sequence[
     return recovery.newest
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    options, command = parse_args(sys.argv[1:] if argv is None else argv)
+def prepare(settings: Settings, storage: Callable[[], Storage], options: argparse.Namespace,
+            host: str) -> tuple[Claim | None, ResumePlan] | int:
+    """The lease, the staged uploads and the checkpoint to resume from; an exit code when there is nothing to run."""
     try:
-        settings = load_settings()
-        storage = cache(lambda: Storage.from_settings(settings))
-        host = os.environ.get(RUN_HOST_ENV, "") or socket.gethostname()
         lease = take_lease(settings, storage, Path(options.attempt_file), host)
         if lease is not None and lease.superseded:
             print(f"entrypoint: {lease.message}", flush=True)
@@ -217,26 +311,79 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"entrypoint: {exc}", file=sys.stderr, flush=True)
         return 2
     print(f"entrypoint: {plan.message}", flush=True)
+    return lease, plan
+
+
+def train_once(settings: Settings, storage: Callable[[], Storage], options: argparse.Namespace,
+               command: Sequence[str], session: Session) -> tuple[int, bool]:
+    """One training: prepare, launch (warm when it can), wait. Returns the exit code and whether to train again."""
+    session.state.write("starting")
+    prepared = prepare(settings, storage, options, session.host)
+    if isinstance(prepared, int):
+        return prepared, False
+    lease, plan = prepared
     launch = plan_launch(command, plan, settings, attach=not options.no_attach, lease=lease)
-    print(f"entrypoint: running {' '.join(launch.command)}", flush=True)
+    warm = " (warm: torch and Lightning imported ahead)" if session.warm.ready(launch.command) else ""
+    print(f"entrypoint: running {' '.join(launch.command)}{warm}", flush=True)
     ledger = TrainingLedger.from_settings(settings)  # the run ledger (RUN_ID from deploy); None: not recorded
     record_in_background(ledger, "started", resume=os.path.basename(plan.path) if plan.path else None,
                          attempt=lease.attempt if lease is not None else None)
+    session.reloads.take()  # a request before this launch is answered by it: it runs the code there is now
     try:
-        code = run(launch.command, launch.env)
+        session.state.launched()
+        code, again = run(launch.command, launch.env, session.warm, session.reloads)
     except OSError as exc:  # the program does not exist or cannot be executed
         print(f"entrypoint: cannot run {launch.command[0]}: {exc.strerror or exc}; check TRAIN_COMMAND.",
               file=sys.stderr, flush=True)
-        code = 127
+        return 127, False
     newer = superseded_since(storage, lease) if lease is not None else None
     if newer is not None and lease is not None:
         what = (f"superseded by {newer.holder}; this training (attempt {lease.attempt}) stopped without writing "
                 "to S3")
         print(f"entrypoint: {what}", flush=True)
         record_in_background(ledger, "note", what=what, superseded_by=newer.claimed, attempt=lease.attempt)
-        return 0  # the run goes on elsewhere: nothing may restart this one
+        return 0, False  # the run goes on elsewhere: nothing may restart this one
+    if again:
+        print(f"entrypoint: reloading: the training stopped (exit {code}) and starts again with the new code",
+              flush=True)
+        session.state.write("reloading")
+        record_in_background(ledger, "note", what="reloaded with new code", code=code)
+        return code, True
     record_in_background(ledger, "finished" if code == 0 else "exited", code=code)
-    return code
+    return code, False
+
+
+@dataclass
+class Session:
+    """What lasts across the trainings of one entrypoint: its host name, its state file, reloads, the warm process."""
+
+    host: str
+    state: EntrypointState
+    reloads: Reloads
+    warm: Warm
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options, command = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = load_settings()
+    except DeployError as exc:
+        print(f"entrypoint: {exc}", file=sys.stderr, flush=True)
+        return 2
+    storage = cache(lambda: Storage.from_settings(settings))
+    host = os.environ.get(RUN_HOST_ENV, "") or socket.gethostname()
+    session = Session(host, EntrypointState(), Reloads(), Warm(training_command(command, settings)))
+    session.warm.prepare()  # torch and Lightning import while the lease, the uploads and the resume run
+    if session.state.enabled:
+        session.reloads.install()
+    try:
+        while True:
+            code, again = train_once(settings, storage, options, command, session)
+            if not again:
+                return code
+    finally:
+        session.warm.close()
+        session.state.write("ended")
 
 
 if __name__ == "__main__":

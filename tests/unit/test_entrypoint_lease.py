@@ -57,7 +57,7 @@ def test_a_superseded_training_starts_nothing_and_exits_zero(moto_storage, tmp_p
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(entrypoint.Storage, "from_settings", classmethod(lambda cls, s: moto_storage))
     ran: list[object] = []
-    monkeypatch.setattr(entrypoint, "run", lambda *a: ran.append(a) or 0)
+    monkeypatch.setattr(entrypoint, "run", lambda *a: ran.append(a) or (0, False))
     assert main(["--", "python", "-c", "pass"]) == 0
     assert ran == []
     out = capsys.readouterr().out
@@ -79,11 +79,11 @@ def test_after_the_training_a_newer_claim_turns_its_exit_into_zero(moto_storage,
     monkeypatch.setattr(entrypoint, "TrainingLedger", type("NoLedger", (), {"from_settings": staticmethod(
         lambda s: None)}))
 
-    def training(command, env):
+    def training(command, env, warm=None, reloads=None):
         assert env["RUN_ATTEMPT"] == "1"
         if later:  # the replacement claims the run while this one trains
             claim(moto_storage, RUN, 2, "root@203.0.113.9:40022")
-        return 143
+        return 143, False
 
     monkeypatch.setattr(entrypoint, "run", training)
     code = main(["--", "python", "-c", "pass"])
