@@ -407,6 +407,11 @@ class Settings:
         "SHIP_ENV_EXCLUDE", "Keys never shipped (glob patterns; wins over the include list), besides RUNPOD_*, "
         "SSH_*, REMOTE_DIR, ENV_FILE and SHIP_ENV_*, which never leave the laptop.",
         "LOCAL_*", default="", group="deploy")
+    package_index: str = setting(
+        "PACKAGE_INDEX", "Native runtime: never forbids the package index after the first deploy of a requirement "
+        "set: packages come only from the bucket's wheel store (wheels/), which that first deploy fills, and a deploy "
+        "that would need the index stops in its plan. Unset: the index serves what the store lacks.", "", default="",
+        parse=_parse_choice(("never",)), group="deploy")
     # The training project (deploy.project): whose code and requirements training runs; operator-side.
     train_project: str = setting(
         "TRAIN_PROJECT", "Folder of the training project whose code runs on the host and whose requirements.txt "

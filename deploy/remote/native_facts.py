@@ -14,8 +14,10 @@ import hashlib
 import importlib.util
 import json
 import os
+import platform
 import site
 import sys
+import sysconfig
 
 
 def load(root: str, path: str):
@@ -35,13 +37,20 @@ def digest(root: str, path: str) -> str | None:
 
 
 def interpreter() -> dict:
-    """This interpreter: where it is, its version and site folders, its torch, whether it has venv and pip."""
+    """This interpreter: where it is, its version and site folders, its torch, whether it has venv and pip, pip's
+    version, and the platform and C library its wheels are built for (the wheel store's key)."""
     try:
         from importlib.metadata import version
 
         torch = version("torch")
     except Exception:  # noqa: BLE001 - no torch, or no importlib.metadata
         torch = None
+    try:
+        from importlib.metadata import version
+
+        pip = version("pip")
+    except Exception:  # noqa: BLE001 - no pip, or no importlib.metadata
+        pip = None
     try:
         import ensurepip  # noqa: F401
         import venv  # noqa: F401
@@ -54,7 +63,8 @@ def interpreter() -> dict:
     if user and os.path.isdir(user):
         dirs.append(user)
     return {"executable": sys.executable, "version": "%d.%d.%d" % sys.version_info[:3], "site": dirs,
-            "torch": torch, "has_venv": has_venv, "has_pip": importlib.util.find_spec("pip") is not None}
+            "torch": torch, "has_venv": has_venv, "has_pip": importlib.util.find_spec("pip") is not None,
+            "pip": pip, "platform": sysconfig.get_platform(), "libc": " ".join(platform.libc_ver()).strip()}
 
 
 def training_running(root: str, meta: str) -> bool:

@@ -6,7 +6,7 @@ store promises about them (conditions).
 """
 
 from deploy.storage.bucket import (CHECKPOINTS, CHECKS, CHUNK, DATASETS, IMAGES, LOGS, MB, ObjectInfo, Storage,
-                                   TransferResult, file_sha256, make_client, safe_relative, transfer_config)
+                                   WHEELS, TransferResult, file_sha256, make_client, safe_relative, transfer_config)
 
 __all__ = ["CHECKPOINTS", "CHECKS", "CHUNK", "DATASETS", "IMAGES", "LOGS", "MB", "ObjectInfo", "Storage",
-           "TransferResult", "file_sha256", "make_client", "safe_relative", "transfer_config"]
+           "TransferResult", "WHEELS", "file_sha256", "make_client", "safe_relative", "transfer_config"]

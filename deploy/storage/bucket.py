@@ -48,6 +48,7 @@ CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 DATASETS = "datasets"
 IMAGES = "docker-images"
+WHEELS = "wheels"  # the native runtime's wheel store (deploy.runtimes.native.wheels); newer than the scripts
 CHECKS = ".gpu-deploy-check"
 """Throwaway probe objects of ``fab s3.check`` and the conditional-write probe; each is deleted afterwards."""
 

@@ -12,13 +12,14 @@ from deploy.hosts.envfile import EnvShipment, remote_env_digest
 from deploy.hosts.probe import HostFacts
 from deploy.hosts.remote import cause, python_program, run
 from deploy.hosts.ssh import HostSpec
-from deploy.runtimes.base import CodeSync, Plan, ServiceState, Step
+from deploy.runtimes.base import RELOAD, CodeSync, Plan, ServiceState, Step
 from deploy.runtimes.code.layout import MANIFEST, META, RELEASE
 from deploy.runtimes.code.sync import plan_sync
 from deploy.runtimes.code.tree import DEPLOY_IGNORE, LocalFile
 from deploy.runtimes.native.layout import REQUIREMENTS, SUPERVISOR_FILES, VENV, VENV_MARKER, training_paths
 from deploy.runtimes.native.service import STOP_TIMEOUT, NativeService, service_state
 from deploy.runtimes.native.venv import BaseInterpreter, requirements_digest, sha256
+from deploy.runtimes.native.wheels import StoreLook, package_source, stores_later
 
 if TYPE_CHECKING:
     from fabric import Connection
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 COMPOSE_FILE = "docker-compose.runpod.yml"  # a compose deploy's service file: its REMOTE_DIR is not ours
 MAX_TREE_BYTES = 1 << 30
 SUPERVISOR_SOURCE = Path(__file__).resolve().parents[2] / "remote" / "supervisor.py"
+# What a running training cannot take warm: its settings, interpreter, packages, data link or supervisor change.
+COLD_STEPS = ("write-env", "link-data", "create-venv", "install-requirements", "install-supervisor")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class NativeDesired:
     local_rsync: bool = False
     stop_timeout: int = STOP_TIMEOUT
     max_restarts: int = 5
+    package_index: str = ""  # PACKAGE_INDEX: "never" installs only from the bucket's wheel store
 
     @property
     def venv(self) -> str:
@@ -93,6 +97,7 @@ class NativeState:
     release: str | None = None
     compose_deploy: bool = False
     data_link: str | None = None  # where REMOTE_DIR/data links to now (read only when DATA_DIR is elsewhere)
+    wheels: StoreLook | None = None  # the bucket's wheel store for these requirements here; None: no bucket
     service: ServiceState = field(default_factory=lambda: ServiceState(exists=False))
 
 
@@ -153,7 +158,13 @@ def _venv_steps(desired: NativeDesired, state: NativeState, problems: list[str])
         lists = "the train extra" + (f" and {desired.requirements_source or REQUIREMENTS}"
                                      if desired.user_requirements is not None else "")
         pin = f", torch pinned to {base.torch}" if base and base.torch else ""
-        steps.append(Step("install-requirements", f"pip install {lists} ({'changed' if venv_ok else 'new venv'}{pin})"))
+        source = package_source(state.wheels, desired.package_index, base, problems)
+        steps.append(Step("install-requirements",
+                          f"pip install {lists} {source} ({'changed' if venv_ok else 'new venv'}{pin})"))
+    elif stores_later(state.wheels, desired.package_index, base, state.venv):
+        assert state.wheels is not None
+        steps.append(Step("store-wheels", f"the wheels pip installed into {desired.venv}, to {state.wheels.url} "
+                                          "for later deploys (the bucket has none for these requirements)"))
     return steps
 
 
@@ -178,6 +189,10 @@ def plan_native(spec: HostSpec, desired: NativeDesired, state: NativeState, fact
     current = state.release == release_digest(desired, state.base)
     if desired.restart:
         steps.append(Step("restart", "restart the supervised entrypoint (resumes from the latest checkpoint in S3)"))
+    elif state.service.running and not current and not any(s.name in COLD_STEPS for s in steps):
+        # Only the project's code changed (the host checks that again): the running entrypoint takes it warm.
+        steps.append(Step(RELOAD, "the training takes the new code warm: it stops at a step as `fab stop` does and "
+                                  "resumes from it, torch and Lightning imported meanwhile (a restart if it cannot)"))
     elif not state.service.running or not current:
         why = "not running" if not state.service.running else "code, settings or packages changed"
         steps.append(Step("restart" if state.service.running else "start",
@@ -199,7 +214,8 @@ def parse_gathered(output: str, error: str = "") -> NativeState:
         return NativeState(base=None, base_error=cause(error, limit=200) or "no output")
     b = data["base"]
     base = BaseInterpreter(executable=b["executable"], version=b["version"], site=tuple(b.get("site") or ()),
-                           torch=b.get("torch"), has_venv=bool(b.get("has_venv")), has_pip=bool(b.get("has_pip")))
+                           torch=b.get("torch"), has_venv=bool(b.get("has_venv")), has_pip=bool(b.get("has_pip")),
+                           pip=b.get("pip"), platform=str(b.get("platform") or ""), libc=str(b.get("libc") or ""))
     manifest = frozenset(data.get("manifest") or ())
     compose = bool(data.get("compose")) and COMPOSE_FILE not in manifest
     service = data.get("service") or {}

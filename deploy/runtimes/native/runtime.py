@@ -11,6 +11,7 @@ A second deploy with nothing changed plans nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import posixpath
@@ -18,11 +19,12 @@ import shutil
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from deploy.errors import HostError, StorageError
 from deploy.hosts.probe import HostFacts
-from deploy.hosts.remote import run, write_atomic
+from deploy.hosts.remote import run, where, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec
 from deploy.project import TrainProject, train_requirements
-from deploy.runtimes.base import HostRun, Log, StepHandler, write_env
+from deploy.runtimes.base import RELOAD, HostRun, Log, StepHandler, reload_training, write_env
 from deploy.runtimes.code.layout import META, RELEASE
 from deploy.runtimes.code.shipped import library_files
 from deploy.runtimes.code.sync import send_files
@@ -31,6 +33,9 @@ from deploy.runtimes.native.plan import (NativeDesired, NativePlan, NativeState,
                                          release_digest)
 from deploy.runtimes.native.service import NativeService
 from deploy.runtimes.native.venv import create_venv, install_requirements
+from deploy.runtimes.native.wheels import NEVER, REPORT, StoreLook, host_dir, pip_reports, store_key
+from deploy.runtimes.native.wheelstore import (BucketWheels, fetch_on_host, from_shipment, shipped_value,
+                                               store_from_host)
 
 if TYPE_CHECKING:
     from fabric import Connection
@@ -44,25 +49,43 @@ def desired_native(run: HostRun, source: str | os.PathLike[str] = ".") -> Native
     return NativeDesired(remote_dir=run.remote_dir, env=run.env, python=run.native_python, source=project.root,
                          files=files, train_requirements=train_requirements(), user_requirements=project.requirements,
                          requirements_source=project.requirements_source, data_dir=run.data_dir, restart=run.restart,
-                         local_rsync=bool(shutil.which("rsync") and shutil.which("ssh")))
+                         local_rsync=bool(shutil.which("rsync") and shutil.which("ssh")),
+                         package_index=shipped_value(run.env, "PACKAGE_INDEX"))
 
 
 class NativeRuntime:
-    """The native strategy; ``options`` are the SSH settings rsync reuses, ``source`` the training project."""
+    """The native strategy; ``options`` are the SSH settings rsync reuses, ``source`` the training project,
+    ``wheels`` the bucket's wheel store (default: the bucket the host's ``.env`` names, when it names one)."""
 
     name = "native"
     multi_node = False  # a RunPod pod trains one run per host
     needs_image = False  # NATIVE_PYTHON's torch serves; no image moves
 
-    def __init__(self, options: HostOptions | None = None, source: str | os.PathLike[str] = ".") -> None:
+    def __init__(self, options: HostOptions | None = None, source: str | os.PathLike[str] = ".",
+                 wheels: BucketWheels | None = None) -> None:
         self.options = options or HostOptions()
         self.source = source
+        self.wheels = wheels
+        self._shipped: dict[str, BucketWheels | None] = {}
+
+    def store(self, desired: NativeDesired) -> BucketWheels | None:
+        """The wheel store for ``desired``: the one handed in, else the bucket of its ``.env`` (made once)."""
+        if self.wheels is not None:
+            return self.wheels
+        if desired.env.digest not in self._shipped:
+            self._shipped[desired.env.digest] = from_shipment(desired.env)
+        return self._shipped[desired.env.digest]
 
     def desire(self, run: HostRun) -> NativeDesired:
         return desired_native(run, self.source)
 
     def gather(self, conn: Connection, desired: NativeDesired, facts: HostFacts) -> NativeState:
-        return gather_native(conn, desired)
+        state = gather_native(conn, desired)
+        store = self.store(desired)
+        if state.base is None or store is None:
+            return state
+        look = store.look(store_key(desired.requirements_digest(state.base), state.base))
+        return dataclasses.replace(state, wheels=look)
 
     def plan(self, spec: HostSpec, desired: NativeDesired, state: NativeState, facts: HostFacts) -> NativePlan:
         return plan_native(spec, desired, state, facts)
@@ -73,11 +96,52 @@ class NativeRuntime:
     @property
     def handlers(self) -> Mapping[str, StepHandler]:
         return {"create-dir": create_dir, "write-env": write_env, "sync-code": self.sync_code,
-                "link-data": link_data, "create-venv": make_venv, "install-requirements": install,
-                "install-supervisor": install_supervisor, "start": start, "restart": start}
+                "link-data": link_data, "create-venv": make_venv, "install-requirements": self.install,
+                "store-wheels": self.store_wheels, "install-supervisor": install_supervisor, "start": start,
+                "restart": start, RELOAD: reload}
 
     def sync_code(self, conn: Connection, plan: NativePlan, log: Log) -> None:
         send_files(conn, plan, self.options, log)
+
+    def install(self, conn: Connection, plan: NativePlan, log: Log) -> None:
+        """From the bucket's wheel store when it has the set (no package index); else from the index, then the
+        wheels of what pip installed go to the store. A store that fails falls back to the index unless pinned."""
+        d, base, look = plan.desired, plan.state.base, plan.state.wheels
+        assert base is not None
+        store = self.store(d)
+        args = (conn, d.venv, d.remote_dir, base, d.train_requirements, d.user_requirements, d.requirements_source)
+        if store is not None and look is not None and look.found is not None:
+            folder = host_dir(d.remote_dir, look.key)
+            try:
+                got = fetch_on_host(conn, d.python, store, look.found, folder)
+                install_requirements(*args, find_links=folder)
+                log(f"{where(conn)}: installed from the bucket's wheel store ({look.found.describe()}; "
+                    f"{got.get('fetched', 0)} fetched, {got.get('kept', 0)} already here), no package index")
+                return
+            except (HostError, StorageError) as exc:
+                if d.package_index == NEVER:
+                    raise HostError(f"PACKAGE_INDEX=never, and the bucket's wheel store {look.url} did not install "
+                                    f"on {where(conn)}: {exc}") from exc
+                log(f"{where(conn)}: the bucket's wheel store did not install ({exc}); installing from the package "
+                    "index instead, and storing the wheels again.")
+        storing = store is not None and look is not None and pip_reports(base.pip)
+        install_requirements(*args, report=REPORT if storing else None)
+        if storing:
+            assert store is not None and look is not None
+            self._store(conn, d, store, look, log)
+
+    def store_wheels(self, conn: Connection, plan: NativePlan, log: Log) -> None:
+        """The ``store-wheels`` step: a current virtualenv's wheels, missing from the bucket, go there."""
+        store, look = self.store(plan.desired), plan.state.wheels
+        assert store is not None and look is not None
+        self._store(conn, plan.desired, store, look, log)
+
+    def _store(self, conn: Connection, d: NativeDesired, store: BucketWheels, look: StoreLook, log: Log) -> None:
+        """Build wheels of what pip installed into the virtualenv (its report) and put them in the bucket."""
+        stored, skipped = store_from_host(conn, d.python, posixpath.join(d.venv, "bin", "python"), d.remote_dir,
+                                          REPORT, store, look.key, host_dir(d.remote_dir, look.key))
+        direct = f"; {', '.join(skipped)} came from a URL or path and are not stored" if skipped else ""
+        log(f"{where(conn)}: stored {stored.describe()} in {look.url}{direct}")
 
 
 def create_dir(conn: Connection, plan: NativePlan, log: Log) -> None:
@@ -100,13 +164,6 @@ def make_venv(conn: Connection, plan: NativePlan, log: Log) -> None:
     create_venv(conn, d.python, d.venv, d.remote_dir, base)
 
 
-def install(conn: Connection, plan: NativePlan, log: Log) -> None:
-    d, base = plan.desired, plan.state.base
-    assert base is not None
-    install_requirements(conn, d.venv, d.remote_dir, base, d.train_requirements, d.user_requirements,
-                         d.requirements_source)
-
-
 def install_supervisor(conn: Connection, plan: NativePlan, log: Log) -> None:
     for name, data in plan.desired.supervisor_files().items():
         write_atomic(conn, posixpath.join(plan.desired.remote_dir, META, name), data, mode=0o644)
@@ -114,8 +171,22 @@ def install_supervisor(conn: Connection, plan: NativePlan, log: Log) -> None:
 
 def start(conn: Connection, plan: NativePlan, log: Log) -> int:
     """(Re)start the supervisor, then record what it runs: a later deploy with the same release does nothing."""
+    since = NativeService(plan.desired.remote_dir).start(conn)
+    record_release(conn, plan)
+    return since
+
+
+def reload(conn: Connection, plan: NativePlan, log: Log) -> int:
+    """The running entrypoint trains the new code warm; the supervisor is restarted when it cannot."""
+    reloaded = reload_training(conn, NativeService(plan.desired.remote_dir))
+    if reloaded.offset is None:
+        log(f"{plan.spec.host}: {RELOAD}: {reloaded.why}; restarting instead")
+        return start(conn, plan, log)
+    record_release(conn, plan)
+    return reloaded.offset
+
+
+def record_release(conn: Connection, plan: NativePlan) -> None:
     d = plan.desired
-    since = NativeService(d.remote_dir).start(conn)
     write_atomic(conn, posixpath.join(d.remote_dir, RELEASE),
                  json.dumps({"release": release_digest(d, plan.state.base)}).encode(), mode=0o644)
-    return since

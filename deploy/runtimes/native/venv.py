@@ -34,6 +34,9 @@ class BaseInterpreter:
     torch: str | None = None
     has_venv: bool = True
     has_pip: bool = True
+    pip: str | None = None  # pip's version: --report needs 22.2
+    platform: str = ""  # sysconfig.get_platform(): linux-x86_64
+    libc: str = ""  # platform.libc_ver(): glibc 2.36
 
     @property
     def identity(self) -> str:
@@ -71,11 +74,14 @@ def create_venv(conn: Connection, python: str, venv: str, remote_dir: str, base:
 
 
 def install_requirements(conn: Connection, venv: str, remote_dir: str, base: BaseInterpreter, train: tuple[str, ...],
-                         user: str | None, source: str = REQUIREMENTS) -> None:
+                         user: str | None, source: str = REQUIREMENTS, *, find_links: str | None = None,
+                         report: str | None = None) -> None:
     """pip install the train extra and the project's requirements, torch held at the interpreter's build.
 
     ``requirements.txt`` is installed where it lies (its relative lines work as written); a
     pyproject.toml's dependencies (``source``) are written beside the train extra's list first.
+    ``find_links``: only from that folder of wheels, never a package index. ``report`` (a path relative to
+    REMOTE_DIR): pip writes there what it installed (the wheel store builds those), and the marker names it.
     """
     meta = posixpath.join(remote_dir, META)
     write_atomic(conn, posixpath.join(meta, "requirements-train.txt"), ("\n".join(train) + "\n").encode(), mode=0o644)
@@ -87,7 +93,10 @@ def install_requirements(conn: Connection, venv: str, remote_dir: str, base: Bas
     elif user is not None:
         write_atomic(conn, posixpath.join(meta, "requirements-project.txt"), user.encode(), mode=0o644)
         args += ["-r", f"{META}/requirements-project.txt"]
-    run(conn, [posixpath.join(venv, "bin", "python"), "-m", "pip", "install", "--disable-pip-version-check", *args],
-        "pip install", cwd=remote_dir, log_file=posixpath.join(meta, "pip.log"))
-    marker = {"base": base.identity, "requirements": requirements_digest(base, train, user)}
+    where_from = ["--no-index", "--find-links", find_links] if find_links else []
+    reported = ["--report", report] if report else []
+    run(conn, [posixpath.join(venv, "bin", "python"), "-m", "pip", "install", "--disable-pip-version-check",
+               *where_from, *reported, *args], "pip install", cwd=remote_dir, log_file=posixpath.join(meta, "pip.log"))
+    marker = {"base": base.identity, "requirements": requirements_digest(base, train, user),
+              **({"report": report} if report else {})}
     write_atomic(conn, posixpath.join(remote_dir, VENV_MARKER), json.dumps(marker).encode(), mode=0o644)

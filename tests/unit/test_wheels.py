@@ -1,0 +1,227 @@
+"""The native runtime's wheel store, pure parts: its key, what a manifest may name, where the plan says packages
+come from; and wheelhouse.py's checks, run here as a host runs it."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.errors import StorageError
+from deploy.hosts.envfile import EnvShipment
+from deploy.hosts.remote import program_source
+from deploy.runtimes.native.plan import NativeDesired, parse_gathered, plan_native
+from deploy.runtimes.native.wheels import (StoreLook, WheelFile, WheelSet, checked_wheel_name, parse_files,
+                                           pip_reports, store_key)
+from deploy.runtimes.native.wheelstore import from_shipment, shipped_value
+from deploy.settings import Secret
+from tests.unit.test_native import BASE, DESIRED, FACTS, SPEC, healthy
+
+PINNED = NativeDesired(**{**DESIRED.__dict__, "package_index": "never"})
+BASE_PIP = BASE.__class__(**{**BASE.__dict__, "pip": "24.0", "platform": "linux-x86_64", "libc": "glibc 2.35"})
+KEY = store_key(DESIRED.requirements_digest(BASE_PIP), BASE_PIP)
+URL = f"s3://bucket/wheels/{KEY}/"
+ONE = WheelSet(KEY, (WheelFile("tinypkg-1.0-py3-none-any.whl", 2_500_000, "a" * 64),
+                     WheelFile("numpy-2.1.3-cp311-cp311-manylinux_2_17_x86_64.whl", 16_000_000, "b" * 64)))
+
+
+def fresh(desired: NativeDesired = DESIRED, look: StoreLook | None = None, **changes):
+    """A host whose virtualenv needs its requirements installed, with ``look`` at the bucket."""
+    return healthy(desired, BASE_PIP, venv={"base": BASE_PIP.identity, "requirements": "older"}, wheels=look,
+                   **changes)
+
+
+def install_line(plan) -> str:
+    return next(s.detail for s in plan.steps if s.name == "install-requirements")
+
+
+# --------------------------------------------------------------------------- the plan says where packages come from
+
+
+def test_plan_installs_from_the_store_when_it_has_the_set() -> None:
+    plan = plan_native(SPEC, PINNED, fresh(PINNED, StoreLook(KEY, URL, ONE)), FACTS)
+    assert plan.problems == ()
+    assert "from the bucket's wheel store (2 wheels, 18.5 MB)" in install_line(plan)
+    assert "package index" not in install_line(plan)
+
+
+def test_plan_without_a_set_installs_from_the_index_and_stores() -> None:
+    plan = plan_native(SPEC, DESIRED, fresh(look=StoreLook(KEY, URL)), FACTS)
+    assert plan.problems == ()
+    assert "from the package index; stores the wheels for later deploys" in install_line(plan)
+
+
+def test_a_pinned_deploy_without_a_set_is_one_problem_before_any_change() -> None:
+    plan = plan_native(SPEC, PINNED, fresh(PINNED, StoreLook(KEY, URL)), FACTS)
+    [problem] = plan.problems
+    assert problem.startswith("PACKAGE_INDEX=never, but the bucket has no wheel store for these requirements")
+    assert URL in problem and "deploy once with PACKAGE_INDEX unset" in problem
+    assert problem.count(". ") == 0 and problem.endswith(".")
+
+
+def test_a_pinned_deploy_with_a_bad_manifest_names_it() -> None:
+    look = StoreLook(KEY, URL, problem="The manifest names '../x.whl', which is not a plain wheel file name")
+    plan = plan_native(SPEC, PINNED, fresh(PINNED, look), FACTS)
+    assert "../x.whl" in plan.problems[0]
+    unpinned = plan_native(SPEC, DESIRED, fresh(look=look), FACTS)
+    assert unpinned.problems == () and "stores the wheels for later deploys" in install_line(unpinned)
+
+
+def test_without_a_bucket_the_index_serves_and_nothing_is_stored() -> None:
+    plan = plan_native(SPEC, DESIRED, fresh(look=None), FACTS)
+    assert install_line(plan).startswith("pip install the train extra and requirements.txt from the package index (")
+    assert "stores" not in install_line(plan)
+
+
+def test_an_old_pip_installs_from_the_index_without_storing() -> None:
+    old = BASE_PIP.__class__(**{**BASE_PIP.__dict__, "pip": "21.3.1"})
+    plan = plan_native(SPEC, DESIRED, healthy(DESIRED, old, venv={"base": old.identity, "requirements": "x"},
+                                              wheels=StoreLook(KEY, URL)), FACTS)
+    assert "pip 21.3.1 cannot report what it installs, so no wheels are stored" in install_line(plan)
+
+
+def test_a_current_venv_whose_set_is_missing_stores_it_without_reinstalling() -> None:
+    venv = {"base": BASE_PIP.identity, "requirements": DESIRED.requirements_digest(BASE_PIP),
+            "report": ".gpu-deploy/pip-report.json"}
+    plan = plan_native(SPEC, DESIRED, healthy(DESIRED, BASE_PIP, venv=venv, wheels=StoreLook(KEY, URL)), FACTS)
+    assert [s.name for s in plan.steps] == ["store-wheels"]
+    assert plan_native(SPEC, DESIRED, healthy(DESIRED, BASE_PIP, venv=venv, wheels=StoreLook(KEY, URL, ONE)),
+                       FACTS).noop
+    assert plan_native(SPEC, PINNED, healthy(PINNED, BASE_PIP, venv=venv, wheels=StoreLook(KEY, URL)),
+                       FACTS).noop  # pinned: building wheels may ask the index, so it does not
+
+
+def test_a_requirement_change_is_another_key() -> None:
+    changed = NativeDesired(**{**DESIRED.__dict__, "user_requirements": "numpy\ntinypkg\n"})
+    assert store_key(changed.requirements_digest(BASE_PIP), BASE_PIP) != KEY
+
+
+# --------------------------------------------------------------------------- key, names, manifests
+
+
+def test_key_names_python_platform_and_libc_and_is_one_safe_segment() -> None:
+    assert KEY.startswith("py3.11-linux_x86_64-glibc_2.35-") and "/" not in KEY
+    musl = BASE_PIP.__class__(**{**BASE_PIP.__dict__, "libc": ""})
+    assert store_key("c" * 64, musl) == "py3.11-linux_x86_64-unknown-" + "c" * 32
+
+
+def test_the_host_reports_platform_libc_and_pip() -> None:
+    line = json.dumps({"base": {"executable": "/usr/bin/python3", "version": "3.11.9", "pip": "24.0",
+                                "platform": "linux-x86_64", "libc": "glibc 2.35"}})
+    base = parse_gathered(line).base
+    assert base is not None and (base.pip, base.platform, base.libc) == ("24.0", "linux-x86_64", "glibc 2.35")
+    assert base.identity == "/usr/bin/python3 3.11.9 torch none"  # unchanged: a venv made before is still current
+
+
+@pytest.mark.parametrize("name", ["../evil.whl", "a/b.whl", "x.whl\n", "tiny\x00.whl", "tinypkg.tar.gz", "",
+                                  ".hidden.whl", "a..b-1.whl", None, 7, "x" * 300 + ".whl"])
+def test_a_name_that_is_not_a_plain_wheel_file_is_refused(name) -> None:
+    with pytest.raises(StorageError, match="not a plain wheel file name"):
+        checked_wheel_name(name)
+
+
+def test_manifest_entries_need_a_size_and_a_sha256_and_no_twins() -> None:
+    good = [{"name": "tinypkg-1.0-py3-none-any.whl", "size": 10, "sha256": "0" * 64}]
+    assert parse_files(good, "m")[0].size == 10
+    for bad in ([{"name": "tinypkg-1.0-py3-none-any.whl", "size": "10", "sha256": "0" * 64}],
+                [{"name": "tinypkg-1.0-py3-none-any.whl", "size": 10, "sha256": "XYZ"}],
+                good + good, {"files": good}, ["tinypkg-1.0-py3-none-any.whl"]):
+        with pytest.raises(StorageError):
+            parse_files(bad, "m")
+
+
+def test_pip_22_2_is_the_first_that_reports() -> None:
+    assert pip_reports("22.2") and pip_reports("24.0.1") and not pip_reports("22.1.2")
+    assert not pip_reports(None) and not pip_reports("dev")
+
+
+def test_the_store_and_the_pin_come_from_the_hosts_env() -> None:
+    env = EnvShipment(keys=("PACKAGE_INDEX",), _content=Secret("PACKAGE_INDEX='never'\n"))
+    assert shipped_value(env, "PACKAGE_INDEX") == "never" and from_shipment(env) is None  # no bucket named
+    full = EnvShipment(keys=(), _content=Secret("AWS_ACCESS_KEY_ID='k'\nAWS_SECRET_ACCESS_KEY='s'\n"
+                                                "S3_BUCKET='wheel-bucket'\nS3_PREFIX='team'\n"))
+    store = from_shipment(full)
+    assert store is not None and store.key(KEY, "manifest.json") == f"team/wheels/{KEY}/manifest.json"
+    assert store.storage.bucket == "wheel-bucket"
+
+
+# --------------------------------------------------------------------------- wheelhouse.py on the host
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(root), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def wheelhouse(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", program_source("wheelhouse.py"), *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def job_file(tmp_path: Path, dest: Path, files: list[dict]) -> Path:
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"dest": str(dest), "files": files}))
+    job.chmod(0o600)
+    return job
+
+
+def test_fetch_verifies_each_wheel_and_keeps_what_is_already_there(tmp_path: Path, served) -> None:
+    root, base_url = served
+    data = b"wheel bytes" * 100
+    (root / "tinypkg-1.0-py3-none-any.whl").write_bytes(data)
+    item = {"name": "tinypkg-1.0-py3-none-any.whl", "url": f"{base_url}/tinypkg-1.0-py3-none-any.whl",
+            "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    dest = tmp_path / "wheels"
+    job = job_file(tmp_path, dest, [item])
+    first = wheelhouse("fetch", str(job))
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == {"fetched": 1, "kept": 0, "bytes": len(data)} and not job.exists()
+    assert (dest / item["name"]).read_bytes() == data
+    again = wheelhouse("fetch", str(job_file(tmp_path, dest, [item])))
+    assert json.loads(again.stdout) == {"fetched": 0, "kept": 1, "bytes": 0}
+
+
+def test_fetch_refuses_a_corrupt_or_missing_wheel_and_leaves_no_part(tmp_path: Path, served) -> None:
+    root, base_url = served
+    (root / "tinypkg-1.0-py3-none-any.whl").write_bytes(b"tampered")
+    dest = tmp_path / "wheels"
+    bad = {"name": "tinypkg-1.0-py3-none-any.whl", "url": f"{base_url}/tinypkg-1.0-py3-none-any.whl", "size": 8,
+           "sha256": "0" * 64}
+    result = wheelhouse("fetch", str(job_file(tmp_path, dest, [bad])))
+    assert result.returncode != 0 and "corrupt: tinypkg-1.0-py3-none-any.whl" in result.stderr
+    gone = {**bad, "name": "other-1.0-py3-none-any.whl", "url": f"{base_url}/other-1.0-py3-none-any.whl"}
+    result = wheelhouse("fetch", str(job_file(tmp_path, dest, [gone])))
+    assert result.returncode != 0 and "missing: other-1.0-py3-none-any.whl (404)" in result.stderr
+    assert list(dest.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["../escape.whl", "sub/x.whl", "x.whl\r", "x.whl\n", "/etc/x.whl"])
+def test_fetch_refuses_a_job_naming_anything_but_a_plain_wheel(tmp_path: Path, served, name: str) -> None:
+    _, base_url = served
+    dest = tmp_path / "inside" / "wheels"
+    item = {"name": name, "url": f"{base_url}/x.whl", "size": 1, "sha256": "0" * 64}
+    result = wheelhouse("fetch", str(job_file(tmp_path, dest, [item])))
+    assert result.returncode != 0 and "refused:" in result.stderr
+    assert not (tmp_path / "escape.whl").exists() and not (tmp_path / "inside" / "escape.whl").exists()
+
+
+def test_build_takes_what_pip_installed_and_skips_direct_requirements(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"install": [
+        {"metadata": {"name": "local-thing", "version": "0.1"}, "is_direct": True}]}))
+    result = wheelhouse("build", sys.executable, str(report), str(tmp_path / "wheels"), str(tmp_path / "log"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"files": [], "skipped": ["local-thing"]}
