@@ -1,16 +1,18 @@
 """The native runtime's wheels on the host: build the ones pip installed, or fetch a stored set.
 
-    python3 wheelhouse.py build PYTHON REPORT DEST LOG
+    python3 wheelhouse.py build PYTHON SITE DEST LOG
     python3 wheelhouse.py fetch JOB.json
 
 Standard library only; deploy (deploy.runtimes.native.wheels) runs it with ``python -c``.
 
-``build`` reads ``pip install --report REPORT``'s list of what pip installed into the run's
-virtualenv (never what the interpreter already had: the image's torch is not in it), runs
-``PYTHON -m pip wheel --no-deps`` of exactly those ``name==version`` into DEST (pip's cache
-serves what it just downloaded), its output to LOG, and prints one JSON line
-``{"files": [{"name", "size", "sha256"}], "skipped": [...]}``. A requirement pip took from a
-URL or a local path (``is_direct``) is skipped: the requirement list names it, not the index.
+``build`` lists what pip installed into the run's virtualenv: the distributions in its own
+site-packages SITE (never what the interpreter already had: the image's torch is not there; and
+every install into this virtualenv, not only the last, so a requirement added later still finds the
+earlier ones), runs ``PYTHON -m pip wheel --no-deps`` of exactly those ``name==version`` into
+DEST (pip's cache serves what it just downloaded), its output to LOG, and prints one JSON line
+``{"files": [{"name", "size", "sha256"}], "skipped": [...]}``. A distribution pip took from a URL
+or a local path (it has ``direct_url.json``) is skipped: the requirement list names it, not the
+index; so is pip itself, which the virtualenv brings.
 
 ``fetch`` reads the job file deploy wrote with mode 0600 (its presigned URLs grant read access for
 an hour) and removes it once read: ``{"dest", "files": [{"name", "url", "size", "sha256"}]}``.
@@ -55,24 +57,24 @@ def file_digest(path: str) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def wanted(report: dict) -> tuple[dict[str, str], list[str]]:
-    """From pip's report: {canonical name: name==version} to build, and the direct requirements skipped."""
+def installed(site_dir: str) -> tuple[dict[str, str], list[str]]:
+    """The virtualenv's own distributions: {canonical name: name==version} to build, and those skipped."""
+    from importlib.metadata import distributions
+
     build, skipped = {}, []
-    for item in report.get("install") or []:
-        meta = item.get("metadata") or {}
-        name, version = meta.get("name"), meta.get("version")
-        if not name or not version:
+    for dist in distributions(path=[site_dir]):
+        name, version = dist.metadata["Name"], dist.version
+        if not name or not version or canonical(name) == "pip":
             continue
-        if item.get("is_direct"):
+        if dist.read_text("direct_url.json") is not None:
             skipped.append(name)
         else:
             build[canonical(name)] = "%s==%s" % (name, version)
-    return build, skipped
+    return build, sorted(skipped)
 
 
-def build(python: str, report_path: str, dest: str, log: str) -> dict:
-    with open(report_path) as handle:
-        build_reqs, skipped = wanted(json.load(handle))
+def build(python: str, site_dir: str, dest: str, log: str) -> dict:
+    build_reqs, skipped = installed(site_dir)
     os.makedirs(dest, exist_ok=True)
     if build_reqs:
         with open(log, "ab") as out:
@@ -147,7 +149,7 @@ def main(argv: list[str]) -> int:
         os.unlink(argv[1])
         print(json.dumps(fetch(job)), flush=True)
         return 0
-    print("usage: wheelhouse.py build PYTHON REPORT DEST LOG | fetch JOB", file=sys.stderr)
+    print("usage: wheelhouse.py build PYTHON SITE DEST LOG | fetch JOB", file=sys.stderr)
     return 2
 
 

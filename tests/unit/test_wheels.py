@@ -18,8 +18,7 @@ from deploy.errors import StorageError
 from deploy.hosts.envfile import EnvShipment
 from deploy.hosts.remote import program_source
 from deploy.runtimes.native.plan import NativeDesired, parse_gathered, plan_native
-from deploy.runtimes.native.wheels import (StoreLook, WheelFile, WheelSet, checked_wheel_name, parse_files,
-                                           pip_reports, store_key)
+from deploy.runtimes.native.wheels import StoreLook, WheelFile, WheelSet, checked_wheel_name, parse_files, store_key
 from deploy.runtimes.native.wheelstore import from_shipment, shipped_value
 from deploy.settings import Secret
 from tests.unit.test_native import BASE, DESIRED, FACTS, SPEC, healthy
@@ -80,16 +79,8 @@ def test_without_a_bucket_the_index_serves_and_nothing_is_stored() -> None:
     assert "stores" not in install_line(plan)
 
 
-def test_an_old_pip_installs_from_the_index_without_storing() -> None:
-    old = BASE_PIP.__class__(**{**BASE_PIP.__dict__, "pip": "21.3.1"})
-    plan = plan_native(SPEC, DESIRED, healthy(DESIRED, old, venv={"base": old.identity, "requirements": "x"},
-                                              wheels=StoreLook(KEY, URL)), FACTS)
-    assert "pip 21.3.1 cannot report what it installs, so no wheels are stored" in install_line(plan)
-
-
 def test_a_current_venv_whose_set_is_missing_stores_it_without_reinstalling() -> None:
-    venv = {"base": BASE_PIP.identity, "requirements": DESIRED.requirements_digest(BASE_PIP),
-            "report": ".gpu-deploy/pip-report.json"}
+    venv = {"base": BASE_PIP.identity, "requirements": DESIRED.requirements_digest(BASE_PIP)}
     plan = plan_native(SPEC, DESIRED, healthy(DESIRED, BASE_PIP, venv=venv, wheels=StoreLook(KEY, URL)), FACTS)
     assert [s.name for s in plan.steps] == ["store-wheels"]
     assert plan_native(SPEC, DESIRED, healthy(DESIRED, BASE_PIP, venv=venv, wheels=StoreLook(KEY, URL, ONE)),
@@ -135,11 +126,6 @@ def test_manifest_entries_need_a_size_and_a_sha256_and_no_twins() -> None:
                 good + good, {"files": good}, ["tinypkg-1.0-py3-none-any.whl"]):
         with pytest.raises(StorageError):
             parse_files(bad, "m")
-
-
-def test_pip_22_2_is_the_first_that_reports() -> None:
-    assert pip_reports("22.2") and pip_reports("24.0.1") and not pip_reports("22.1.2")
-    assert not pip_reports(None) and not pip_reports("dev")
 
 
 def test_the_store_and_the_pin_come_from_the_hosts_env() -> None:
@@ -218,10 +204,14 @@ def test_fetch_refuses_a_job_naming_anything_but_a_plain_wheel(tmp_path: Path, s
     assert not (tmp_path / "escape.whl").exists() and not (tmp_path / "inside" / "escape.whl").exists()
 
 
-def test_build_takes_what_pip_installed_and_skips_direct_requirements(tmp_path: Path) -> None:
-    report = tmp_path / "report.json"
-    report.write_text(json.dumps({"install": [
-        {"metadata": {"name": "local-thing", "version": "0.1"}, "is_direct": True}]}))
-    result = wheelhouse("build", sys.executable, str(report), str(tmp_path / "wheels"), str(tmp_path / "log"))
+def test_build_takes_the_venvs_own_packages_and_skips_direct_ones_and_pip(tmp_path: Path) -> None:
+    site = tmp_path / "site-packages"
+    for name, direct in (("local_thing", True), ("pip", False)):
+        info = site / f"{name}-0.1.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+        if direct:
+            (info / "direct_url.json").write_text('{"url": "file:///src/local_thing", "dir_info": {}}')
+    result = wheelhouse("build", sys.executable, str(site), str(tmp_path / "wheels"), str(tmp_path / "log"))
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"files": [], "skipped": ["local-thing"]}
+    assert json.loads(result.stdout) == {"files": [], "skipped": ["local_thing"]}

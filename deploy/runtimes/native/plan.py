@@ -156,10 +156,10 @@ def _venv_steps(desired: NativeDesired, state: NativeState, problems: list[str])
         lists = "the train extra" + (f" and {desired.requirements_source or REQUIREMENTS}"
                                      if desired.user_requirements is not None else "")
         pin = f", torch pinned to {base.torch}" if base and base.torch else ""
-        source = package_source(state.wheels, desired.package_index, base, problems)
+        source = package_source(state.wheels, desired.package_index, problems)
         steps.append(Step("install-requirements",
                           f"pip install {lists} {source} ({'changed' if venv_ok else 'new venv'}{pin})"))
-    elif stores_later(state.wheels, desired.package_index, base, state.venv):
+    elif base is not None and stores_later(state.wheels, desired.package_index):
         assert state.wheels is not None
         steps.append(Step("store-wheels", f"the wheels pip installed into {desired.venv}, to {state.wheels.url} "
                                           "for later deploys (the bucket has none for these requirements)"))

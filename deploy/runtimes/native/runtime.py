@@ -32,8 +32,8 @@ from deploy.runtimes.code.tree import select_files
 from deploy.runtimes.native.plan import (NativeDesired, NativePlan, NativeState, gather_native, plan_native,
                                          release_digest)
 from deploy.runtimes.native.service import NativeService
-from deploy.runtimes.native.venv import create_venv, install_requirements
-from deploy.runtimes.native.wheels import NEVER, REPORT, StoreLook, host_dir, pip_reports, store_key
+from deploy.runtimes.native.venv import BaseInterpreter, create_venv, install_requirements, venv_site
+from deploy.runtimes.native.wheels import NEVER, StoreLook, host_dir, store_key
 from deploy.runtimes.native.wheelstore import (BucketWheels, fetch_on_host, from_shipment, shipped_value,
                                                store_from_host)
 
@@ -124,22 +124,22 @@ class NativeRuntime:
                                     f"on {where(conn)}: {exc}") from exc
                 log(f"{where(conn)}: the bucket's wheel store did not install ({exc}); installing from the package "
                     "index instead, and storing the wheels again.")
-        storing = store is not None and look is not None and pip_reports(base.pip)
-        install_requirements(*args, report=REPORT if storing else None)
-        if storing:
-            assert store is not None and look is not None
-            self._store(conn, d, store, look, log)
+        install_requirements(*args)
+        if store is not None and look is not None:
+            self._store(conn, d, base, store, look, log)
 
     def store_wheels(self, conn: Connection, plan: NativePlan, log: Log) -> None:
         """The ``store-wheels`` step: a current virtualenv's wheels, missing from the bucket, go there."""
-        store, look = self.store(plan.desired), plan.state.wheels
-        assert store is not None and look is not None
-        self._store(conn, plan.desired, store, look, log)
+        store, look, base = self.store(plan.desired), plan.state.wheels, plan.state.base
+        assert store is not None and look is not None and base is not None
+        self._store(conn, plan.desired, base, store, look, log)
 
-    def _store(self, conn: Connection, d: NativeDesired, store: BucketWheels, look: StoreLook, log: Log) -> None:
-        """Build wheels of what pip installed into the virtualenv (its report) and put them in the bucket."""
-        stored, skipped = store_from_host(conn, d.python, posixpath.join(d.venv, "bin", "python"), d.remote_dir,
-                                          REPORT, store, look.key, host_dir(d.remote_dir, look.key))
+    def _store(self, conn: Connection, d: NativeDesired, base: BaseInterpreter, store: BucketWheels,
+               look: StoreLook, log: Log) -> None:
+        """Build wheels of what pip installed into the virtualenv (its own site-packages) and put them in the bucket."""
+        stored, skipped = store_from_host(conn, d.python, posixpath.join(d.venv, "bin", "python"),
+                                          venv_site(d.venv, base),
+                                          d.remote_dir, store, look.key, host_dir(d.remote_dir, look.key))
         direct = f"; {', '.join(skipped)} came from a URL or path and are not stored" if skipped else ""
         log(f"{where(conn)}: stored {stored.describe()} in {look.url}{direct}")
 

@@ -57,13 +57,18 @@ def requirements_digest(base: BaseInterpreter | None, train: tuple[str, ...], us
                              sort_keys=True).encode())
 
 
+def venv_site(venv: str, base: BaseInterpreter) -> str:
+    """The virtualenv's own site-packages: what pip installed there, not what the interpreter had."""
+    return posixpath.join(venv, "lib", f"python{base.short_version}", "site-packages")
+
+
 def create_venv(conn: Connection, python: str, venv: str, remote_dir: str, base: BaseInterpreter) -> None:
     """A virtualenv that sees what NATIVE_PYTHON sees: system site-packages, and a .pth for a venv interpreter."""
     # The interpreter's own pip serves the venv (it installs by the running interpreter's prefix); a
     # pip of the venv's own would also bring an old setuptools that shadows the image's.
     own_pip = ["--without-pip"] if base.has_pip else []
     run(conn, [python, "-m", "venv", "--clear", "--system-site-packages", *own_pip, venv], "Creating the virtualenv")
-    site_dir = posixpath.join(venv, "lib", f"python{base.short_version}", "site-packages")
+    site_dir = venv_site(venv, base)
     # --system-site-packages reaches the base installation only; when NATIVE_PYTHON is itself a
     # virtualenv (or has a user site), its own site-packages must be added, with their .pth files
     # (addsitedir). Folders already on sys.path are skipped.
@@ -74,14 +79,12 @@ def create_venv(conn: Connection, python: str, venv: str, remote_dir: str, base:
 
 
 def install_requirements(conn: Connection, venv: str, remote_dir: str, base: BaseInterpreter, train: tuple[str, ...],
-                         user: str | None, source: str = REQUIREMENTS, *, find_links: str | None = None,
-                         report: str | None = None) -> None:
+                         user: str | None, source: str = REQUIREMENTS, *, find_links: str | None = None) -> None:
     """pip install the train extra and the project's requirements, torch held at the interpreter's build.
 
     ``requirements.txt`` is installed where it lies (its relative lines work as written); a
     pyproject.toml's dependencies (``source``) are written beside the train extra's list first.
-    ``find_links``: only from that folder of wheels, never a package index. ``report`` (a path relative to
-    REMOTE_DIR): pip writes there what it installed (the wheel store builds those), and the marker names it.
+    ``find_links``: only from that folder of wheels (the bucket's wheel store), never a package index.
     """
     meta = posixpath.join(remote_dir, META)
     write_atomic(conn, posixpath.join(meta, "requirements-train.txt"), ("\n".join(train) + "\n").encode(), mode=0o644)
@@ -94,9 +97,7 @@ def install_requirements(conn: Connection, venv: str, remote_dir: str, base: Bas
         write_atomic(conn, posixpath.join(meta, "requirements-project.txt"), user.encode(), mode=0o644)
         args += ["-r", f"{META}/requirements-project.txt"]
     where_from = ["--no-index", "--find-links", find_links] if find_links else []
-    reported = ["--report", report] if report else []
     run(conn, [posixpath.join(venv, "bin", "python"), "-m", "pip", "install", "--disable-pip-version-check",
-               *where_from, *reported, *args], "pip install", cwd=remote_dir, log_file=posixpath.join(meta, "pip.log"))
-    marker = {"base": base.identity, "requirements": requirements_digest(base, train, user),
-              **({"report": report} if report else {})}
+               *where_from, *args], "pip install", cwd=remote_dir, log_file=posixpath.join(meta, "pip.log"))
+    marker = {"base": base.identity, "requirements": requirements_digest(base, train, user)}
     write_atomic(conn, posixpath.join(remote_dir, VENV_MARKER), json.dumps(marker).encode(), mode=0o644)

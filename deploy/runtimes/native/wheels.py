@@ -30,8 +30,6 @@ NEVER = "never"
 """``PACKAGE_INDEX=never``: a deploy that would need the package index fails in its plan instead."""
 MANIFEST_NAME = "manifest.json"
 MAX_WHEELS = 5000
-REPORT = f"{META}/pip-report.json"  # pip install --report: what pip installed (relative to REMOTE_DIR)
-MIN_REPORT_PIP = (22, 2)
 _WHEEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.whl$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -63,14 +61,6 @@ def store_key(digest: str, base: BaseInterpreter) -> str:
 def host_dir(remote_dir: str, key: str) -> str:
     """Where the host keeps a set's wheels: pip's ``--find-links`` folder."""
     return posixpath.join(remote_dir.rstrip("/"), META, "wheels", key)
-
-
-def pip_reports(version: str | None) -> bool:
-    """Whether this pip has ``install --report`` (22.2), which tells what it installed."""
-    try:
-        return tuple(int(p) for p in (version or "").split(".")[:2]) >= MIN_REPORT_PIP
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -128,7 +118,7 @@ class StoreLook:
     problem: str = ""  # a manifest that is there but unusable
 
 
-def package_source(look: StoreLook | None, index: str, base: BaseInterpreter | None, problems: list[str]) -> str:
+def package_source(look: StoreLook | None, index: str, problems: list[str]) -> str:
     """Where an install takes its packages from, as the plan says it; a pinned deploy without a set adds a problem."""
     if look is not None and look.found is not None:
         return f"from the bucket's wheel store ({look.found.describe()})"
@@ -144,16 +134,12 @@ def package_source(look: StoreLook | None, index: str, base: BaseInterpreter | N
         return "from the bucket's wheel store (missing)"
     if look is None:
         return "from the package index"
-    if base is not None and not pip_reports(base.pip):
-        return (f"from the package index (pip {base.pip or 'unknown'} cannot report what it installs, so no wheels "
-                "are stored; pip 22.2 can)")
     note = f" ({look.problem})" if look.problem else ""
     return f"from the package index; stores the wheels for later deploys{note}"
 
 
-def stores_later(look: StoreLook | None, index: str, base: BaseInterpreter | None, venv: dict | None) -> bool:
-    """Whether a current virtualenv's wheels should still go to the bucket: the set is missing there, and the
-    virtualenv was installed with a report of what pip installed (an earlier store failed, or the set was
-    removed). Never when pinned: building wheels again may ask the index."""
-    return (look is not None and look.found is None and index != NEVER and base is not None
-            and pip_reports(base.pip) and bool((venv or {}).get("report")))
+def stores_later(look: StoreLook | None, index: str) -> bool:
+    """Whether a current virtualenv's wheels should still go to the bucket: the set is missing there (a virtualenv
+    made before the store, an earlier store that failed, a set removed). Never when pinned: building the wheels
+    again may ask the index."""
+    return look is not None and look.found is None and index != NEVER

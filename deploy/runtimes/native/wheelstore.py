@@ -130,12 +130,11 @@ def fetch_on_host(conn: Connection, python: str, wheels: BucketWheels, stored: W
     return _last_json(result.stdout, "wheelhouse.py fetch")
 
 
-def build_on_host(conn: Connection, python: str, venv_python: str, remote_dir: str, report: str,
+def build_on_host(conn: Connection, python: str, venv_python: str, site_dir: str, remote_dir: str,
                   dest: str) -> tuple[tuple[WheelFile, ...], list[str]]:
-    """Build wheels of what pip installed (``report``, relative to REMOTE_DIR) into ``dest``; (wheels, skipped)."""
+    """Build wheels of what pip installed into the virtualenv (its own ``site_dir``) into ``dest``; (wheels, skipped)."""
     log = posixpath.join(remote_dir, META, "pip-wheel.log")
-    result = run(conn, python_program(python, "wheelhouse.py", "build", venv_python,
-                                      posixpath.join(remote_dir, report), dest, log),
+    result = run(conn, python_program(python, "wheelhouse.py", "build", venv_python, site_dir, dest, log),
                  "Building the installed packages' wheels")
     data = _last_json(result.stdout, "wheelhouse.py build")
     files = parse_files(data.get("files"), f"The wheel list {where(conn)} reported")
@@ -143,10 +142,10 @@ def build_on_host(conn: Connection, python: str, venv_python: str, remote_dir: s
     return files, skipped
 
 
-def store_from_host(conn: Connection, python: str, venv_python: str, remote_dir: str, report: str,
+def store_from_host(conn: Connection, python: str, venv_python: str, site_dir: str, remote_dir: str,
                     wheels: BucketWheels, key: str, dest: str) -> tuple[WheelSet, list[str]]:
     """Build on the host, then put the set in the bucket (manifest last)."""
-    files, skipped = build_on_host(conn, python, venv_python, remote_dir, report, dest)
+    files, skipped = build_on_host(conn, python, venv_python, site_dir, remote_dir, dest)
     return wheels.put(conn, key, files, dest), skipped
 
 
