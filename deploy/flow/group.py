@@ -16,7 +16,7 @@ from deploy.errors import ConfigError, HostError
 from deploy.hosts.probe import probe
 from deploy.hosts.remote import python_program, run
 from deploy.hosts.ssh import HostOptions, HostSpec, Outcome, connect, for_each_host, require_sftp
-from deploy.runtimes.base import DeployResult, ImageSource, Log, Runtime, ServiceState, wait_for_training
+from deploy.runtimes.base import START_STEPS, DeployResult, ImageSource, Log, Runtime, ServiceState, wait_for_training
 from deploy.settings import Settings
 from deploy.storage import Storage
 from deploy.flow.choose import choose_runtime, runtimes
@@ -130,7 +130,8 @@ def deploy_group(specs: list[HostSpec], rollout: Rollout, settings: Settings, op
 def _run_group(conns: list[Any], specs: list[HostSpec], deploys: list[HostDeploy], rollout: Rollout,
                storage: Storage, log: Log) -> list[Outcome]:
     """Prepare every node (no start), then stop, check the rendezvous and start them as a group."""
-    restart = rollout.restart or any(d.plan.needs("start") or d.plan.needs("restart") for d in deploys)
+    # A group restarts as one: a node's planned reload (new code only) restarts every node cold too.
+    restart = rollout.restart or any(d.plan.needs(name) for d in deploys for name in START_STEPS)
     prepared = for_each_host(specs, lambda spec: execute(conns[specs.index(spec)], deploys[specs.index(spec)],
                                                          storage, wait=rollout.wait, log=log, start=False))
     if any(o.error for o in prepared) or not restart:

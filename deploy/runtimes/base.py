@@ -33,7 +33,10 @@ if TYPE_CHECKING:
 STARTED_MARKER = "entrypoint: running"
 """The entrypoint prints this once it launches training: the end of a start, for every runtime."""
 
-START_STEPS = ("start", "restart")
+RELOAD = "reload"
+"""A running training takes new project code warm (deploy.training.reload); a start when it cannot."""
+START_STEPS = ("start", "restart", RELOAD)
+RELOAD_TIMEOUT = 600  # seconds for the stop at a step, the resume and the new launch (a stop alone may take 120)
 Log = Callable[[str], None]
 
 
@@ -218,6 +221,10 @@ class Service(Protocol):
         """How deploy/remote/backstop.py stops this training from the host itself and records its end
         (``--python``, ``--supervisor``, ``--app``); ``[]`` when it cannot."""
 
+    def reload_command(self, timeout: int) -> str:
+        """A shell line that runs ``python -m deploy.training.reload`` beside the running entrypoint (on the host,
+        or in its container), in REMOTE_DIR."""
+
 
 class ImageSource(Protocol):
     """Where a runtime that needs the training image gets it (the bucket's layer store:
@@ -325,6 +332,34 @@ def wait_for_training(conn: Connection, service: Service, since: int, timeout: f
     tail = service.logs(conn, tail=15) if state.exists else ""
     raise HostError(f"Training did not start within {timeout:.0f} s ({service.kind} {state.status}, "
                     f"{state.restarts} restarts); last log lines:\n{tail}")
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """What ``deploy.training.reload`` answered: the new launch's log offset, or why nothing was signalled."""
+
+    offset: int | None
+    why: str = ""
+
+
+def reload_training(conn: Connection, service: Service, timeout: int = RELOAD_TIMEOUT) -> Reloaded:
+    """Ask the running entrypoint to train the new code warm; ``offset`` None: it was not asked, restart it cold.
+
+    A training that was asked and did not come back is a failure (its stop may have ended it): named, not retried.
+    """
+    result = run(conn, ["sh", "-c", service.reload_command(timeout)], "Reloading the training", warn=True)
+    try:
+        answer = json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        answer = None
+    if not isinstance(answer, dict):
+        return Reloaded(None, cause(result.stderr) or cause(result.stdout) or f"exit {result.exited}")
+    if answer.get("reloaded"):
+        return Reloaded(int(answer.get("log_offset") or 0))
+    why = str(answer.get("why") or "no reason given")
+    if answer.get("signalled"):
+        raise HostError(f"The training on {where(conn)} was asked to reload and {why}; see `fab logs`.")
+    return Reloaded(None, why)
 
 
 def write_env(conn: Connection, plan: Any, log: Log) -> None:

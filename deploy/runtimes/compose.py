@@ -34,8 +34,9 @@ from deploy.hosts.probe import HostFacts, compose_problems
 from deploy.hosts.remote import python_program, run, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec
 from deploy.project import TrainProject
-from deploy.runtimes.base import (STARTED_MARKER, CodeSync, HostRun, ImageSource, Log, Look, Plan, Progress,
-                                  ServiceState, Step, StepHandler, look_at, look_command, parse_look, write_env)
+from deploy.runtimes.base import (RELOAD, STARTED_MARKER, CodeSync, HostRun, ImageSource, Log, Look, Plan, Progress,
+                                  ServiceState, Step, StepHandler, look_at, look_command, parse_look, reload_training,
+                                  write_env)
 from deploy.runtimes.code.layout import MANIFEST, META, RELEASE
 from deploy.runtimes.code.shipped import library_files
 from deploy.runtimes.code.sync import plan_sync, send_files
@@ -108,6 +109,12 @@ class ComposeProject:
 
     def logs_command(self, tail: int = 100, follow: bool = False) -> str:
         argv = self.argv("logs", "--no-color", f"--tail={tail}", *(["-f"] if follow else []), self.service)
+        return f"cd {shlex.quote(self.directory)} && {shlex.join(argv)}"
+
+    def reload_command(self, timeout: int) -> str:
+        """``exec -T train python -m deploy.training.reload``: in the running container, beside its entrypoint."""
+        argv = self.argv("exec", "-T", self.service, "python", "-m", "deploy.training.reload", "--timeout",
+                         str(int(timeout)))
         return f"cd {shlex.quote(self.directory)} && {shlex.join(argv)}"
 
     def shell_command(self, script: str) -> str:
@@ -343,10 +350,13 @@ def plan_deploy(spec: HostSpec, desired: DesiredRun, state: HostState, facts: Ho
     if files_changed:
         steps.append(Step("upload-compose", ", ".join(wanted)))
     running_current = state.service.running and state.service.image_id == desired.image_id
-    if desired.restart or (running_current and code_changed and not (env_changed or image_changed or files_changed)):
-        # Compose recreates a container only when its configuration changed; new code needs --force-recreate.
-        why = "code changed; " if not desired.restart else ""
-        steps.append(Step("restart", f"recreate the service ({why}resumes from the latest checkpoint in S3)"))
+    if desired.restart:
+        steps.append(Step("restart", "recreate the service (resumes from the latest checkpoint in S3)"))
+    elif running_current and code_changed and not (env_changed or image_changed or files_changed):
+        # Only the project's code changed: the running entrypoint takes it warm; a recreate when it cannot (new
+        # code needs --force-recreate: Compose recreates a container only when its configuration changed).
+        steps.append(Step(RELOAD, "the training takes the new code warm: it stops at a step as `fab stop` does and "
+                                  "resumes from it, torch and Lightning imported meanwhile (a recreate if it cannot)"))
     elif env_changed or image_changed or files_changed or code_changed or not running_current:
         why = "not running" if not state.service.running else "image, code or settings changed"
         steps.append(Step("start", f"{project.command} up -d ({why})"))
@@ -392,7 +402,7 @@ class ComposeRuntime:
     def handlers(self) -> Mapping[str, StepHandler]:
         return {"create-dir": create_dir, "install-tools": install_tools, "write-env": write_env,
                 "sync-code": self.sync_code, "load-image": self.load_image, "upload-compose": upload_compose,
-                "start": start, "restart": start}
+                "start": start, "restart": start, RELOAD: reload}
 
     def sync_code(self, conn: Connection, plan: ComposePlan, log: Log) -> None:
         send_files(conn, plan, self.options, log)
@@ -422,12 +432,26 @@ def upload_compose(conn: Connection, plan: ComposePlan, log: Log) -> None:
         write_atomic(conn, posixpath.join(plan.desired.remote_dir, name), data, mode=0o644)
 
 
-def start(conn: Connection, plan: ComposePlan, log: Log) -> int:
+def start(conn: Connection, plan: ComposePlan, log: Log, recreate: bool | None = None) -> int:
     """(Re)create the service, then record the code it runs: a later deploy with the same code does nothing."""
-    since = plan.project.start(conn, recreate=plan.needs("restart"))
+    since = plan.project.start(conn, recreate=plan.needs("restart") if recreate is None else recreate)
+    record_release(conn, plan)
+    return since
+
+
+def reload(conn: Connection, plan: ComposePlan, log: Log) -> int:
+    """The running entrypoint trains the new code warm; the service is recreated when it cannot."""
+    reloaded = reload_training(conn, plan.project)
+    if reloaded.offset is None:
+        log(f"{plan.spec.host}: {RELOAD}: {reloaded.why}; recreating the service instead")
+        return start(conn, plan, log, recreate=True)
+    record_release(conn, plan)
+    return reloaded.offset
+
+
+def record_release(conn: Connection, plan: ComposePlan) -> None:
     d = plan.desired
     if d.files:
         run(conn, ["mkdir", "-p", posixpath.join(d.remote_dir, META)], "Creating the deploy folder")
         write_atomic(conn, posixpath.join(d.remote_dir, RELEASE), json.dumps({"release": d.code_digest()}).encode(),
                      mode=0o644)
-    return since

@@ -48,13 +48,22 @@ def test_a_host_running_this_code_needs_nothing() -> None:
     assert any("mounted at /workspace" in line for line in plan.describe())
 
 
-def test_a_code_only_change_sends_that_file_and_recreates_without_any_image_step() -> None:
+def test_a_code_only_change_sends_that_file_and_reloads_warm_without_any_image_step() -> None:
     changed = {**FILES, "trainer/model.py": LocalFile("/src", "trainer/model.py", 101, 2000)}
     desired = dataclasses.replace(DESIRED, files=changed)
     plan = plan_deploy(SPEC, desired, current())
-    assert [s.name for s in plan.steps] == ["sync-code", "restart"]
+    assert [s.name for s in plan.steps] == ["sync-code", "reload"]
     assert plan.sync.send == ("trainer/model.py",) and plan.sync.delete == () and plan.sync.method == "rsync"
-    assert "1 files" in plan.steps[0].detail and "code changed" in plan.steps[1].detail
+    assert "1 files" in plan.steps[0].detail and "takes the new code warm" in plan.steps[1].detail
+
+
+def test_a_code_change_with_new_settings_or_the_restart_flag_recreates_the_service() -> None:
+    changed = {**FILES, "trainer/model.py": LocalFile("/src", "trainer/model.py", 101, 2000)}
+    desired = dataclasses.replace(DESIRED, files=changed)
+    assert [s.name for s in plan_deploy(SPEC, desired, current(env_digest="older")).steps] == [
+        "write-env", "sync-code", "start"]
+    forced = dataclasses.replace(desired, restart=True)
+    assert [s.name for s in plan_deploy(SPEC, forced, current()).steps] == ["sync-code", "restart"]
 
 
 def test_both_runtimes_plan_the_code_sync_as_one_part_with_one_line(tmp_path: Path) -> None:
@@ -79,7 +88,7 @@ def test_a_deleted_file_is_removed_and_only_shipped_files_are() -> None:
 
 def test_code_synced_but_never_started_is_started_on_the_next_deploy() -> None:
     plan = plan_deploy(SPEC, DESIRED, current(release="an earlier release"))
-    assert [s.name for s in plan.steps] == ["restart"]
+    assert [s.name for s in plan.steps] == ["reload"]  # the running entrypoint takes the synced code
 
 
 def test_a_host_deployed_by_the_previous_version_gets_the_code_and_the_new_compose_file() -> None:

@@ -106,10 +106,11 @@ def test_a_second_deploy_with_no_change_plans_nothing() -> None:
     assert "changes   none: training runs this code with these settings" in plan.describe()
 
 
-def test_a_changed_file_is_sent_alone_and_the_run_restarted() -> None:
+def test_a_changed_file_is_sent_alone_and_the_run_reloaded_warm() -> None:
     files = {**FILES, "train.py": LocalFile("/src", "train.py", 121, 1_700_000_500)}
     plan = plan_native(SPEC, with_files(files), healthy(), FACTS)
-    assert names(plan) == ["sync-code", "restart"]
+    assert names(plan) == ["sync-code", "reload"]
+    assert "takes the new code warm" in plan.steps[1].detail
     assert plan.sync.send == ("train.py",) and plan.sync.delete == ()
 
 
@@ -117,7 +118,7 @@ def test_a_file_gone_from_the_tree_is_removed_from_the_host() -> None:
     files = {k: v for k, v in FILES.items() if k != "pkg/model.py"}
     plan = plan_native(SPEC, with_files(files), healthy(), FACTS)
     assert plan.sync.send == () and plan.sync.delete == ("pkg/model.py",)
-    assert names(plan) == ["sync-code", "restart"]
+    assert names(plan) == ["sync-code", "reload"]
 
 
 def test_changed_requirements_reinstall_into_the_same_venv() -> None:

@@ -12,7 +12,7 @@ from deploy.hosts.envfile import EnvShipment, remote_env_digest
 from deploy.hosts.probe import HostFacts
 from deploy.hosts.remote import cause, python_program, run
 from deploy.hosts.ssh import HostSpec
-from deploy.runtimes.base import CodeSync, Plan, ServiceState, Step
+from deploy.runtimes.base import RELOAD, CodeSync, Plan, ServiceState, Step
 from deploy.runtimes.code.layout import MANIFEST, META, RELEASE
 from deploy.runtimes.code.sync import plan_sync
 from deploy.runtimes.code.tree import DEPLOY_IGNORE, LocalFile
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 COMPOSE_FILE = "docker-compose.runpod.yml"  # a compose deploy's service file: its REMOTE_DIR is not ours
 MAX_TREE_BYTES = 1 << 30
 SUPERVISOR_SOURCE = Path(__file__).resolve().parents[2] / "remote" / "supervisor.py"
+# What a running training cannot take warm: its settings, interpreter, packages, data link or supervisor change.
+COLD_STEPS = ("write-env", "link-data", "create-venv", "install-requirements", "install-supervisor")
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,10 @@ def plan_native(spec: HostSpec, desired: NativeDesired, state: NativeState, fact
     current = state.release == release_digest(desired, state.base)
     if desired.restart:
         steps.append(Step("restart", "restart the supervised entrypoint (resumes from the latest checkpoint in S3)"))
+    elif state.service.running and not current and not any(s.name in COLD_STEPS for s in steps):
+        # Only the project's code changed (the host checks that again): the running entrypoint takes it warm.
+        steps.append(Step(RELOAD, "the training takes the new code warm: it stops at a step as `fab stop` does and "
+                                  "resumes from it, torch and Lightning imported meanwhile (a restart if it cannot)"))
     elif not state.service.running or not current:
         why = "not running" if not state.service.running else "code, settings or packages changed"
         steps.append(Step("restart" if state.service.running else "start",

@@ -24,7 +24,7 @@ from deploy.hosts.probe import HostFacts
 from deploy.hosts.remote import run, where, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec
 from deploy.project import TrainProject, train_requirements
-from deploy.runtimes.base import HostRun, Log, StepHandler, write_env
+from deploy.runtimes.base import RELOAD, HostRun, Log, StepHandler, reload_training, write_env
 from deploy.runtimes.code.layout import META, RELEASE
 from deploy.runtimes.code.shipped import library_files
 from deploy.runtimes.code.sync import send_files
@@ -98,7 +98,7 @@ class NativeRuntime:
         return {"create-dir": create_dir, "write-env": write_env, "sync-code": self.sync_code,
                 "link-data": link_data, "create-venv": make_venv, "install-requirements": self.install,
                 "store-wheels": self.store_wheels, "install-supervisor": install_supervisor, "start": start,
-                "restart": start}
+                "restart": start, RELOAD: reload}
 
     def sync_code(self, conn: Connection, plan: NativePlan, log: Log) -> None:
         send_files(conn, plan, self.options, log)
@@ -171,8 +171,22 @@ def install_supervisor(conn: Connection, plan: NativePlan, log: Log) -> None:
 
 def start(conn: Connection, plan: NativePlan, log: Log) -> int:
     """(Re)start the supervisor, then record what it runs: a later deploy with the same release does nothing."""
+    since = NativeService(plan.desired.remote_dir).start(conn)
+    record_release(conn, plan)
+    return since
+
+
+def reload(conn: Connection, plan: NativePlan, log: Log) -> int:
+    """The running entrypoint trains the new code warm; the supervisor is restarted when it cannot."""
+    reloaded = reload_training(conn, NativeService(plan.desired.remote_dir))
+    if reloaded.offset is None:
+        log(f"{plan.spec.host}: {RELOAD}: {reloaded.why}; restarting instead")
+        return start(conn, plan, log)
+    record_release(conn, plan)
+    return reloaded.offset
+
+
+def record_release(conn: Connection, plan: NativePlan) -> None:
     d = plan.desired
-    since = NativeService(d.remote_dir).start(conn)
     write_atomic(conn, posixpath.join(d.remote_dir, RELEASE),
                  json.dumps({"release": release_digest(d, plan.state.base)}).encode(), mode=0o644)
-    return since

@@ -129,6 +129,10 @@ class NativeService:
     def logs_command(self, tail: int = 100, follow: bool = False) -> str:
         return shlex.join(["tail", "-n", str(int(tail)), *(["-F"] if follow else []), self.log_path])
 
+    def reload_command(self, timeout: int) -> str:
+        """``python -m deploy.training.reload`` in REMOTE_DIR, with the training's python and gpu-deploy's code."""
+        return self.shell_command(f"exec python -m deploy.training.reload --timeout {int(timeout)}")
+
     def shell_command(self, script: str) -> str:
         """``sh -c SCRIPT`` in the directory with the training's PATH and PYTHONPATH first (the run's virtualenv,
         the project, gpu-deploy's code: :func:`~deploy.runtimes.native.layout.training_paths`) and VIRTUAL_ENV set."""

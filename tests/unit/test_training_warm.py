@@ -1,0 +1,59 @@
+"""Which commands a warm process may run, and when the running entrypoint may be reloaded (pure or local)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from deploy.training.reload import STATE_FILE, EntrypointState, environment_digest, refusal, reload, start_ticks
+from deploy.training.warm import command_argv
+
+PY = "/work/run/.venv/bin/python"
+
+
+def test_only_this_interpreter_running_a_module_or_a_script_starts_warm() -> None:
+    assert command_argv(PY, ["python", "-m", "toytrain", "fit"], PY) == ["-m", "toytrain", "fit"]
+    assert command_argv(PY, [PY, "-u", "train.py", "--lr=1"], PY) == ["train.py", "--lr=1"]
+    assert command_argv(PY, ["python", "-m", "toytrain"], "/usr/bin/python") is None  # another interpreter
+    assert command_argv(PY, ["python", "-c", "import x"], PY) is None  # code on the command line: a cold start
+    assert command_argv(PY, ["python", "-X", "dev", "train.py"], PY) is None  # interpreter options it cannot apply
+    assert command_argv(PY, ["python", "-m"], PY) is None
+    assert command_argv(PY, ["bash", "train.sh"], None) is None
+    assert command_argv(PY, [], PY) is None
+
+
+def test_the_entrypoint_state_is_kept_only_under_a_deploy(tmp_path: Path) -> None:
+    outside = EntrypointState(tmp_path)
+    outside.launched()
+    assert not (tmp_path / STATE_FILE).exists()
+    (tmp_path / ".gpu-deploy").mkdir()
+    state = EntrypointState(tmp_path)
+    state.launched()
+    written = json.loads((tmp_path / STATE_FILE).read_text())
+    assert written["pid"] == os.getpid() and written["ticks"] == start_ticks(os.getpid())
+    assert written["generation"] == 1 and written["state"] == "training" and written["signal"] == "SIGUSR2"
+
+
+def test_a_reload_is_refused_without_signalling_when_it_is_not_safe(tmp_path: Path) -> None:
+    (tmp_path / ".gpu-deploy" / "app" / "deploy").mkdir(parents=True)
+    (tmp_path / ".env").write_text("A='1'\n")
+    assert reload(tmp_path, 1)["why"].startswith("no .gpu-deploy/entrypoint.json")
+    state = EntrypointState(tmp_path)
+    state.write("starting")
+    body = json.loads((tmp_path / STATE_FILE).read_text())
+    assert refusal(tmp_path, body) == "the entrypoint is 'starting', not training"
+    state.launched()
+    body = json.loads((tmp_path / STATE_FILE).read_text())
+    assert refusal(tmp_path, body) is None  # this very process, training, nothing changed
+    assert refusal(tmp_path, {**body, "ticks": body["ticks"] + 1}) == "the entrypoint that wrote it is no longer running"
+    for changed in (tmp_path / ".env", tmp_path / ".gpu-deploy" / "app" / "deploy" / "new.py"):
+        before = environment_digest(tmp_path)
+        changed.write_text("B='2'\n")
+        assert environment_digest(tmp_path) != before
+        assert refusal(tmp_path, body) == "its settings, packages or gpu-deploy's own code changed since it started"
+    before = environment_digest(tmp_path)
+    (tmp_path / "train.py").write_text("print('new code')\n")  # the project's code is not part of it
+    assert environment_digest(tmp_path) == before
+    answer = reload(tmp_path, 1)  # the settings changed since this "entrypoint" started: nothing is signalled
+    assert answer["reloaded"] is False and answer["signalled"] is False
