@@ -15,13 +15,10 @@ fails naming the store.
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
-import os
 import shlex
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,56 +26,12 @@ from pathlib import Path
 import pytest
 
 from deploy.errors import HostError
-from deploy.flow.rollout import Rollout, execute, prepare
-from deploy.hosts import HostOptions, HostSpec
-from deploy.hosts.probe import probe
-from deploy.hosts.ssh import connect
-from deploy.runtimes.native import NativeRuntime
 from deploy.settings import load_settings
 from deploy.storage import Storage
 from deploy.storage.objects import get_json
-from tests.harness.pod import pod_bin
-from tests.harness.servers import SshServer
-from tests.harness.waiting import write_dotenv
+from tests.harness.wheels import Deployer, Index, start_pod
 
 pytestmark = [pytest.mark.slow]
-
-
-class Index:
-    """A PEP 503 index of wheels built here, over HTTP, remembering every path asked for."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.requests = root, []
-        index = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *args, **kwargs) -> None:
-                super().__init__(*args, directory=str(root), **kwargs)
-
-            def log_message(self, fmt: str, *args) -> None:
-                index.requests.append(self.path)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/simple/"
-
-    def add(self, name: str, version: str, work: Path) -> Path:
-        """Build ``name`` (a one-module pyproject) with pip wheel and serve it at simple/<name>/."""
-        src = work / f"{name}-src"
-        (src / name).mkdir(parents=True)
-        (src / name / "__init__.py").write_text(f"VERSION = {version!r}\n")
-        (src / "pyproject.toml").write_text(
-            f'[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
-            f'[project]\nname = "{name}"\nversion = "{version}"\n')
-        folder = self.root / "simple" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                        "-q", "-w", str(folder), str(src)], check=True, capture_output=True)
-        [wheel] = folder.glob("*.whl")
-        return wheel
-
-    def stop(self) -> None:
-        self.server.shutdown()
 
 
 @pytest.fixture
@@ -86,39 +39,6 @@ def index(tmp_path: Path) -> Iterator[Index]:
     served = Index(tmp_path / "index")
     yield served
     served.stop()
-
-
-def start_pod(work: Path, index: Index) -> SshServer:
-    """A RunPod-like host (no docker) whose pip sees only ``index``, with its own empty pip cache."""
-    work.mkdir()
-    env = {"PIP_INDEX_URL": index.url, "PIP_CONFIG_FILE": os.devnull, "PIP_CACHE_DIR": str(work / "pip-cache"),
-           "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    return SshServer(work / "sshd", path=f"{pod_bin(work / 'bin')}:/usr/sbin:/sbin", env=env).start()
-
-
-class Deployer:
-    """An operator's project and .env, deploying to one pod by the flow, training not started."""
-
-    def __init__(self, project: Path, values: dict[str, str]) -> None:
-        self.project, self.values = project, values
-
-    def deploy(self, pod: SshServer, remote_dir: str, dry_run: bool = False, **env: str) -> tuple[list[str], list[str]]:
-        write_dotenv(self.project / ".env", {**self.values, "REMOTE_DIR": remote_dir, **env})
-        settings = load_settings(env_file=self.project / ".env", environ={})
-        storage = Storage.from_settings(settings)
-        spec = HostSpec("127.0.0.1", pod.port, pod.user)
-        options = HostOptions(key_file=str(pod.client_key), known_hosts=str(pod.known_hosts))
-        rollout = Rollout(image_ref="", image_id="", image_bytes=0, remote_dir=remote_dir, runtime="native",
-                          native_python=sys.executable)
-        logs: list[str] = []
-        with connect(spec, options) as conn:
-            facts = probe(conn, remote_dir)
-            deploy = prepare(conn, spec, rollout, settings, NativeRuntime(options, self.project), facts,
-                             storage=storage)
-            plan = deploy.describe()
-            if not dry_run:
-                execute(conn, deploy, storage, log=logs.append, start=False)
-        return plan, logs
 
 
 def imports(remote_dir: str, module: str) -> str:
@@ -152,19 +72,20 @@ def test_a_replacement_pod_installs_from_the_bucket_and_asks_no_index(tmp_path: 
     first_pod, replacement = start_pod(tmp_path / "pod1", index), start_pod(tmp_path / "pod2", index)
     try:
         # 1. the first deploy of this requirement set: from the index, and the wheels go to the bucket
-        plan, logs = operator.deploy(first_pod, f"{root}/one")
+        plan, logs, _ = operator.deploy(first_pod, f"{root}/one")
         assert any("from the package index; stores the wheels for later deploys" in line for line in plan), plan
         assert imports(f"{root}/one", "gdtinypkg") == "1.0"
         assert any(r.startswith("/simple/gdtinypkg/") for r in index.requests)
         [(key, manifest)] = manifests(storage).items()
         assert manifest == [{"name": tiny.name, "size": tiny.stat().st_size,
                              "sha256": hashlib.sha256(tiny.read_bytes()).hexdigest()}]  # python-dotenv: the host's
-        assert any(f"stored 1 wheels" in line for line in logs), logs
+        assert any("stored 1 wheels" in line for line in logs), logs
 
         # 2. a replacement pod, pinned: the same set from the bucket, and the index hears nothing
         index.requests.clear()
         fresh = f"{root}/two"
-        plan, logs = operator.deploy(replacement, fresh, PACKAGE_INDEX="never")
+        plan, logs, seconds = operator.deploy(replacement, fresh, PACKAGE_INDEX="never")
+        assert seconds["install-requirements"] > 0 and "start" not in seconds
         assert any("from the bucket's wheel store (1 wheels, 0.0 MB)" in line for line in plan), plan
         assert imports(fresh, "gdtinypkg") == "1.0"
         assert index.requests == []
@@ -182,7 +103,7 @@ def test_a_replacement_pod_installs_from_the_bucket_and_asks_no_index(tmp_path: 
         assert Path(fresh, ".venv", "gpu-deploy.json").read_text() == marker and index.requests == []
 
         # 4. unpinned, it installs (another key) and stores a second set
-        plan, _ = operator.deploy(replacement, fresh)
+        plan, _, _ = operator.deploy(replacement, fresh)
         assert any("requirements.txt from the package index; stores the wheels" in line for line in plan), plan
         assert imports(fresh, "gdtinyother") == "2.0"
         sets = manifests(storage)
@@ -199,7 +120,7 @@ def test_a_replacement_pod_installs_from_the_bucket_and_asks_no_index(tmp_path: 
             operator.deploy(replacement, f"{root}/three", PACKAGE_INDEX="never")
         assert not list(Path(f"{root}/three/.gpu-deploy/wheels/{new_key}").glob("*.part"))
         index.requests.clear()
-        _, logs = operator.deploy(replacement, f"{root}/four")
+        _, logs, _ = operator.deploy(replacement, f"{root}/four")
         assert any("did not install" in line and "installing from the package index instead" in line for line in logs)
         assert imports(f"{root}/four", "gdtinyother") == "2.0" and index.requests
         assert storage.head(wheel_key).size == other.stat().st_size  # stored again, whole
