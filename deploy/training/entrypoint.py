@@ -152,7 +152,9 @@ class Warm:
     def prepare(self) -> None:
         """Start the next warm process (nothing when one waits already or the command cannot use it)."""
         if self.process is None and self.argv(self.command) is not None:
-            self.process = subprocess.Popen([sys.executable, "-m", "deploy.training.warm"], stdin=subprocess.PIPE)
+            # The command rides along only to be seen: ps, top and nvidia-smi show the training as what it runs.
+            self.process = subprocess.Popen([sys.executable, "-m", "deploy.training.warm", "--", *self.command],
+                                            stdin=subprocess.PIPE)
 
     def ready(self, command: Sequence[str]) -> bool:
         return self.process is not None and self.process.poll() is None and self.argv(command) is not None

@@ -1,6 +1,8 @@
 """A Python started ahead of the training, with torch and Lightning imported, that waits for its command.
 
-    python -m deploy.training.warm      # imports, then reads one JSON line on stdin: the command to run
+    python -m deploy.training.warm [-- COMMAND...]   # imports, then reads one JSON line on stdin: what to run
+
+(``COMMAND`` is not read: the entrypoint passes the training command so that ``ps`` shows what runs.)
 
 The entrypoint starts it while it does its own work (the lease, the staged uploads, the resume's
 download) and, for a reload, while the old training is still saving its stop checkpoint; when the

@@ -108,8 +108,10 @@ def test_native_deploy_trains_restarts_after_a_crash_stops_and_redeploys(native_
 
     (project / "mytrain" / "__init__.py").write_text("VERSION = 2\n")
     changed = fab("deploy-runpod")
-    assert "change    sync-code: 1 files" in changed.stdout and "change    restart" in changed.stdout
-    assert "install-requirements" not in changed.stdout
+    assert "change    sync-code: 1 files" in changed.stdout and "change    reload" in changed.stdout, changed.stdout
+    assert "install-requirements" not in changed.stdout and "restarting instead" not in changed.stdout
+    log = log_file.read_text(errors="replace").split("entrypoint: reloading")[-1]
+    assert "(warm: torch and Lightning imported ahead)" in log and "read from this machine's copy" in log, log[-3000:]
 
     noop = fab("deploy-runpod")
     assert "nothing to do" in noop.stdout and "change " not in noop.stdout

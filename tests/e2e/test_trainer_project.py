@@ -7,7 +7,8 @@ operator's folder and named by TRAIN_PROJECT. The same TRAIN_COMMAND, with relat
 
 image-build --push (compose) -> deploy -> trains, checkpoints in S3 -> killed -> deploy again resumes
 from S3 -> sync-from-runpod brings lightning_logs back -> a one-line code change redeployed: only
-that file moves, no image is built or transferred, training restarts from the newest checkpoint.
+that file moves, no image is built or transferred, and the running training takes it warm: it stops at a step
+and the new code resumes from that step.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def test_the_trainer_project_deploys_trains_resumes_and_redeploys_a_code_change_
     before_redeploy = latest_checkpoint(storage)
     changed = fab("deploy-runpod")
     assert re.search(r"change    sync-code: 1 files \(0\.0 MB\)", changed.stdout), changed.stdout
-    assert "change    restart" in changed.stdout, changed.stdout
+    assert "change    reload: the training takes the new code warm" in changed.stdout, changed.stdout
     for step in ("load-image", "install-requirements", "create-venv", "upload-compose", "write-env"):
         assert f"change    {step}" not in changed.stdout
     assert "Built" not in changed.stdout and "pushed" not in changed.stdout.lower()
@@ -168,7 +169,15 @@ def test_the_trainer_project_deploys_trains_resumes_and_redeploys_a_code_change_
     assert engine_images(host) == engine_before  # nothing built, tagged or loaded
     text = wait_until(lambda: (lambda t: t if "toytrain: version 2" in t and resumed_steps(t) else "")(log_text()),
                       120, "the changed code to run")
-    assert resumed_steps(text.split("toytrain: version 2")[0])[-1] >= before_redeploy.step
+    before_v2 = text.split("toytrain: version 2")[0]
+    assert resumed_steps(before_v2)[-1] >= before_redeploy.step
+    # Warm: the entrypoint stayed up, the training stopped at a step as `fab stop` stops it, and the new code
+    # resumed from exactly that step, read back from the host, in a process that imported torch meanwhile.
+    reloaded = before_v2.split("entrypoint: reloading")[-1]
+    saved = re.findall(r"gpu-deploy: saved step (\d+) on stop", before_v2)
+    assert "entrypoint: reloading" in before_v2 and saved, before_v2[-3000:]
+    assert resumed_steps(reloaded)[-1] == int(saved[-1]), before_v2[-3000:]
+    assert "read from this machine's copy" in reloaded and "(warm: torch and Lightning imported ahead)" in reloaded
 
     noop = fab("deploy-runpod")
     assert "nothing to do" in noop.stdout
