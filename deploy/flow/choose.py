@@ -8,6 +8,8 @@ from deploy.hosts.ssh import HostOptions
 from deploy.runtimes.base import ImageSource, Runtime
 from deploy.runtimes.compose import ComposeRuntime
 from deploy.runtimes.native import NativeRuntime
+from deploy.runtimes.native.wheelstore import BucketWheels
+from deploy.storage import Storage
 
 KINDS: dict[str, type[Runtime]] = {"compose": ComposeRuntime, "native": NativeRuntime}
 """Every runtime's class by name: what each can do (``multi_node``, ``needs_image``) without building one."""
@@ -39,6 +41,8 @@ def needs_image(requested: str) -> bool | None:
 
 
 def runtimes(images: ImageSource | None = None, options: HostOptions | None = None,
-             source: str = ".") -> dict[str, Runtime]:
-    """Every runtime by name, with the collaborators a deploy hands them (none are needed to watch or stop)."""
-    return {"compose": ComposeRuntime(images, options, source), "native": NativeRuntime(options, source)}
+             source: str = ".", storage: Storage | None = None) -> dict[str, Runtime]:
+    """Every runtime by name, with the collaborators a deploy hands them (none are needed to watch or stop):
+    the bucket's images for compose, its wheel store for native."""
+    wheels = BucketWheels(storage) if storage is not None else None
+    return {"compose": ComposeRuntime(images, options, source), "native": NativeRuntime(options, source, wheels)}

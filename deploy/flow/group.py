@@ -98,7 +98,7 @@ def _plan_all(conns: list[Any], specs: list[HostSpec], rollout: Rollout, setting
 def deploy_group(specs: list[HostSpec], rollout: Rollout, settings: Settings, options: HostOptions, storage: Storage,
                  images: ImageSource, dry_run: bool = False, log: Log = print) -> list[Outcome]:
     """One run across ``specs`` (rank = position): plan all, check the rendezvous, start rank 0 first."""
-    available = runtimes(images, options, settings.train_project)
+    available = runtimes(images, options, settings.train_project, storage)
     if rollout.runtime in available and not available[rollout.runtime].multi_node:
         raise ConfigError(NATIVE_GROUP)
     for spec in specs:

@@ -65,6 +65,7 @@ class Rollout:
     master_port: int = 29500
     runtime: str = "auto"  # compose, native or auto (decided per host from the probe)
     native_python: str = "python3"
+    package_index: str = ""
     image_problem: str | None = None  # the image is missing from the bucket: a problem for compose hosts only
     run_id: str = ""  # the run ledger's run (deploy.ledger): the host's .env gets RUN_ID and RUN_HOST
 
@@ -78,6 +79,7 @@ class Rollout:
                    restart=restart, wait=wait, num_nodes=num_nodes or settings.num_nodes,
                    master_addr=settings.master_addr or master_addr, master_port=settings.master_port,
                    runtime=settings.runtime, native_python=settings.native_python,
+                   package_index=settings.package_index,
                    image_problem=sources.image_problem, run_id=run_id)
 
     def data_dir_for(self, spec: HostSpec) -> str:
@@ -95,7 +97,7 @@ class Rollout:
         return HostRun(spec=spec, remote_dir=spec.workdir(self.remote_dir), env=plan_env(settings, extra=extra),
                        image_ref=self.image_ref, image_id=self.image_id, image_bytes=self.image_bytes,
                        image_problem=self.image_problem, restart=self.restart, native_python=self.native_python,
-                       data_dir=self.data_dir_for(spec))
+                       data_dir=self.data_dir_for(spec), package_index=self.package_index)
 
 
 @dataclass(frozen=True)
@@ -266,7 +268,7 @@ def deploy_hosts(specs: list[HostSpec], rollout: Rollout, settings: Settings, op
     Each host runs compose or native (no Docker, e.g. a RunPod pod) as ``rollout.runtime`` and its probe say.
     ``report`` hears each host's result with its facts (the run ledger records the deploy).
     """
-    available = runtimes(images, options, settings.train_project)  # both runtimes ship TRAIN_PROJECT's code
+    available = runtimes(images, options, settings.train_project, storage)  # both ship TRAIN_PROJECT's code
 
     def work(spec: HostSpec) -> DeployResult | None:
         require_sftp(spec)  # .env and code travel over SFTP: refuse RunPod's proxy SSH before connecting

@@ -132,6 +132,7 @@ class HostRun:
     restart: bool = False
     native_python: str = "python3"
     data_dir: str = ""  # where the dataset lands (DATA_DIR); training sees it at data/ in every runtime
+    package_index: str = ""  # PACKAGE_INDEX: "never" installs only from the bucket's wheel store (native)
 
 
 @dataclass(frozen=True, kw_only=True)

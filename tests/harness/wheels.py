@@ -21,6 +21,7 @@ from deploy.hosts import HostOptions, HostSpec
 from deploy.hosts.probe import probe
 from deploy.hosts.ssh import connect
 from deploy.runtimes.native import NativeRuntime
+from deploy.runtimes.native.wheelstore import BucketWheels
 from deploy.settings import load_settings
 from deploy.storage import Storage
 from tests.harness.pod import pod_bin
@@ -93,7 +94,7 @@ class Deployer:
         spec = HostSpec("127.0.0.1", pod.port, pod.user)
         options = HostOptions(key_file=str(pod.client_key), known_hosts=str(pod.known_hosts))
         rollout = Rollout(image_ref="", image_id="", image_bytes=0, remote_dir=remote_dir, runtime="native",
-                          native_python=sys.executable)
+                          native_python=sys.executable, package_index=settings.package_index)
         logs: list[str] = []
         starts: list[tuple[str, float]] = []  # each step's name and when the flow began it
 
@@ -105,7 +106,7 @@ class Deployer:
 
         with connect(spec, options) as conn:
             facts = probe(conn, remote_dir)
-            deploy = prepare(conn, spec, rollout, settings, NativeRuntime(options, self.project), facts,
+            deploy = prepare(conn, spec, rollout, settings, NativeRuntime(options, self.project, BucketWheels(storage)), facts,
                              storage=storage)
             plan = deploy.describe()
             if not dry_run:

@@ -11,16 +11,18 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from deploy.errors import StorageError
-from deploy.hosts.envfile import EnvShipment
 from deploy.hosts.remote import program_source
 from deploy.runtimes.native.plan import NativeDesired, parse_gathered, plan_native
 from deploy.runtimes.native.wheels import StoreLook, WheelFile, WheelSet, checked_wheel_name, parse_files, store_key
-from deploy.runtimes.native.wheelstore import from_shipment, shipped_value
-from deploy.settings import Secret
+from deploy.flow.choose import runtimes
+from deploy.flow.rollout import Rollout
+from deploy.settings import load_settings
+from deploy.storage import Storage
 from tests.unit.test_native import BASE, DESIRED, FACTS, SPEC, healthy
 
 PINNED = NativeDesired(**{**DESIRED.__dict__, "package_index": "never"})
@@ -128,14 +130,16 @@ def test_manifest_entries_need_a_size_and_a_sha256_and_no_twins() -> None:
             parse_files(bad, "m")
 
 
-def test_the_store_and_the_pin_come_from_the_hosts_env() -> None:
-    env = EnvShipment(keys=("PACKAGE_INDEX",), _content=Secret("PACKAGE_INDEX='never'\n"))
-    assert shipped_value(env, "PACKAGE_INDEX") == "never" and from_shipment(env) is None  # no bucket named
-    full = EnvShipment(keys=(), _content=Secret("AWS_ACCESS_KEY_ID='k'\nAWS_SECRET_ACCESS_KEY='s'\n"
-                                                "S3_BUCKET='wheel-bucket'\nS3_PREFIX='team'\n"))
-    store = from_shipment(full)
-    assert store is not None and store.key(KEY, "manifest.json") == f"team/wheels/{KEY}/manifest.json"
-    assert store.storage.bucket == "wheel-bucket"
+def test_the_flow_hands_the_native_runtime_the_buckets_store_and_the_pin() -> None:
+    settings = load_settings(overrides={"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+                                        "S3_BUCKET": "wheel-bucket", "S3_PREFIX": "team", "PACKAGE_INDEX": "never"},
+                             environ={})
+    native = runtimes(storage=Storage.from_settings(settings))["native"]
+    assert native.wheels is not None and native.wheels.key(KEY, "manifest.json") == f"team/wheels/{KEY}/manifest.json"
+    assert runtimes()["native"].wheels is None  # watching or stopping needs no store
+    rollout = Rollout.from_settings(settings, SimpleNamespace(image_id="", image_bytes=0, dataset=None,
+                                                              image_problem=None), run_id="")
+    assert rollout.package_index == "never"
 
 
 # --------------------------------------------------------------------------- wheelhouse.py on the host

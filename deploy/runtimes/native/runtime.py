@@ -34,8 +34,7 @@ from deploy.runtimes.native.plan import (NativeDesired, NativePlan, NativeState,
 from deploy.runtimes.native.service import NativeService
 from deploy.runtimes.native.venv import BaseInterpreter, create_venv, install_requirements, venv_site
 from deploy.runtimes.native.wheels import NEVER, StoreLook, host_dir, store_key
-from deploy.runtimes.native.wheelstore import (BucketWheels, fetch_on_host, from_shipment, shipped_value,
-                                               store_from_host)
+from deploy.runtimes.native.wheelstore import BucketWheels, fetch_on_host, store_from_host
 
 if TYPE_CHECKING:
     from fabric import Connection
@@ -50,12 +49,12 @@ def desired_native(run: HostRun, source: str | os.PathLike[str] = ".") -> Native
                          files=files, train_requirements=train_requirements(), user_requirements=project.requirements,
                          requirements_source=project.requirements_source, data_dir=run.data_dir, restart=run.restart,
                          local_rsync=bool(shutil.which("rsync") and shutil.which("ssh")),
-                         package_index=shipped_value(run.env, "PACKAGE_INDEX"))
+                         package_index=run.package_index)
 
 
 class NativeRuntime:
     """The native strategy; ``options`` are the SSH settings rsync reuses, ``source`` the training project,
-    ``wheels`` the bucket's wheel store (default: the bucket the host's ``.env`` names, when it names one)."""
+    ``wheels`` the bucket's wheel store (None: packages come from the index, nothing is stored)."""
 
     name = "native"
     multi_node = False  # a RunPod pod trains one run per host
@@ -66,15 +65,9 @@ class NativeRuntime:
         self.options = options or HostOptions()
         self.source = source
         self.wheels = wheels
-        self._shipped: dict[str, BucketWheels | None] = {}
 
     def store(self, desired: NativeDesired) -> BucketWheels | None:
-        """The wheel store for ``desired``: the one handed in, else the bucket of its ``.env`` (made once)."""
-        if self.wheels is not None:
-            return self.wheels
-        if desired.env.digest not in self._shipped:
-            self._shipped[desired.env.digest] = from_shipment(desired.env)
-        return self._shipped[desired.env.digest]
+        return self.wheels
 
     def desire(self, run: HostRun) -> NativeDesired:
         return desired_native(run, self.source)

@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import posixpath
 import tempfile
@@ -23,14 +22,10 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dotenv import dotenv_values
-
-from deploy.errors import ConfigError, HostError, StorageError
-from deploy.hosts.envfile import EnvShipment
+from deploy.errors import HostError, StorageError
 from deploy.hosts.remote import python_program, run, where, write_atomic
 from deploy.runtimes.code.layout import META
 from deploy.runtimes.native.wheels import MANIFEST_NAME, StoreLook, WheelFile, WheelSet, checked_wheel_name, parse_files
-from deploy.settings import SETTING_FIELDS, load_settings
 from deploy.storage import WHEELS, Storage
 from deploy.storage.objects import get_json, put_json
 
@@ -96,23 +91,6 @@ def _digest(path: Path) -> tuple[int, str]:
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
-
-
-def from_shipment(env: EnvShipment) -> BucketWheels | None:
-    """The store in the bucket the host's ``.env`` names (the effective S3 settings, flags included); None when
-    it names no bucket and keys."""
-    shipped = {k: v for k, v in dotenv_values(stream=io.StringIO(env.content().decode())).items() if v is not None}
-    known = {spec.metadata["key"] for spec in SETTING_FIELDS}
-    try:
-        settings = load_settings(overrides={k: v for k, v in shipped.items() if k in known}, environ={})
-        return BucketWheels(Storage.from_settings(settings))
-    except ConfigError:
-        return None
-
-
-def shipped_value(env: EnvShipment, key: str) -> str:
-    """One key of the host's ``.env`` ("" when it has none)."""
-    return dotenv_values(stream=io.StringIO(env.content().decode())).get(key) or ""
 
 
 # --------------------------------------------------------------------------- on the host
