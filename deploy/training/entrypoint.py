@@ -168,6 +168,8 @@ class Warm:
             self._release(process)
             return None
         try:
+            if len(command) > len(argv) + 1:  # python -u (the one option a warm start takes): unbuffered output
+                env = {**env, "PYTHONUNBUFFERED": "1"}
             process.stdin.write((json.dumps({"argv": argv, "env": env}) + "\n").encode())
             process.stdin.close()
         except OSError:  # it died meanwhile

@@ -47,7 +47,7 @@ def command_argv(python: str, argv: Sequence[str], which: str | None) -> list[st
     if not argv or which is None or os.path.abspath(which) != os.path.abspath(python):
         return None
     rest = list(argv[1:])
-    while rest and rest[0] == "-u":  # unbuffered output: the entrypoint's environment has PYTHONUNBUFFERED already
+    while rest and rest[0] == "-u":  # unbuffered output: become() gets it from PYTHONUNBUFFERED in the environment
         rest = rest[1:]
     if len(rest) >= 2 and rest[0] == "-m" and rest[1] and not rest[1].startswith("-"):
         return rest
@@ -60,6 +60,9 @@ def become(argv: Sequence[str], env: dict[str, str]) -> None:
     """Run ``argv`` (``-m module ...`` or ``script ...``) in this process as ``python`` would; raises its SystemExit."""
     os.environ.clear()
     os.environ.update(env)
+    if env.get("PYTHONUNBUFFERED"):  # read by the interpreter at its start, which was before the command was known
+        for stream in (sys.stdout, sys.stderr):
+            stream.reconfigure(line_buffering=True, write_through=True)  # type: ignore[union-attr]
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)  # the training reads nothing from the entrypoint's pipe
     os.close(null)
@@ -68,10 +71,9 @@ def become(argv: Sequence[str], env: dict[str, str]) -> None:
         sys.path[0] = os.getcwd()
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
     else:
-        script = os.path.abspath(argv[0])
         sys.argv = [argv[0], *argv[1:]]
-        sys.path[0] = os.path.dirname(script)
-        runpy.run_path(script, run_name="__main__")
+        sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
+        runpy.run_path(argv[0], run_name="__main__")  # sets sys.argv[0] to the path as given, as python does
 
 
 def main() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
+from deploy.training.entrypoint import Warm, run
 from deploy.training.reload import STATE_FILE, EntrypointState, environment_digest, refusal, reload, start_ticks
 from deploy.training.warm import command_argv
 
@@ -57,3 +59,31 @@ def test_a_reload_is_refused_without_signalling_when_it_is_not_safe(tmp_path: Pa
     assert environment_digest(tmp_path) == before
     answer = reload(tmp_path, 1)  # the settings changed since this "entrypoint" started: nothing is signalled
     assert answer["reloaded"] is False and answer["signalled"] is False
+
+
+
+def test_a_warm_process_runs_a_script_or_a_module_as_python_would(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WARM_IMPORTS", "json")  # the test needs no torch; what is imported ahead does not matter
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "job").mkdir()
+    show = ("import os, sys\nwith open('out.txt', 'w') as f:\n"
+            "    print(os.getpid(), __name__, sys.argv, os.environ.get('EXTRA'), sys.stdout.line_buffering, sys.path[0], file=f)\n")
+    (tmp_path / "job" / "train.py").write_text(show + "sys.exit(3)\n")
+    (tmp_path / "job" / "__init__.py").write_text("")
+    (tmp_path / "job" / "__main__.py").write_text(show)
+    for command, code, expected in (
+            ([sys.executable, "-u", "job/train.py", "a"], 3,
+             f"__main__ ['job/train.py', 'a'] yes True {tmp_path / 'job'}"),
+            ([sys.executable, "-m", "job", "fit"], 0,
+             f"__main__ ['{tmp_path / 'job' / '__main__.py'}', 'fit'] yes False {tmp_path}")):
+        warm = Warm(command)
+        warm.prepare()
+        assert warm.ready(command) and warm.process is not None
+        pid = warm.process.pid
+        assert run(command, {"EXTRA": "yes"}, warm) == (code, False)
+        assert warm.process is None and (tmp_path / "out.txt").read_text().strip() == f"{pid} {expected}"
+    cold = Warm([sys.executable, "-c", "pass"])
+    cold.prepare()
+    assert cold.process is None  # nothing to gain: no warm process is started
