@@ -67,9 +67,15 @@ class Recovery:
 
 
 def keep_for_resume(path: str, name: str, dest_dir: Path) -> str:
-    """Hard-link (else copy) ``path`` into ``dest_dir`` as ``name``, the only checkpoint there."""
+    """Hard-link (else copy) ``path`` into ``dest_dir`` as ``name``, the only checkpoint there (``path`` may be
+    that file already: an earlier resume's file found again)."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / name
+    if os.path.realpath(path) == os.path.realpath(dest):
+        for old in dest_dir.glob("*.ckpt"):
+            if old.name != name:
+                old.unlink()
+        return str(dest)
     for old in dest_dir.glob("*.ckpt"):
         old.unlink()  # an earlier resume's file: checkpoints are large, keep only one
     try:

@@ -9,8 +9,8 @@
   unlabelled ones (older scripts wrote no ``run``) are candidates: another run's checkpoints are
   skipped, and when nothing else is left training starts fresh and says whose they were.
   The chosen object is read from this machine when a file of its name, size and sha256 is still in a
-  folder the uploader sent from (``near``: a redeploy on the same host resumes from the step its
-  stop saved without downloading it back); otherwise it is downloaded.
+  folder under the run that holds checkpoint files (``near``: a redeploy or a reload on the same host
+  resumes from the step its stop saved without downloading it back); otherwise it is downloaded.
 - ``s3://bucket/key``: that object (verified the same way; no fallback: you named it).
 - a local path: that file. Empty: start fresh.
 
@@ -91,9 +91,7 @@ def _obtain(storage: Storage, info: CheckpointInfo, dest_dir: Path, near: Sequen
     """The resume file for ``info`` and how it was had: from this machine's identical copy, else downloaded."""
     copy = local_copy(info, near)
     if copy is not None:
-        same = os.path.realpath(copy) == os.path.realpath(dest_dir / info.name)
-        return (copy if same else keep_for_resume(copy, info.name, dest_dir),
-                "; read from this machine's copy (its sha256 matches)")
+        return keep_for_resume(copy, info.name, dest_dir), "; read from this machine's copy (its sha256 matches)"
     return _fetch(storage, info.key, dest_dir), ""
 
 
