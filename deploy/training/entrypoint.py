@@ -49,7 +49,7 @@ from pathlib import Path
 from deploy.errors import DeployError
 from deploy.settings import Settings, load_settings
 from deploy.storage import Storage
-from deploy.training.journal import checkpoint_dirs
+from deploy.training.journal import RunFolders, scan_run
 from deploy.training.lease import (ATTEMPT_ENV, ATTEMPT_FILE, RUN_ENV, Claim, Lease, claim, fence, read_attempt,
                                    read_lease)
 from deploy.training.ledger import RUN_HOST_ENV, TrainingLedger, record_in_background
@@ -285,11 +285,11 @@ def superseded_since(storage: Callable[[], Storage], lease: Claim) -> Lease | No
 
 
 def recover(settings: Settings, storage: Callable[[], Storage], roots: Sequence[str],
-            resume_dir: Path) -> LocalCheckpoint | None:
+            resume_dir: Path, folders: RunFolders | None = None) -> LocalCheckpoint | None:
     """Send what a killed run left staged (S3 sync on only); return the newest verified local file."""
     if not settings.enable_s3_sync:
         return None
-    recovery = recover_staged(storage, roots, resume_dir)
+    recovery = recover_staged(storage, roots, resume_dir, folders)
     if recovery.uploaded or recovery.failed or recovery.unusable:
         print(f"entrypoint: {recovery.message}", flush=True)
     return recovery.newest
@@ -308,9 +308,10 @@ def prepare(settings: Settings, storage: Callable[[], Storage], options: argpars
             fence(storage(), lease.run_id, lease.attempt)  # the recovery's uploads check the lease too
         resume_dir = Path(options.resume_dir)
         roots = options.staged_root or ["."]
-        local = recover(settings, storage, roots, resume_dir)
+        folders = scan_run(roots)  # one walk: the staging folders and the folders holding checkpoints
+        local = recover(settings, storage, roots, resume_dir, folders)
         plan = resolve_checkpoint(settings.checkpoint, storage, resume_dir, local=local, run_id=settings.run_id,
-                                  from_run=settings.from_run, near=checkpoint_dirs(roots))
+                                  from_run=settings.from_run, near=folders.checkpoints)
     except DeployError as exc:
         print(f"entrypoint: {exc}", file=sys.stderr, flush=True)
         return 2

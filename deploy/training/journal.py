@@ -145,21 +145,31 @@ def discard(staged: StagedCheckpoint) -> None:
             pass
 
 
-def checkpoint_dirs(roots: Iterable[str], depth: int = SCAN_DEPTH) -> list[str]:
-    """The folders under ``roots`` that hold checkpoint files (``*.ckpt``), searched as :func:`find_staged`
-    searches: where the files the bucket holds may still be on this machine."""
-    found: dict[str, None] = {}
+@dataclass(frozen=True)
+class RunFolders:
+    """One walk of the folders under a run's roots (:func:`_folders`): its staging folders, and the folders that
+    hold checkpoint files (where the files the bucket holds may still be on this machine); each once."""
+
+    staging: tuple[str, ...] = ()
+    checkpoints: tuple[str, ...] = ()
+
+
+def scan_run(roots: Iterable[str], depth: int = SCAN_DEPTH) -> RunFolders:
+    staging: dict[str, str] = {}
+    checkpoints: dict[str, None] = {}
     for root in roots:
         for folder, entries in _folders(root, depth):
+            for entry in entries:
+                if entry.name == STAGING_DIR and entry.is_dir(follow_symlinks=False):
+                    staging.setdefault(os.path.realpath(entry.path), entry.path)
             if any(e.name.endswith(".ckpt") and e.is_file(follow_symlinks=False) for e in entries):
-                found.setdefault(os.path.realpath(folder))
-    return list(found)
+                checkpoints.setdefault(os.path.realpath(folder))
+    return RunFolders(tuple(staging.values()), tuple(checkpoints))
 
 
-def _staging_dirs(root: str, depth: int) -> Iterator[str]:
-    """Every ``.s3-sync`` folder below ``root`` (:func:`_folders`)."""
-    for _, entries in _folders(root, depth):
-        yield from (e.path for e in entries if e.name == STAGING_DIR and e.is_dir(follow_symlinks=False))
+def checkpoint_dirs(roots: Iterable[str], depth: int = SCAN_DEPTH) -> list[str]:
+    """The folders under ``roots`` that hold checkpoint files (``*.ckpt``)."""
+    return list(scan_run(roots, depth).checkpoints)
 
 
 def _folders(root: str, depth: int) -> Iterator[tuple[str, list[os.DirEntry[str]]]]:
@@ -206,16 +216,13 @@ def sweep(staging: str) -> list[StagedCheckpoint]:
     return found
 
 
-def find_staged(roots: Iterable[str], depth: int = SCAN_DEPTH) -> list[StagedCheckpoint]:
-    """Every journal entry under ``roots`` (each staging folder once), oldest staged first."""
-    seen: set[str] = set()
+def find_staged(roots: Iterable[str], depth: int = SCAN_DEPTH, folders: RunFolders | None = None
+                ) -> list[StagedCheckpoint]:
+    """Every journal entry under ``roots`` (each staging folder once), oldest staged first; ``folders``: the walk
+    of those roots made already."""
     found: list[StagedCheckpoint] = []
-    for root in roots:
-        for staging in _staging_dirs(root, depth):
-            real = os.path.realpath(staging)
-            if real not in seen:
-                seen.add(real)
-                found.extend(sweep(staging))
+    for staging in (folders if folders is not None else scan_run(roots, depth)).staging:
+        found.extend(sweep(staging))
     return sorted(found, key=lambda s: s.staged_at)
 
 

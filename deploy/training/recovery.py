@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.errors import DeployError
-from deploy.training.journal import StagedCheckpoint, discard, find_staged, usable_file
+from deploy.training.journal import RunFolders, StagedCheckpoint, discard, find_staged, usable_file
 from deploy.training.transfer import abort_open_uploads
 
 
@@ -90,14 +90,15 @@ def _newest(usable: list[tuple[StagedCheckpoint, str]]) -> tuple[StagedCheckpoin
     return max(with_step, key=lambda sf: (sf[0].step, sf[0].staged_at)) if with_step else None
 
 
-def recover_staged(storage: Callable[[], Any], roots: Iterable[str], dest_dir: Path) -> Recovery:
+def recover_staged(storage: Callable[[], Any], roots: Iterable[str], dest_dir: Path,
+                   folders: RunFolders | None = None) -> Recovery:
     """Upload every staged, unconfirmed checkpoint under ``roots`` (oldest first); see the module doc.
 
-    ``storage`` is only called when there is something to send.
+    ``storage`` is only called when there is something to send; ``folders``: the walk of ``roots`` made already.
     """
     usable: list[tuple[StagedCheckpoint, str]] = []
     unusable: list[str] = []
-    for staged in find_staged(roots):
+    for staged in find_staged(roots, folders=folders):
         path = usable_file(staged)
         if path is None:
             unusable.append(staged.name)

@@ -36,7 +36,7 @@ def test_staged_checkpoints_are_only_looked_for_with_s3_sync_on(tmp_path, monkey
     from deploy.training.recovery import Recovery
 
     calls = []
-    monkeypatch.setattr(entrypoint, "recover_staged", lambda storage, roots, dest: calls.append(roots) or Recovery())
+    monkeypatch.setattr(entrypoint, "recover_staged", lambda storage, roots, dest, folders=None: calls.append(roots) or Recovery())
 
     def no_storage():
         raise AssertionError("S3 must not be touched")
