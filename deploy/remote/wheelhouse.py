@@ -1,7 +1,7 @@
-"""The native runtime's wheels on the host: build the ones pip installed, or fetch a stored set.
+"""The native runtime's wheels on the host: build the ones pip installed (a stored set is fetched by
+fetch_dataset.py, as a dataset is).
 
     python3 wheelhouse.py build PYTHON SITE DEST LOG
-    python3 wheelhouse.py fetch JOB.json
 
 Standard library only; deploy (deploy.runtimes.native.wheels) runs it with ``python -c``.
 
@@ -14,13 +14,8 @@ DEST (pip's cache serves what it just downloaded), its output to LOG, and prints
 or a local path (it has ``direct_url.json``) is skipped: the requirement list names it, not the
 index; so is pip itself, which the virtualenv brings.
 
-``fetch`` reads the job file deploy wrote with mode 0600 (its presigned URLs grant read access for
-an hour) and removes it once read: ``{"dest", "files": [{"name", "url", "size", "sha256"}]}``.
-Each wheel downloads to ``<name>.part``, is checked for size and sha256, then renamed; a wheel
-already in DEST with that size and sha256 stays. It prints ``{"fetched", "kept", "bytes"}``.
-
-Every wheel name, in a job or made by pip, must be a plain ``*.whl`` file name (no folder, no
-``..``, no control character): the copy of deploy.runtimes.native.wheels.checked_wheel_name.
+Every wheel name pip makes must be a plain ``*.whl`` file name (no folder, no ``..``, no control
+character): the copy of deploy.runtimes.native.wheels.checked_wheel_name.
 """
 
 from __future__ import annotations
@@ -31,7 +26,6 @@ import os
 import re
 import subprocess
 import sys
-import urllib.request
 
 CHUNK = 1 << 20
 _WHEEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.whl$")
@@ -99,57 +93,11 @@ def build(python: str, site_dir: str, dest: str, log: str) -> dict:
     return {"files": files, "skipped": skipped}
 
 
-def fetch_one(dest: str, item: dict) -> tuple[int, bool]:
-    """Download one wheel into place unless it is there already; (bytes, fetched). SystemExit when corrupt."""
-    name = checked_wheel_name(item.get("name"))
-    final = os.path.join(dest, name)
-    if os.path.isfile(final) and not os.path.islink(final) and file_digest(final) == (item["size"], item["sha256"]):
-        return 0, False
-    part = final + ".part"
-    for stale in (final, part):
-        if os.path.islink(stale):
-            os.unlink(stale)  # a link is replaced by the file, never written through
-    digest, size = hashlib.sha256(), 0
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        with urllib.request.urlopen(item["url"], timeout=60) as resp, \
-                os.fdopen(os.open(part, flags, 0o644), "wb") as out:
-            for chunk in iter(lambda: resp.read(CHUNK), b""):
-                out.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-    except OSError as exc:  # urllib's HTTPError and URLError are OSErrors
-        if os.path.exists(part):
-            os.unlink(part)
-        raise SystemExit("missing: %s (%s)" % (name, getattr(exc, "code", None) or exc)) from None
-    if size != item["size"] or digest.hexdigest() != item["sha256"]:
-        os.unlink(part)
-        raise SystemExit("corrupt: %s (%d of %d bytes, or another sha256)" % (name, size, item["size"]))
-    os.replace(part, final)
-    return size, True
-
-
-def fetch(job: dict) -> dict:
-    dest = job["dest"]
-    os.makedirs(dest, exist_ok=True)
-    for item in job["files"]:
-        checked_wheel_name(item.get("name"))  # refuse the whole job before fetching any of it
-    results = [fetch_one(dest, item) for item in job["files"]]
-    return {"fetched": sum(1 for _, new in results if new), "kept": sum(1 for _, new in results if not new),
-            "bytes": sum(n for n, _ in results)}
-
-
 def main(argv: list[str]) -> int:
     if argv[:1] == ["build"] and len(argv) == 5:
         print(json.dumps(build(*argv[1:5])), flush=True)
         return 0
-    if argv[:1] == ["fetch"] and len(argv) == 2:
-        with open(argv[1]) as handle:
-            job = json.load(handle)
-        os.unlink(argv[1])
-        print(json.dumps(fetch(job)), flush=True)
-        return 0
-    print("usage: wheelhouse.py build PYTHON SITE DEST LOG | fetch JOB", file=sys.stderr)
+    print("usage: wheelhouse.py build PYTHON SITE DEST LOG", file=sys.stderr)
     return 2
 
 

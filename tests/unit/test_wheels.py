@@ -19,6 +19,7 @@ from deploy.errors import StorageError
 from deploy.hosts.remote import program_source
 from deploy.runtimes.native.plan import NativeDesired, parse_gathered, plan_native
 from deploy.runtimes.native.wheels import StoreLook, WheelFile, WheelSet, checked_wheel_name, parse_files, store_key
+from deploy.runtimes.native.wheelstore import BucketWheels
 from deploy.flow.choose import runtimes
 from deploy.flow.rollout import Rollout
 from deploy.settings import load_settings
@@ -142,7 +143,7 @@ def test_the_flow_hands_the_native_runtime_the_buckets_store_and_the_pin() -> No
     assert rollout.package_index == "never"
 
 
-# --------------------------------------------------------------------------- wheelhouse.py on the host
+# --------------------------------------------------------------------------- the host programs
 
 
 @pytest.fixture
@@ -161,51 +162,59 @@ def wheelhouse(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60)
 
 
-def job_file(tmp_path: Path, dest: Path, files: list[dict]) -> Path:
+class Presigned:
+    """A stand-in for the bucket's presigned URLs: each wheel at the test's HTTP server."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+
+    def key(self, *parts: str) -> str:
+        return "/".join(parts)
+
+    def presigned_get(self, key: str, expires: int) -> str:
+        return f"{self.base_url}/{key.rsplit('/', 1)[-1]}"
+
+
+def fetch(tmp_path: Path, base_url: str, dest: Path, files: tuple[WheelFile, ...]) -> subprocess.CompletedProcess[str]:
+    """What fetch_on_host runs on the host: the dataset stager with the store's plan, from a 0600 job file."""
+    plan = BucketWheels(Presigned(base_url)).fetch_job(WheelSet(KEY, files), str(dest))  # type: ignore[arg-type]
     job = tmp_path / "job.json"
-    job.write_text(json.dumps({"dest": str(dest), "files": files}))
+    job.write_text(json.dumps(plan))
     job.chmod(0o600)
-    return job
+    return subprocess.run([sys.executable, "-c", program_source("fetch_dataset.py"), str(job)], capture_output=True,
+                          text=True, timeout=60)
 
 
-def test_fetch_verifies_each_wheel_and_keeps_what_is_already_there(tmp_path: Path, served) -> None:
+def test_fetch_verifies_each_wheel_and_marks_the_folder_with_its_set(tmp_path: Path, served) -> None:
     root, base_url = served
     data = b"wheel bytes" * 100
     (root / "tinypkg-1.0-py3-none-any.whl").write_bytes(data)
-    item = {"name": "tinypkg-1.0-py3-none-any.whl", "url": f"{base_url}/tinypkg-1.0-py3-none-any.whl",
-            "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    wheel = WheelFile("tinypkg-1.0-py3-none-any.whl", len(data), hashlib.sha256(data).hexdigest())
     dest = tmp_path / "wheels"
-    job = job_file(tmp_path, dest, [item])
-    first = wheelhouse("fetch", str(job))
+    first = fetch(tmp_path, base_url, dest, (wheel,))
     assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout) == {"fetched": 1, "kept": 0, "bytes": len(data)} and not job.exists()
-    assert (dest / item["name"]).read_bytes() == data
-    again = wheelhouse("fetch", str(job_file(tmp_path, dest, [item])))
-    assert json.loads(again.stdout) == {"fetched": 0, "kept": 1, "bytes": 0}
+    assert first.stdout.strip() == f"staged 1 files, {len(data)} bytes" and not (tmp_path / "job.json").exists()
+    assert (dest / wheel.name).read_bytes() == data
+    assert json.loads((dest / ".gpu-deploy-wheels").read_text()) == {"wheels": KEY}
 
 
 def test_fetch_refuses_a_corrupt_or_missing_wheel_and_leaves_no_part(tmp_path: Path, served) -> None:
     root, base_url = served
     (root / "tinypkg-1.0-py3-none-any.whl").write_bytes(b"tampered")
     dest = tmp_path / "wheels"
-    bad = {"name": "tinypkg-1.0-py3-none-any.whl", "url": f"{base_url}/tinypkg-1.0-py3-none-any.whl", "size": 8,
-           "sha256": "0" * 64}
-    result = wheelhouse("fetch", str(job_file(tmp_path, dest, [bad])))
+    bad = WheelFile("tinypkg-1.0-py3-none-any.whl", 8, "0" * 64)
+    result = fetch(tmp_path, base_url, dest, (bad,))
     assert result.returncode != 0 and "corrupt: tinypkg-1.0-py3-none-any.whl" in result.stderr
-    gone = {**bad, "name": "other-1.0-py3-none-any.whl", "url": f"{base_url}/other-1.0-py3-none-any.whl"}
-    result = wheelhouse("fetch", str(job_file(tmp_path, dest, [gone])))
-    assert result.returncode != 0 and "missing: other-1.0-py3-none-any.whl (404)" in result.stderr
+    result = fetch(tmp_path, base_url, dest, (WheelFile("other-1.0-py3-none-any.whl", 8, "0" * 64),))
+    assert result.returncode != 0 and "404" in result.stderr
     assert list(dest.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["../escape.whl", "sub/x.whl", "x.whl\r", "x.whl\n", "/etc/x.whl"])
-def test_fetch_refuses_a_job_naming_anything_but_a_plain_wheel(tmp_path: Path, served, name: str) -> None:
-    _, base_url = served
-    dest = tmp_path / "inside" / "wheels"
-    item = {"name": name, "url": f"{base_url}/x.whl", "size": 1, "sha256": "0" * 64}
-    result = wheelhouse("fetch", str(job_file(tmp_path, dest, [item])))
-    assert result.returncode != 0 and "refused:" in result.stderr
-    assert not (tmp_path / "escape.whl").exists() and not (tmp_path / "inside" / "escape.whl").exists()
+def test_a_fetch_plan_names_only_plain_wheels(tmp_path: Path, name: str) -> None:
+    with pytest.raises(StorageError, match="not a plain wheel file name"):
+        BucketWheels(Presigned("http://127.0.0.1:9")).fetch_job(  # type: ignore[arg-type]
+            WheelSet(KEY, (WheelFile(name, 1, "0" * 64),)), str(tmp_path / "wheels"))
 
 
 def test_build_takes_the_venvs_own_packages_and_skips_direct_ones_and_pip(tmp_path: Path) -> None:

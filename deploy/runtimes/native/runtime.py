@@ -106,10 +106,10 @@ class NativeRuntime:
         if store is not None and look is not None and look.found is not None:
             folder = host_dir(d.remote_dir, look.key)
             try:
-                got = fetch_on_host(conn, d.python, store, look.found, folder)
+                fetch_on_host(conn, d.python, store, look.found, folder)
                 install_requirements(*args, find_links=folder)
-                log(f"{where(conn)}: installed from the bucket's wheel store ({look.found.describe()}; "
-                    f"{got.get('fetched', 0)} fetched, {got.get('kept', 0)} already here), no package index")
+                log(f"{where(conn)}: installed from the bucket's wheel store ({look.found.describe()}), "
+                    "no package index")
                 return
             except (HostError, StorageError) as exc:
                 if d.package_index == NEVER:

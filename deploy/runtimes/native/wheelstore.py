@@ -4,7 +4,7 @@ The host never holds the bucket's credentials. Storing: the host builds the whee
 (deploy/remote/wheelhouse.py ``build``) and reports their names, sizes and sha256; the operator reads
 each back over SFTP, checks it, uploads it with its Storage, and writes the manifest last, so a
 half-stored set is never used. Fetching: the operator hands the host presigned GET URLs in a 0600 job
-file, and wheelhouse.py ``fetch`` downloads and checks each.
+file, and deploy/remote/fetch_dataset.py downloads and checks each, as it stages a dataset.
 
 Example::
 
@@ -57,10 +57,12 @@ class BucketWheels:
             return StoreLook(key, url, problem=str(exc).rstrip("."))
 
     def fetch_job(self, wheels: WheelSet, dest: str) -> dict:
-        """The job wheelhouse.py ``fetch`` carries out: each wheel's presigned GET URL, size and sha256."""
-        return {"dest": dest, "files": [{"name": checked_wheel_name(f.name), "size": f.size, "sha256": f.sha256,
-                                         "url": self.storage.presigned_get(self.key(wheels.key, f.name), URL_LIFETIME)}
-                                        for f in wheels.files]}
+        """The plan fetch_dataset.py carries out, as it stages a dataset: each wheel's presigned GET URL, size and
+        sha256; its marker says which set the folder holds."""
+        return {"dest": dest, "delete": [], "marker": {"wheels": wheels.key}, "marker_name": ".gpu-deploy-wheels",
+                "fetch": [{"path": checked_wheel_name(f.name), "size": f.size, "sha256": f.sha256,
+                           "url": self.storage.presigned_get(self.key(wheels.key, f.name), URL_LIFETIME)}
+                          for f in wheels.files]}
 
     def put(self, conn: Connection, key: str, files: tuple[WheelFile, ...], host_folder: str) -> WheelSet:
         """Read each wheel back from ``host_folder`` over SFTP, check it, upload it, then write the manifest."""
@@ -96,16 +98,16 @@ def _digest(path: Path) -> tuple[int, str]:
 # --------------------------------------------------------------------------- on the host
 
 
-def fetch_on_host(conn: Connection, python: str, wheels: BucketWheels, stored: WheelSet, dest: str) -> dict:
-    """Fetch ``stored`` into ``dest`` on the host (wheels already there and intact stay); the program's summary."""
+def fetch_on_host(conn: Connection, python: str, wheels: BucketWheels, stored: WheelSet, dest: str) -> str:
+    """Fetch ``stored`` into ``dest`` on the host with the dataset stager (each wheel checked by size and sha256,
+    written to ``.part`` then renamed); its one-line summary."""
     job = f"/tmp/gpu-deploy-wheels-{uuid.uuid4().hex}.json"  # presigned URLs: 0600, removed once read
     write_atomic(conn, job, json.dumps(wheels.fetch_job(stored, dest)).encode(), mode=0o600)
     try:
-        result = run(conn, python_program(python, "wheelhouse.py", "fetch", job),
-                     "Fetching the wheels from the bucket")
+        result = run(conn, python_program(python, "fetch_dataset.py", job), "Fetching the wheels from the bucket")
     finally:
         run(conn, ["rm", "-f", job], "Removing the wheel job", warn=True)
-    return _last_json(result.stdout, "wheelhouse.py fetch")
+    return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
 
 
 def build_on_host(conn: Connection, python: str, venv_python: str, site_dir: str, remote_dir: str,
