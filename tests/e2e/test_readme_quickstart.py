@@ -120,5 +120,6 @@ def test_the_readme_quickstart_runs_as_written(checkout) -> None:
     assert "val_mel" in listing, listing
     assert list((work / "lightning_logs").rglob("events.out.tfevents.*")), sorted(work.rglob("*"))[:50]
     redeploy = deploys[-1]
-    assert re.search(r"change    sync-code: 1 files", redeploy) and "change    restart" in redeploy, redeploy
+    assert re.search(r"change    sync-code: 1 files", redeploy) and "change    reload" in redeploy, redeploy
     assert "load-image" not in redeploy and "install-requirements" not in redeploy, redeploy
+    assert "restarting instead" not in redeploy and "recreating the service instead" not in redeploy, redeploy
