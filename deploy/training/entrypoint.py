@@ -184,13 +184,15 @@ class Warm:
 
     @staticmethod
     def _release(process: subprocess.Popen[bytes]) -> None:
-        """End of input: an unused warm process exits 0 by itself."""
+        """An unused warm process is only importing: it is ended at once (a superseded or stopped entrypoint does
+        not wait for torch's import to finish), and reaped."""
         try:
             if process.stdin is not None:
                 process.stdin.close()
-            process.wait(timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            process.kill()
+        except OSError:
+            pass
+        process.kill()
+        process.wait()
 
 
 def run(command: Sequence[str], extra_env: dict[str, str], warm: Warm | None = None,
