@@ -363,6 +363,18 @@ def reload_training(conn: Connection, service: Service, timeout: int = RELOAD_TI
     return Reloaded(None, why)
 
 
+def reload_or_restart(conn: Connection, service: Service, host: str, log: Log, restart: Callable[[], int],
+                      reloaded: Callable[[], None]) -> int:
+    """The ``reload`` step of every runtime: the running entrypoint takes the new code warm and ``reloaded()``
+    records it; when it cannot, ``restart()`` (a cold start, which records itself). The new launch's log offset."""
+    answer = reload_training(conn, service)
+    if answer.offset is None:
+        log(f"{host}: {RELOAD}: {answer.why}; restarting instead")
+        return restart()
+    reloaded()
+    return answer.offset
+
+
 def write_env(conn: Connection, plan: Any, log: Log) -> None:
     """The ``write-env`` step, the same for every runtime: REMOTE_DIR/.env, mode 0600, atomically.
 

@@ -35,8 +35,8 @@ from deploy.hosts.remote import python_program, run, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec
 from deploy.project import TrainProject
 from deploy.runtimes.base import (RELOAD, STARTED_MARKER, CodeSync, HostRun, ImageSource, Log, Look, Plan, Progress,
-                                  ServiceState, Step, StepHandler, look_at, look_command, parse_look, reload_training,
-                                  write_env)
+                                  ServiceState, Step, StepHandler, look_at, look_command, parse_look,
+                                  reload_or_restart, write_env)
 from deploy.runtimes.code.layout import MANIFEST, META, RELEASE
 from deploy.runtimes.code.shipped import library_files
 from deploy.runtimes.code.sync import plan_sync, send_files
@@ -353,8 +353,7 @@ def plan_deploy(spec: HostSpec, desired: DesiredRun, state: HostState, facts: Ho
     if desired.restart:
         steps.append(Step("restart", "recreate the service (resumes from the latest checkpoint in S3)"))
     elif running_current and code_changed and not (env_changed or image_changed or files_changed):
-        # Only the project's code changed: the running entrypoint takes it warm; a recreate when it cannot (new
-        # code needs --force-recreate: Compose recreates a container only when its configuration changed).
+        # Only the project's code changed: the running entrypoint takes it warm (a --force-recreate if it cannot).
         steps.append(Step(RELOAD, "the training takes the new code warm: it stops at a step as `fab stop` does and "
                                   "resumes from it, torch and Lightning imported meanwhile (a recreate if it cannot)"))
     elif env_changed or image_changed or files_changed or code_changed or not running_current:
@@ -441,17 +440,12 @@ def start(conn: Connection, plan: ComposePlan, log: Log, recreate: bool | None =
 
 def reload(conn: Connection, plan: ComposePlan, log: Log) -> int:
     """The running entrypoint trains the new code warm; the service is recreated when it cannot."""
-    reloaded = reload_training(conn, plan.project)
-    if reloaded.offset is None:
-        log(f"{plan.spec.host}: {RELOAD}: {reloaded.why}; recreating the service instead")
-        return start(conn, plan, log, recreate=True)
-    record_release(conn, plan)
-    return reloaded.offset
+    return reload_or_restart(conn, plan.project, plan.spec.host, log, lambda: start(conn, plan, log, recreate=True),
+                             lambda: record_release(conn, plan))
 
 
 def record_release(conn: Connection, plan: ComposePlan) -> None:
-    d = plan.desired
-    if d.files:
+    if (d := plan.desired).files:
         run(conn, ["mkdir", "-p", posixpath.join(d.remote_dir, META)], "Creating the deploy folder")
         write_atomic(conn, posixpath.join(d.remote_dir, RELEASE), json.dumps({"release": d.code_digest()}).encode(),
                      mode=0o644)

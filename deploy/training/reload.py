@@ -98,7 +98,8 @@ def refusal(root: Path, state: dict | None) -> str | None:
     if state is None:
         return f"no {STATE_FILE}: the running entrypoint predates warm reloads or is not running"
     pid = state.get("pid")
-    if not isinstance(pid, int) or pid <= 0 or start_ticks(pid) is None or start_ticks(pid) != state.get("ticks"):
+    ticks = start_ticks(pid) if isinstance(pid, int) and pid > 0 else None
+    if ticks is None or ticks != state.get("ticks"):
         return "the entrypoint that wrote it is no longer running"
     if state.get("state") != "training":
         return f"the entrypoint is {state.get('state')!r}, not training"

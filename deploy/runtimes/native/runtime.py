@@ -24,7 +24,7 @@ from deploy.hosts.probe import HostFacts
 from deploy.hosts.remote import run, where, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec
 from deploy.project import TrainProject, train_requirements
-from deploy.runtimes.base import RELOAD, HostRun, Log, StepHandler, reload_training, write_env
+from deploy.runtimes.base import RELOAD, HostRun, Log, StepHandler, reload_or_restart, write_env
 from deploy.runtimes.code.layout import META, RELEASE
 from deploy.runtimes.code.shipped import library_files
 from deploy.runtimes.code.sync import send_files
@@ -66,15 +66,12 @@ class NativeRuntime:
         self.source = source
         self.wheels = wheels
 
-    def store(self, desired: NativeDesired) -> BucketWheels | None:
-        return self.wheels
-
     def desire(self, run: HostRun) -> NativeDesired:
         return desired_native(run, self.source)
 
     def gather(self, conn: Connection, desired: NativeDesired, facts: HostFacts) -> NativeState:
         state = gather_native(conn, desired)
-        store = self.store(desired)
+        store = self.wheels
         if state.base is None or store is None:
             return state
         look = store.look(store_key(desired.requirements_digest(state.base), state.base))
@@ -101,7 +98,7 @@ class NativeRuntime:
         wheels of what pip installed go to the store. A store that fails falls back to the index unless pinned."""
         d, base, look = plan.desired, plan.state.base, plan.state.wheels
         assert base is not None
-        store = self.store(d)
+        store = self.wheels
         args = (conn, d.venv, d.remote_dir, base, d.train_requirements, d.user_requirements, d.requirements_source)
         if store is not None and look is not None and look.found is not None:
             folder = host_dir(d.remote_dir, look.key)
@@ -119,11 +116,14 @@ class NativeRuntime:
                     "index instead, and storing the wheels again.")
         install_requirements(*args)
         if store is not None and look is not None:
-            self._store(conn, d, base, store, look, log)
+            try:
+                self._store(conn, d, base, store, look, log)
+            except (HostError, StorageError) as exc:  # the virtualenv is ready: training need not wait for this
+                log(f"{where(conn)}: the wheels were not stored ({exc}); the next deploy plans store-wheels again.")
 
     def store_wheels(self, conn: Connection, plan: NativePlan, log: Log) -> None:
         """The ``store-wheels`` step: a current virtualenv's wheels, missing from the bucket, go there."""
-        store, look, base = self.store(plan.desired), plan.state.wheels, plan.state.base
+        store, look, base = self.wheels, plan.state.wheels, plan.state.base
         assert store is not None and look is not None and base is not None
         self._store(conn, plan.desired, base, store, look, log)
 
@@ -171,12 +171,8 @@ def start(conn: Connection, plan: NativePlan, log: Log) -> int:
 
 def reload(conn: Connection, plan: NativePlan, log: Log) -> int:
     """The running entrypoint trains the new code warm; the supervisor is restarted when it cannot."""
-    reloaded = reload_training(conn, NativeService(plan.desired.remote_dir))
-    if reloaded.offset is None:
-        log(f"{plan.spec.host}: {RELOAD}: {reloaded.why}; restarting instead")
-        return start(conn, plan, log)
-    record_release(conn, plan)
-    return reloaded.offset
+    return reload_or_restart(conn, NativeService(plan.desired.remote_dir), plan.spec.host, log,
+                             lambda: start(conn, plan, log), lambda: record_release(conn, plan))
 
 
 def record_release(conn: Connection, plan: NativePlan) -> None:
