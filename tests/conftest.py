@@ -178,3 +178,15 @@ def engine_host26(docker26, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                        env=docker26.session_env()).start()
     yield server
     server.stop()
+
+
+# ----------------------------------------------------------------------------- scheduling
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``--dist loadfile`` with a worker kept for the files that wait on clocks (tests/harness/schedule.py)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from tests.harness.schedule import ClockBoundApart
+
+    return ClockBoundApart(config, log)
