@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from deploy.errors import HostError
 from deploy.settings import load_settings
 from deploy.storage import Storage
 from deploy.storage.objects import get_json
+from tests.harness.waiting import wait_until
 from tests.harness.wheels import Deployer, Index, start_pod
 
 pytestmark = [pytest.mark.slow]
@@ -44,7 +46,7 @@ def index(tmp_path: Path) -> Iterator[Index]:
 def imports(remote_dir: str, module: str) -> str:
     python = Path(remote_dir, ".venv", "bin", "python")
     out = subprocess.run([str(python), "-c", f"import {module}; print({module}.VERSION)"], capture_output=True,
-                         text=True)
+                         text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})  # only the deploy compiles
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
@@ -94,6 +96,10 @@ def test_a_replacement_pod_installs_from_the_bucket_and_asks_no_index(tmp_path: 
         assert Path(fresh, ".gpu-deploy", "wheels", key, tiny.name).read_bytes() == tiny.read_bytes()
         assert not list(Path("/tmp").glob("gpu-deploy-wheels-*.json"))  # the job with its URLs is gone
         assert any("installed from the bucket's wheel store" in line and "no package index" in line for line in logs)
+        # pip installed without compiling; the deploy left that to a detached compileall, which gets there
+        wait_until(lambda: list(Path(fresh, ".venv", "lib").glob("python3*/site-packages/gdtinypkg/__pycache__/*.pyc")),
+                   60, "the installed package byte-compiled in the background")
+        assert "compiling" not in pip_log.lower()
 
         # 3. pinned, a requirement change has no set yet: the plan stops before the host changes
         (project / "requirements.txt").write_text("python-dotenv>=1.0\ngdtinypkg==1.0\ngdtinyother==2.0\n")
