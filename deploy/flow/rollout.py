@@ -35,7 +35,7 @@ from deploy.hosts.probe import HostFacts, probe
 from deploy.hosts.remote import run as run_remote, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec, Outcome, connect, for_each_host, require_sftp
 from deploy.runtimes.base import (START_STEPS, DeployResult, HostRun, ImageSource, Log, Plan, Runtime, Step,
-                                  StepHandler, wait_for_training)
+                                  StepHandler, wait_for_training, warm_ahead)
 from deploy.settings import Settings
 from deploy.storage import Storage
 from deploy.training.lease import ATTEMPT_FILE, Lease, attempt_document, grant, read_lease
@@ -275,6 +275,8 @@ def deploy_hosts(specs: list[HostSpec], rollout: Rollout, settings: Settings, op
         with connect(spec, options) as conn:
             facts = probe(conn, spec.workdir(rollout.remote_dir))
             name, reason = choose_runtime(rollout.runtime, facts)
+            if not dry_run:  # a code change is reloaded warm: its imports start now, while this plans and sends
+                warm_ahead(conn, available[name].service(spec.workdir(rollout.remote_dir), facts))
             deploy = prepare(conn, spec, rollout, settings, available[name], facts, reason, storage=storage)
             log("\n".join(deploy.describe()))
             refuse_problems(deploy)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Protocol, TYPE_CHECKING
 from deploy.errors import HostError
 from deploy.hosts.envfile import EnvShipment, ship_env
 from deploy.hosts.probe import HostFacts
-from deploy.hosts.remote import cause, run, where
+from deploy.hosts.remote import cause, run, run_line, where
 from deploy.hosts.ssh import HostSpec
 from deploy.ledger.model import HEARTBEAT_FILE
 
@@ -222,9 +222,9 @@ class Service(Protocol):
         """How deploy/remote/backstop.py stops this training from the host itself and records its end
         (``--python``, ``--supervisor``, ``--app``); ``[]`` when it cannot."""
 
-    def reload_command(self, timeout: int) -> str:
-        """A shell line that runs ``python -m deploy.training.reload`` beside the running entrypoint (on the host,
-        or in its container), in REMOTE_DIR."""
+    def reload_command(self, *options: str) -> str:
+        """A shell line that runs ``python -m deploy.training.reload OPTIONS`` beside the running entrypoint (on the
+        host, or in its container), in REMOTE_DIR."""
 
 
 class ImageSource(Protocol):
@@ -348,7 +348,8 @@ def reload_training(conn: Connection, service: Service, timeout: int = RELOAD_TI
 
     A training that was asked and did not come back is a failure (its stop may have ended it): named, not retried.
     """
-    result = run(conn, ["sh", "-c", service.reload_command(timeout)], "Reloading the training", warn=True)
+    result = run(conn, ["sh", "-c", service.reload_command("--timeout", str(int(timeout)))], "Reloading the training",
+                 warn=True)
     try:
         answer = json.loads(result.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -361,6 +362,15 @@ def reload_training(conn: Connection, service: Service, timeout: int = RELOAD_TI
     if answer.get("signalled"):
         raise HostError(f"The training on {where(conn)} was asked to reload and {why}; see `fab logs`.")
     return Reloaded(None, why)
+
+
+def warm_ahead(conn: Connection, service: Service) -> None:
+    """Have a running training's entrypoint start importing torch and Lightning now, in case this deploy reloads it:
+    they import while the deploy plans and sends the code. Left running on the host (nothing waits for it) and
+    harmless when the plan is not a reload: the entrypoint refuses what a reload would refuse and drops an unused
+    warm process after a while (deploy.training.reload ``--prewarm``)."""
+    line = f"sh -c {shlex.quote(service.reload_command('--prewarm'))} </dev/null >/dev/null 2>&1 &"
+    run_line(conn, line, "Warming the training ahead", warn=True)
 
 
 def reload_or_restart(conn: Connection, service: Service, host: str, log: Log, restart: Callable[[], int],

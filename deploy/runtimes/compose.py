@@ -111,10 +111,9 @@ class ComposeProject:
         argv = self.argv("logs", "--no-color", f"--tail={tail}", *(["-f"] if follow else []), self.service)
         return f"cd {shlex.quote(self.directory)} && {shlex.join(argv)}"
 
-    def reload_command(self, timeout: int) -> str:
+    def reload_command(self, *options: str) -> str:
         """``exec -T train python -m deploy.training.reload``: in the running container, beside its entrypoint."""
-        argv = self.argv("exec", "-T", self.service, "python", "-m", "deploy.training.reload", "--timeout",
-                         str(int(timeout)))
+        argv = self.argv("exec", "-T", self.service, "python", "-m", "deploy.training.reload", *options)
         return f"cd {shlex.quote(self.directory)} && {shlex.join(argv)}"
 
     def shell_command(self, script: str) -> str:

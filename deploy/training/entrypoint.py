@@ -40,6 +40,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ from deploy.training.lease import (ATTEMPT_ENV, ATTEMPT_FILE, RUN_ENV, Claim, Le
                                    read_lease)
 from deploy.training.ledger import RUN_HOST_ENV, TrainingLedger, record_in_background
 from deploy.training.recovery import LocalCheckpoint, recover_staged
-from deploy.training.reload import RELOAD_SIGNAL, EntrypointState
+from deploy.training.reload import PREWARM_HOLD, PREWARM_SIGNAL, RELOAD_SIGNAL, EntrypointState
 from deploy.training.resume import ResumePlan, resolve_checkpoint
 from deploy.training.warm import command_argv
 
@@ -120,20 +121,30 @@ def plan_launch(command: Sequence[str], resume: ResumePlan, settings: Settings, 
 
 
 class Reloads:
-    """SIGUSR2 received: the deploy asks for the training to start again with the new code (see :mod:`.reload`)."""
+    """SIGUSR2 received: the deploy asks for the training to start again with the new code (see :mod:`.reload`);
+    SIGUSR1: a deploy has connected and may ask for that soon (start the warm process now)."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.ahead = False
 
     def install(self) -> None:
         signal.signal(RELOAD_SIGNAL, self._request)
+        signal.signal(PREWARM_SIGNAL, self._ahead)
 
     def _request(self, _signum: int, _frame: object) -> None:
         self.requested = True
 
+    def _ahead(self, _signum: int, _frame: object) -> None:
+        self.ahead = True
+
     def take(self) -> bool:
         requested, self.requested = self.requested, False
         return requested
+
+    def take_ahead(self) -> bool:
+        ahead, self.ahead = self.ahead, False
+        return ahead
 
 
 class Warm:
@@ -143,18 +154,31 @@ class Warm:
     def __init__(self, command: Sequence[str]) -> None:
         self.command = list(command)
         self.process: subprocess.Popen[bytes] | None = None
+        self.expires: float | None = None  # a process started ahead of a reload is dropped then if none came
 
     def argv(self, command: Sequence[str]) -> list[str] | None:
         if os.environ.get(WARM_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
             return None
         return command_argv(sys.executable, command, shutil.which(command[0]) if command else None)
 
-    def prepare(self) -> None:
-        """Start the next warm process (nothing when one waits already or the command cannot use it)."""
+    def prepare(self, hold: float | None = None) -> None:
+        """Start the next warm process (nothing when one waits already or the command cannot use it).
+
+        ``hold``: it is started ahead of a reload that may not come, and dropped after that many seconds
+        unless a reload or a launch uses it first; None: it is needed now (a start or a reload), kept.
+        """
         if self.process is None and self.argv(self.command) is not None:
             # The command rides along only to be seen: ps, top and nvidia-smi show the training as what it runs.
             self.process = subprocess.Popen([sys.executable, "-m", "deploy.training.warm", "--", *self.command],
                                             stdin=subprocess.PIPE)
+            self.expires = None if hold is None else time.monotonic() + hold
+        elif hold is None:
+            self.expires = None
+
+    def expire(self) -> None:
+        """Drop a process started ahead whose reload did not come in time."""
+        if self.expires is not None and time.monotonic() > self.expires:
+            self.close()
 
     def ready(self, command: Sequence[str]) -> bool:
         return self.process is not None and self.process.poll() is None and self.argv(command) is not None
@@ -162,6 +186,7 @@ class Warm:
     def take(self, command: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes] | None:
         """The warm process, now running ``command`` with ``env``; None when it cannot (then it is let go)."""
         process, self.process, argv = self.process, None, self.argv(command)
+        self.expires = None
         if process is None or process.stdin is None:
             return None
         if argv is None or process.poll() is not None:
@@ -178,6 +203,7 @@ class Warm:
         return process
 
     def close(self) -> None:
+        self.expires = None
         if self.process is not None:
             self._release(self.process)
             self.process = None
@@ -226,6 +252,10 @@ def run(command: Sequence[str], extra_env: dict[str, str], warm: Warm | None = N
                     warm.prepare()
                 if child.poll() is None:
                     child.send_signal(signal.SIGTERM)
+            if reloads is not None and warm is not None and not reloading:
+                if reloads.take_ahead() and not received:
+                    warm.prepare(hold=PREWARM_HOLD)
+                warm.expire()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

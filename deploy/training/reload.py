@@ -15,6 +15,12 @@ when that is safe: the entrypoint is the one recorded and is training, and nothi
 project's code changed since it started. Otherwise it signals nothing and says why (deploy then
 restarts the service cold). It prints one JSON line: ``{"reloaded": true, "generation": N,
 "log_offset": B}`` or ``{"reloaded": false, "signalled": bool, "why": "..."}``. Standard library only.
+
+``--prewarm`` only asks, under the same conditions, for the warm process to be started now (SIGUSR1, to
+an entrypoint whose state file names that signal: an older one would die of it) and returns at once
+with ``{"prewarmed": bool, "why": "..."}``: deploy sends it as soon as it is connected, so torch and
+Lightning import while it plans and sends the code. The entrypoint drops a warm process that no reload
+took within :data:`PREWARM_HOLD` seconds.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from pathlib import Path
 
 STATE_FILE = ".gpu-deploy/entrypoint.json"
 RELOAD_SIGNAL = signal.SIGUSR2
+PREWARM_SIGNAL = signal.SIGUSR1
+PREWARM_HOLD = 120.0  # seconds a warm process started ahead waits for its reload before the entrypoint drops it
 LOG = "train.log"  # the native runtime's log (a container logs to Docker): its size is where a new launch's lines begin
 _DIGESTED = (".env", ".gpu-deploy/run.json", ".venv/gpu-deploy.json")
 _APP = ".gpu-deploy/app"
@@ -72,7 +80,8 @@ class EntrypointState:
         if not self.enabled:
             return
         body = {"pid": os.getpid(), "ticks": start_ticks(os.getpid()), "generation": self.generation,
-                "state": state, "digest": self.digest, "signal": RELOAD_SIGNAL.name}
+                "state": state, "digest": self.digest, "signal": RELOAD_SIGNAL.name,
+                "prewarm": PREWARM_SIGNAL.name}
         part = self.path.with_name(f".{self.path.name}.{os.getpid()}.part")
         try:
             part.write_text(json.dumps(body) + "\n")
@@ -128,13 +137,31 @@ def reload(root: Path, timeout: float) -> dict:
     return {"reloaded": False, "signalled": True, "why": f"the training did not start again within {timeout:.0f} s"}
 
 
+def prewarm(root: Path) -> dict:
+    """Ask the running entrypoint to start its warm process now, when a reload would be allowed; no waiting."""
+    state = read_state(root)
+    why = refusal(root, state)
+    if why is None and state is not None and state.get("prewarm") != PREWARM_SIGNAL.name:
+        why = "the entrypoint predates warming ahead"
+    if why is not None or state is None:
+        return {"prewarmed": False, "why": why}
+    try:
+        os.kill(int(state["pid"]), PREWARM_SIGNAL)
+    except OSError as exc:
+        return {"prewarmed": False, "why": f"could not signal the entrypoint: {exc.strerror or exc}"}
+    return {"prewarmed": True}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.training.reload",
                                      description="Reload the running training with the new code, warm.")
     parser.add_argument("--dir", default=".", help="REMOTE_DIR (default: the working directory)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the new launch")
+    parser.add_argument("--prewarm", action="store_true",
+                        help="only have the entrypoint start importing torch and Lightning for a reload to come")
     options = parser.parse_args(argv)
-    print(json.dumps(reload(Path(options.dir), options.timeout)), flush=True)
+    answer = prewarm(Path(options.dir)) if options.prewarm else reload(Path(options.dir), options.timeout)
+    print(json.dumps(answer), flush=True)
     return 0
 
 

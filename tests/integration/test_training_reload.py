@@ -49,11 +49,27 @@ def private_s3(tmp_path: Path):
     yield from private_s3_server(tmp_path / "moto", BUCKET)
 
 
-def reload(cwd: Path) -> dict:
-    answer = subprocess.run([sys.executable, "-m", "deploy.training.reload", "--timeout", "120"], cwd=cwd,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=180)
+def reload(cwd: Path, *options: str) -> dict:
+    answer = subprocess.run([sys.executable, "-m", "deploy.training.reload", *(options or ("--timeout", "120"))],
+                            cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                            timeout=180)
     assert answer.returncode == 0, answer.stderr
     return json.loads(answer.stdout.strip().splitlines()[-1])
+
+
+def warm_children(cwd: Path) -> list[int]:
+    """The entrypoint's children that were started as warm processes (they keep that command line as trainings)."""
+    entrypoint = json.loads((cwd / STATE_FILE).read_text())["pid"]
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == entrypoint and b"deploy.training.warm" in cmdline:
+            found.append(int(proc.name))
+    return found
 
 
 def test_a_reload_saves_the_step_and_the_new_code_resumes_there_warm(private_s3: S3Server, tmp_path: Path) -> None:
@@ -67,6 +83,10 @@ def test_a_reload_saves_the_step_and_the_new_code_resumes_there_warm(private_s3:
     wait_until(lambda: len(recorded_steps(tmp_path)) >= 15, 120, "fifteen trained steps", run, tmp_path)
     assert "(warm: torch and Lightning imported ahead)" in output(tmp_path)  # the first start used a warm process
 
+    (training,) = warm_children(tmp_path)  # the first start's warm process is the training now
+    assert reload(tmp_path, "--prewarm") == {"prewarmed": True}  # a deploy connected: import ahead of its reload
+    wait_until(lambda: len(warm_children(tmp_path)) == 2, 60, "a warm process started ahead", run, tmp_path)
+    (ahead,) = set(warm_children(tmp_path)) - {training}
     (tmp_path / "project_code.py").write_text(PROJECT_MODULE.format(version=2000))  # what a code sync does
     answer = reload(tmp_path)
     assert answer["reloaded"] is True and answer["generation"] == 2, (answer, output(tmp_path)[-3000:])
@@ -83,11 +103,13 @@ def test_a_reload_saves_the_step_and_the_new_code_resumes_there_warm(private_s3:
     steps = recorded_steps(tmp_path)
     assert steps.count(step) == 1 and steps[steps.index(step) + 1] == step + 1  # no step lost, none trained twice
     assert run.poll() is None  # the entrypoint itself never restarted
+    assert warm_children(tmp_path) == [ahead]  # the new code trains in the process started ahead
 
     (tmp_path / ".env").write_text("SOME_SETTING='2'\n")  # a settings change: only a cold restart may apply it
     refused = reload(tmp_path)
     assert refused == {"reloaded": False, "signalled": False,
                        "why": "its settings, packages or gpu-deploy's own code changed since it started"}
+    assert reload(tmp_path, "--prewarm") == {"prewarmed": False, "why": refused["why"]}
     run.send_signal(signal.SIGTERM)
     assert finish(run, 90, tmp_path) == 128 + signal.SIGTERM
     assert json.loads((tmp_path / STATE_FILE).read_text())["state"] == "ended"

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from deploy.training.entrypoint import Warm, run
-from deploy.training.reload import STATE_FILE, EntrypointState, environment_digest, refusal, reload, start_ticks
+from deploy.training.reload import (STATE_FILE, EntrypointState, environment_digest, prewarm, refusal, reload,
+                                   start_ticks)
 from deploy.training.warm import command_argv
 
 PY = "/work/run/.venv/bin/python"
@@ -87,3 +88,39 @@ def test_a_warm_process_runs_a_script_or_a_module_as_python_would(tmp_path: Path
     cold = Warm([sys.executable, "-c", "pass"])
     cold.prepare()
     assert cold.process is None  # nothing to gain: no warm process is started
+
+
+def test_a_warm_process_started_ahead_of_a_reload_is_kept_by_the_reload_and_dropped_when_none_comes(
+        tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WARM_IMPORTS", "json")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
+    command = [sys.executable, "-m", "job"]
+    ahead = Warm(command)
+    ahead.prepare(hold=0.0)  # a deploy connected; its reload did not come in time
+    process = ahead.process
+    assert process is not None and ahead.expires is not None
+    ahead.expire()
+    assert ahead.process is None and ahead.expires is None and process.poll() is not None  # killed and reaped
+    kept = Warm(command)
+    kept.prepare(hold=0.0)
+    waiting = kept.process
+    kept.prepare()  # the reload came: the same process, no longer dropped
+    assert kept.process is waiting and kept.expires is None
+    kept.expire()
+    assert kept.process is waiting and waiting is not None and waiting.poll() is None
+    kept.close()
+    assert waiting.poll() is not None
+
+
+def test_warming_ahead_asks_only_an_entrypoint_that_may_be_reloaded_and_knows_the_signal(tmp_path: Path) -> None:
+    (tmp_path / ".gpu-deploy").mkdir()
+    assert prewarm(tmp_path)["why"].startswith("no .gpu-deploy/entrypoint.json")
+    state = EntrypointState(tmp_path)
+    state.launched()
+    body = json.loads((tmp_path / STATE_FILE).read_text())
+    assert body["prewarm"] == "SIGUSR1"
+    old = {k: v for k, v in body.items() if k != "prewarm"}  # an entrypoint of an earlier release: SIGUSR1 kills it
+    (tmp_path / STATE_FILE).write_text(json.dumps(old))
+    assert prewarm(tmp_path) == {"prewarmed": False, "why": "the entrypoint predates warming ahead"}
+    (tmp_path / STATE_FILE).write_text(json.dumps({**body, "state": "reloading"}))
+    assert prewarm(tmp_path) == {"prewarmed": False, "why": "the entrypoint is 'reloading', not training"}

@@ -129,9 +129,9 @@ class NativeService:
     def logs_command(self, tail: int = 100, follow: bool = False) -> str:
         return shlex.join(["tail", "-n", str(int(tail)), *(["-F"] if follow else []), self.log_path])
 
-    def reload_command(self, timeout: int) -> str:
+    def reload_command(self, *options: str) -> str:
         """``python -m deploy.training.reload`` in REMOTE_DIR, with the training's python and gpu-deploy's code."""
-        return self.shell_command(f"exec python -m deploy.training.reload --timeout {int(timeout)}")
+        return self.shell_command(shlex.join(["exec", "python", "-m", "deploy.training.reload", *options]))
 
     def shell_command(self, script: str) -> str:
         """``sh -c SCRIPT`` in the directory with the training's PATH and PYTHONPATH first (the run's virtualenv,
