@@ -51,6 +51,7 @@ from deploy.settings import SETTING_FIELDS, TRAINING_SERVICE_KEYS, Secret, Setti
 if TYPE_CHECKING:
     from fabric import Connection
 
+REMOTE_ENV = ".env"  # the shipped file, in REMOTE_DIR (mounted at the container's working directory)
 # Always kept on the laptop, whatever the include list says.
 OPERATOR_ONLY = ("RUNPOD_*", "SSH_*", "REMOTE_DIR", "ENV_FILE", "SHIP_ENV_*")
 # Settings groups the host reads; the others (host, pods ...) steer the operator's side only.
@@ -142,7 +143,7 @@ def plan_env(settings: Settings, extra: Mapping[str, str] | None = None,
 
 def remote_env_digest(conn: Connection, remote_dir: str) -> str | None:
     """sha256 of the host's current `.env`, or None (compared, so an unchanged file is not rewritten)."""
-    result = run(conn, ["sha256sum", posixpath.join(remote_dir, ".env")], "Reading the host's .env", warn=True)
+    result = run(conn, ["sha256sum", posixpath.join(remote_dir, REMOTE_ENV)], "Reading the host's .env", warn=True)
     return result.stdout.split()[0] if result.ok and result.stdout.strip() else None
 
 
@@ -150,5 +151,5 @@ def ship_env(conn: Connection, remote_dir: str, shipment: EnvShipment) -> bool:
     """Write ``REMOTE_DIR/.env`` atomically, mode 0600 from its first byte; False when it was already identical."""
     if remote_env_digest(conn, remote_dir) == shipment.digest:
         return False
-    write_atomic(conn, posixpath.join(remote_dir, ".env"), shipment.content(), mode=0o600)
+    write_atomic(conn, posixpath.join(remote_dir, REMOTE_ENV), shipment.content(), mode=0o600)
     return True

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TYPE_CHECKING
 
 from deploy.errors import HostError
-from deploy.hosts.envfile import EnvShipment, remote_env_digest
+from deploy.hosts.envfile import REMOTE_ENV, EnvShipment
 from deploy.hosts.probe import HostFacts, compose_problems
 from deploy.hosts.remote import python_program, run, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec
@@ -133,13 +133,9 @@ class ComposeProject:
                 "--filter", f"label=com.docker.compose.service={self.service}"]
 
     def state(self, conn: Connection) -> ServiceState:
-        ids = run(conn, self._ps(), "docker ps", warn=True).stdout.split()
-        if not ids:
-            return ServiceState(exists=False)
-        out = run(conn, ["docker", "inspect", "--format", STATE_FORMAT, ids[0]], "docker inspect", warn=True)
-        if not out.ok:
-            return ServiceState(exists=False)
-        return container_state(json.loads(out.stdout), ids[0])
+        """The service's container and its state, in one round trip (``docker ps`` then ``docker inspect``)."""
+        result = run(conn, ["sh", "-c", self._state_command()], "Reading the service's state", warn=True)
+        return read_container(result.stdout)[0]
 
     def _state_command(self) -> str:
         """The service's container id (``id=`` when there is none), then its state: what :meth:`state` reads."""
@@ -282,13 +278,15 @@ def gather(conn: Connection, desired: DesiredRun, facts: HostFacts) -> HostState
     """Read the host: its image, .env and compose file digests, the service."""
     image = run(conn, ["docker", "image", "inspect", "--format", "{{.Id}}", desired.image_ref], "docker image inspect",
                 warn=True).stdout.strip() if facts.docker else ""
-    sums = run(conn, ["sha256sum", *(posixpath.join(desired.remote_dir, n) for n in (SERVICE_FILE, GPU_FILE))],
-               "sha256sum", warn=True).stdout
+    files = (SERVICE_FILE, GPU_FILE, REMOTE_ENV)  # one round trip for all three; a missing one is left out
+    sums = run(conn, ["sha256sum", *(posixpath.join(desired.remote_dir, n) for n in files)], "sha256sum",
+               warn=True).stdout
     digests = {posixpath.basename(p): d for d, p in (line.split(None, 1) for line in sums.splitlines() if line)}
+    env_digest = digests.pop(REMOTE_ENV, None)
     project = project_for(facts.compose_command or "docker compose", desired.remote_dir, _wants_gpu(desired, facts))
     service = project.state(conn) if facts.docker else ServiceState(exists=False)
     code, manifest, release = gather_code(conn, desired.remote_dir, facts)
-    return HostState(facts=facts, host_image_id=image, env_digest=remote_env_digest(conn, desired.remote_dir),
+    return HostState(facts=facts, host_image_id=image, env_digest=env_digest,
                      file_digests=digests, service=service, code=code, manifest=manifest, release=release)
 
 
