@@ -49,13 +49,19 @@ class _Stderr(logging.Handler):
 
 
 def _prepare_logging() -> None:
-    """No credential in any log record (fab --debug included); the library's retry notices on stderr."""
+    """No credential in any log record (fab --debug included); the library's retry notices on stderr; paramiko
+    silent unless debugging: its transport thread logs the traceback of a connection a host dropped, which the
+    task already says in one sentence."""
     redact.install()
     notices = logging.getLogger("deploy.retry")
     if not any(isinstance(h, _Stderr) for h in notices.handlers):
         notices.addHandler(_Stderr())
         notices.setLevel(logging.WARNING)
         notices.propagate = False
+    ssh = logging.getLogger("paramiko")
+    if not _debugging() and not any(isinstance(h, logging.NullHandler) for h in ssh.handlers):
+        ssh.addHandler(logging.NullHandler())
+        ssh.propagate = False
 
 
 def _debugging() -> bool:

@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import threading
@@ -65,25 +66,33 @@ _SDK_LOCK = threading.Lock()
 
 
 def _sdk() -> ModuleType:
-    """The ``runpod`` package, imported without the second its import spends naming the CPU.
+    """The ``runpod`` package, imported without the second its import spends naming the CPU, and without the
+    logging it sets up.
 
     ``runpod/__init__`` imports the SDK's serverless worker, whose debug module asks py-cpuinfo for the
     processor's name at import time; py-cpuinfo answers from a child Python that sleeps a second to count clock
     ticks (py-cpuinfo issue 205). No operator's task runs that worker, so while the SDK is imported the name comes
-    from the platform module instead: every API task starts about 1.2 s sooner.
+    from the platform module instead: every API task starts about 1.2 s sooner. Its upload module also calls
+    ``logging.basicConfig(level=INFO)``, which would print every library's records from then on (paramiko's
+    traceback of a connection a lost pod dropped, for one); the root logger is put back as it was.
     """
     with _SDK_LOCK:
+        root = logging.getLogger()
+        handlers, level = list(root.handlers), root.level
         try:
             import cpuinfo
         except ImportError:  # an SDK that no longer needs it
-            import runpod
-            return runpod
-        real = cpuinfo.get_cpu_info
-        cpuinfo.get_cpu_info = lambda: {"brand_raw": platform.machine()}
+            cpuinfo = None
+        real = cpuinfo.get_cpu_info if cpuinfo is not None else None
+        if cpuinfo is not None:
+            cpuinfo.get_cpu_info = lambda: {"brand_raw": platform.machine()}
         try:
             import runpod
         finally:
-            cpuinfo.get_cpu_info = real
+            if cpuinfo is not None:
+                cpuinfo.get_cpu_info = real
+            root.handlers[:] = handlers
+            root.setLevel(level)
         return runpod
 
 

@@ -74,7 +74,8 @@ def host_errors(what: str, host: str) -> Iterator[None]:
     except DeployError:
         raise
     except Exception as exc:  # noqa: BLE001 - a dead pod raises whatever its transport raises
-        detail = str(exc).strip() or exc.__class__.__name__
+        detail = str(exc).strip() or (f"the connection was lost ({exc.__class__.__name__})"
+                                      if isinstance(exc, (EOFError, OSError)) else exc.__class__.__name__)
         raise HostError(f"{what} on {host} failed: {detail[:300]}") from None
 
 
