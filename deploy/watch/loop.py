@@ -263,7 +263,9 @@ class Watcher:
         if not ended.done:
             self._apply(end_refused(self.state, pod.name, now, ended.message))
             return
-        self.save(self.state.update(pod.name, end_called_at=now))
+        # Billing stops when RunPod took the call, after the checkpoint guard (an SSH look that can take a while on a
+        # lost pod): counting from before it would record less than RunPod bills.
+        self.save(self.state.update(pod.name, end_called_at=self.clock()))
 
     def wrap(self, action: Action) -> None:
         """The run is over: postpone the pod's backstop, stop the training (when a limit ended it), sync."""

@@ -12,6 +12,7 @@ from deploy.ledger.store import RunLedger, read_run
 from deploy.settings import Secret
 from deploy.watch.act import Created, Ended
 from deploy.watch.decide import Guardrails, PodSeen, RunFact
+from deploy.watch.facts import Action
 from deploy.watch.loop import Watcher
 from deploy.watch.managed import continued, detached_message, exit_code, final_message
 from deploy.runtimes.compose import parse_compose_look
@@ -248,3 +249,21 @@ def test_a_lost_pod_is_replaced_then_the_finished_run_syncs_and_terminates(moto_
     assert kinds.count("provisioned") == 2 and kinds.count("terminated") == 2 and "preempted" in kinds
     assert kinds.index("preempted") < kinds.index("finished")
     assert store.load()[0] == final
+
+
+def test_a_pods_billing_is_recorded_until_runpod_took_the_terminate_not_from_before_the_guard(moto_storage) -> None:
+    class SlowGuard(StandInHands):
+        def end_pod(self, pod_id, how="terminate", force=True, host=""):
+            now[0] += 7.0  # the checkpoint guard's SSH look at a lost pod, then the API call
+            return super().end_pod(pod_id, how, force, host)
+
+    hands, now = SlowGuard(moto_storage), [T0]
+    state = WatchState(run_id="r1", started_at=T0, project="3f2a9c1b")
+    watcher = Watcher(hands, RunLedger(moto_storage, "r1", "watch-test"), Guardrails(max_hours=100, pod_price=0.79),
+                      state, StateStore(moto_storage, "r1", KEY), None, ssh_every=0, clock=lambda: now[0],
+                      sleep=lambda s: None, say=lambda line: None)
+    watcher.step()  # pod 1 asked for and made
+    pod = watcher.state.pods[0]
+    watcher.save(watcher.state.with_record(pod.ending("lost", now[0])))
+    watcher.end(Action("end", pod=pod.name))
+    assert watcher.state.pods[0].end_called_at == T0 + 7.0
