@@ -4,6 +4,11 @@ The watcher replaces the pod within LOST_AFTER_SECONDS; the old pod, whose termi
 on as a zombie. Once the replacement claims the run's lease, the zombie's writes are refused and it stops;
 every checkpoint written after the claim is the replacement's. Nothing is left billing and the recorded
 spend matches the bills.
+
+The zombie's training is held (SIGSTOP) from the moment SSH dies until the replacement has claimed the
+run, so on a loaded machine it cannot finish every step before the claim (the replacement would then
+resume at the last step and write nothing for the test to check). Its upload helper is a separate
+process and is not held: a request it has in flight completes as it would.
 """
 
 from __future__ import annotations
@@ -42,10 +47,15 @@ def test_ssh_dead_in_a_running_pod_is_replaced_and_the_zombie_it_leaves_cannot_w
         managed_plane.fail_terminate(first, times=10_000)  # the lost pod cannot be ended: it trains on, a zombie
         killed = time.monotonic()
         managed_plane.kill_sshd(first)
+        zombie = managed_plane.container(first)
+        held = signal_training(zombie, "SIGSTOP")
+        zombie_attempt = claimed_attempt(storage, run_id)  # read before the lost verdict (10 s) can come
         lost = train.wait_for(rf"lost .*pod {first} does not answer over SSH for (\d+) s")
         detected = time.monotonic() - killed
         assert int(lost.group(1)) <= 12 and detected <= 10 + 3 + 8, f"replaced {detected:.0f} s after SSH died"
-        zombie = managed_plane.container(first)
+        wait_until(lambda: claimed_attempt(storage, run_id) > zombie_attempt,
+                   timeout=420, what="the replacement to claim the run")
+        signal_training(zombie, "SIGCONT", held)
         wait_until(lambda: b"superseded" in zombie.exec_run(["cat", "/workspace/train/train.log"]).output,
                    timeout=300, what="the zombie to find its writes refused")
         managed_plane.fail_terminate(first, times=0)        # RunPod takes the terminate again
@@ -63,6 +73,38 @@ def test_ssh_dead_in_a_running_pod_is_replaced_and_the_zombie_it_leaves_cannot_w
     written = [c for c in list_checkpoints(storage) if c.uploaded and c.uploaded.timestamp() > lease_time(lease)]
     assert written and all(attempt_of(storage, c.key) == claimed for c in written), (
         "a checkpoint written after the replacement's claim came from another attempt")
+
+
+HOLD = """
+import os, signal, sys
+name, pids = sys.argv[1], [int(p) for p in sys.argv[2:]]
+if not pids:  # the training: the parent of every upload helper (python -m deploy.training.transfer)
+    for entry in os.listdir("/proc"):
+        try:
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\\0")
+            status = open(f"/proc/{entry}/status").read()
+        except OSError:
+            continue
+        if b"deploy.training.transfer" in cmdline:
+            pids.append(int(status.split("PPid:")[1].split()[0]))
+for pid in sorted(set(pids)):
+    os.kill(pid, getattr(signal, name))
+print(" ".join(str(p) for p in sorted(set(pids))))
+"""
+
+
+def signal_training(container, name: str, pids: list[int] = ()) -> list[int]:
+    """Send ``name`` to the pod's training processes (``pids``, or the parents of its upload helpers)."""
+    result = container.exec_run(["python3", "-c", HOLD, name, *map(str, pids)])
+    found = [int(p) for p in result.output.split()] if result.exit_code == 0 else []
+    assert found, f"no training to send {name} to: {result.output.decode(errors='replace')}"
+    return found
+
+
+def claimed_attempt(storage, run_id: str) -> int:
+    lease = json.loads(storage.client.get_object(Bucket=storage.bucket,
+                                                 Key=storage.key("runs", run_id, "lease.json"))["Body"].read())
+    return int(lease.get("claimed") or 0)
 
 
 def lease_time(lease: dict) -> float:
