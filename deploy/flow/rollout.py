@@ -275,7 +275,8 @@ def deploy_hosts(specs: list[HostSpec], rollout: Rollout, settings: Settings, op
         with connect(spec, options) as conn:
             facts = probe(conn, spec.workdir(rollout.remote_dir))
             name, reason = choose_runtime(rollout.runtime, facts)
-            if not dry_run:  # a code change is reloaded warm: its imports start now, while this plans and sends
+            if not dry_run and facts.remote_dir_exists:  # a code change is reloaded warm: its imports start now,
+                # while this plans and sends (a first deploy, with no REMOTE_DIR yet, has nothing running to warm)
                 warm_ahead(conn, available[name].service(spec.workdir(rollout.remote_dir), facts))
             deploy = prepare(conn, spec, rollout, settings, available[name], facts, reason, storage=storage)
             log("\n".join(deploy.describe()))
