@@ -141,10 +141,18 @@ def plan_env(settings: Settings, extra: Mapping[str, str] | None = None,
     return EnvShipment(keys=tuple(sorted(chosen)), _content=Secret(content), left_behind=left_behind)
 
 
+def remote_digests(conn: Connection, remote_dir: str, names: tuple[str, ...]) -> dict[str, str]:
+    """sha256 of each of ``names`` in ``remote_dir`` that exists there, by name, in one round trip."""
+    paths = [posixpath.join(remote_dir, name) for name in names]
+    result = run(conn, ["sha256sum", *paths], "Reading the host's file digests", warn=True)
+    found = (line.split(None, 1) for line in result.stdout.splitlines())
+    digests = {posixpath.basename(pair[1].strip()): pair[0] for pair in found if len(pair) == 2}
+    return {name: digest for name, digest in digests.items() if name in names}
+
+
 def remote_env_digest(conn: Connection, remote_dir: str) -> str | None:
     """sha256 of the host's current `.env`, or None (compared, so an unchanged file is not rewritten)."""
-    result = run(conn, ["sha256sum", posixpath.join(remote_dir, REMOTE_ENV)], "Reading the host's .env", warn=True)
-    return result.stdout.split()[0] if result.ok and result.stdout.strip() else None
+    return remote_digests(conn, remote_dir, (REMOTE_ENV,)).get(REMOTE_ENV)
 
 
 def ship_env(conn: Connection, remote_dir: str, shipment: EnvShipment) -> bool:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TYPE_CHECKING
 
 from deploy.errors import HostError
-from deploy.hosts.envfile import REMOTE_ENV, EnvShipment
+from deploy.hosts.envfile import REMOTE_ENV, EnvShipment, remote_digests
 from deploy.hosts.probe import HostFacts, compose_problems
 from deploy.hosts.remote import python_program, run, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec
@@ -278,10 +278,7 @@ def gather(conn: Connection, desired: DesiredRun, facts: HostFacts) -> HostState
     """Read the host: its image, .env and compose file digests, the service."""
     image = run(conn, ["docker", "image", "inspect", "--format", "{{.Id}}", desired.image_ref], "docker image inspect",
                 warn=True).stdout.strip() if facts.docker else ""
-    files = (SERVICE_FILE, GPU_FILE, REMOTE_ENV)  # one round trip for all three; a missing one is left out
-    sums = run(conn, ["sha256sum", *(posixpath.join(desired.remote_dir, n) for n in files)], "sha256sum",
-               warn=True).stdout
-    digests = {posixpath.basename(p): d for d, p in (line.split(None, 1) for line in sums.splitlines() if line)}
+    digests = remote_digests(conn, desired.remote_dir, (SERVICE_FILE, GPU_FILE, REMOTE_ENV))  # a missing one: left out
     env_digest = digests.pop(REMOTE_ENV, None)
     project = project_for(facts.compose_command or "docker compose", desired.remote_dir, _wants_gpu(desired, facts))
     service = project.state(conn) if facts.docker else ServiceState(exists=False)

@@ -219,3 +219,18 @@ def test_the_supervisor_reader_refuses_other_dialects_without_quoting_them() -> 
     for text in ("A=1\n", "export A='1'\n", 'A="1"\n', "A='1' # c\n", "A = '1'\n", "A='it's'\n", "A='${B}'\n"):
         with pytest.raises(ValueError, match=r"^line 1 is not KEY='value' as gpu-deploy writes it$"):
             parse_dotenv(text)
+
+
+def test_remote_digests_reads_the_files_that_exist_in_one_call(tmp_path: Path) -> None:
+    from hashlib import sha256
+
+    from invoke import Context
+
+    from deploy.hosts.envfile import REMOTE_ENV, remote_digests, remote_env_digest
+
+    (tmp_path / REMOTE_ENV).write_text("A=1\n")
+    (tmp_path / "docker-compose.yml").write_text("services: {}\n")
+    found = remote_digests(Context(), str(tmp_path), ("docker-compose.yml", "missing.yml", REMOTE_ENV))
+    assert found == {"docker-compose.yml": sha256(b"services: {}\n").hexdigest(), REMOTE_ENV: sha256(b"A=1\n").hexdigest()}
+    assert remote_env_digest(Context(), str(tmp_path)) == found[REMOTE_ENV]
+    assert remote_env_digest(Context(), str(tmp_path / "nowhere")) is None
