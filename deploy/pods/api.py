@@ -24,7 +24,8 @@ import logging
 import os
 import platform
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -76,24 +77,31 @@ def _sdk() -> ModuleType:
     ``logging.basicConfig(level=INFO)``, which would print every library's records from then on (paramiko's
     traceback of a connection a lost pod dropped, for one); the root logger is put back as it was.
     """
-    with _SDK_LOCK:
-        root = logging.getLogger()
-        handlers, level = list(root.handlers), root.level
-        try:
-            import cpuinfo
-        except ImportError:  # an SDK that no longer needs it
-            cpuinfo = None
-        real = cpuinfo.get_cpu_info if cpuinfo is not None else None
-        if cpuinfo is not None:
-            cpuinfo.get_cpu_info = lambda: {"brand_raw": platform.machine()}
-        try:
-            import runpod
-        finally:
-            if cpuinfo is not None:
-                cpuinfo.get_cpu_info = real
-            root.handlers[:] = handlers
-            root.setLevel(level)
-        return runpod
+    with _SDK_LOCK, _quiet_import():
+        import runpod
+    return runpod
+
+
+@contextmanager
+def _quiet_import() -> Iterator[None]:
+    """While the block runs, py-cpuinfo (when installed) names the CPU from ``platform``; afterwards it and the
+    root logger's handlers and level are as they were."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        import cpuinfo
+    except ImportError:  # an SDK that no longer needs it
+        cpuinfo = None
+    real = getattr(cpuinfo, "get_cpu_info", None)
+    if real is not None:
+        cpuinfo.get_cpu_info = lambda: {"brand_raw": platform.machine()}
+    try:
+        yield
+    finally:
+        if real is not None:
+            cpuinfo.get_cpu_info = real
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def base_url() -> str:
