@@ -53,7 +53,7 @@ def test_a_code_only_change_sends_that_file_and_reloads_warm_without_any_image_s
     desired = dataclasses.replace(DESIRED, files=changed)
     plan = plan_deploy(SPEC, desired, current())
     assert [s.name for s in plan.steps] == ["sync-code", "reload"]
-    assert plan.sync.send == ("trainer/model.py",) and plan.sync.delete == () and plan.sync.method == "rsync"
+    assert plan.sync.send == ("trainer/model.py",) and plan.sync.delete == () and plan.sync.method == "sftp"
     assert "1 files" in plan.steps[0].detail and "takes the new code warm" in plan.steps[1].detail
 
 

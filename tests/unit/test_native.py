@@ -96,7 +96,7 @@ def test_a_fresh_pod_gets_every_step_in_order() -> None:
     plan = plan_native(SPEC, DESIRED, state, facts)
     assert names(plan) == ["create-dir", "write-env", "sync-code", "create-venv", "install-requirements",
                            "install-supervisor", "start"]
-    assert plan.sync.send == tuple(sorted(FILES)) and plan.sync.method == "rsync" and not plan.problems
+    assert plan.sync.send == tuple(sorted(FILES)) and plan.sync.method == "sftp" and not plan.problems  # 3 small files
     assert "torch pinned to 2.5.1+cu124" in plan.steps[4].detail
 
 
@@ -319,3 +319,15 @@ def test_the_shipped_closure_covers_what_importing_the_host_code_loads() -> None
                                        timeout=300).stdout)
     assert set(loaded) <= shipped, sorted(set(loaded) - shipped)
     assert {"deploy.training.entrypoint", "deploy.remote.supervisor", "deploy.storage"} <= shipped
+
+
+def test_a_few_small_files_go_by_sftp_over_the_open_connection_and_more_by_rsync() -> None:
+    from deploy.runtimes.code.sync import SFTP_UP_TO, sync_method
+
+    files, size = SFTP_UP_TO
+    assert sync_method(True, {"rsync"}, 1, 74) == "sftp"                     # a one-line change: no second ssh
+    assert sync_method(True, {"rsync"}, files, size) == "sftp"
+    assert sync_method(True, {"rsync"}, files + 1, 100) == "rsync"
+    assert sync_method(True, {"rsync"}, 1, size + 1) == "rsync"
+    assert sync_method(False, {"rsync"}, 500, 1 << 30) == "sftp"             # no rsync here
+    assert sync_method(True, set(), 500, 1 << 30) == "sftp"                  # none on the host
