@@ -331,3 +331,22 @@ def test_a_few_small_files_go_by_sftp_over_the_open_connection_and_more_by_rsync
     assert sync_method(True, {"rsync"}, 1, size + 1) == "rsync"
     assert sync_method(False, {"rsync"}, 500, 1 << 30) == "sftp"             # no rsync here
     assert sync_method(True, set(), 500, 1 << 30) == "sftp"                  # none on the host
+
+
+def test_the_import_lines_read_name_what_parsing_each_file_names() -> None:
+    import ast
+
+    from deploy.runtimes.code.shipped import PACKAGE_ROOT, _imports
+
+    def parsed(path: Path) -> set[str]:
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+        return {name for name in found if name == "deploy" or name.startswith("deploy.")}
+
+    files = sorted((PACKAGE_ROOT / "deploy").rglob("*.py"))
+    assert len(files) > 100
+    assert {p: _imports(p) for p in files if _imports(p) != parsed(p)} == {}
