@@ -2,7 +2,8 @@
 
 A task parses its flags, builds settings, calls the library and prints the result. An expected
 failure (:class:`deploy.errors.DeployError`) becomes one sentence on stderr and exit code 1;
-``fab --debug`` keeps the traceback. While a task runs, no log record shows a credential
+``fab --debug`` keeps the traceback. Every line printed reaches a redirected stdout as it is
+printed. While a task runs, no log record shows a credential
 (:mod:`deploy.redact`), and the library's retry notices (``S3 did not answer ...; retry 1 of 9 in 1 s``)
 are lines on stderr.
 """
@@ -64,6 +65,14 @@ def _prepare_logging() -> None:
         ssh.propagate = False
 
 
+def _line_buffered() -> None:
+    """Each line a task prints reaches a redirected stdout as it is printed (``fab deploy-runpod > deploy.log``,
+    a CI log), not when a block of them has filled; a terminal is line-buffered already."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)  # a test's captured stdout has none
+    if reconfigure is not None and not getattr(sys.stdout, "line_buffering", True):
+        reconfigure(line_buffering=True)
+
+
 def _debugging() -> bool:
     # `fab --debug` turns on invoke's debug logging; then a traceback helps more than a sentence.
     return logging.getLogger("invoke").isEnabledFor(logging.DEBUG)
@@ -75,6 +84,7 @@ def boundary(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _prepare_logging()
+        _line_buffered()
         try:
             return func(*args, **kwargs)
         except DeployError as exc:

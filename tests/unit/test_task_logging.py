@@ -35,3 +35,18 @@ def test_a_connection_dropped_without_a_message_is_named() -> None:
     with pytest.raises(HostError, match=r"^The deploy on h:22 failed: the connection was lost \(EOFError\)$"):
         with host_errors("The deploy", "h:22"):
             raise EOFError()
+
+
+def test_a_task_writes_each_line_to_a_redirected_stdout_as_it_prints_it(monkeypatch) -> None:
+    from tasks._boundary import boundary
+
+    written = io.BytesIO()
+    redirected = io.TextIOWrapper(written, encoding="utf-8")  # a file or a pipe: block-buffered
+    monkeypatch.setattr("sys.stdout", redirected)
+
+    @boundary
+    def task() -> bytes:
+        print("deploying to root@127.0.0.1:22")
+        return written.getvalue()  # what the file holds before the task has ended
+
+    assert task() == b"deploying to root@127.0.0.1:22\n"
