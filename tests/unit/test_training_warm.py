@@ -90,6 +90,34 @@ def test_a_warm_process_runs_a_script_or_a_module_as_python_would(tmp_path: Path
     assert cold.process is None  # nothing to gain: no warm process is started
 
 
+EXITING = """
+import atexit, sys, threading
+log = open("log.txt", "w")                      # never closed: its buffer is written when the process ends
+log.write("buffered line\\n")
+text = open("handler.txt", "w")
+atexit.register(lambda: text.write("atexit ran\\n"))
+main = threading.main_thread()                  # this thread writes only once the main thread has ended
+threading.Thread(target=lambda: (main.join(), open("thread.txt", "w").write("thread done\\n"))).start()
+sys.exit(CODE)
+"""
+
+
+def test_a_warm_training_ends_as_python_would_without_its_teardown(tmp_path: Path, monkeypatch, capfd) -> None:
+    monkeypatch.setenv("WARM_IMPORTS", "json")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
+    monkeypatch.chdir(tmp_path)
+    for code, status in (("4", 4), ("None", 0), ("-1", 255), ("'cannot go on'", 1)):
+        (tmp_path / "job.py").write_text(EXITING.replace("CODE", code))
+        command = [sys.executable, "job.py"]
+        warm = Warm(command)
+        warm.prepare()
+        assert run(command, {}, warm) == (status, False)
+        assert (tmp_path / "log.txt").read_text() == "buffered line\n"       # open files closed, buffers written
+        assert (tmp_path / "handler.txt").read_text() == "atexit ran\n"      # atexit handlers ran, before that
+        assert (tmp_path / "thread.txt").read_text() == "thread done\n"      # threads that are not daemons joined
+    assert "cannot go on" in capfd.readouterr().err                           # SystemExit's message, as Python prints it
+
+
 def test_a_warm_process_started_ahead_of_a_reload_is_kept_by_the_reload_and_dropped_when_none_comes(
         tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("WARM_IMPORTS", "json")
