@@ -32,7 +32,7 @@ from deploy.errors import HostError
 from deploy.hosts.dataset import StagePlan, execute_stage, plan_for_host
 from deploy.hosts.envfile import plan_env
 from deploy.hosts.probe import HostFacts, probe
-from deploy.hosts.remote import run as run_remote, write_atomic
+from deploy.hosts.remote import make_dirs, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec, Outcome, connect, for_each_host, require_sftp
 from deploy.runtimes.base import (START_STEPS, DeployResult, HostRun, ImageSource, Log, Plan, Runtime, Step,
                                   StepHandler, wait_for_training, warm_ahead)
@@ -197,7 +197,7 @@ def write_attempt(conn: Connection, remote_dir: str, run_id: str, attempt: int) 
     """``REMOTE_DIR/.gpu-deploy/attempt.json``, atomically: where the training's entrypoint reads its attempt
     (compose mounts REMOTE_DIR at its working directory, so the same relative path serves both runtimes)."""
     path = posixpath.join(remote_dir, ATTEMPT_FILE)
-    run_remote(conn, ["mkdir", "-p", posixpath.dirname(path)], f"Creating {posixpath.dirname(path)}")
+    make_dirs(conn, posixpath.dirname(path))
     write_atomic(conn, path, attempt_document(run_id, attempt), mode=0o644)
 
 

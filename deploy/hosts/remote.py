@@ -18,8 +18,11 @@ from __future__ import annotations
 import codecs
 import posixpath
 import re
+import secrets
 import shlex
+import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, IO, TYPE_CHECKING, TextIO
 
@@ -101,6 +104,39 @@ def run_line(conn: Connection, line: str, what: str, *, log_file: str | None = N
     raise HostError(failure(conn, what, result, log_file))
 
 
+@dataclass(frozen=True)
+class Part:
+    """What one command of :func:`run_together` printed on stdout, and its exit code."""
+
+    stdout: str
+    exited: int
+
+    @property
+    def ok(self) -> bool:
+        return self.exited == 0
+
+
+def run_together(conn: Connection, commands: Sequence[Sequence[str] | str], what: str) -> list[Part]:
+    """Run read-only ``commands`` (argv lists, or shell lines made of :func:`command` pieces) one after the other
+    in one round trip, each whatever the others did; each one's stdout and exit code, in order.
+
+    One command per round trip costs a session and the user's login shell each time (conda or pyenv set up in
+    ``.bashrc`` take a good part of a second), so facts a deploy reads together travel together. Each command's
+    output ends at a line with a marker no output can hold by chance (a random token) and its exit code; stderr
+    is not split (these commands are read with ``warn=True`` and judged by their output).
+    """
+    mark = f"@@gpu-deploy-{secrets.token_hex(8)}"
+    script = "".join(f"( {c if isinstance(c, str) else shlex.join(c)}\n) </dev/null; "  # a subshell: exit ends it only
+                     f"printf '\\n{mark} %s\\n' \"$?\"; " for c in commands)
+    text = run_line(conn, script, what, warn=True).stdout
+    parts: list[Part] = []
+    for _ in commands:
+        out, sep, rest = text.partition(f"\n{mark} ")
+        code, _nl, text = rest.partition("\n")
+        parts.append(Part(out, int(code) if sep and code.strip().lstrip("-").isdigit() else -1))
+    return parts
+
+
 def stream(conn: Connection, line: str, out: TextIO) -> int:
     """Run the shell ``line`` on ``conn``, its output (stderr in the same stream, where the host wrote it)
     printed to ``out`` as it arrives through :class:`PrintableStream`; return its exit code.
@@ -136,6 +172,40 @@ def failure(conn: Connection, what: str, result: Any, log_file: str | None = Non
 def sftp_of(target: Any) -> SFTPClient:
     """The SFTP client of a Fabric Connection, or ``target`` itself when it already is one."""
     return target if isinstance(target, SFTPClient) else target.sftp()
+
+
+def make_dirs(target: Any, path: str) -> None:
+    """``mkdir -p path`` over SFTP: a folder that exists costs one SFTP request, and no command runs, so the
+    user's login shell (its ``.bashrc``: conda or pyenv set up there take a good part of a second) is not started.
+
+    ``target`` is a Fabric Connection or a paramiko SFTP client. As ``mkdir -p``, an existing link to a folder
+    counts as the folder; a file in the way is a :class:`HostError`.
+    """
+    sftp = sftp_of(target)
+    missing: list[str] = []
+    folder = posixpath.normpath(path)
+    while folder not in ("/", "."):
+        try:
+            if not stat.S_ISDIR(sftp.stat(folder).st_mode or 0):
+                raise HostError(f"Creating {path} on the host failed: {folder} is there and is not a folder.")
+            break
+        except FileNotFoundError:
+            missing.append(folder)
+            folder = posixpath.dirname(folder)
+        except OSError as exc:
+            raise HostError(f"Creating {path} on the host failed: {folder} cannot be read "
+                            f"({exc.strerror or exc}).") from exc
+    for folder in reversed(missing):
+        try:
+            sftp.mkdir(folder, 0o755)
+        except OSError as exc:  # made meanwhile by someone else: fine when it is a folder now
+            try:
+                made = stat.S_ISDIR(sftp.stat(folder).st_mode or 0)
+            except OSError:
+                made = False
+            if not made:
+                raise HostError(f"Creating {folder} on the host failed ({exc.strerror or exc}); check that its "
+                                "parent is writable.") from exc
 
 
 def write_atomic(target: Any, path: str, data: bytes | IO[bytes], mode: int = 0o600,

@@ -73,3 +73,28 @@ def test_a_failed_remote_command_names_host_port_and_cause(ssh_server, ssh_conne
     message = str(caught.value)
     assert message.startswith(f"Listing the run failed on 127.0.0.1:{ssh_server.port}: ls: cannot access")
     assert "No such file or directory" in message and "\n" not in message
+
+
+def test_make_dirs_is_mkdir_p_over_sftp(ssh_connection, folder: Path) -> None:
+    from deploy.hosts.remote import make_dirs
+
+    make_dirs(ssh_connection, str(folder / "a" / "b c" / "d"))
+    assert (folder / "a" / "b c" / "d").is_dir()
+    make_dirs(ssh_connection, str(folder / "a" / "b c"))          # there already: nothing to do
+    (folder / "real").mkdir()
+    (folder / "link").symlink_to(folder / "real")
+    make_dirs(ssh_connection, str(folder / "link" / "e"))         # a link to a folder counts as the folder
+    assert (folder / "real" / "e").is_dir()
+    (folder / "file").write_text("x")
+    with pytest.raises(HostError, match="is not a folder"):
+        make_dirs(ssh_connection, str(folder / "file" / "f"))
+
+
+def test_run_together_reads_each_command_apart_in_one_round_trip(ssh_connection) -> None:
+    from deploy.hosts.remote import Part, run_together
+
+    parts = run_together(ssh_connection, [["echo", "a  b"], "printf 'no newline'", ["false"],
+                                          "echo out; echo err >&2; exit 3", ["cat"], "echo '@@gpu-deploy-0 1' # note"],
+                         "Reading the host")
+    assert parts == [Part("a  b\n", 0), Part("no newline", 0), Part("", 1), Part("out\n", 3), Part("", 0),
+                     Part("@@gpu-deploy-0 1\n", 0)]

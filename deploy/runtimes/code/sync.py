@@ -17,7 +17,7 @@ from typing import Any, Protocol, TYPE_CHECKING
 
 from deploy.errors import HostError, StorageError
 from deploy.hosts.paths import checked_relative
-from deploy.hosts.remote import run, where, write_atomic
+from deploy.hosts.remote import make_dirs, run, where, write_atomic
 from deploy.hosts.rsync import remote, rsync_command, run_rsync
 from deploy.hosts.ssh import HostOptions, HostSpec
 from deploy.runtimes.base import CodeSync, Log
@@ -86,6 +86,10 @@ def plan_sync(files: Mapping[str, LocalFile], remote: Mapping[str, tuple[int, in
 
 def _mkdirs(conn: Connection, remote_dir: str, rels: Iterable[str]) -> None:
     dirs = sorted({posixpath.dirname(posixpath.join(remote_dir, rel)) for rel in rels})
+    if len(dirs) <= SFTP_UP_TO[0]:  # a few: over SFTP, no command (and no login shell) started
+        for folder in dirs:
+            make_dirs(conn, folder)
+        return
     for i in range(0, len(dirs), 200):
         run(conn, ["mkdir", "-p", *dirs[i:i + 200]], "Creating folders")
 
