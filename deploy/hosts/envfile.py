@@ -141,13 +141,22 @@ def plan_env(settings: Settings, extra: Mapping[str, str] | None = None,
     return EnvShipment(keys=tuple(sorted(chosen)), _content=Secret(content), left_behind=left_behind)
 
 
-def remote_digests(conn: Connection, remote_dir: str, names: tuple[str, ...]) -> dict[str, str]:
-    """sha256 of each of ``names`` in ``remote_dir`` that exists there, by name, in one round trip."""
-    paths = [posixpath.join(remote_dir, name) for name in names]
-    result = run(conn, ["sha256sum", *paths], "Reading the host's file digests", warn=True)
-    found = (line.split(None, 1) for line in result.stdout.splitlines())
+def digests_command(remote_dir: str, names: tuple[str, ...]) -> list[str]:
+    """``sha256sum`` of ``names`` in ``remote_dir``: what :func:`read_digests` reads (a missing file is left out)."""
+    return ["sha256sum", *(posixpath.join(remote_dir, name) for name in names)]
+
+
+def read_digests(output: str, names: tuple[str, ...]) -> dict[str, str]:
+    """:func:`digests_command`'s output as ``{name: sha256}`` for those of ``names`` it lists."""
+    found = (line.split(None, 1) for line in output.splitlines())
     digests = {posixpath.basename(pair[1].strip()): pair[0] for pair in found if len(pair) == 2}
     return {name: digest for name, digest in digests.items() if name in names}
+
+
+def remote_digests(conn: Connection, remote_dir: str, names: tuple[str, ...]) -> dict[str, str]:
+    """sha256 of each of ``names`` in ``remote_dir`` that exists there, by name, in one round trip."""
+    result = run(conn, digests_command(remote_dir, names), "Reading the host's file digests", warn=True)
+    return read_digests(result.stdout, names)
 
 
 def remote_env_digest(conn: Connection, remote_dir: str) -> str | None:

@@ -23,15 +23,15 @@ import os
 import posixpath
 import shlex
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TYPE_CHECKING
 
 from deploy.errors import HostError
-from deploy.hosts.envfile import REMOTE_ENV, EnvShipment, remote_digests
+from deploy.hosts.envfile import REMOTE_ENV, EnvShipment, digests_command, read_digests
 from deploy.hosts.probe import HostFacts, compose_problems
-from deploy.hosts.remote import python_program, run, write_atomic
+from deploy.hosts.remote import Part, make_dirs, python_program, run, run_together, write_atomic
 from deploy.hosts.ssh import HostOptions, HostSpec
 from deploy.project import TrainProject
 from deploy.runtimes.base import (RELOAD, STARTED_MARKER, CodeSync, HostRun, ImageSource, Log, Look, Plan, Progress,
@@ -112,9 +112,14 @@ class ComposeProject:
         return f"cd {shlex.quote(self.directory)} && {shlex.join(argv)}"
 
     def reload_command(self, *options: str) -> str:
-        """``exec -T train python -m deploy.training.reload``: in the running container, beside its entrypoint."""
-        argv = self.argv("exec", "-T", self.service, "python", "-m", "deploy.training.reload", *options)
-        return f"cd {shlex.quote(self.directory)} && {shlex.join(argv)}"
+        """``python -m deploy.training.reload`` in the service's running container, beside its entrypoint (its
+        environment and working directory): ``docker exec`` in the container ``docker ps`` names, as ``compose
+        exec -T`` would, without Compose's own start (about a second with Compose 1.29) before the reload."""
+        reload = shlex.join(["python", "-m", "deploy.training.reload", *options])
+        missing = shlex.quote(f"the service {self.service} has no running container")
+        running = shlex.join(self._ps(stopped=False))
+        return (f'id=$({running} | head -n 1); [ -n "$id" ] || {{ echo {missing} >&2; exit 1; }}; '
+                f'exec docker exec "$id" {reload}')
 
     def shell_command(self, script: str) -> str:
         """A one-off container of the service (its image, ``.env``, environment and ``/workspace`` mount), removed
@@ -128,26 +133,27 @@ class ComposeProject:
         started = state.running and STARTED_MARKER in self.logs(conn, tail=200)
         return Progress(state, started=started, failed=failed)
 
-    def _ps(self) -> list[str]:
-        return ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={self.name}",
+    def _ps(self, stopped: bool = True) -> list[str]:
+        """``docker ps`` of the service's container ids (``stopped``: those that no longer run too)."""
+        return ["docker", "ps", "-aq" if stopped else "-q", "--filter", f"label=com.docker.compose.project={self.name}",
                 "--filter", f"label=com.docker.compose.service={self.service}"]
 
     def state(self, conn: Connection) -> ServiceState:
         """The service's container and its state, in one round trip (``docker ps`` then ``docker inspect``)."""
-        result = run(conn, ["sh", "-c", self._state_command()], "Reading the service's state", warn=True)
+        result = run(conn, ["sh", "-c", self.state_command()], "Reading the service's state", warn=True)
         return read_container(result.stdout)[0]
 
-    def _state_command(self) -> str:
+    def state_command(self) -> str:
         """The service's container id (``id=`` when there is none), then its state: what :meth:`state` reads."""
         inspect = shlex.join(["docker", "inspect", "--format", STATE_FORMAT])
         return f'id=$({shlex.join(self._ps())} | head -n 1); echo "id=$id"; [ -z "$id" ] || {inspect} "$id"'
 
     def look_command(self) -> str:
         """The container's state, then the heartbeat and the GPUs' use (REMOTE_DIR is the container's /workspace)."""
-        return look_command(self._state_command(), self.directory)
+        return look_command(self.state_command(), self.directory)
 
     def look(self, conn: Connection) -> Look:
-        return look_at(conn, self._state_command(), self.directory, read_container)
+        return look_at(conn, self.state_command(), self.directory, read_container)
 
     def backstop_args(self) -> list[str]:
         return []  # a pod's backstop stops a native training only; Compose hosts are not RunPod pods
@@ -275,14 +281,22 @@ def _wants_gpu(desired: DesiredRun, facts: HostFacts) -> bool:
 
 
 def gather(conn: Connection, desired: DesiredRun, facts: HostFacts) -> HostState:
-    """Read the host: its image, .env and compose file digests, the service."""
-    image = run(conn, ["docker", "image", "inspect", "--format", "{{.Id}}", desired.image_ref], "docker image inspect",
-                warn=True).stdout.strip() if facts.docker else ""
-    digests = remote_digests(conn, desired.remote_dir, (SERVICE_FILE, GPU_FILE, REMOTE_ENV))  # a missing one: left out
-    env_digest = digests.pop(REMOTE_ENV, None)
+    """Read the host in one round trip: its image, the .env and compose files' digests, the service, the shipped
+    code (:func:`deploy.hosts.remote.run_together`)."""
     project = project_for(facts.compose_command or "docker compose", desired.remote_dir, _wants_gpu(desired, facts))
-    service = project.state(conn) if facts.docker else ServiceState(exists=False)
-    code, manifest, release = gather_code(conn, desired.remote_dir, facts)
+    files = (SERVICE_FILE, GPU_FILE, REMOTE_ENV)
+    reads: dict[str, Sequence[str] | str] = {"digests": digests_command(desired.remote_dir, files)}
+    if facts.docker:
+        reads["image"] = ["docker", "image", "inspect", "--format", "{{.Id}}", desired.image_ref]
+        reads["service"] = project.state_command()
+    if facts.python3 and facts.remote_dir_exists:
+        reads["code"] = code_command(desired.remote_dir)
+    found = dict(zip(reads, run_together(conn, list(reads.values()), "Reading the host")))
+    digests = read_digests(found["digests"].stdout, files)  # a missing file: left out
+    env_digest = digests.pop(REMOTE_ENV, None)
+    image = found["image"].stdout.strip() if "image" in found and found["image"].ok else ""
+    service = read_container(found["service"].stdout)[0] if "service" in found else ServiceState(exists=False)
+    code, manifest, release = read_code(found["code"]) if "code" in found else ({}, frozenset(), None)
     return HostState(facts=facts, host_image_id=image, env_digest=env_digest,
                      file_digests=digests, service=service, code=code, manifest=manifest, release=release)
 
@@ -290,17 +304,19 @@ def gather(conn: Connection, desired: DesiredRun, facts: HostFacts) -> HostState
 CodeFacts = tuple[dict[str, tuple[int, int]], frozenset[str], "str | None"]  # shipped files, manifest, release
 
 
-def gather_code(conn: Connection, remote_dir: str, facts: HostFacts) -> CodeFacts:
+def code_command(remote_dir: str) -> list[str]:
     """The shipped files (size, mtime), the manifest and the code release, read by the host's python3.
 
     The same read-only program the native runtime runs (deploy/remote/native_facts.py); without a
     python3 on the host nothing is known and every file is sent. A compose host has no virtualenv or
     supervisor of a native deploy, so those arguments name nothing (``-``).
     """
-    if not facts.python3 or not facts.remote_dir_exists:
-        return {}, frozenset(), None
-    args = [remote_dir, MANIFEST, NONE, NONE, META, NONE, RELEASE, SERVICE_FILE]
-    result = run(conn, python_program("python3", "native_facts.py", *args), "Reading the shipped code", warn=True)
+    return python_program("python3", "native_facts.py", remote_dir, MANIFEST, NONE, NONE, META, NONE, RELEASE,
+                          SERVICE_FILE)
+
+
+def read_code(result: Part) -> CodeFacts:
+    """:func:`code_command`'s answer: the shipped files, the manifest, the release (nothing known on a failure)."""
     try:
         data = json.loads(result.stdout.strip().splitlines()[-1]) if result.ok else {}
     except (ValueError, IndexError):
@@ -440,6 +456,6 @@ def reload(conn: Connection, plan: ComposePlan, log: Log) -> int:
 
 def record_release(conn: Connection, plan: ComposePlan) -> None:
     if (d := plan.desired).files:
-        run(conn, ["mkdir", "-p", posixpath.join(d.remote_dir, META)], "Creating the deploy folder")
+        make_dirs(conn, posixpath.join(d.remote_dir, META))
         write_atomic(conn, posixpath.join(d.remote_dir, RELEASE), json.dumps({"release": d.code_digest()}).encode(),
                      mode=0o644)
