@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 from deploy.settings import load_settings  # noqa: E402
 from deploy.storage import Storage  # noqa: E402
 from deploy.storage.checkpoints import list_checkpoints  # noqa: E402
-from tests.harness.fab import run_fab  # noqa: E402
+from tests.harness.fab import FAB, run_fab  # noqa: E402
 from tests.harness.pod import pids_in, pod_bin  # noqa: E402
 from tests.harness.servers import S3Server, SshServer  # noqa: E402
 from tests.harness.waiting import wait_until, write_dotenv  # noqa: E402
@@ -89,12 +89,29 @@ MARKERS = (("stop checkpoint saved", "gpu-deploy: saved step"), ("entrypoint: re
 
 
 def fab(operator: Path, *args: str, timeout: float = 1800) -> tuple[float, str]:
+    seconds, out, _ = fab_timed(operator, *args, timeout=timeout)
+    return seconds, out
+
+
+def fab_timed(operator: Path, *args: str, timeout: float = 1800) -> tuple[float, str, list[tuple[float, str]]]:
+    """``fab ARGS``: its seconds, its output, and each output line with the seconds since the start it came."""
     started = time.monotonic()
-    result = run_fab(*args, cwd=operator, timeout=timeout)
-    seconds = time.monotonic() - started
-    if result.returncode != 0:
-        raise RuntimeError(f"fab {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return seconds, result.stdout
+    proc = subprocess.Popen([FAB, "--search-root", str(ROOT), *args], cwd=operator, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    lines: list[tuple[float, str]] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append((round(time.monotonic() - started, 2), line.rstrip("\n")))
+        code = proc.wait()
+    finally:
+        timer.cancel()
+    seconds, out = time.monotonic() - started, "\n".join(line for _, line in lines)
+    if code != 0:
+        raise RuntimeError(f"fab {' '.join(args)} failed ({code}):\n{out[-6000:]}")
+    return seconds, out, lines
 
 
 def median(values: list[float]) -> float | None:
@@ -280,7 +297,7 @@ def redeploy(host: Host, restart: bool) -> dict[str, object]:
     if watch is not None:
         watch.__enter__()
     try:
-        seconds, out = fab(host.operator, "deploy-runpod", *(["--restart"] if restart else []))
+        seconds, out, timed = fab_timed(host.operator, "deploy-runpod", *(["--restart"] if restart else []))
         first = wait_until(lambda: host.first_step(version, start), 300, f"the first step of version {version}",
                            interval=0.1)
         time.sleep(1.0)  # the log's lines up to the first step are written
@@ -300,6 +317,7 @@ def redeploy(host: Host, restart: bool) -> dict[str, object]:
         "marks s": {"last old step": last_old(host, version, start), **split(lines, start, version)},
         "resume line": next((ln.strip() for _, ln in lines if "entrypoint: resuming" in ln), None),
         "deploy output tail": out.strip().splitlines()[-3:],
+        "deploy lines": [[t, line[:100]] for t, line in timed],
     }
 
 
