@@ -273,11 +273,9 @@ def deploy_hosts(specs: list[HostSpec], rollout: Rollout, settings: Settings, op
     def work(spec: HostSpec) -> DeployResult | None:
         require_sftp(spec)  # .env and code travel over SFTP: refuse RunPod's proxy SSH before connecting
         with connect(spec, options) as conn:
-            facts = probe(conn, spec.workdir(rollout.remote_dir))
+            warm = {} if dry_run else warm_ahead(available, rollout.runtime, spec.workdir(rollout.remote_dir))
+            facts = probe(conn, spec.workdir(rollout.remote_dir), warm.get("native", ""), warm.get("compose", ""))
             name, reason = choose_runtime(rollout.runtime, facts)
-            if not dry_run and facts.remote_dir_exists:  # a code change is reloaded warm: its imports start now,
-                # while this plans and sends (a first deploy, with no REMOTE_DIR yet, has nothing running to warm)
-                warm_ahead(conn, available[name].service(spec.workdir(rollout.remote_dir), facts))
             deploy = prepare(conn, spec, rollout, settings, available[name], facts, reason, storage=storage)
             log("\n".join(deploy.describe()))
             refuse_problems(deploy)

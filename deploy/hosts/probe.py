@@ -122,11 +122,15 @@ def parse_facts(output: str) -> HostFacts:
     )
 
 
-def probe(conn: Connection, remote_dir: str) -> HostFacts:
-    """Run the probe on ``conn`` (a Fabric Connection or an invoke Context)."""
+def probe(conn: Connection, remote_dir: str, warm_native: str = "", warm_compose: str = "") -> HostFacts:
+    """Run the probe on ``conn`` (a Fabric Connection or an invoke Context).
+
+    ``warm_native`` and ``warm_compose``: a shell line the probe starts first, detached, when REMOTE_DIR holds a
+    native deploy (the first) or anything else (the second): a deploy's warm-ahead, in the probe's round trip.
+    """
     # The script holds no secret, so it may travel as an argument (stdin through invoke is slow).
-    result = run(conn, ["sh", "-c", program_source("probe.sh"), "probe.sh", remote_dir, NATIVE_MARKER], "The probe",
-                 warn=True)
+    argv = ["sh", "-c", program_source("probe.sh"), "probe.sh", remote_dir, NATIVE_MARKER, warm_native, warm_compose]
+    result = run(conn, argv, "The probe", warn=True)
     if result.exited not in (0, None) and "os=" not in result.stdout:
         raise HostError(f"The probe failed on {where(conn)}: {cause(result.stderr) or 'exit ' + str(result.exited)}")
     return parse_facts(result.stdout)

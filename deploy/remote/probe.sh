@@ -1,12 +1,22 @@
 #!/bin/sh
-# What a host has, as key=value lines (deploy.hosts.probe parses them). Read-only.
+# What a host has, as key=value lines (deploy.hosts.probe parses them). Read-only but for the warm-ahead below.
 #
-#   sh probe.sh REMOTE_DIR NATIVE_MARKER
+#   sh probe.sh REMOTE_DIR NATIVE_MARKER [WARM_NATIVE WARM_COMPOSE]
 #
 # REMOTE_DIR: the run's folder (it may not exist yet); NATIVE_MARKER: the file under it that marks
 # a native deploy. POSIX sh, so it runs on any host; every probe tolerates a missing tool.
+# WARM_NATIVE, WARM_COMPOSE: a deploy's warm-ahead command for a training that runs there natively
+# or in Compose (either may be empty); the one for what REMOTE_DIR holds is started first, in the
+# background and detached, so torch imports while the deploy reads the host and plans. The only
+# thing this script starts; the warm-ahead command itself refuses what a reload would refuse.
 REMOTE_DIR=$1
 NATIVE_MARKER=$2
+WARM_NATIVE=${3:-}
+WARM_COMPOSE=${4:-}
+if [ -d "$REMOTE_DIR" ]; then
+  if [ -f "$REMOTE_DIR/$NATIVE_MARKER" ]; then warm=$WARM_NATIVE; else warm=$WARM_COMPOSE; fi
+  [ -z "$warm" ] || sh -c "$warm" </dev/null >/dev/null 2>&1 &
+fi
 export LC_ALL=C
 kv() { printf '%s=%s\n' "$1" "$2"; }
 kv os "$( (. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME") || uname -s)"
@@ -27,7 +37,15 @@ if command -v docker >/dev/null 2>&1; then
   kv runtimes "$(docker info --format '{{range $k, $v := .Runtimes}}{{$k}} {{end}}' 2>/dev/null)"
 fi
 if command -v docker-compose >/dev/null 2>&1; then
-  kv compose_v1 "$(docker-compose version --short 2>/dev/null)"
+  # Python's Compose 1.x (a script) tells its version from its package in a few milliseconds; running it takes
+  # half a second of CPU. A binary (Compose v2, or a bundled 1.x) is asked.
+  compose_v1=
+  interpreter=$(head -n 1 "$(command -v docker-compose)" 2>/dev/null | sed -n 's/^#![[:space:]]*\([^[:space:]]*python[^[:space:]]*\).*/\1/p')
+  if [ -n "$interpreter" ]; then
+    compose_v1=$("$interpreter" -c 'import compose; print(compose.__version__)' 2>/dev/null)
+  fi
+  [ -n "$compose_v1" ] || compose_v1=$(docker-compose version --short 2>/dev/null)
+  kv compose_v1 "$compose_v1"
 fi
 kv python3 "$(python3 -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)"
 for tool in zstd gzip curl rsync tar apt-get sudo; do

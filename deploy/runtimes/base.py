@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Protocol, TYPE_CHECKING
 from deploy.errors import HostError
 from deploy.hosts.envfile import EnvShipment, ship_env
 from deploy.hosts.probe import HostFacts
-from deploy.hosts.remote import cause, run, run_line, where
+from deploy.hosts.remote import cause, run, where
 from deploy.hosts.ssh import HostSpec
 from deploy.ledger.model import HEARTBEAT_FILE
 
@@ -364,13 +364,17 @@ def reload_training(conn: Connection, service: Service, timeout: int = RELOAD_TI
     return Reloaded(None, why)
 
 
-def warm_ahead(conn: Connection, service: Service) -> None:
-    """Have a running training's entrypoint start importing torch and Lightning now, in case this deploy reloads it:
-    they import while the deploy plans and sends the code. Left running on the host (nothing waits for it) and
-    harmless when the plan is not a reload: the entrypoint refuses what a reload would refuse and drops an unused
-    warm process after a while (deploy.training.reload ``--prewarm``)."""
-    line = f"sh -c {shlex.quote(service.reload_command('--prewarm'))} </dev/null >/dev/null 2>&1 &"
-    run_line(conn, line, "Warming the training ahead", warn=True)
+def warm_ahead(available: Mapping[str, Runtime], requested: str, remote_dir: str) -> dict[str, str]:
+    """By runtime name, the line that has a running training's entrypoint start importing torch and Lightning now,
+    in case this deploy reloads it: they import while the deploy reads the host, plans and sends the code.
+
+    The probe starts the one for what REMOTE_DIR holds, in its own round trip (:func:`deploy.hosts.probe.probe`),
+    detached: nothing waits for it, and it is harmless when the plan is not a reload (the entrypoint refuses what a
+    reload would refuse and drops an unused warm process after a while: deploy.training.reload ``--prewarm``).
+    Only the runtime asked for, or either with ``auto``; a service's reload line needs no probed fact.
+    """
+    names = [requested] if requested in available else list(available)
+    return {name: available[name].service(remote_dir, HostFacts()).reload_command("--prewarm") for name in names}
 
 
 def reload_or_restart(conn: Connection, service: Service, host: str, log: Log, restart: Callable[[], int],

@@ -11,3 +11,31 @@ def test_probe_reports_the_ssh_host(ssh_connection) -> None:
     assert facts.is_root
     assert facts.disk_free_kb > 0 and facts.disk_dir.startswith("/")
     assert not facts.remote_dir_exists
+
+
+def test_the_probe_starts_the_warm_ahead_for_what_remote_dir_holds(ssh_connection, tmp_path) -> None:
+    from deploy.hosts.probe import NATIVE_MARKER
+    from tests.harness.waiting import wait_until
+
+    lines = {"warm_native": f"echo native >> {tmp_path}/warmed", "warm_compose": f"echo compose >> {tmp_path}/warmed"}
+    probe(ssh_connection, str(tmp_path / "missing"), **lines)      # no REMOTE_DIR: nothing runs there to warm
+    (tmp_path / "run" / ".gpu-deploy").mkdir(parents=True)
+    probe(ssh_connection, str(tmp_path / "run"), **lines)
+    wait_until(lambda: (tmp_path / "warmed").exists(), timeout=30, what="the warm-ahead")
+    (tmp_path / "run" / NATIVE_MARKER).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "run" / NATIVE_MARKER).write_text("{}")
+    probe(ssh_connection, str(tmp_path / "run"), **lines)
+    wait_until(lambda: len((tmp_path / "warmed").read_text().split()) == 2, timeout=30, what="the second warm-ahead")
+    assert (tmp_path / "warmed").read_text().split() == ["compose", "native"]
+
+
+def test_the_probe_reads_compose_1s_version_as_compose_itself_says_it(ssh_connection) -> None:
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("docker-compose") is None:
+        pytest.skip("no docker-compose on this machine")
+    said = subprocess.run(["docker-compose", "version", "--short"], capture_output=True, text=True).stdout.strip()
+    assert probe(ssh_connection, "/workspace/gpu-deploy-probe-test").compose_v1 == said
