@@ -128,9 +128,13 @@ class ComposeProject:
         return f"cd {shlex.quote(self.directory)} && {shlex.join(argv)}"
 
     def progress(self, conn: Connection, since: int) -> Progress:
-        state = self.state(conn)
+        """The service's state and whether its log shows the training started, in one round trip: ``docker logs``
+        of the container, not ``compose logs`` (Compose 1.29 spends half a second of the host's CPU starting)."""
+        newest = f'id=$({shlex.join(self._ps())} | head -n 1); [ -z "$id" ] || docker logs --tail 200 "$id" 2>&1'
+        look, log = run_together(conn, [self.state_command(), newest], "Reading the service")
+        state = read_container(look.stdout)[0]
         failed = state.exists and not state.running and state.status in ENDED
-        started = state.running and STARTED_MARKER in self.logs(conn, tail=200)
+        started = state.running and STARTED_MARKER in log.stdout
         return Progress(state, started=started, failed=failed)
 
     def _ps(self, stopped: bool = True) -> list[str]:
