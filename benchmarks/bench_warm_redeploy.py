@@ -10,7 +10,8 @@ the working directory (REMOTE_DIR, ``/workspace`` in the container) at every tra
 
 Per runtime (setup not measured: first ``fab deploy-runpod``, a checkpoint in S3):
 
-1. ``--repeat`` code-only redeploys: ``VERSION = N`` in ``toytrain/__init__.py`` changed, a clock
+1. ``--repeat`` code-only redeploys, each after the training has run ``--pause`` seconds (30: a user's edit
+   takes longer than that; 0: right after the last): ``VERSION = N`` in ``toytrain/__init__.py`` changed, a clock
    started, ``fab deploy-runpod``; stopped at the first stepclock line with the new VERSION (the new
    code's first step, timed by the training itself). The deploy must say ``reload`` and the log
    ``(warm: torch and Lightning imported ahead)``. The log's marker lines (stop checkpoint saved,
@@ -28,7 +29,7 @@ Ratio = median redeploy-to-first-step / median floor (issue 22's target: <= 1.5)
 Run (as root, with the virtualenv):
 
     .venv/bin/python -m benchmarks.bench_warm_redeploy [--runtime native|compose|both] [--repeat 3]
-                                                       [--restarts 1] [--json out.json]
+                                                       [--restarts 1] [--pause 30] [--json out.json]
 
 It stops its runs (``fab stop``), its servers and containers, and removes its folders and image tags.
 """
@@ -321,8 +322,8 @@ def redeploy(host: Host, restart: bool) -> dict[str, object]:
     }
 
 
-def bench(host: Host, repeat: int, restarts: int) -> dict[str, object]:
-    figures: dict[str, object] = {}
+def bench(host: Host, repeat: int, restarts: int, pause: float) -> dict[str, object]:
+    figures: dict[str, object] = {"pause s": pause}
     if host.runtime == "compose":
         figures["setup image-build --push s"], _ = fab(host.operator, "image-build", "--push", "--network=none",
                                                        "--force")
@@ -332,6 +333,7 @@ def bench(host: Host, repeat: int, restarts: int) -> dict[str, object]:
     wait_until(lambda: host.first_step(1, 0), 120, "the first step of version 1")
     reloads, floors = [], []
     for i in range(repeat):
+        time.sleep(pause)  # the training runs a while before the next change, as between a user's edits
         run = redeploy(host, restart=False)
         print(f"[{host.runtime}] reload {i + 1}: {json.dumps(run)}", flush=True)
         if run["checkpoint"]:
@@ -379,6 +381,8 @@ def main() -> None:
     parser.add_argument("--runtime", choices=("native", "compose", "both"), default="both")
     parser.add_argument("--repeat", type=int, default=3, help="warm redeploys (and floors) per runtime")
     parser.add_argument("--restarts", type=int, default=1, help="cold restarts per runtime, for comparison")
+    parser.add_argument("--pause", type=float, default=30.0,
+                        help="seconds the training runs before each change (0: each redeploy right after the last)")
     parser.add_argument("--workdir", default="/var/tmp")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
@@ -402,7 +406,7 @@ def main() -> None:
             host = Host(runtime, tmp, server, base)
             hosts.append(host)
             try:
-                results[runtime] = bench(host, args.repeat, args.restarts)
+                results[runtime] = bench(host, args.repeat, args.restarts, args.pause)
             except Exception as exc:  # noqa: BLE001 - report it, go on with the other runtime
                 results[runtime] = {"error": str(exc)[-4000:]}
                 print(f"[{runtime}] failed: {exc}", file=sys.stderr, flush=True)
