@@ -12,8 +12,9 @@ command is known it writes ``{"argv": [...], "env": {...}}`` and this process be
 whole environment. No CUDA is initialised before that: importing torch does not touch the GPU.
 
 Only modules whose import does not depend on the project are imported ahead (``WARM_IMPORTS``,
-default ``torch,lightning``; the project's own code is imported fresh by the command, so a code
-change is always seen). An end of input (the entrypoint chose not to use it) exits 0 at once.
+default ``torch,lightning,boto3,deploy.training.callbacks``: gpu-deploy's own training code, which a
+reload never changes, and what it imports; the project's own code is imported fresh by the command,
+so a code change is always seen). An end of input (the entrypoint chose not to use it) exits 0 at once.
 
 When the command returns or exits (``SystemExit``), the process ends the way Python would up to its
 teardown, then skips it (:func:`quick_exit`): other threads are joined, the ``atexit`` handlers run
@@ -42,7 +43,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 IMPORTS_ENV = "WARM_IMPORTS"
-DEFAULT_IMPORTS = ("torch", "lightning")
+DEFAULT_IMPORTS = ("torch", "lightning", "boto3", "deploy.training.callbacks")
 
 
 def preload(names: Sequence[str]) -> None:
