@@ -65,9 +65,6 @@ HEARTBEAT_CALLBACK = "deploy.training.heartbeat.Heartbeat"  # attached for a dep
 RESUME_ENV = "RESUME_CHECKPOINT"
 WARM_ENV = "WARM_START"  # 0: every training starts in a fresh interpreter (no warm process)
 RELOAD_POLL = 0.2  # seconds between looks for a reload request while the training runs
-STANDBY_AFTER = 10.0
-"""Seconds a training runs before the entrypoint starts the warm process the next reload will use (kept until
-then: the memory of an interpreter with torch and Lightning imported, no GPU), after the training's own start."""
 DEFAULT_RESUME_DIR = ".resume"
 
 
@@ -229,12 +226,10 @@ def run(command: Sequence[str], extra_env: dict[str, str], warm: Warm | None = N
     """Run ``command`` (from ``warm`` when it can); SIGTERM/SIGINT/SIGHUP received meanwhile go to it.
 
     Returns its exit code and whether it ended for a reload: a reload request (``reloads``) stops it with
-    SIGTERM, as ``fab stop`` does, and has ``warm`` import ahead for the next start meanwhile. With ``reloads``,
-    ``warm`` starts the next start's process once the training has run :data:`STANDBY_AFTER` seconds, and keeps it.
+    SIGTERM, as ``fab stop`` does, and has ``warm`` import ahead for the next start meanwhile.
     """
     env = {**os.environ, **extra_env}
     child = (warm.take(command, env) if warm is not None else None) or subprocess.Popen(list(command), env=env)
-    standby = time.monotonic() + STANDBY_AFTER
     received: list[int] = []
     reloading = False
 
@@ -260,9 +255,6 @@ def run(command: Sequence[str], extra_env: dict[str, str], warm: Warm | None = N
             if reloads is not None and warm is not None and not reloading:
                 if reloads.take_ahead() and not received:
                     warm.prepare(hold=PREWARM_HOLD)
-                elif not received and time.monotonic() >= standby:
-                    warm.prepare()  # the next reload's process, standing by (one started ahead is kept now)
-                    standby = float("inf")
                 warm.expire()
     finally:
         for sig, handler in previous.items():

@@ -152,35 +152,3 @@ def test_warming_ahead_asks_only_an_entrypoint_that_may_be_reloaded_and_knows_th
     assert prewarm(tmp_path) == {"prewarmed": False, "why": "the entrypoint predates warming ahead"}
     (tmp_path / STATE_FILE).write_text(json.dumps({**body, "state": "reloading"}))
     assert prewarm(tmp_path) == {"prewarmed": False, "why": "the entrypoint is 'reloading', not training"}
-
-
-def test_a_training_that_has_run_a_while_gets_the_next_reloads_process_standing_by(tmp_path: Path, monkeypatch) -> None:
-    import threading
-
-    from deploy.training import entrypoint
-    from deploy.training.entrypoint import Reloads
-    from tests.harness.waiting import wait_until
-
-    monkeypatch.setattr(entrypoint, "STANDBY_AFTER", 0.0)
-    monkeypatch.setenv("WARM_IMPORTS", "json")
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
-    go = tmp_path / "go"
-    script = tmp_path / "train.py"
-    script.write_text(f"import os, time\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.05)\n")
-    command = [sys.executable, str(script)]  # a script: a command a warm process can run
-    warm = Warm(command)
-
-    def release() -> None:  # the training ends once its successor's process stands by (or after 30 s, failing)
-        try:
-            wait_until(lambda: warm.process is not None, timeout=30, what="the standby process")
-        finally:
-            go.write_text("")
-
-    helper = threading.Thread(target=release)
-    helper.start()
-    try:
-        assert run(command, {}, warm, Reloads()) == (0, False)
-        helper.join()
-        assert warm.ready(command) and warm.expires is None  # kept for the next start, not dropped after a while
-    finally:
-        warm.close()
