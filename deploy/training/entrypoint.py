@@ -65,6 +65,14 @@ HEARTBEAT_CALLBACK = "deploy.training.heartbeat.Heartbeat"  # attached for a dep
 RESUME_ENV = "RESUME_CHECKPOINT"
 WARM_ENV = "WARM_START"  # 0: every training starts in a fresh interpreter (no warm process)
 RELOAD_POLL = 0.2  # seconds between looks for a reload request while the training runs
+STANDBY_ENV = "WARM_STANDBY"
+STANDBY_AFTER = 10.0
+"""Seconds a training runs before the entrypoint starts the warm process the next reload will use, kept standing by
+until then (``WARM_STANDBY``: other seconds, or ``off``). It costs an interpreter with torch and Lightning imported
+(no GPU) and, once, that import's CPU beside the training."""
+STANDBY_ROOM = 1024
+"""Blank bytes in a standby's arguments beyond the current command's length, for the command it shows once it runs
+one (:func:`deploy.training.warm.retitle`): a reload's command differs only in its checkpoint path."""
 DEFAULT_RESUME_DIR = ".resume"
 
 
@@ -161,19 +169,29 @@ class Warm:
             return None
         return command_argv(sys.executable, command, shutil.which(command[0]) if command else None)
 
-    def prepare(self, hold: float | None = None) -> None:
+    def prepare(self, hold: float | None = None, standby: bool = False) -> None:
         """Start the next warm process (nothing when one waits already or the command cannot use it).
 
         ``hold``: it is started ahead of a reload that may not come, and dropped after that many seconds
         unless a reload or a launch uses it first; None: it is needed now (a start or a reload), kept.
+        ``standby``: it is for a reload that may come any time while a training runs, kept; its command line
+        names no training until it runs one, so that ``ps`` never shows two.
         """
         if self.process is None and self.argv(self.command) is not None:
-            # The command rides along only to be seen: ps, top and nvidia-smi show the training as what it runs.
-            self.process = subprocess.Popen([sys.executable, "-m", "deploy.training.warm", "--", *self.command],
-                                            stdin=subprocess.PIPE)
+            if standby:
+                room = " " * (len(" ".join(self.title())) + STANDBY_ROOM)
+                argv = [sys.executable, "-m", "deploy.training.warm", "--standby", room]
+            else:
+                # The command rides along only to be seen: ps, top and nvidia-smi show the training as what it runs.
+                argv = self.title()
+            self.process = subprocess.Popen(argv, stdin=subprocess.PIPE)
             self.expires = None if hold is None else time.monotonic() + hold
         elif hold is None:
             self.expires = None
+
+    def title(self, command: Sequence[str] | None = None) -> list[str]:
+        """The command line a warm process running ``command`` (default: this entrypoint's) shows."""
+        return [sys.executable, "-m", "deploy.training.warm", "--", *(self.command if command is None else command)]
 
     def expire(self) -> None:
         """Drop a process started ahead whose reload did not come in time."""
@@ -195,7 +213,8 @@ class Warm:
         try:
             if len(command) > len(argv) + 1:  # python -u (the one option a warm start takes): unbuffered output
                 env = {**env, "PYTHONUNBUFFERED": "1"}
-            process.stdin.write((json.dumps({"argv": argv, "env": env}) + "\n").encode())
+            message = {"argv": argv, "env": env, "title": self.title(command)}
+            process.stdin.write((json.dumps(message) + "\n").encode())
             process.stdin.close()
         except OSError:  # it died meanwhile
             self._release(process)
@@ -226,10 +245,13 @@ def run(command: Sequence[str], extra_env: dict[str, str], warm: Warm | None = N
     """Run ``command`` (from ``warm`` when it can); SIGTERM/SIGINT/SIGHUP received meanwhile go to it.
 
     Returns its exit code and whether it ended for a reload: a reload request (``reloads``) stops it with
-    SIGTERM, as ``fab stop`` does, and has ``warm`` import ahead for the next start meanwhile.
+    SIGTERM, as ``fab stop`` does, and has ``warm`` import ahead for the next start meanwhile. With ``reloads``,
+    ``warm`` starts the next start's process once the training has run :func:`standby_after` seconds, and keeps it.
     """
     env = {**os.environ, **extra_env}
     child = (warm.take(command, env) if warm is not None else None) or subprocess.Popen(list(command), env=env)
+    wait = standby_after()
+    standby = float("inf") if wait is None else time.monotonic() + wait
     received: list[int] = []
     reloading = False
 
@@ -255,6 +277,9 @@ def run(command: Sequence[str], extra_env: dict[str, str], warm: Warm | None = N
             if reloads is not None and warm is not None and not reloading:
                 if reloads.take_ahead() and not received:
                     warm.prepare(hold=PREWARM_HOLD)
+                elif not received and time.monotonic() >= standby:
+                    warm.prepare(standby=True)  # the next reload's process (one started ahead is kept now)
+                    standby = float("inf")
                 warm.expire()
     finally:
         for sig, handler in previous.items():
@@ -268,6 +293,19 @@ def run(command: Sequence[str], extra_env: dict[str, str], warm: Warm | None = N
         # `restart: on-failure` brings it back after a daemon restart or a reboot.
         return 128 + received[0], False
     return code, False
+
+
+def standby_after() -> float | None:
+    """``WARM_STANDBY`` as seconds (default :data:`STANDBY_AFTER`); None: no process stands by (``off``)."""
+    value = os.environ.get(STANDBY_ENV, "").strip().lower()
+    if value in ("off", "no", "false", "none"):
+        return None
+    try:
+        return max(0.0, float(value)) if value else STANDBY_AFTER
+    except ValueError:
+        print(f"entrypoint: {STANDBY_ENV}={value!r} is not a number of seconds or off; using {STANDBY_AFTER:g}",
+              flush=True)
+        return STANDBY_AFTER
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:

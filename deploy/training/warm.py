@@ -1,12 +1,17 @@
 """A Python started ahead of the training, with torch and Lightning imported, that waits for its command.
 
     python -m deploy.training.warm [-- COMMAND...]   # imports, then reads one JSON line on stdin: what to run
+    python -m deploy.training.warm --standby ROOM    # the same, for a command not known yet
 
-(``COMMAND`` is not read: the entrypoint passes the training command so that ``ps`` shows what runs.)
+(``COMMAND`` is not read: the entrypoint passes the training command so that ``ps`` shows what runs. A
+process started ``--standby`` waits for a command that is not known when it starts, the next reload's: its
+command line names no training, so ``ps`` and ``pgrep -f train.py`` do not take it for one; ``ROOM`` is blank
+space in its arguments, where it writes ``title`` from the message once it runs the command, so that it then
+shows as a training started with ``-- COMMAND`` does, see :func:`retitle`.)
 
 The entrypoint starts it while it does its own work (the lease, the staged uploads, the resume's
 download) and, for a reload, while the old training is still saving its stop checkpoint; when the
-command is known it writes ``{"argv": [...], "env": {...}}`` and this process becomes the training:
+command is known it writes ``{"argv": [...], "env": {...}, "title": [...]}`` and this process becomes the training:
 ``argv`` is what follows the interpreter (``-m module args...`` or ``script.py args...``), run as
 ``python`` would run it (``runpy``, ``__main__``, ``sys.argv``, ``sys.path[0]``), with ``env`` as its
 whole environment. No CUDA is initialised before that: importing torch does not touch the GPU.
@@ -30,6 +35,7 @@ interpreter on the host.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import gc
 import importlib
 import importlib.util
@@ -40,6 +46,7 @@ import runpy
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 IMPORTS_ENV = "WARM_IMPORTS"
@@ -71,6 +78,27 @@ def command_argv(python: str, argv: Sequence[str], which: str | None) -> list[st
     return None
 
 
+def retitle(words: Sequence[str]) -> bool:
+    """Show ``words`` as this process's command line (``/proc/PID/cmdline``, what ``ps`` and ``pgrep -f`` read), cut
+    to the room the process's own arguments took when it started; False when it could not.
+
+    The kernel reads the command line from the memory that held the arguments at ``exec`` (its bounds are
+    fields 48-49 of ``/proc/self/stat``); Python keeps its own copy of them, so that memory is free to overwrite.
+    The new line ends with the room's last byte a NUL, so the kernel reads no further (the environment follows).
+    """
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])
+        room = end - start
+        if start <= 0 or room < 2:
+            return False
+        text = "\0".join(words).encode(errors="replace")[: room - 1]
+        ctypes.memmove(start, text + b"\0" * (room - len(text)), room)
+        return True
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def become(argv: Sequence[str], env: dict[str, str]) -> None:
     """Run ``argv`` (``-m module ...`` or ``script ...``) in this process as ``python`` would; raises its SystemExit."""
     os.environ.clear()
@@ -98,6 +126,8 @@ def main() -> None:
     if not line.strip():
         os._exit(0)  # not needed: nothing to clean up, and no atexit work of torch's
     message = json.loads(line)
+    if message.get("title"):
+        retitle([str(word) for word in message["title"]])
     try:
         become(list(message["argv"]), {str(k): str(v) for k, v in message["env"].items()})
     except SystemExit as exc:

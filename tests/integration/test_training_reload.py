@@ -73,7 +73,9 @@ def warm_children(cwd: Path) -> list[int]:
 
 
 def test_a_reload_saves_the_step_and_the_new_code_resumes_there_warm(private_s3: S3Server, tmp_path: Path) -> None:
-    env = sync_env_for(private_s3, BUCKET, checkpoint="s3")
+    # This test follows the process a deploy's connection starts ahead; none stands by on its own meanwhile
+    # (test_training_warm covers the standby).
+    env = {**sync_env_for(private_s3, BUCKET, checkpoint="s3"), "WARM_STANDBY": "off"}
     (tmp_path / ".gpu-deploy").mkdir()  # as under a deploy: the entrypoint keeps its state there
     (tmp_path / ".env").write_text("SOME_SETTING='1'\n")
     (tmp_path / "project_code.py").write_text(PROJECT_MODULE.format(version=1))

@@ -152,3 +152,60 @@ def test_warming_ahead_asks_only_an_entrypoint_that_may_be_reloaded_and_knows_th
     assert prewarm(tmp_path) == {"prewarmed": False, "why": "the entrypoint predates warming ahead"}
     (tmp_path / STATE_FILE).write_text(json.dumps({**body, "state": "reloading"}))
     assert prewarm(tmp_path) == {"prewarmed": False, "why": "the entrypoint is 'reloading', not training"}
+
+
+def test_a_training_that_has_run_a_while_gets_the_next_reloads_process_standing_by_under_its_own_name(
+        tmp_path: Path, monkeypatch) -> None:
+    import threading
+
+    from deploy.dev.waiting import wait_until
+    from deploy.training.entrypoint import Reloads
+
+    monkeypatch.setenv("WARM_STANDBY", "0")  # at once (10 s by default)
+    monkeypatch.setenv("WARM_IMPORTS", "json")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
+    go, shown = tmp_path / "go", tmp_path / "cmdline"
+    script = tmp_path / "train.py"
+    script.write_text(f"import os, time\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.05)\n"
+                      f"open({str(shown)!r}, 'wb').write(open('/proc/self/cmdline', 'rb').read())\n")
+    command = [sys.executable, str(script)]  # a script: a command a warm process can run
+    warm = Warm(command)
+    seen: list[bytes] = []
+
+    def release() -> None:  # the training ends once its successor's process stands by (or after 30 s, failing)
+        try:
+            process = wait_until(lambda: warm.process, timeout=30, what="the standby process")
+            seen.append(Path(f"/proc/{process.pid}/cmdline").read_bytes())
+        finally:
+            go.write_text("")
+
+    helper = threading.Thread(target=release)
+    helper.start()
+    try:
+        assert run(command, {}, warm, Reloads()) == (0, False)
+        helper.join()
+        assert warm.ready(command) and warm.expires is None  # kept for the next start, not dropped after a while
+        # Standing by, it names no training (ps and pgrep -f train.py see one training, not two) ...
+        assert b"deploy.training.warm\0--standby\0" in seen[0] and str(script).encode() not in seen[0]
+        standby = warm.process
+        assert standby is not None
+        go.unlink()
+        go.write_text("")
+        # ... and once it runs the next command, it shows it as every warm-started training does.
+        assert run([*command, "--resumed"], {}, warm) == (0, False)
+        words = shown.read_bytes().rstrip(b"\0").split(b"\0")
+        assert words == [os.fsencode(w) for w in (sys.executable, "-m", "deploy.training.warm", "--", *command,
+                                                    "--resumed")]
+    finally:
+        warm.close()
+
+
+def test_the_standby_is_configured_in_seconds_or_off(monkeypatch, capsys) -> None:
+    from deploy.training.entrypoint import STANDBY_AFTER, standby_after
+
+    for value, expected in (("", STANDBY_AFTER), ("2.5", 2.5), ("off", None), ("-3", 0.0)):
+        monkeypatch.setenv("WARM_STANDBY", value)
+        assert standby_after() == expected
+    monkeypatch.setenv("WARM_STANDBY", "soon")
+    assert standby_after() == STANDBY_AFTER
+    assert "WARM_STANDBY='soon' is not a number of seconds or off" in capsys.readouterr().out
