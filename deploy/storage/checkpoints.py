@@ -23,12 +23,15 @@ Example::
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -209,21 +212,79 @@ def sort_checkpoints(checkpoints: Iterable[CheckpointInfo]) -> list[CheckpointIn
     return sorted(checkpoints, key=CheckpointInfo.sort_key)
 
 
-def list_checkpoints(storage: Storage, with_metadata: bool = True) -> list[CheckpointInfo]:
+def list_checkpoints(storage: Storage, with_metadata: bool = True, heads: HeadCache | None = None
+                     ) -> list[CheckpointInfo]:
     """Every ``*.ckpt`` under ``checkpoints/``, sorted by global step (newest last).
 
     ``with_metadata`` heads each checkpoint (in parallel) to read its ``step`` metadata; a bucket
-    holds tens of checkpoints, not thousands, so this is a handful of small requests.
+    holds tens of checkpoints, not thousands, so this is a handful of small requests. ``heads``: what
+    earlier listings on this machine headed; only the objects it does not know as listed are headed.
     """
     prefix = storage.key(CHECKPOINTS) + "/"
     objects = [o for o in storage.list(prefix) if o.key.endswith(CHECKPOINT_SUFFIX)]
     if with_metadata and objects:
-        workers = max(1, min(16, len(objects), getattr(storage.config, "max_request_concurrency", 10)))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            headed = list(pool.map(storage.head, [o.key for o in objects]))
+        known = heads.known(objects) if heads is not None else {}
+        unknown = [o for o in objects if o.key not in known]
+        headed: dict[str, ObjectInfo | None] = {}
+        if unknown:
+            workers = max(1, min(16, len(unknown), getattr(storage.config, "max_request_concurrency", 10)))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                headed = dict(zip((o.key for o in unknown), pool.map(storage.head, [o.key for o in unknown])))
+        found = {**known, **{key: info for key, info in headed.items() if info is not None}}
+        if heads is not None:
+            heads.keep(objects, found)
         # An object deleted between the listing and the head keeps its listed facts.
-        objects = [h or o for h, o in zip(headed, objects)]
+        objects = [found.get(o.key) or o for o in objects]
     return sort_checkpoints(CheckpointInfo.from_object(o) for o in objects)
+
+
+class HeadCache:
+    """The metadata of checkpoints headed before, in a JSON file on this machine, each under its listed identity.
+
+    An object's metadata changes only when the object is written again, and a write gives it a new
+    last-modified time (and, but for identical bytes, a new ETag); so an object listed with the key, size,
+    ETag and last-modified time a head was kept under has that head's metadata. A file that is missing,
+    unreadable or not this shape is an empty cache (everything is headed); it holds nothing secret.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    @staticmethod
+    def _identity(obj: ObjectInfo) -> list[Any]:
+        return [obj.size, obj.etag, obj.last_modified.isoformat() if obj.last_modified else None]
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def known(self, listed: Iterable[ObjectInfo]) -> dict[str, ObjectInfo]:
+        """The listed objects this cache has heads for, as headed (listed facts, kept metadata)."""
+        kept = self._load()
+        found: dict[str, ObjectInfo] = {}
+        for obj in listed:
+            entry = kept.get(obj.key)
+            if (isinstance(entry, dict) and entry.get("id") == self._identity(obj)
+                    and isinstance(entry.get("metadata"), dict)):
+                metadata = {str(k): str(v) for k, v in entry["metadata"].items()}
+                found[obj.key] = ObjectInfo(obj.key, obj.size, obj.last_modified, obj.etag, metadata)
+        return found
+
+    def keep(self, listed: Iterable[ObjectInfo], headed: Mapping[str, ObjectInfo]) -> None:
+        """Keep the heads of the ``listed`` objects (each under its identity as listed: a head's time has another
+        precision), and only those (an object gone from the listing is forgotten); best effort."""
+        data = {o.key: {"id": self._identity(o), "metadata": dict(headed[o.key].metadata)}
+                for o in listed if o.key in headed}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_name(self.path.name + ".partial")
+            partial.write_text(json.dumps(data))
+            os.replace(partial, self.path)
+        except OSError:
+            pass  # a read-only or full disk: the next listing heads again
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from deploy.storage.checkpoints import CheckpointInfo, RunCandidates, list_checkpoints, run_candidates
+from deploy.storage.checkpoints import CheckpointInfo, HeadCache, RunCandidates, list_checkpoints, run_candidates
 from deploy.errors import StorageError, TrainingError
 from deploy.storage import Storage
 from deploy.storage.bucket import hash_file
@@ -39,6 +39,7 @@ from deploy.training.journal import looks_like_checkpoint
 from deploy.training.recovery import LocalCheckpoint, keep_for_resume
 
 S3_LATEST = "s3"
+HEADS_FILE = "checkpoint-heads.json"  # in the resume folder: see deploy.storage.checkpoints.HeadCache
 
 
 @dataclass(frozen=True)
@@ -156,8 +157,9 @@ def resume_from_latest(storage: Storage, dest_dir: Path, candidates: list[Checkp
     chosen object may be (:func:`local_copy`).
     """
     folder = storage.url(storage.key("checkpoints"))
-    scope = run_candidates(candidates if candidates is not None else list_checkpoints(storage), run_id,
-                           (from_run,) if from_run else ())
+    if candidates is None:  # heads kept beside the resume file: a reload or a restart here heads only what is new
+        candidates = list_checkpoints(storage, heads=HeadCache(dest_dir / HEADS_FILE))
+    scope = run_candidates(candidates, run_id, (from_run,) if from_run else ())
     note = ""
     if local is not None and run_id and local.run and local.run not in (run_id, from_run):
         note = f"; left {local.name} on this machine aside: run {local.run} staged it"

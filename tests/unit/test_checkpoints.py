@@ -9,6 +9,7 @@ import pytest
 from deploy.storage.checkpoints import (
     CheckpointInfo,
     checkpoint_metadata,
+    list_checkpoints,
     natural_sorted,
     parse_checkpoint_name,
     sort_checkpoints,
@@ -76,3 +77,54 @@ def test_without_any_step_the_newest_upload_wins() -> None:
 def test_log_versions_sort_by_number() -> None:
     assert natural_sorted(["version_14", "version_9", "version_100", "version_2"]) == [
         "version_2", "version_9", "version_14", "version_100"]
+
+
+class ListedStorage:
+    """A bucket's checkpoints as listed (with millisecond times, as S3 lists them) and headed (metadata)."""
+
+    config = None
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, dict[str, str], datetime]] = {}
+        self.headed: list[str] = []
+
+    def key(self, *parts: str) -> str:
+        return "/".join(("p", *parts))
+
+    def put(self, name: str, data: bytes, step: int, when: datetime) -> None:
+        self.objects[self.key("checkpoints", name)] = (data, {"step": str(step)}, when)
+
+    def list(self, prefix: str):
+        for key, (data, _meta, when) in sorted(self.objects.items()):
+            yield ObjectInfo(key, len(data), when, etag=str(hash(data)))
+
+    def head(self, key: str):
+        self.headed.append(key)
+        if key not in self.objects:
+            return None
+        data, meta, when = self.objects[key]
+        return ObjectInfo(key, len(data), when.replace(microsecond=0), etag=str(hash(data)), metadata=dict(meta))
+
+
+def test_a_listing_heads_only_the_checkpoints_it_has_not_headed_as_listed(tmp_path) -> None:
+    from deploy.storage.checkpoints import HeadCache
+
+    storage = ListedStorage()
+    moment = datetime(2026, 12, 4, 22, 0, 0, 250000, tzinfo=timezone.utc)
+    storage.put("a.ckpt", b"a", 10, moment)
+    storage.put("b.ckpt", b"b", 20, moment)
+    heads = HeadCache(tmp_path / "heads.json")
+    assert [c.step for c in list_checkpoints(storage, heads=heads)] == [10, 20]
+    assert len(storage.headed) == 2
+    storage.headed.clear()
+    storage.put("c.ckpt", b"c", 5, moment)                           # new: headed
+    storage.put("b.ckpt", b"B", 30, moment + timedelta(seconds=1))  # written again: headed again
+    found = list_checkpoints(storage, heads=heads)
+    assert [(c.name, c.step) for c in found] == [("c.ckpt", 5), ("a.ckpt", 10), ("b.ckpt", 30)]
+    assert sorted(storage.headed) == ["p/checkpoints/b.ckpt", "p/checkpoints/c.ckpt"]  # a.ckpt came from the cache
+    del storage.objects["p/checkpoints/a.ckpt"]
+    storage.headed.clear()
+    assert [c.name for c in list_checkpoints(storage, heads=heads)] == ["c.ckpt", "b.ckpt"]
+    assert storage.headed == [] and "a.ckpt" not in (tmp_path / "heads.json").read_text()  # gone: forgotten
+    (tmp_path / "heads.json").write_text("[not, json")                  # damaged: everything is headed again
+    assert [c.step for c in list_checkpoints(storage, heads=heads)] == [5, 30] and len(storage.headed) == 2
