@@ -64,7 +64,7 @@ SYNC_CALLBACKS = ("deploy.training.callbacks.S3CheckpointSync", "deploy.training
 HEARTBEAT_CALLBACK = "deploy.training.heartbeat.Heartbeat"  # attached for a deploy's run (RUN_ID set)
 RESUME_ENV = "RESUME_CHECKPOINT"
 WARM_ENV = "WARM_START"  # 0: every training starts in a fresh interpreter (no warm process)
-RELOAD_POLL = 0.2  # seconds between looks for a reload request while the training runs
+RELOAD_POLL = 0.05  # seconds between looks for a reload request while the training runs
 STANDBY_ENV = "WARM_STANDBY"
 STANDBY_AFTER = 10.0
 """Seconds a training runs before the entrypoint starts the warm process the next reload will use, kept standing by
