@@ -115,6 +115,7 @@ WAIT_HELP = duration_help("How long to wait for training to start", "300s")
 def deploy_runpod(c, run=None, image=None, dataset=None, nodes=None, runtime=None, restart=False, build=False,
                   dry_run=False, wait=None, hosts=None, env_file=None, from_run=None, bucket=None, prefix=None):
     """Deploy the training to the GPU host(s): probe, provision, ship .env, image or code, start."""
+    from deploy.flow.ahead import Ahead
     from deploy.flow.choose import needs_image
     from deploy.flow.group import deploy_group
     from deploy.flow.rollout import Rollout, deploy_hosts
@@ -139,51 +140,57 @@ def deploy_runpod(c, run=None, image=None, dataset=None, nodes=None, runtime=Non
     specs = targets(c, settings, hosts) if named else None  # hosts named by hand: checked before the network
     for spec in specs or ():  # .env and code travel over SFTP: a local check, before any connection
         require_sftp(spec)
-    storage = Storage.from_settings(settings, interactive=True)
-    gaps = reach(settings, storage=storage, hosts=specs or (), collect=dry_run)
-    if gaps:
-        _unchecked_deploy(settings, specs, gaps)
-    run_id, new = resolve_run_id(storage, settings, save=not dry_run)
-    if specs is None:  # this run's pods (pods.json); names RUNPOD_HOST when there is none
-        specs = targets(c, settings, hosts, run=run_id, single=settings.num_nodes == 1)
-        for spec in specs:
-            require_sftp(spec)
-        gaps = reach(settings, hosts=specs, collect=dry_run)
+    # The hosts named by hand are connected and probed while the bucket's work below runs.
+    ahead = Ahead.start(specs if specs and not dry_run and settings.num_nodes == 1 else (), options(settings),
+                        settings.runtime, settings.remote_dir)
+    try:
+        storage = Storage.from_settings(settings, interactive=True)
+        gaps = reach(settings, storage=storage, hosts=specs or (), collect=dry_run)
         if gaps:
-            _unchecked_deploy(settings, specs, gaps, run_id)
-    if len(specs) > 1 and settings.num_nodes == 1:
-        raise ConfigError(f"{len(specs)} hosts for run {run_id} with NUM_NODES=1 would be {len(specs)} writers of "
-                          "one run's checkpoints; set NUM_NODES (--nodes) to train one run across them, or deploy "
-                          "each host with its own RUN_ID.")
-    if build:
-        build_and_push(settings, storage, dry_run=dry_run, log=print)
-    sources = gather_sources(storage, settings, dry_run=dry_run, log=print)  # says when the image is stale
-    images = sources.images
-    ledger, which = open_run(storage, settings, image=settings.image, image_id=sources.image_id, dry_run=dry_run,
-                             resolved=(run_id, new))
-    print(which)
-    rollout = Rollout.from_settings(settings, sources, run_id=ledger.run_id, restart=restart, wait=seconds,
-                                    master_addr=specs[0].host)
-    if settings.num_nodes > 1:
-        outcomes = deploy_group(specs, rollout, settings, options(settings), storage, images, dry_run=dry_run, log=print)
-        for o in outcomes:
-            if o.result is not None:
-                ledger.report(o.spec, None, o.result)
-    else:
-        outcomes = deploy_hosts(specs, rollout, settings, options(settings), storage, images, dry_run=dry_run,
-                                log=print, report=ledger.report)
-    for o in outcomes:
-        if o.error is not None:
-            print(f"{o.spec}: failed: {o.error}")
-        elif o.result is None:
-            print(f"{o.spec}: dry run, nothing changed")
-        elif not o.result.done:
-            what = settings.image if needs_image(o.result.runtime) else "this code"
-            print(f"{o.spec}: nothing to do; the service already runs {what} with these settings.")
+            _unchecked_deploy(settings, specs, gaps)
+        run_id, new = resolve_run_id(storage, settings, save=not dry_run)
+        if specs is None:  # this run's pods (pods.json); names RUNPOD_HOST when there is none
+            specs = targets(c, settings, hosts, run=run_id, single=settings.num_nodes == 1)
+            for spec in specs:
+                require_sftp(spec)
+            gaps = reach(settings, hosts=specs, collect=dry_run)
+            if gaps:
+                _unchecked_deploy(settings, specs, gaps, run_id)
+        if len(specs) > 1 and settings.num_nodes == 1:
+            raise ConfigError(f"{len(specs)} hosts for run {run_id} with NUM_NODES=1 would be {len(specs)} writers of "
+                              "one run's checkpoints; set NUM_NODES (--nodes) to train one run across them, or deploy "
+                              "each host with its own RUN_ID.")
+        if build:
+            build_and_push(settings, storage, dry_run=dry_run, log=print)
+        sources = gather_sources(storage, settings, dry_run=dry_run, log=print)  # says when the image is stale
+        images = sources.images
+        ledger, which = open_run(storage, settings, image=settings.image, image_id=sources.image_id, dry_run=dry_run,
+                                 resolved=(run_id, new))
+        print(which)
+        rollout = Rollout.from_settings(settings, sources, run_id=ledger.run_id, restart=restart, wait=seconds,
+                                        master_addr=specs[0].host)
+        if settings.num_nodes > 1:
+            outcomes = deploy_group(specs, rollout, settings, options(settings), storage, images, dry_run=dry_run, log=print)
+            for o in outcomes:
+                if o.result is not None:
+                    ledger.report(o.spec, None, o.result)
         else:
-            print(f"{o.spec}: {', '.join(o.result.done)} in {o.result.seconds:.0f} s; training is running. "
-                  f"Follow it with: {o.result.follow}")
-    raise_if_failed(outcomes)
+            outcomes = deploy_hosts(specs, rollout, settings, options(settings), storage, images, dry_run=dry_run,
+                                    log=print, report=ledger.report, ahead=ahead)
+        for o in outcomes:
+            if o.error is not None:
+                print(f"{o.spec}: failed: {o.error}")
+            elif o.result is None:
+                print(f"{o.spec}: dry run, nothing changed")
+            elif not o.result.done:
+                what = settings.image if needs_image(o.result.runtime) else "this code"
+                print(f"{o.spec}: nothing to do; the service already runs {what} with these settings.")
+            else:
+                print(f"{o.spec}: {', '.join(o.result.done)} in {o.result.seconds:.0f} s; training is running. "
+                      f"Follow it with: {o.result.follow}")
+        raise_if_failed(outcomes)
+    finally:
+        ahead.close()
 
 
 def _unchecked_deploy(settings, specs, gaps, run_id: str | None = None) -> None:

@@ -39,6 +39,7 @@ from deploy.runtimes.base import (START_STEPS, DeployResult, HostRun, ImageSourc
 from deploy.settings import Settings
 from deploy.storage import Storage
 from deploy.training.lease import ATTEMPT_FILE, Lease, attempt_document, grant, read_lease
+from deploy.flow.ahead import Ahead
 from deploy.flow.choose import choose_runtime, runtimes
 
 if TYPE_CHECKING:
@@ -262,19 +263,25 @@ def execute(conn: Connection, deploy: HostDeploy, storage: Storage | None = None
 
 def deploy_hosts(specs: list[HostSpec], rollout: Rollout, settings: Settings, options: HostOptions, storage: Storage,
                  images: ImageSource, dry_run: bool = False, log: Log = print,
-                 report: Callable[[HostSpec, HostFacts, DeployResult], None] | None = None) -> list[Outcome]:
+                 report: Callable[[HostSpec, HostFacts, DeployResult], None] | None = None,
+                 ahead: Ahead | None = None) -> list[Outcome]:
     """Independent runs on each host, in parallel; every host's outcome is collected.
 
     Each host runs compose or native (no Docker, e.g. a RunPod pod) as ``rollout.runtime`` and its probe say.
-    ``report`` hears each host's result with its facts (the run ledger records the deploy).
+    ``report`` hears each host's result with its facts (the run ledger records the deploy). ``ahead``: hosts
+    connected and probed already (:mod:`deploy.flow.ahead`), used instead of connecting and probing here.
     """
     available = runtimes(images, options, settings.train_project, storage)  # both ship TRAIN_PROJECT's code
 
     def work(spec: HostSpec) -> DeployResult | None:
         require_sftp(spec)  # .env and code travel over SFTP: refuse RunPod's proxy SSH before connecting
-        with connect(spec, options) as conn:
-            warm = {} if dry_run else warm_ahead(available, rollout.runtime, spec.workdir(rollout.remote_dir))
-            facts = probe(conn, spec.workdir(rollout.remote_dir), warm.get("native", ""), warm.get("compose", ""))
+        opened = ahead.take(spec) if ahead is not None else None
+        with opened.conn if opened is not None else connect(spec, options) as conn:
+            if opened is not None:
+                facts = opened.facts
+            else:
+                warm = {} if dry_run else warm_ahead(available, rollout.runtime, spec.workdir(rollout.remote_dir))
+                facts = probe(conn, spec.workdir(rollout.remote_dir), warm.get("native", ""), warm.get("compose", ""))
             name, reason = choose_runtime(rollout.runtime, facts)
             deploy = prepare(conn, spec, rollout, settings, available[name], facts, reason, storage=storage)
             log("\n".join(deploy.describe()))
