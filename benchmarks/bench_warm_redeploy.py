@@ -11,7 +11,8 @@ the working directory (REMOTE_DIR, ``/workspace`` in the container) at every tra
 Per runtime (setup not measured: first ``fab deploy-runpod``, a checkpoint in S3):
 
 1. ``--repeat`` code-only redeploys, each after the training has run ``--pause`` seconds (30: a user's edit
-   takes longer than that; 0: right after the last): ``VERSION = N`` in ``toytrain/__init__.py`` changed, a clock
+   takes longer than that; 0: right after the last; the trainings run with ``WARM_STANDBY=10``, so after 30 s the
+   next reload's process stands by): ``VERSION = N`` in ``toytrain/__init__.py`` changed, a clock
    started, ``fab deploy-runpod``; stopped at the first stepclock line with the new VERSION (the new
    code's first step, timed by the training itself). The deploy must say ``reload`` and the log
    ``(warm: torch and Lightning imported ahead)``. The log's marker lines (stop checkpoint saved,
@@ -70,6 +71,9 @@ TRAIN_COMMAND = ("python -m toytrain fit --config config.yaml --data.dataset_dir
                  "--trainer.callbacks+=stepclock.StepClock")
 BENCH_IMAGE = "gpu-deploy-bench/warm-redeploy"
 WARM_MARK = "(warm: torch and Lightning imported ahead)"
+STANDBY = 10
+"""WARM_STANDBY for the benchmark's trainings: the next reload's process stands by after 10 s (the default is 60 s),
+so a change after the default --pause of 30 s starts from it; with --pause 0 none stands by yet."""
 STEPCLOCK = '''"""Benchmark probe: one line per train batch end, "<global_step> <time.time()> <VERSION>"."""
 
 import time
@@ -179,7 +183,7 @@ class Host:
                        "RUNPOD_SSH_KEY": str(self.sshd.client_key), "SSH_KNOWN_HOSTS": str(work / "known_hosts"),
                        "REMOTE_DIR": self.remote_dir, "RUNTIME": runtime, "TRAIN_PROJECT": str(self.project),
                        "TRAIN_COMMAND": TRAIN_COMMAND, "DATASET": str(self.project / "dataset"),
-                       "S3_SYNC_FLUSH_TIMEOUT": "30", **extra}
+                       "S3_SYNC_FLUSH_TIMEOUT": "30", "WARM_STANDBY": str(STANDBY), **extra}
         write_dotenv(self.operator / ".env", self.values)
         self.version = 1
 

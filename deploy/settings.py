@@ -48,7 +48,7 @@ ADDRESSING_STYLES = ("auto", "path", "virtual")
 TRAINING_SERVICE_KEYS = (
     "WANDB_*", "HF_*", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_*", "TRANSFORMERS_*", "NEPTUNE_*", "COMET_*",
     "MLFLOW_*", "CLEARML_*", "PYTHON*", "CUDA_*", "NCCL_*", "TORCH_*", "OMP_*", "MKL_*", "TOKENIZERS_*",
-    "PL_*", "TRAIN_*",
+    "PL_*", "TRAIN_*", "WARM_*",
 )
 """Keys of the operator's `.env` that go to the host without being listed: the usual training services
 and runtime knobs. Anything else (a GitHub token, another account's AWS session) stays on the laptop

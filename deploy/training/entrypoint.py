@@ -66,10 +66,11 @@ RESUME_ENV = "RESUME_CHECKPOINT"
 WARM_ENV = "WARM_START"  # 0: every training starts in a fresh interpreter (no warm process)
 RELOAD_POLL = 0.05  # seconds between looks for a reload request while the training runs
 STANDBY_ENV = "WARM_STANDBY"
-STANDBY_AFTER = 10.0
+STANDBY_AFTER = 60.0
 """Seconds a training runs before the entrypoint starts the warm process the next reload will use, kept standing by
 until then (``WARM_STANDBY``: other seconds, or ``off``). It costs an interpreter with torch and Lightning imported
-(no GPU) and, once, that import's CPU beside the training."""
+(no GPU) and, once, that import's CPU beside the training; a code change in the first minute, while the user still
+watches the first steps, is served by the warm process the deploy's probe starts."""
 STANDBY_ROOM = 1024
 """Blank bytes in a standby's arguments beyond the current command's length, for the command it shows once it runs
 one (:func:`deploy.training.warm.retitle`): a reload's command differs only in its checkpoint path."""
