@@ -175,11 +175,12 @@ class Warm:
 
         ``hold``: it is started ahead of a reload that may not come, and dropped after that many seconds
         unless a reload or a launch uses it first; None: it is needed now (a start or a reload), kept.
-        ``standby``: it is for a reload that may come any time while a training runs, kept; its command line
-        names no training until it runs one, so that ``ps`` never shows two.
+        ``standby``: it is for a reload that may come any time while a training runs, kept. A process started
+        while a training runs (``hold`` or ``standby``) names no training on its command line until it runs one,
+        so that ``ps`` never shows two.
         """
         if self.process is None and self.argv(self.command) is not None:
-            if standby:
+            if standby or hold is not None:
                 room = " " * (len(" ".join(self.title())) + STANDBY_ROOM)
                 argv = [sys.executable, "-m", "deploy.training.warm", "--standby", room]
             else:

@@ -132,6 +132,11 @@ def test_a_warm_process_started_ahead_of_a_reload_is_kept_by_the_reload_and_drop
     kept = Warm(command)
     kept.prepare(hold=0.0)
     waiting = kept.process
+    assert waiting is not None  # started while a training runs: it names no training until it runs one
+    from deploy.dev.waiting import wait_until
+
+    shown = wait_until(lambda: Path(f"/proc/{waiting.pid}/cmdline").read_bytes(), 10, "its command line")  # set at exec
+    assert b"deploy.training.warm\0--standby\0" in shown
     kept.prepare()  # the reload came: the same process, no longer dropped
     assert kept.process is waiting and kept.expires is None
     kept.expire()
