@@ -11,11 +11,11 @@ the working directory (REMOTE_DIR, ``/workspace`` in the container) at every tra
 Per runtime (setup not measured: first ``fab deploy-runpod``, a checkpoint in S3):
 
 1. ``--repeat`` code-only redeploys, each after the training has run ``--pause`` seconds (30: a user's edit
-   takes longer than that; 0: right after the last; the trainings run with ``WARM_STANDBY=10``, so after 30 s the
-   next reload's process stands by): ``VERSION = N`` in ``toytrain/__init__.py`` changed, a clock
-   started, ``fab deploy-runpod``; stopped at the first stepclock line with the new VERSION (the new
-   code's first step, timed by the training itself). The deploy must say ``reload`` and the log
-   ``(warm: torch and Lightning imported ahead)``. The log's marker lines (stop checkpoint saved,
+   takes longer than that; 0: right after the last; the trainings run with ``WARM_STANDBY=10`` unless
+   ``--standby`` says otherwise, so after 30 s the next reload's process stands by): ``VERSION = N`` in
+   ``toytrain/__init__.py`` changed, a clock started, ``fab deploy-runpod``; stopped at the first stepclock line
+   with the new VERSION (the new code's first step, timed by the training itself). The deploy must say ``reload``
+   and the log ``(warm: torch and Lightning imported ahead)``. The log's marker lines (stop checkpoint saved,
    ``entrypoint: reloading``, the resume line, ``entrypoint: running``, ``toytrain: version N``)
    are timed too (native: train.log polled every 0.1 s; compose: ``docker logs --timestamps``).
 2. The floor, right after each redeploy on the same host: a cold ``python -c "import torch,
@@ -71,9 +71,10 @@ TRAIN_COMMAND = ("python -m toytrain fit --config config.yaml --data.dataset_dir
                  "--trainer.callbacks+=stepclock.StepClock")
 BENCH_IMAGE = "gpu-deploy-bench/warm-redeploy"
 WARM_MARK = "(warm: torch and Lightning imported ahead)"
-STANDBY = 10
-"""WARM_STANDBY for the benchmark's trainings: the next reload's process stands by after 10 s (the default is 60 s),
-so a change after the default --pause of 30 s starts from it; with --pause 0 none stands by yet."""
+STANDBY = "10"
+"""WARM_STANDBY for the benchmark's trainings (``--standby``): the next reload's process stands by after 10 s (the
+product's default is 60 s), so a change after the default --pause of 30 s starts from it; with --pause 0 none stands
+by yet. ``--standby default`` leaves WARM_STANDBY unset (then use a --pause over 60)."""
 STEPCLOCK = '''"""Benchmark probe: one line per train batch end, "<global_step> <time.time()> <VERSION>"."""
 
 import time
@@ -163,7 +164,8 @@ class LogWatch:
 class Host:
     """One runtime's host, its operator folder and project, and how to read what the training does."""
 
-    def __init__(self, runtime: str, tmp: Path, server: S3Server, base_image: str | None) -> None:
+    def __init__(self, runtime: str, tmp: Path, server: S3Server, base_image: str | None,
+                 standby: str = STANDBY) -> None:
         self.runtime = runtime
         work = tmp / runtime
         work.mkdir()
@@ -183,7 +185,9 @@ class Host:
                        "RUNPOD_SSH_KEY": str(self.sshd.client_key), "SSH_KNOWN_HOSTS": str(work / "known_hosts"),
                        "REMOTE_DIR": self.remote_dir, "RUNTIME": runtime, "TRAIN_PROJECT": str(self.project),
                        "TRAIN_COMMAND": TRAIN_COMMAND, "DATASET": str(self.project / "dataset"),
-                       "S3_SYNC_FLUSH_TIMEOUT": "30", "WARM_STANDBY": str(STANDBY), **extra}
+                       "S3_SYNC_FLUSH_TIMEOUT": "30", **extra}
+        if standby != "default":
+            self.values["WARM_STANDBY"] = standby
         write_dotenv(self.operator / ".env", self.values)
         self.version = 1
 
@@ -387,6 +391,8 @@ def main() -> None:
     parser.add_argument("--restarts", type=int, default=1, help="cold restarts per runtime, for comparison")
     parser.add_argument("--pause", type=float, default=30.0,
                         help="seconds the training runs before each change (0: each redeploy right after the last)")
+    parser.add_argument("--standby", default=STANDBY,
+                        help="WARM_STANDBY for the trainings (seconds, off, or default: unset, the product's 60 s)")
     parser.add_argument("--workdir", default="/var/tmp")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
@@ -407,7 +413,7 @@ def main() -> None:
     try:
         server.client().create_bucket(Bucket="bench-warm")
         for runtime in runtimes:
-            host = Host(runtime, tmp, server, base)
+            host = Host(runtime, tmp, server, base, args.standby)
             hosts.append(host)
             try:
                 results[runtime] = bench(host, args.repeat, args.restarts, args.pause)
