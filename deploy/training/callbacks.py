@@ -53,6 +53,7 @@ from deploy.training.checkpoint_io import SyncCheckpointIO, install_checkpoint_i
 from deploy.training.journal import STAGING_DIR
 from deploy.training.lease import ATTEMPT_ENV, RUN_ENV, SUPERSEDED, attempt_from_environment
 from deploy.training.logsync import S3LogSync
+from deploy.training.resume import STOP_RECORD_ENV, StopRecord
 from deploy.training.stop import SAVED_ON_STOP, STOP, agree, end_run_after_this_batch
 from deploy.training.syncbase import DEFAULT_FLUSH_TIMEOUT, SyncCallback, storage_transfer
 from deploy.training.uploader import FlushResult, UploadJob
@@ -246,6 +247,9 @@ class S3CheckpointSync(SyncCallback):
         line = SAVED_ON_STOP.format(step=step)
         if result is not None and result.ok:
             line += f", uploaded to {self.storage.url(self._key(os.path.basename(path)))}"
+            record = os.environ.get(STOP_RECORD_ENV)
+            if record:  # the entrypoint's next start (a reload) resumes from exactly this one, without a listing
+                StopRecord(step, self._key(os.path.basename(path)), os.path.abspath(path)).write(record)
         else:
             line += f", upload pending: {path} stays staged and is sent at the next start"
         print(line, flush=True)

@@ -56,7 +56,7 @@ from deploy.training.lease import (ATTEMPT_ENV, ATTEMPT_FILE, RUN_ENV, Claim, Le
 from deploy.training.ledger import RUN_HOST_ENV, TrainingLedger, record_in_background
 from deploy.training.recovery import LocalCheckpoint, recover_staged
 from deploy.training.reload import PREWARM_HOLD, PREWARM_SIGNAL, RELOAD_SIGNAL, EntrypointState
-from deploy.training.resume import ResumePlan, resolve_checkpoint
+from deploy.training.resume import STOP_RECORD_ENV, ResumePlan, StopRecord, resolve_checkpoint
 from deploy.training.warm import command_argv
 
 DEMO_COMMAND = (sys.executable, "-m", "deploy.training.demo", "fit")
@@ -75,6 +75,7 @@ STANDBY_ROOM = 1024
 """Blank bytes in a standby's arguments beyond the current command's length, for the command it shows once it runs
 one (:func:`deploy.training.warm.retitle`): a reload's command differs only in its checkpoint path."""
 DEFAULT_RESUME_DIR = ".resume"
+STOP_RECORD = "stopped.json"  # in the resume folder: a training's stop checkpoint (deploy.training.resume.StopRecord)
 
 
 @dataclass(frozen=True)
@@ -368,8 +369,9 @@ def recover(settings: Settings, storage: Callable[[], Storage], roots: Sequence[
 
 
 def prepare(settings: Settings, storage: Callable[[], Storage], options: argparse.Namespace,
-            host: str) -> tuple[Claim | None, ResumePlan] | int:
-    """The lease, the staged uploads and the checkpoint to resume from; an exit code when there is nothing to run."""
+            host: str, stopped: StopRecord | None = None) -> tuple[Claim | None, ResumePlan] | int:
+    """The lease, the staged uploads and the checkpoint to resume from (``stopped``: a reload's stop checkpoint);
+    an exit code when there is nothing to run."""
     try:
         lease = take_lease(settings, storage, Path(options.attempt_file), host)
         if lease is not None and lease.superseded:
@@ -383,7 +385,7 @@ def prepare(settings: Settings, storage: Callable[[], Storage], options: argpars
         folders = scan_run(roots)  # one walk: the staging folders and the folders holding checkpoints
         local = recover(settings, storage, roots, resume_dir, folders)
         plan = resolve_checkpoint(settings.checkpoint, storage, resume_dir, local=local, run_id=settings.run_id,
-                                  from_run=settings.from_run, near=folders.checkpoints)
+                                  from_run=settings.from_run, near=folders.checkpoints, stopped=stopped)
     except DeployError as exc:
         print(f"entrypoint: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -395,11 +397,14 @@ def train_once(settings: Settings, storage: Callable[[], Storage], options: argp
                command: Sequence[str], session: Session) -> tuple[int, bool]:
     """One training: prepare, launch (warm when it can), wait. Returns the exit code and whether to train again."""
     session.state.write("starting")
-    prepared = prepare(settings, storage, options, session.host)
+    stopped, session.stopped = session.stopped, None
+    prepared = prepare(settings, storage, options, session.host, stopped)
     if isinstance(prepared, int):
         return prepared, False
     lease, plan = prepared
     launch = plan_launch(command, plan, settings, attach=not options.no_attach, lease=lease)
+    record = Path(options.resume_dir).resolve() / STOP_RECORD  # what this training's stop saves, for a reload
+    record.unlink(missing_ok=True)
     warm = " (warm: torch and Lightning imported ahead)" if session.warm.ready(launch.command) else ""
     print(f"entrypoint: running {' '.join(launch.command)}{warm}", flush=True)
     ledger = TrainingLedger.from_settings(settings)  # the run ledger (RUN_ID from deploy); None: not recorded
@@ -408,7 +413,8 @@ def train_once(settings: Settings, storage: Callable[[], Storage], options: argp
     session.reloads.take()  # a request before this launch is answered by it: it runs the code there is now
     try:
         session.state.launched()
-        code, again = run(launch.command, launch.env, session.warm, session.reloads)
+        code, again = run(launch.command, {**launch.env, STOP_RECORD_ENV: str(record)}, session.warm,
+                          session.reloads)
     except OSError as exc:  # the program does not exist or cannot be executed
         print(f"entrypoint: cannot run {launch.command[0]}: {exc.strerror or exc}; check TRAIN_COMMAND.",
               file=sys.stderr, flush=True)
@@ -421,6 +427,7 @@ def train_once(settings: Settings, storage: Callable[[], Storage], options: argp
         record_in_background(ledger, "note", what=what, superseded_by=newer.claimed, attempt=lease.attempt)
         return 0, False  # the run goes on elsewhere: nothing may restart this one
     if again:
+        session.stopped = StopRecord.take(record)
         print(f"entrypoint: reloading: the training stopped (exit {code}) and starts again with the new code",
               flush=True)
         session.state.write("reloading")
@@ -438,6 +445,7 @@ class Session:
     state: EntrypointState
     reloads: Reloads
     warm: Warm
+    stopped: StopRecord | None = None  # what the stop before a reload saved: the next start resumes from it
 
 
 def main(argv: Sequence[str] | None = None) -> int:

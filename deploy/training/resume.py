@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,41 @@ from deploy.training.recovery import LocalCheckpoint, keep_for_resume
 
 S3_LATEST = "s3"
 HEADS_FILE = "checkpoint-heads.json"  # in the resume folder: see deploy.storage.checkpoints.HeadCache
+STOP_RECORD_ENV = "GPU_DEPLOY_STOP_RECORD"
+"""Where a training writes :class:`StopRecord` when its stop checkpoint is uploaded (the entrypoint sets it)."""
+
+
+@dataclass(frozen=True)
+class StopRecord:
+    """The checkpoint a graceful stop saved and uploaded: its step, its key in the bucket, the file on this machine.
+
+    A reload resumes from exactly this checkpoint (the step saved on stop is the step resumed), so it needs
+    no listing of the bucket: one head checks that the object is there with this step and this run, and
+    the file is used when its size and sha256 are the object's (:func:`local_copy`).
+    """
+
+    step: int
+    key: str
+    path: str
+
+    def write(self, target: str | os.PathLike[str]) -> None:
+        """Best effort, atomically: a record that cannot be written only costs the reload its listing."""
+        part = Path(f"{target}.part")
+        try:
+            part.write_text(json.dumps({"step": self.step, "key": self.key, "path": self.path}))
+            os.replace(part, target)
+        except OSError:
+            pass
+
+    @classmethod
+    def take(cls, source: str | os.PathLike[str]) -> StopRecord | None:
+        """The record at ``source``, removed (one reload uses it); None when there is none or it is not one."""
+        try:
+            data = json.loads(Path(source).read_text())
+            Path(source).unlink()
+            return cls(int(data["step"]), str(data["key"]), str(data["path"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
 
 @dataclass(frozen=True)
@@ -54,7 +90,8 @@ class ResumePlan:
     message: str = ""
 
 
-__all__ = ["S3_LATEST", "ResumePlan", "looks_like_checkpoint", "resolve_checkpoint", "resume_from_latest"]
+__all__ = ["S3_LATEST", "ResumePlan", "StopRecord", "from_stop", "looks_like_checkpoint", "resolve_checkpoint",
+           "resume_from_latest"]
 
 
 def _fetch(storage: Storage, key: str, dest_dir: Path) -> str:
@@ -198,20 +235,44 @@ def resume_from_latest(storage: Storage, dest_dir: Path, candidates: list[Checkp
                         + ". Set CHECKPOINT= (empty) to start fresh.")
 
 
+def from_stop(storage: Storage, stopped: StopRecord, dest_dir: Path, run_id: str = "") -> ResumePlan | None:
+    """The plan for a reload: resume from the checkpoint its stop saved, checked by one head and its sha256; None
+    when anything about it does not hold (then the bucket is listed as for any start)."""
+    try:
+        found = storage.head(stopped.key)
+    except StorageError:
+        return None
+    if found is None:
+        return None
+    info = CheckpointInfo.from_object(found)
+    if info.step != stopped.step or (run_id and info.run != run_id):
+        return None
+    copy = local_copy(info, [os.path.dirname(stopped.path)])
+    if copy is None:
+        return None
+    path = keep_for_resume(copy, info.name, dest_dir)
+    return ResumePlan(S3_LATEST, path, storage.url(info.key), info.step,
+                      message=f"resuming from {storage.url(info.key)} (step {info.step}), which the stop before this "
+                              "reload saved; read from this machine's copy (its sha256 matches)")
+
+
 def resolve_checkpoint(value: str, storage: Callable[[], Storage], dest_dir: Path,
                        local: LocalCheckpoint | None = None, run_id: str = "", from_run: str = "",
-                       near: Sequence[str] = ()) -> ResumePlan:
+                       near: Sequence[str] = (), stopped: StopRecord | None = None) -> ResumePlan:
     """Turn a ``CHECKPOINT`` value into a :class:`ResumePlan`. ``storage`` is only called when needed.
 
     ``local``, ``run_id`` (``RUN_ID``), ``from_run`` (``FROM_RUN``) and ``near`` only matter for ``s3``: see
-    :func:`resume_from_latest`.
+    :func:`resume_from_latest`. ``stopped``: a reload's stop checkpoint, used for ``s3`` when it checks out and
+    nothing staged is left to send (:func:`from_stop`).
     """
     value = (value or "").strip()
     if not value:
         return ResumePlan("", None, message="CHECKPOINT is empty; starting fresh")
     dest_dir.mkdir(parents=True, exist_ok=True)
     if value.lower() == S3_LATEST:
-        return resume_from_latest(storage(), dest_dir, local=local, run_id=run_id, from_run=from_run, near=near)
+        store = storage()
+        plan = from_stop(store, stopped, dest_dir, run_id) if stopped is not None and local is None else None
+        return plan or resume_from_latest(store, dest_dir, local=local, run_id=run_id, from_run=from_run, near=near)
     if value.startswith("s3://"):
         parts = urlparse(value)
         store = storage()

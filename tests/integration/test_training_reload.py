@@ -101,6 +101,7 @@ def test_a_reload_saves_the_step_and_the_new_code_resumes_there_warm(private_s3:
     wait_until(lambda: recorded_steps(tmp_path)[-1] >= step + 3, 120, "three steps of the new code", run, tmp_path)
     text = output(tmp_path)
     assert "entrypoint: reloading" in text and "read from this machine's copy (its sha256 matches)" in text, text[-3000:]
+    assert "which the stop before this reload saved" in text, text[-3000:]  # one head, no listing of the bucket
     assert text.count("(warm: torch and Lightning imported ahead)") == 2, text[-3000:]
     steps = recorded_steps(tmp_path)
     assert steps.count(step) == 1 and steps[steps.index(step) + 1] == step + 1  # no step lost, none trained twice

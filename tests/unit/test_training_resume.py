@@ -227,3 +227,47 @@ def test_a_local_file_that_is_not_the_object_byte_for_byte_is_not_used(tmp_path:
     plan = resume_from_latest(store, tmp_path / "dl", [row], near=checkpoint_dirs([str(tmp_path / "run")]))
     assert store.fetched == [row.key] and Path(plan.path).read_bytes() == data
     assert "this machine's copy" not in plan.message
+
+
+class HeadedStorage(FakeStorage):
+    """Objects with the metadata the uploader records (step, run, size, sha256); every listing is refused."""
+
+    def __init__(self, objects: dict[str, bytes], metadata: dict[str, dict[str, str]]) -> None:
+        super().__init__(objects)
+        self.metadata = metadata
+
+    def head(self, key: str):
+        from deploy.storage import ObjectInfo
+
+        if key not in self.objects:
+            return None
+        return ObjectInfo(key, len(self.objects[key]), metadata=self.metadata[key])
+
+    def list(self, prefix: str):
+        raise AssertionError("a reload's resume lists nothing")
+
+
+def test_a_reload_resumes_from_its_stop_checkpoint_with_one_head_and_no_listing(tmp_path: Path) -> None:
+    import hashlib
+
+    from deploy.training.resume import StopRecord
+
+    data = archive(tmp_path, "40")
+    folder, row = sent(tmp_path, "stop-epoch=0-step=40.ckpt", data)
+    meta = {"step": "40", "run": "r1", "sha256": hashlib.sha256(data).hexdigest(), "size": str(len(data))}
+    record = tmp_path / "stopped.json"
+    StopRecord(40, row.key, str(folder / row.name)).write(record)
+    stopped = StopRecord.take(record)
+    assert stopped == StopRecord(40, row.key, str(folder / row.name)) and not record.exists()  # used once
+    store = HeadedStorage({row.key: data}, {row.key: meta})
+    plan = resolve_checkpoint("s3", lambda: store, tmp_path / "dl", run_id="r1", stopped=stopped)
+    assert plan.step == 40 and Path(plan.path).read_bytes() == data and store.fetched == []
+    assert "which the stop before this reload saved; read from this machine's copy (its sha256 matches)" in plan.message
+
+    for wrong in ({**meta, "step": "41"}, {**meta, "run": "r0"}, {**meta, "sha256": "0" * 64}):
+        store = HeadedStorage({row.key: data}, {row.key: wrong})
+        with pytest.raises(AssertionError, match="lists nothing"):  # not what the stop saved: the usual listing
+            resolve_checkpoint("s3", lambda: store, tmp_path / "dl", run_id="r1", stopped=stopped)
+    assert StopRecord.take(tmp_path / "missing.json") is None
+    (tmp_path / "bad.json").write_text("{\"step\": \"x\"}")
+    assert StopRecord.take(tmp_path / "bad.json") is None
