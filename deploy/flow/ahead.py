@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,50 +42,30 @@ class Opened:
     facts: HostFacts
 
 
-class _Pending:
+def _in_background(work: Callable[[], Opened]) -> Future[Opened]:
     """``work()`` in a daemon thread (a deploy that fails first exits without waiting for a host's timeout)."""
+    future: Future[Opened] = Future()
+    future.set_running_or_notify_cancel()
 
-    def __init__(self, work: Callable[[], Opened]) -> None:
-        self._done = threading.Event()
-        self._lock = threading.Lock()
-        self._result: Opened | None = None
-        self._error: BaseException | None = None
-        self._dropped = False
-        threading.Thread(target=self._run, args=(work,), name="ahead", daemon=True).start()
-
-    def _run(self, work: Callable[[], Opened]) -> None:
+    def run() -> None:
         try:
-            result = work()
+            future.set_result(work())
         except BaseException as exc:  # noqa: BLE001 - raised again where the host's work takes it
-            self._error = exc
-        else:
-            with self._lock:
-                if self._dropped:
-                    result.conn.close()
-                else:
-                    self._result = result
-        self._done.set()
+            future.set_exception(exc)
 
-    def result(self) -> Opened:
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
+    threading.Thread(target=run, name="ahead", daemon=True).start()
+    return future
 
-    def drop(self) -> None:
-        """Close the connection, now or once it is open."""
-        with self._lock:
-            self._dropped = True
-            opened, self._result = self._result, None
-        if opened is not None:
-            opened.conn.close()
+
+def _close_opened(future: Future[Opened]) -> None:
+    if future.exception() is None:
+        future.result().conn.close()
 
 
 class Ahead:
     """Each host's connection and probe, started at once in background threads."""
 
-    def __init__(self, pending: dict[HostSpec, _Pending]) -> None:
+    def __init__(self, pending: dict[HostSpec, Future[Opened]]) -> None:
         self._pending = pending
 
     @classmethod
@@ -101,7 +82,7 @@ class Ahead:
                 conn.close()
                 raise
 
-        return cls({spec: _Pending(lambda spec=spec: open_one(spec)) for spec in specs})
+        return cls({spec: _in_background(lambda spec=spec: open_one(spec)) for spec in specs})
 
     def take(self, spec: HostSpec) -> Opened | None:
         """``spec``'s connection and facts (waiting for them); its error when it failed; None when not started."""
@@ -111,5 +92,5 @@ class Ahead:
     def close(self) -> None:
         """Close what was opened and not taken (once it is opened, for a connection still on its way)."""
         for pending in self._pending.values():
-            pending.drop()
+            pending.add_done_callback(_close_opened)  # at once when it is done, else when it is
         self._pending.clear()
