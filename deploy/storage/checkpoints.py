@@ -249,6 +249,7 @@ class HeadCache:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._read: dict[str, Any] = {}  # what :meth:`known` read: an unchanged cache is not written again
 
     @staticmethod
     def _identity(obj: ObjectInfo) -> list[Any]:
@@ -263,7 +264,7 @@ class HeadCache:
 
     def known(self, listed: Iterable[ObjectInfo]) -> dict[str, ObjectInfo]:
         """The listed objects this cache has heads for, as headed (listed facts, kept metadata)."""
-        kept = self._load()
+        kept = self._read = self._load()
         found: dict[str, ObjectInfo] = {}
         for obj in listed:
             entry = kept.get(obj.key)
@@ -278,6 +279,8 @@ class HeadCache:
         precision), and only those (an object gone from the listing is forgotten); best effort."""
         data = {o.key: {"id": self._identity(o), "metadata": dict(headed[o.key].metadata)}
                 for o in listed if o.key in headed}
+        if json.loads(json.dumps(data)) == self._read:
+            return  # nothing new was headed and nothing is gone
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial = self.path.with_name(self.path.name + ".partial")

@@ -128,3 +128,17 @@ def test_a_listing_heads_only_the_checkpoints_it_has_not_headed_as_listed(tmp_pa
     assert storage.headed == [] and "a.ckpt" not in (tmp_path / "heads.json").read_text()  # gone: forgotten
     (tmp_path / "heads.json").write_text("[not, json")                  # damaged: everything is headed again
     assert [c.step for c in list_checkpoints(storage, heads=heads)] == [5, 30] and len(storage.headed) == 2
+
+
+def test_a_listing_that_heads_nothing_new_leaves_the_kept_heads_as_they_are(tmp_path) -> None:
+    from deploy.storage.checkpoints import HeadCache
+
+    storage = ListedStorage()
+    storage.put("a.ckpt", b"a", 10, datetime(2026, 12, 4, 22, 0, 0, 250000, tzinfo=timezone.utc))
+    heads = HeadCache(tmp_path / "heads.json")
+    list_checkpoints(storage, heads=heads)
+    kept = tmp_path / "heads.json"
+    before = kept.stat().st_mtime_ns
+    inode = kept.stat().st_ino  # a write replaces the file: a new inode
+    assert [c.step for c in list_checkpoints(storage, heads=HeadCache(kept))] == [10]
+    assert kept.stat().st_ino == inode and kept.stat().st_mtime_ns == before
