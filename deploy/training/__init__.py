@@ -12,6 +12,8 @@
   the training, checked before every write). Torch-free: the deploy flow and the watcher use it too.
 - :mod:`deploy.training.resume`: ``CHECKPOINT`` -> a verified local checkpoint file.
 - :mod:`deploy.training.entrypoint`: the image's entrypoint (resume, run, pass signals on).
+- :mod:`deploy.training.warmstart`: the entrypoint's warm processes (started ahead, standing by) and
+  reload requests; :mod:`deploy.training.warm` is the process itself, :mod:`deploy.training.reload` asks.
 - :mod:`deploy.training.demo`: a tiny LightningCLI job for the image, the tests and the benchmark.
 
 The operator's side imports only the torch-free parts (the lease, the journal's names): torch and

@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from deploy.training.entrypoint import Warm, run
+from deploy.training.entrypoint import run
+from deploy.training.warmstart import Warm
 from deploy.training.reload import (STATE_FILE, EntrypointState, environment_digest, prewarm, refusal, reload,
                                    start_ticks)
 from deploy.training.warm import command_argv
@@ -164,7 +165,7 @@ def test_a_training_that_has_run_a_while_gets_the_next_reloads_process_standing_
     import threading
 
     from deploy.dev.waiting import wait_until
-    from deploy.training.entrypoint import Reloads
+    from deploy.training.warmstart import Reloads
 
     monkeypatch.setenv("WARM_STANDBY", "0")  # at once (10 s by default)
     monkeypatch.setenv("WARM_IMPORTS", "json")
@@ -206,7 +207,7 @@ def test_a_training_that_has_run_a_while_gets_the_next_reloads_process_standing_
 
 
 def test_the_standby_is_configured_in_seconds_or_off(monkeypatch, capsys) -> None:
-    from deploy.training.entrypoint import STANDBY_AFTER, standby_after
+    from deploy.training.warmstart import STANDBY_AFTER, standby_after
 
     for value, expected in (("", STANDBY_AFTER), ("2.5", 2.5), ("off", None), ("-3", 0.0)):
         monkeypatch.setenv("WARM_STANDBY", value)
