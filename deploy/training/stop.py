@@ -38,7 +38,7 @@ from typing import Any
 
 STOP_GRACE = 120.0
 """Seconds between SIGTERM and SIGKILL: compose's ``stop_grace_period`` and ``fab stop --timeout``
-(``deploy.runtimes.compose.STOP_TIMEOUT``); a unit test keeps them equal."""
+(``deploy.runtimes.compose.service.STOP_TIMEOUT``); a unit test keeps them equal."""
 STOP_MARGIN = 20.0
 """Seconds of the grace period kept back for saving the stop checkpoint, stopping the upload helper,
 aborting its open upload and the process exit."""

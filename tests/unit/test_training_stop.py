@@ -97,7 +97,7 @@ def test_the_deadline_after_sigterm_stays_inside_the_stop_grace_period(fresh_sto
 
 
 def test_stop_grace_matches_compose_and_fab_stop() -> None:
-    from deploy.runtimes.compose import STOP_TIMEOUT
+    from deploy.runtimes.compose.service import STOP_TIMEOUT
 
     assert STOP_GRACE == STOP_TIMEOUT
     for name in ("docker-compose.runpod.yml", "docker-compose.train.yml"):

@@ -15,7 +15,7 @@ from deploy.watch.decide import Guardrails, PodSeen, RunFact
 from deploy.watch.facts import Action
 from deploy.watch.loop import Watcher
 from deploy.watch.managed import continued, detached_message, exit_code, final_message
-from deploy.runtimes.compose import parse_compose_look
+from deploy.runtimes.compose.service import parse_compose_look
 from deploy.runtimes.native.service import NativeService, parse_native_look
 from deploy.watch.observe import fact_of
 from deploy.watch.record import StateStore, WatchError
