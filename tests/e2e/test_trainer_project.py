@@ -151,7 +151,10 @@ def test_the_trainer_project_deploys_trains_resumes_and_redeploys_a_code_change_
     fab("sync-from-runpod", "--path=lightning_logs", f"--dest={back}")
     assert list(back.rglob("events.out.tfevents.*")) and list(back.rglob("*val_mel=*.ckpt"))
 
-    wait_until(lambda: (lambda c: c and c.step > killed_at.step)(latest_checkpoint(storage)), 120,
+    # A checkpoint the resumed training wrote itself (the entrypoint may send the killed run's unsent ones
+    # first): past its setup, so a reload's stop is saved, not a SIGTERM before its handler is in place.
+    resumed_from = resumed_steps(log_text())[-1]
+    wait_until(lambda: (lambda c: c and c.step > resumed_from)(latest_checkpoint(storage)), 120,
                "a checkpoint after resuming")
     images_before = sorted(o.key for o in storage.list(storage.key("docker-images") + "/"))
     engine_before = engine_images(host)
