@@ -50,6 +50,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from deploy.dev.embedded import free_port
+from deploy.pods.models import cloud_price
 
 LABEL = "gpu-deploy.runpod-server"
 NO_CAPACITY = "There are no longer any instances available with the requested specifications. Please refresh and try again."
@@ -104,12 +105,7 @@ class GpuOffer:
     community_price: float | None
 
     def price(self, cloud_type: str) -> float | None:
-        if cloud_type == "SECURE":
-            return self.secure_price
-        if cloud_type == "COMMUNITY":
-            return self.community_price
-        offered = [p for p in (self.secure_price, self.community_price) if p is not None]
-        return min(offered) if offered else None
+        return cloud_price(cloud_type, self.secure_price, self.community_price)
 
     def to_api(self, gpu_count: int = 1) -> dict[str, Any]:
         return {"id": self.id, "displayName": self.name, "memoryInGb": self.memory_gb, "manufacturer": "Nvidia",

@@ -27,6 +27,16 @@ class ApiUnreachable(PodError):
     """The API did not answer (a timeout, a dropped connection): a create may or may not have made its pod."""
 
 
+def cloud_price(cloud_type: str, secure: float | None, community: float | None) -> float | None:
+    """The price on ``cloud_type`` (SECURE, COMMUNITY; ALL: the cheaper of those offered), None where not offered."""
+    if cloud_type == "SECURE":
+        return secure
+    if cloud_type == "COMMUNITY":
+        return community
+    offered = [p for p in (secure, community) if p is not None]
+    return min(offered) if offered else None
+
+
 @dataclass(frozen=True)
 class GpuType:
     """One GPU type and its on-demand prices per GPU and hour (None: not offered on that cloud)."""
@@ -49,12 +59,7 @@ class GpuType:
 
     def price(self, cloud_type: str) -> float | None:
         """Dollars per GPU-hour on ``cloud_type``: ALL takes the cheaper cloud that offers it."""
-        if cloud_type == "SECURE":
-            return self.secure_price
-        if cloud_type == "COMMUNITY":
-            return self.community_price
-        offered = [p for p in (self.secure_price, self.community_price) if p is not None]
-        return min(offered) if offered else None
+        return cloud_price(cloud_type, self.secure_price, self.community_price)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "memory_gb": self.memory_gb,
