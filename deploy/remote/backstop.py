@@ -22,7 +22,8 @@ its step and flushes its uploads within the grace), records a ``terminated`` eve
 ``$RUNPOD_API_BASE_URL/graphql`` (default https://api.runpod.io), retrying every 30 s until RunPod
 takes it. Its log is ``.gpu-deploy/backstop.log``.
 
-Standard library only: deploy copies this file to the pod alone and runs it with the pod's python3.
+Standard library only: deploy copies this file to the pod, with ``detach.py`` beside it, and runs it with the
+pod's python3.
 """
 
 from __future__ import annotations
@@ -191,33 +192,27 @@ def watch(directory: str, env: dict[str, str]) -> None:
 
 
 def daemonize(directory: str, env: dict[str, str]) -> int:
-    """Detach (double fork, setsid, stdio to the log) and return the daemon's pid to the caller."""
-    read_end, write_end = os.pipe()
-    first = os.fork()
-    if first == 0:
-        os.close(read_end)
-        os.setsid()
-        if os.fork() != 0:
-            os._exit(0)
-        logfile = os.open(path(directory, LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        null = os.open(os.devnull, os.O_RDONLY)
-        for fd, target in ((null, 0), (logfile, 1), (logfile, 2)):
-            os.dup2(fd, target)
+    """Detach the daemon (its own session, stdio to the log) and return its pid to the caller."""
+    if __package__:
+        from .detach import detach
+    else:  # run as a file: deploy copies detach.py beside it
+        from detach import detach
+    return int(detach(lambda ready: daemon(directory, env, ready), path(directory, LOG)) or 0)
+
+
+def daemon(directory: str, env: dict[str, str], ready: int) -> None:
+    """The detached daemon's life: pid file, then the watch; never returns."""
+    code = 1
+    try:
         with open(path(directory, PID), "w", encoding="utf-8") as handle:
             handle.write(str(os.getpid()))
-        os.write(write_end, str(os.getpid()).encode())
-        os.close(write_end)
+        os.write(ready, str(os.getpid()).encode())
+        os.close(ready)
+        watch(directory, env)
         code = 0
-        try:
-            watch(directory, env)
-        except BaseException as exc:  # noqa: BLE001 - no terminal: say it in the log
-            log(directory, f"crashed: {exc.__class__.__name__}: {exc}")
-            code = 1
-        os._exit(code)
-    os.close(write_end)
-    os.waitpid(first, 0)
-    with os.fdopen(read_end, "rb") as pipe:
-        return int(pipe.read().decode().strip() or 0)
+    except BaseException as exc:  # noqa: BLE001 - no terminal: say it in the log
+        log(directory, f"crashed: {exc.__class__.__name__}: {exc}")
+    os._exit(code)
 
 
 def arm(args: argparse.Namespace) -> int:

@@ -421,16 +421,9 @@ def refusal(paths: Paths) -> dict | None:
 
 
 def daemon(paths: Paths, config: dict, write_end: int) -> None:
-    """The detached daemon's life: stdio to the log, signals, pid file, the loop; never returns."""
+    """The detached daemon's life (stdio already on the log): signals, pid file, the loop; never returns."""
     code = 1
     try:
-        devnull = os.open(os.devnull, os.O_RDWR)
-        logfd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(devnull, 0)
-        os.dup2(logfd, 1)
-        os.dup2(logfd, 2)
-        os.close(devnull)
-        os.close(logfd)
         os.chdir(paths.dir)
         supervisor = Supervisor(paths, config)
         signal.signal(signal.SIGTERM, supervisor.on_term)
@@ -467,18 +460,11 @@ def start(paths: Paths) -> int:
             os.unlink(stale)
         except FileNotFoundError:
             pass
-    read_end, write_end = os.pipe()
-    first = os.fork()
-    if first == 0:
-        os.close(read_end)
-        os.setsid()
-        if os.fork() != 0:
-            os._exit(0)
-        daemon(paths, config, write_end)
-    os.close(write_end)
-    os.waitpid(first, 0)
-    with os.fdopen(read_end, "rb") as pipe:
-        pid = pipe.read().decode().strip()
+    if __package__:
+        from .detach import detach
+    else:  # run as a file: deploy installs detach.py beside it
+        from detach import detach
+    pid = detach(lambda ready: daemon(paths, config, ready), paths.log, 0o644)
     if not pid:
         print(json.dumps({"error": f"the supervisor did not start; see {paths.log}"}))
         return 1

@@ -185,7 +185,8 @@ class Hands:
         with host_errors("Arming the pod's backstop", host), connect(self.spec(host), self.options) as conn:
             args += service_on(conn, remote_dir)[0].backstop_args()
             run(conn, ["mkdir", "-p", posixpath.join(remote_dir, META)], "Making the backstop's folder")
-            write_atomic(conn, posixpath.join(remote_dir, BACKSTOP), program_source("backstop.py").encode(), 0o700)
+            for name in ("detach.py", "backstop.py"):  # backstop.py imports detach.py from its folder
+                write_atomic(conn, posixpath.join(remote_dir, META, name), program_source(name).encode(), 0o700)
             result = run(conn, [self.settings.native_python, posixpath.join(remote_dir, BACKSTOP), "arm", *args],
                          "Arming the pod's backstop", warn=True)
         answer = _json_line(result.stdout)

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from deploy.runtimes.native.service import NativeService
-from tests.harness.fab import REPO, run_fab
+from tests.harness.fab import run_fab
+from tests.harness.pod import install_supervisor
 from tests.harness.waiting import wait_until
 
 
@@ -33,8 +34,7 @@ def run_dir(ssh_connection, tmp_path: Path):
     canary = tmp_path / "canary"
     root = Path(f"/tmp/gpu-deploy orphan;touch {canary};{uuid.uuid4().hex[:8]}")
     tag = f"gpu-deploy-orphan-test-{uuid.uuid4().hex}"
-    (root / ".gpu-deploy").mkdir(parents=True)
-    shutil.copy(REPO / "deploy" / "remote" / "supervisor.py", root / ".gpu-deploy" / "supervisor.py")
+    install_supervisor(root / ".gpu-deploy")
     command = ["python3", "-c", "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
                "print('training', flush=True); time.sleep(600)", tag]
     (root / ".gpu-deploy" / "run.json").write_text(json.dumps({"command": command, "backoff": 0.1}))

@@ -24,7 +24,8 @@ from deploy.runtimes.native.service import NativeService
 from deploy.settings import load_settings
 from deploy.storage import Storage
 from deploy.training.stop import SAVED_ON_STOP
-from tests.harness.fab import REPO, run_fab
+from tests.harness.fab import run_fab
+from tests.harness.pod import install_supervisor
 from tests.harness.waiting import wait_until
 
 EARLIER = ("entrypoint: running python -m piper.train fit --ckpt_path=.resume/last.ckpt\n"
@@ -41,8 +42,7 @@ def run_dir(ssh_connection):
     """A native deploy whose start prints what the entrypoint prints before its download, then downloads."""
     root = Path(f"/tmp/gpu-deploy-restore-{uuid.uuid4().hex[:8]}")
     tag = f"gpu-deploy-restore-test-{uuid.uuid4().hex}"
-    (root / ".gpu-deploy").mkdir(parents=True)
-    shutil.copy(REPO / "deploy" / "remote" / "supervisor.py", root / ".gpu-deploy" / "supervisor.py")
+    install_supervisor(root / ".gpu-deploy")
     command = ["python3", "-c", "import time; print('entrypoint: run r1, attempt 2 claimed on gpu-a', flush=True); "
                "time.sleep(600)", tag]  # SIGTERM ends it as it ends the entrypoint mid-download
     (root / ".gpu-deploy" / "run.json").write_text(json.dumps({"command": command, "backoff": 0.1}))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,17 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.pod import install_supervisor
 from tests.harness.waiting import wait_until
-
-SUPERVISOR = Path(__file__).resolve().parents[2] / "deploy" / "remote" / "supervisor.py"
 
 
 @pytest.fixture
 def run_dir(tmp_path: Path):
     """A REMOTE_DIR with the supervisor installed as deploy installs it; whatever it started is ended."""
-    meta = tmp_path / ".gpu-deploy"
-    meta.mkdir()
-    shutil.copy(SUPERVISOR, meta / "supervisor.py")
+    install_supervisor(tmp_path / ".gpu-deploy")
     yield tmp_path
     supervisor(tmp_path, "stop", "--timeout", "1")
 

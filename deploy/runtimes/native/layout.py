@@ -11,7 +11,7 @@ VENV = ".venv"
 VENV_MARKER = f"{VENV}/gpu-deploy.json"
 REQUIREMENTS = "requirements.txt"
 SUPERVISOR = NATIVE_MARKER  # .gpu-deploy/supervisor.py: the probe recognises a native deploy by it
-SUPERVISOR_FILES = ("supervisor.py", "run.json")
+SUPERVISOR_FILES = ("detach.py", "supervisor.py", "run.json")
 
 
 def training_paths(remote_dir: str) -> dict[str, list[str]]:

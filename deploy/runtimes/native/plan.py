@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 COMPOSE_FILE = "docker-compose.runpod.yml"  # a compose deploy's service file: its REMOTE_DIR is not ours
 MAX_TREE_BYTES = 1 << 30
-SUPERVISOR_SOURCE = Path(__file__).resolve().parents[2] / "remote" / "supervisor.py"
+HOST_PROGRAMS = Path(__file__).resolve().parents[2] / "remote"
 # What a running training cannot take warm: its settings, interpreter, packages, data link or supervisor change.
 COLD_STEPS = ("write-env", "link-data", "create-venv", "install-requirements", "install-supervisor")
 
@@ -71,7 +71,9 @@ class NativeDesired:
         }
 
     def supervisor_files(self) -> dict[str, bytes]:
-        return {"supervisor.py": SUPERVISOR_SOURCE.read_bytes(),
+        # detach.py first: supervisor.py start imports it from its folder
+        return {"detach.py": (HOST_PROGRAMS / "detach.py").read_bytes(),
+                "supervisor.py": (HOST_PROGRAMS / "supervisor.py").read_bytes(),
                 "run.json": (json.dumps(self.run_config(), indent=2, sort_keys=True) + "\n").encode()}
 
     def requirements_digest(self, base: BaseInterpreter | None) -> str:
