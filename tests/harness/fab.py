@@ -17,3 +17,11 @@ def run_fab(*args: str, env: Mapping[str, str] | None = None, cwd: str | os.Path
     """``fab --search-root <repo> ARGS`` with ``env`` on top of this process's environment."""
     return subprocess.run([FAB, "--search-root", str(REPO), *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+
+
+def all_tasks(collection, prefix: str = "") -> list:
+    """Every task of an invoke ``Collection`` as ``(dotted name, Task)``, sub-collections included."""
+    found = [(prefix + name, task) for name, task in collection.tasks.items()]
+    for name, sub in collection.collections.items():
+        found += all_tasks(sub, f"{prefix}{name}.")
+    return found

@@ -108,6 +108,15 @@ def test_a_run_on_two_hosts_sums_their_cost(storage: Storage, s3_env) -> None:
     assert RUN in table.stdout and "finished" in table.stdout
 
 
+def serves_train_loss(port: int) -> bool:
+    """Whether TensorBoard on ``port`` answers and has the run's ``train_loss`` (False: not listening yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=2) as resp:
+            return "train_loss" in resp.read().decode()
+    except OSError:
+        return False
+
+
 def _write_scalars(folder: Path, steps: range, offset: float) -> None:
     from tensorboardX import SummaryWriter
 
@@ -154,18 +163,11 @@ def test_tensorboard_serves_the_runs_logs_from_the_bucket(storage: Storage, s3_e
                             env={**os.environ, **s3_env, "GPU_DEPLOY_TENSORBOARD_SECONDS": "60"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     try:
-        def tags() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=2) as resp:
-                    return "train_loss" in resp.read().decode()
-            except OSError:
-                return False  # not listening yet
-
-        wait_until(tags, 90, "TensorBoard serving train_loss")
+        wait_until(lambda: serves_train_loss(port), 90, "TensorBoard serving train_loss")
     finally:
         proc.terminate()  # fab ends its TensorBoard on SIGTERM, as on Ctrl-C
         out = proc.communicate(timeout=30)[0]
-    wait_until(lambda: not tags(), 30, "TensorBoard to stop with fab")
+    wait_until(lambda: not serves_train_loss(port), 30, "TensorBoard to stop with fab")
     assert "source    s3: no host configured" in out
     assert "logs version_0 ->" in out
 
@@ -220,14 +222,7 @@ def test_tensorboard_through_an_ssh_tunnel_while_the_host_is_up(ssh_server, s3_e
                              "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, cwd=tmp_path, start_new_session=True)
     try:
-        def tags() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=2) as resp:
-                    return "train_loss" in resp.read().decode()
-            except OSError:
-                return False
-
-        wait_until(tags, 90, "TensorBoard on the host through the tunnel")
+        wait_until(lambda: serves_train_loss(port), 90, "TensorBoard on the host through the tunnel")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         out = proc.communicate(timeout=30)[0]

@@ -23,7 +23,6 @@ from tests.harness.training_runs import (  # noqa: E402
     local_checkpoints,
     object_sha256,
     output,
-    private_s3_server,
     sha256_file,
     start,
     storage_for,
@@ -34,11 +33,6 @@ from tests.harness.training_runs import (  # noqa: E402
 
 pytestmark = pytest.mark.slow
 BUCKET = "training-failures"
-
-
-@pytest.fixture
-def private_s3(tmp_path: Path):
-    yield from private_s3_server(tmp_path / "moto", BUCKET)
 
 
 def sync_env(server: S3Server) -> dict[str, str]:

@@ -23,7 +23,6 @@ from tests.harness.training_runs import (  # noqa: E402
     demo_fit,
     finish,
     output,
-    private_s3_server,
     recorded_steps,
     start,
     sync_env_for,
@@ -42,11 +41,6 @@ class Announce(pl.Callback):
     def on_train_start(self, trainer, module):
         print(f"code version {{VERSION}} from step {{trainer.global_step}}", flush=True)
 '''
-
-
-@pytest.fixture
-def private_s3(tmp_path: Path):
-    yield from private_s3_server(tmp_path / "moto", BUCKET)
 
 
 def reload(cwd: Path, *options: str) -> dict:

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from invoke import Collection, Task
+from invoke import Task
 
 from fabfile import ns
-from tests.harness.fab import run_fab
-
-
-def all_tasks(collection: Collection, prefix: str = "") -> list[tuple[str, Task]]:
-    found = [(prefix + name, task) for name, task in collection.tasks.items()]
-    for name, sub in collection.collections.items():
-        found += all_tasks(sub, f"{prefix}{name}.")
-    return found
+from tests.harness.fab import all_tasks, run_fab
 
 
 TASKS = all_tasks(ns)

@@ -27,12 +27,12 @@ import sys
 from dataclasses import dataclass
 
 import pytest
-from invoke import Collection, Context, Task
+from invoke import Context, Task
 from invoke.exceptions import Exit
 
 from fabfile import ns
 from tasks._flags import UNIT_NAMES
-from tests.harness.fab import REPO
+from tests.harness.fab import REPO, all_tasks
 
 NO_BUCKET = {
     "pods.gpus": "GPU types and prices come from RunPod's API alone",
@@ -52,13 +52,6 @@ READ_ONLY = {
     "pods.gpus": "reads the API",
 }
 DURATION_WORDS = ("seconds", "minutes", "hours", "how long", "how often", "duration")
-
-
-def all_tasks(collection: Collection, prefix: str = "") -> list[tuple[str, Task]]:
-    found = [(prefix + name, task) for name, task in collection.tasks.items()]
-    for name, sub in collection.collections.items():
-        found += all_tasks(sub, f"{prefix}{name}.")
-    return found
 
 
 TASKS = all_tasks(ns)
