@@ -184,7 +184,7 @@ def engine_host26(docker26, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """``--dist loadfile`` with a worker kept for the files that wait on clocks (tests/harness/schedule.py)."""
+    """``--dist loadfile`` with workers kept for the files that wait on clocks (tests/harness/schedule.py)."""
     if config.getoption("dist") != "loadfile":
         return None
     from tests.harness.schedule import ClockBoundApart

@@ -1,43 +1,63 @@
 """How test files are spread over pytest-xdist's workers: one file per worker at a time (``--dist loadfile``), with
-one worker kept for the files that mostly wait on a clock.
+the workers beyond one per core kept for the files that mostly wait on a clock.
 
 The managed-run files spend most of their minutes waiting for a deadline, a spend limit or a pod's boot (MAX_HOURS
 of 108 s, MAX_SPEND of 91 s), with one lightly loaded pod training. On two cores, two workers that each may draw one
-of them waste half the machine meanwhile; a third worker that draws any file makes three CPU-bound files share two
-cores. So with three or more workers the last one takes only the clock-bound files (and shuts down when none is
-left), and the others take everything else first, then clock-bound files if any still wait. With fewer workers it
-is plain ``--dist loadfile``.
+of them waste half the machine meanwhile. So each worker beyond one per core (with three or more workers) is kept
+for them: it takes clock-bound files first and the rest only when none is left; the other workers take
+everything else first, then clock-bound files if any still wait. Each takes the largest file it may take first. Two kept workers wait on two clocks
+at once, where one ran the managed files one after the other for most of the suite's minutes. With fewer than
+three workers it is plain ``--dist loadfile``.
 
-``scripts/test`` starts one worker per core plus that one.
+``scripts/test`` starts one worker per core plus two.
 """
 
 from __future__ import annotations
 
+import os
+
 from xdist.scheduler import LoadFileScheduling
 
-CLOCK_BOUND = frozenset({
-    "tests/e2e/test_managed_faults.py",
-    "tests/e2e/test_managed_run.py",
-    "tests/e2e/test_managed_zombie.py",
-})
-"""Test files whose time is mostly waiting on a clock while little else runs (see the module's docstring)."""
+CLOCK_BOUND = {
+    "tests/e2e/test_managed_faults.py": 415,
+    "tests/e2e/test_managed_run.py": 310,
+    "tests/e2e/test_managed_zombie.py": 100,
+}
+"""Test files whose time is mostly waiting on a clock while little else runs (see the module's docstring), with
+about how many seconds each takes in the full suite here."""
+LONG = {
+    "tests/e2e/test_trainer_project.py": 190, "tests/e2e/test_deploy_loop.py": 170,
+    "tests/e2e/test_readme_quickstart.py": 160, "tests/e2e/test_ledger_deploy.py": 100, "tests/e2e/test_native.py": 95,
+    "tests/integration/test_bad_environments.py": 85, "tests/e2e/test_demo.py": 85,
+    "tests/integration/test_training_stop.py": 60, "tests/integration/test_pods.py": 60,
+    "tests/integration/test_images.py": 55, "tests/e2e/test_engines.py": 55,
+}
+"""The other files that take a minute or more in the full suite here, with about how many seconds: every worker
+starts the largest file it may take first, so no long file starts last and holds up the end."""
+SECONDS = {**LONG, **CLOCK_BOUND}
 
 
 class ClockBoundApart(LoadFileScheduling):
-    """``--dist loadfile`` with the last of three or more workers kept for :data:`CLOCK_BOUND` files."""
+    """``--dist loadfile`` with the workers beyond one per core kept for :data:`CLOCK_BOUND` files."""
 
-    def _waiter(self):
-        """The worker kept for clock-bound files: the last one, when there are three or more."""
+    def __init__(self, config, log=None, cores: int | None = None) -> None:
+        super().__init__(config, log)
+        self.cores = cores or os.cpu_count() or 1
+
+    def _kept(self) -> list:
+        """The workers kept for clock-bound files: those beyond one per core, when there are three or more."""
         nodes = sorted(self.assigned_work, key=lambda node: node.gateway.id)
-        return nodes[-1] if len(nodes) >= 3 else None
+        if len(nodes) < 3:
+            return []
+        return nodes[max(1, len(nodes) - min(len(CLOCK_BOUND), max(1, len(nodes) - self.cores))):]
 
     def _next_scope(self, node) -> str | None:
-        """The file ``node`` should run next, or None when nothing left is for it."""
-        clock = [scope for scope in self.workqueue if scope in CLOCK_BOUND]
-        other = [scope for scope in self.workqueue if scope not in CLOCK_BOUND]
-        if node is self._waiter():
-            return clock[0] if clock else None
-        return other[0] if other else (clock[0] if clock else None)
+        """The file ``node`` should run next, or None when nothing is left."""
+        queue = sorted(self.workqueue, key=lambda scope: SECONDS.get(scope, 0), reverse=True)  # stable: else as collected
+        clock = [scope for scope in queue if scope in CLOCK_BOUND]
+        other = [scope for scope in queue if scope not in CLOCK_BOUND]
+        first, then = (clock, other) if node in self._kept() else (other, clock)
+        return (first or then or [None])[0]
 
     def _assign_work_unit(self, node) -> None:
         scope = self._next_scope(node)

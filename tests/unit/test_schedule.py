@@ -1,4 +1,4 @@
-"""The test scheduler: with three or more workers the last one runs only the files that wait on clocks."""
+"""The test scheduler: with three or more workers, those beyond one per core start with the files that wait on clocks."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.harness.schedule import CLOCK_BOUND, ClockBoundApart
+from tests.harness.schedule import CLOCK_BOUND, SECONDS, ClockBoundApart
 from tests.harness.fab import REPO
 
 CLOCK = sorted(CLOCK_BOUND)
+LARGEST_FIRST = sorted(CLOCK_BOUND, key=CLOCK_BOUND.get, reverse=True)
 
 
 class Node:
@@ -30,7 +31,7 @@ class Node:
 def scheduled(workers: int, files: list[str]) -> tuple[ClockBoundApart, list[Node], list[str]]:
     values = {"tx": [f"{workers}*popen"]}
     config = SimpleNamespace(option=SimpleNamespace(loadscopereorder=False), getvalue=values.get)
-    sched = ClockBoundApart(config)  # how many workers: from the config's --tx, as -n sets it
+    sched = ClockBoundApart(config, cores=2)  # how many workers: from the config's --tx, as -n sets it
     collection = [f"{path}::test_{i}" for path in files for i in range(2)]
     nodes = [Node(f"gw{i}") for i in range(workers)]
     for node in nodes:
@@ -58,22 +59,35 @@ def run_all(sched: ClockBoundApart, nodes: list[Node], collection: list[str]) ->
                     progress = True
 
 
-def test_the_last_of_three_workers_runs_only_clock_bound_files_and_the_others_run_the_rest_first() -> None:
+def first_file(node: Node, collection: list[str]) -> str:
+    return collection[node.sent[0]].split("::")[0]
+
+
+def test_workers_beyond_one_per_core_start_with_the_clock_bound_files_largest_first() -> None:
     other = [f"tests/unit/test_{name}.py" for name in "abcdef"]
-    sched, nodes, collection = scheduled(3, other[:3] + CLOCK + other[3:])
+    sched, nodes, collection = scheduled(4, other[:3] + CLOCK + other[3:])  # two cores: two workers kept
+    assert [first_file(node, collection) for node in nodes[2:]] == LARGEST_FIRST[:2]
+    assert {first_file(node, collection) for node in nodes[:2]} <= set(other)
     run_all(sched, nodes, collection)
-    kept = files_of(nodes[2], collection)
-    assert kept and kept <= set(CLOCK)  # the kept worker ran clock-bound files only
-    assert set(other) <= files_of(nodes[0], collection) | files_of(nodes[1], collection)
+    assert set(CLOCK) <= files_of(nodes[2], collection) | files_of(nodes[3], collection)
     assert sorted(i for node in nodes for i in node.sent) == list(range(len(collection)))  # each test once
     assert all(node.shutting_down for node in nodes)
 
 
-def test_with_no_clock_bound_file_the_kept_worker_shuts_down_and_the_others_run_everything() -> None:
+def test_with_three_workers_on_two_cores_the_last_one_is_kept() -> None:
     other = [f"tests/unit/test_{name}.py" for name in "abcdef"]
-    sched, nodes, collection = scheduled(3, other)
+    sched, nodes, collection = scheduled(3, CLOCK + other)
+    assert first_file(nodes[2], collection) == LARGEST_FIRST[0]
+    assert {first_file(node, collection) for node in nodes[:2]} <= set(other)
     run_all(sched, nodes, collection)
-    assert nodes[2].sent == [] and nodes[2].shutting_down
+    assert sorted(i for node in nodes for i in node.sent) == list(range(len(collection)))
+
+
+def test_with_no_clock_bound_file_every_worker_runs_the_rest() -> None:
+    other = [f"tests/unit/test_{name}.py" for name in "abcdefgh"]
+    sched, nodes, collection = scheduled(4, other)
+    run_all(sched, nodes, collection)
+    assert all(node.sent for node in nodes) and all(node.shutting_down for node in nodes)
     assert sorted(i for node in nodes for i in node.sent) == list(range(len(collection)))
 
 
@@ -86,5 +100,12 @@ def test_with_fewer_than_three_workers_it_is_plain_loadfile(workers: int) -> Non
     assert set().union(*(files_of(node, collection) for node in nodes)) == set(files)
 
 
-def test_every_clock_bound_file_exists() -> None:
-    assert [path for path in CLOCK if not (REPO / path).is_file()] == []
+def test_every_file_the_scheduler_names_exists() -> None:
+    assert [path for path in SECONDS if not (REPO / path).is_file()] == []
+
+
+def test_each_worker_starts_with_the_largest_file_it_may_take() -> None:
+    files = ["tests/unit/test_a.py", "tests/e2e/test_demo.py", *CLOCK, "tests/e2e/test_trainer_project.py"]
+    sched, nodes, collection = scheduled(3, files)
+    assert [first_file(node, collection) for node in nodes] == [
+        "tests/e2e/test_trainer_project.py", "tests/e2e/test_demo.py", LARGEST_FIRST[0]]
