@@ -56,6 +56,9 @@ def operator(tmp_path: Path, managed_plane: RunPodServer, s3_server, s3_bucket: 
     project = tmp_path / "project"
     project.mkdir()
     (project / "README.md").write_text("the operator's project\n")
+    # No reload comes in a managed run's tests: the pod's training keeps no standby import beside it (a torch
+    # import per pod, on the cores every other test shares). The key ships from .env, as a user's would.
+    (project / ".env").write_text("WARM_STANDBY=off\n")
     yield project, env
     managed_plane.cleanup()
 
