@@ -38,10 +38,10 @@ def pids_in(remote_dir: str, marker: str) -> list[int]:
 
 def install_supervisor(meta: Path) -> None:
     """The supervisor's programs in ``REMOTE_DIR/.gpu-deploy`` as a native deploy installs them (without run.json)."""
+    from deploy.hosts.remote import program_source
     from deploy.runtimes.native.layout import SUPERVISOR_FILES
 
-    programs = Path(__file__).resolve().parents[2] / "deploy" / "remote"
     meta.mkdir(parents=True, exist_ok=True)
     for name in SUPERVISOR_FILES:
-        if name.endswith(".py"):
-            (meta / name).write_bytes((programs / name).read_bytes())
+        if name != "run.json":
+            (meta / name).write_text(program_source(name))

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar, TYPE_CHECKING
 
 from deploy.hosts.envfile import EnvShipment, remote_env_digest
 from deploy.hosts.probe import HostFacts
-from deploy.hosts.remote import cause, python_program, run
+from deploy.hosts.remote import cause, program_source, python_program, run
 from deploy.hosts.ssh import HostSpec
 from deploy.runtimes.base import RELOAD, CodeSync, Plan, ServiceState, Step
 from deploy.runtimes.code.layout import MANIFEST, META, RELEASE
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
 
 COMPOSE_FILE = "docker-compose.runpod.yml"  # a compose deploy's service file: its REMOTE_DIR is not ours
 MAX_TREE_BYTES = 1 << 30
-HOST_PROGRAMS = Path(__file__).resolve().parents[2] / "remote"
 # What a running training cannot take warm: its settings, interpreter, packages, data link or supervisor change.
 COLD_STEPS = ("write-env", "link-data", "create-venv", "install-requirements", "install-supervisor")
 
@@ -71,10 +69,9 @@ class NativeDesired:
         }
 
     def supervisor_files(self) -> dict[str, bytes]:
-        # detach.py first: supervisor.py start imports it from its folder
-        return {"detach.py": (HOST_PROGRAMS / "detach.py").read_bytes(),
-                "supervisor.py": (HOST_PROGRAMS / "supervisor.py").read_bytes(),
-                "run.json": (json.dumps(self.run_config(), indent=2, sort_keys=True) + "\n").encode()}
+        """SUPERVISOR_FILES' contents, in its order (detach.py before supervisor.py, whose start imports it)."""
+        run_json = (json.dumps(self.run_config(), indent=2, sort_keys=True) + "\n").encode()
+        return {name: run_json if name == "run.json" else program_source(name).encode() for name in SUPERVISOR_FILES}
 
     def requirements_digest(self, base: BaseInterpreter | None) -> str:
         return requirements_digest(base, self.train_requirements, self.user_requirements)
