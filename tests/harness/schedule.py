@@ -49,7 +49,8 @@ class ClockBoundApart(LoadFileScheduling):
         nodes = sorted(self.assigned_work, key=lambda node: node.gateway.id)
         if len(nodes) < 3:
             return []
-        return nodes[max(1, len(nodes) - min(len(CLOCK_BOUND), max(1, len(nodes) - self.cores))):]
+        kept = min(max(1, len(nodes) - self.cores), len(CLOCK_BOUND), len(nodes) - 1)  # one at least, never all
+        return nodes[len(nodes) - kept:]
 
     def _next_scope(self, node) -> str | None:
         """The file ``node`` should run next, or None when nothing is left."""
