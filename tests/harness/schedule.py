@@ -26,15 +26,30 @@ CLOCK_BOUND = {
 """Test files whose time is mostly waiting on a clock while little else runs (see the module's docstring), with
 about how many seconds each takes in the full suite here."""
 LONG = {
-    "tests/e2e/test_trainer_project.py": 190, "tests/e2e/test_deploy_loop.py": 170,
-    "tests/e2e/test_readme_quickstart.py": 160, "tests/e2e/test_ledger_deploy.py": 100, "tests/e2e/test_native.py": 95,
-    "tests/integration/test_bad_environments.py": 85, "tests/e2e/test_demo.py": 85,
-    "tests/integration/test_training_stop.py": 60, "tests/integration/test_pods.py": 60,
-    "tests/integration/test_images.py": 55, "tests/e2e/test_engines.py": 55,
+    "tests/e2e/test_deploy_loop.py": 190, "tests/e2e/test_trainer_project.py": 170,
+    "tests/e2e/test_readme_quickstart.py": 130, "tests/e2e/test_demo.py": 85,
+    "tests/integration/test_bad_environments.py": 80, "tests/e2e/test_ledger_deploy.py": 70,
+    "tests/integration/test_pods.py": 70, "tests/e2e/test_engines.py": 65, "tests/integration/test_s3_tasks.py": 60,
+    "tests/integration/test_images.py": 60, "tests/integration/test_native_wheels.py": 50,
+    "tests/e2e/test_ledger_compose.py": 50, "tests/e2e/test_native.py": 45,
+    "tests/integration/test_training_stop.py": 40,
+    "tests/integration/test_training_failures.py": 38, "tests/e2e/test_sync_during_uploads.py": 36,
+    "tests/e2e/test_piper_build.py": 35, "tests/unit/test_layout.py": 35, "tests/unit/test_runpod_input.py": 25,
 }
-"""The other files that take a minute or more in the full suite here, with about how many seconds: every worker
+"""The other files that take half a minute or more in the full suite here, with about how many seconds: every worker
 starts the largest file it may take first, so no long file starts last and holds up the end."""
+TIER_SECONDS = {"tests/e2e/": 30, "tests/integration/": 10}
+"""What a file not named above is taken to cost, by its tier (a unit file: nothing). Without it a new end-to-end
+file with one test would go last: xdist queues files by how many tests they hold, most first."""
 SECONDS = {**LONG, **CLOCK_BOUND}
+
+
+def seconds(scope: str) -> int:
+    """About how many seconds the test file ``scope`` takes in the full suite here (:data:`SECONDS`, else its
+    tier's)."""
+    if scope in SECONDS:
+        return SECONDS[scope]
+    return next((value for tier, value in TIER_SECONDS.items() if scope.startswith(tier)), 0)
 
 
 class ClockBoundApart(LoadFileScheduling):
@@ -54,7 +69,7 @@ class ClockBoundApart(LoadFileScheduling):
 
     def _next_scope(self, node) -> str | None:
         """The file ``node`` should run next, or None when nothing is left."""
-        queue = sorted(self.workqueue, key=lambda scope: SECONDS.get(scope, 0), reverse=True)  # stable: else as collected
+        queue = sorted(self.workqueue, key=seconds, reverse=True)  # stable: else by how many tests, most first
         clock = [scope for scope in queue if scope in CLOCK_BOUND]
         other = [scope for scope in queue if scope not in CLOCK_BOUND]
         first, then = (clock, other) if node in self._kept() else (other, clock)

@@ -109,3 +109,18 @@ def test_each_worker_starts_with_the_largest_file_it_may_take() -> None:
     sched, nodes, collection = scheduled(3, files)
     assert [first_file(node, collection) for node in nodes] == [
         "tests/e2e/test_trainer_project.py", "tests/e2e/test_demo.py", LARGEST_FIRST[0]]
+
+
+def test_a_file_not_named_goes_by_its_tier_before_unit_files_with_more_tests() -> None:
+    files = ["tests/unit/test_many.py", "tests/integration/test_new.py", "tests/e2e/test_new.py"]
+    config = SimpleNamespace(option=SimpleNamespace(loadscopereorder=True), getvalue={"tx": ["1*popen"]}.get)
+    sched = ClockBoundApart(config, cores=2)
+    collection = [f"{files[0]}::test_{i}" for i in range(9)] + [f"{files[1]}::test_{i}" for i in range(3)] + [
+        f"{files[2]}::test_0"]  # xdist queues files by how many tests they hold: unit, integration, e2e
+    node = Node("gw0")
+    sched.add_node(node)
+    sched.add_node_collection(node, collection)
+    sched.schedule()
+    run_all(sched, [node], collection)
+    order = list(dict.fromkeys(collection[i].split("::")[0] for i in node.sent))
+    assert order == [files[2], files[1], files[0]]
