@@ -23,10 +23,12 @@
    command also gets ``RESUME_CHECKPOINT=<file>`` in its environment.
 3. Passes SIGTERM and SIGINT on to the command and waits for it, so Lightning can stop at the next
    batch and the callbacks can flush pending uploads; exits with the command's exit code (128 + the
-   signal when a stopped run exited 0: it did not finish).
+   signal when a stopped run exited 0: it did not finish). A stop while no training runs (the lease,
+   the recovery, the resume's download) ends the entrypoint at once with 128 + the signal, in a
+   container too, where it is process 1.
 
-It runs the same way after a crash or preemption (``restart: unless-stopped``), so the run continues
-from the last uploaded step.
+It runs the same way after a crash or preemption (compose's ``restart: on-failure``, the native
+supervisor's restart), so the run continues from the last uploaded step.
 """
 
 from __future__ import annotations
@@ -64,6 +66,27 @@ RESUME_ENV = "RESUME_CHECKPOINT"
 RELOAD_POLL = 0.05  # seconds between looks for a reload request while the training runs
 DEFAULT_RESUME_DIR = ".resume"
 STOP_RECORD = "stopped.json"  # in the resume folder: a training's stop checkpoint (deploy.training.resume.StopRecord)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Stopped(BaseException):
+    """A stop signal while no training runs: the lease, the recovered uploads, the resume's download.
+
+    The entrypoint is process 1 in a compose container, and process 1 ignores a signal it has no handler for: without
+    this, ``docker stop`` (``fab stop``, a redeploy, a multi-node group restarting after a lost node) waited out the
+    whole grace period, 120 s, and ended it with SIGKILL. A BaseException, so that no ``except Exception`` on the way
+    (a retried S3 call) swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stopped(signum: int, _frame: object) -> None:
+    for sig in STOP_SIGNALS:  # a second stop while this one unwinds waits for it (the grace period still bounds it)
+        signal.signal(sig, signal.SIG_IGN)
+    raise Stopped(signum)
 
 
 @dataclass(frozen=True)
@@ -138,7 +161,7 @@ def run(command: Sequence[str], extra_env: dict[str, str], warm: Warm | None = N
         if child.poll() is None:
             child.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
     try:
         while True:
             try:
@@ -311,6 +334,20 @@ class Session:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Resume, then train (again after each reload); a stop while no training runs ends it at once
+    (:class:`Stopped`)."""
+    previous = {sig: signal.signal(sig, _stopped) for sig in STOP_SIGNALS}
+    try:
+        return serve(argv)
+    except Stopped as stop:
+        print(f"entrypoint: stopped ({signal.Signals(stop.signum).name}) while no training was running", flush=True)
+        return 128 + stop.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def serve(argv: Sequence[str] | None = None) -> int:
     options, command = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         settings = load_settings()

@@ -48,6 +48,11 @@ class Blackhole:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def accepted(self) -> int:
+        """How many connections it holds: something is waiting on it."""
+        return len(self._held)
+
     def _accept(self) -> None:
         while True:
             try:

@@ -12,7 +12,9 @@ import yaml
 
 from deploy.training.callbacks import DEFAULT_FLUSH_TIMEOUT
 from tests.conftest import need
+from tests.harness.badnet import Blackhole
 from tests.harness.training_runs import REPO, local_checkpoints, object_sha256, sha256_file, storage_for
+from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.docker
 COMPOSE_FILES = ("docker-compose.runpod.yml", "docker-compose.train.yml", "docker-compose.gpu.yml")
@@ -95,3 +97,28 @@ def test_image_trains_under_the_runpod_compose_file_without_a_gpu_and_syncs_to_s
     for name, path in local.items():
         assert object_sha256(storage, stored[name].key) == sha256_file(path) == stored[name].sha256
     assert any(o.name == "hparams.yaml" for o in storage.list(storage.key("logs") + "/"))
+
+
+@pytest.mark.slow
+def test_a_stop_while_the_entrypoint_waits_on_s3_ends_it_at_once_with_sigterm(
+        training_image: str, s3_env: dict[str, str], tmp_path: Path, docker_client) -> None:
+    """The entrypoint is process 1 in the container, which ignores a signal it has no handler for: a stop before the
+    training runs (the resume's download here, from an endpoint that never answers) must still end it with SIGTERM,
+    not after the 120 s grace period with SIGKILL (exit 137)."""
+    project = f"gpu-deploy-test-stop-{uuid.uuid4().hex[:8]}"
+    base = [compose_bin(), "-p", project, "-f", "docker-compose.runpod.yml"]
+    with Blackhole() as stuck:
+        directory = project_dir(tmp_path, {**s3_env, "AWS_ENDPOINT_URL": stuck.url, "IMAGE": training_image})
+        try:
+            subprocess.run([*base, "up", "-d", "--no-color"], cwd=directory, check=True, capture_output=True,
+                           timeout=120)
+            wait_until(lambda: stuck.accepted, 60, "the entrypoint to wait on S3")  # its handler is in place by then
+            stop = subprocess.run([*base, "stop"], cwd=directory, capture_output=True, text=True, timeout=300)
+            label = f"com.docker.compose.project={project}"
+            (container,) = docker_client.containers.list(all=True, filters={"label": label})
+            state, logs = container.attrs["State"], container.logs().decode()
+        finally:
+            subprocess.run([*base, "down", "-v", "--remove-orphans"], cwd=directory, capture_output=True, timeout=120)
+    assert stop.returncode == 0, stop.stderr
+    assert state["ExitCode"] == 143 and not state["OOMKilled"], (state, logs[-2000:])
+    assert "entrypoint: stopped (SIGTERM) while no training was running" in logs
