@@ -20,7 +20,7 @@ API_KEY = "rp-test-" + uuid.uuid4().hex[:12]
 
 
 @pytest.fixture(scope="session")
-def pod_image(docker_client) -> str:
+def pod_image(docker_client, base_image: str) -> str:
     """The test pod image (base image + sshd), built once and cached by recipe hash."""
     from deploy.dev.podimage import ensure_pod_image
 
