@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.servers import SSHD, S3Server, SshServer
+from tests.harness.warmup import FOLDER_KEY, Warmup, report
 
 pytest_plugins = ("tests.harness.runpod", "tests.harness.managed", "tests.harness.s3proxy")
 """Fixture modules of the harness, for every tier: RunPod's stand-in control plane with real pods, a managed
@@ -183,10 +185,37 @@ def engine_host26(docker26, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 # ----------------------------------------------------------------------------- scheduling
 
 
+WARMUP = pytest.StashKey[Warmup]()
+
+
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """``--dist loadfile`` with workers kept for the files that wait on clocks (tests/harness/schedule.py)."""
+    """``--dist loadfile`` with workers kept for the files that wait on clocks (tests/harness/schedule.py), and the
+    base image built in the background when the engine lacks it (tests/harness/warmup.py)."""
     if config.getoption("dist") != "loadfile":
         return None
     from tests.harness.schedule import ClockBoundApart
 
-    return ClockBoundApart(config, log)
+    return ClockBoundApart(config, log, warmup=config.stash.get(WARMUP, None))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """Controller: name the folder each worker writes the files that need the base image into."""
+    if WARMUP not in node.config.stash:
+        node.config.stash[WARMUP] = Warmup(tempfile.mkdtemp(prefix="gpu-deploy-image-files-"))
+    node.workerinput[FOLDER_KEY] = node.config.stash[WARMUP].folder
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker sends its collection: the controller reads the file then
+def pytest_collection_finish(session: pytest.Session) -> None:
+    workerinput = getattr(session.config, "workerinput", {})
+    if FOLDER_KEY in workerinput:
+        report(workerinput[FOLDER_KEY], workerinput["workerid"], session.items)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    warmup = config.stash.get(WARMUP, None)
+    if warmup is not None:
+        warmup.join()  # a build under way ends before the session does
+        shutil.rmtree(warmup.folder, ignore_errors=True)

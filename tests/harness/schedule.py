@@ -7,7 +7,8 @@ of them waste half the machine meanwhile. So each worker beyond one per core (wi
 for them: it takes clock-bound files first and the rest only when none is left; the other workers take
 everything else first, then clock-bound files if any still wait. Each takes the largest file it may take first. Two kept workers wait on two clocks
 at once, where one ran the managed files one after the other for most of the suite's minutes. With fewer than
-three workers it is plain ``--dist loadfile``.
+three workers it is plain ``--dist loadfile``. While the base image is built in the background (a machine that never
+built it: ``tests/harness/warmup.py``), every worker takes the files that need no image first.
 
 ``scripts/test`` starts one worker per core plus two.
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 import os
 
 from xdist.scheduler import LoadFileScheduling
+
+from tests.harness.warmup import Warmup
 
 CLOCK_BOUND = {
     "tests/e2e/test_managed_faults.py": 415,
@@ -55,9 +58,16 @@ def seconds(scope: str) -> int:
 class ClockBoundApart(LoadFileScheduling):
     """``--dist loadfile`` with the workers beyond one per core kept for :data:`CLOCK_BOUND` files."""
 
-    def __init__(self, config, log=None, cores: int | None = None) -> None:
+    def __init__(self, config, log=None, cores: int | None = None, warmup: Warmup | None = None) -> None:
         super().__init__(config, log)
         self.cores = cores or os.cpu_count() or 1
+        self.warmup = warmup
+
+    def schedule(self) -> None:
+        if self.collection is None and self.warmup is not None and self.collection_is_completed:
+            collected = next(iter(self.registered_collections.values()), [])
+            self.warmup.begin({self._split_scope(nodeid) for nodeid in collected})  # before any file is sent
+        super().schedule()
 
     def _kept(self) -> list:
         """The workers kept for clock-bound files: those beyond one per core, when there are three or more."""
@@ -70,9 +80,14 @@ class ClockBoundApart(LoadFileScheduling):
     def _next_scope(self, node) -> str | None:
         """The file ``node`` should run next, or None when nothing is left."""
         queue = sorted(self.workqueue, key=seconds, reverse=True)  # stable: else by how many tests, most first
+        kept = node in self._kept()
+        waiting = self.warmup.waiting() if self.warmup is not None else frozenset()
+        ready = [scope for scope in queue if scope not in waiting]
+        if ready and len(ready) < len(queue):  # the base image is being built: what needs none goes first
+            return ready[-1] if kept else ready[0]  # a kept worker takes small files, to be free for its clocks
         clock = [scope for scope in queue if scope in CLOCK_BOUND]
         other = [scope for scope in queue if scope not in CLOCK_BOUND]
-        first, then = (clock, other) if node in self._kept() else (other, clock)
+        first, then = (clock, other) if kept else (other, clock)
         return (first or then or [None])[0]
 
     def _assign_work_unit(self, node) -> None:

@@ -28,10 +28,10 @@ class Node:
         self.shutting_down = True
 
 
-def scheduled(workers: int, files: list[str]) -> tuple[ClockBoundApart, list[Node], list[str]]:
+def scheduled(workers: int, files: list[str], warmup=None) -> tuple[ClockBoundApart, list[Node], list[str]]:
     values = {"tx": [f"{workers}*popen"]}
     config = SimpleNamespace(option=SimpleNamespace(loadscopereorder=False), getvalue=values.get)
-    sched = ClockBoundApart(config, cores=2)  # how many workers: from the config's --tx, as -n sets it
+    sched = ClockBoundApart(config, cores=2, warmup=warmup)  # how many workers: from the config's --tx, as -n sets it
     collection = [f"{path}::test_{i}" for path in files for i in range(2)]
     nodes = [Node(f"gw{i}") for i in range(workers)]
     for node in nodes:
@@ -124,3 +124,36 @@ def test_a_file_not_named_goes_by_its_tier_before_unit_files_with_more_tests() -
     run_all(sched, [node], collection)
     order = list(dict.fromkeys(collection[i].split("::")[0] for i in node.sent))
     assert order == [files[2], files[1], files[0]]
+
+
+class FakeWarmup:
+    """The base image's build, as the scheduler sees it: told what was collected, then busy until ``done``."""
+
+    def __init__(self, needs: set[str]) -> None:
+        self.needs, self.collected, self.building = needs, None, True
+
+    def begin(self, collected: set[str]) -> None:
+        assert self.collected is None, "begun once"
+        self.collected = collected
+
+    def waiting(self) -> frozenset[str]:
+        return frozenset(self.needs) if self.building else frozenset()
+
+
+def test_while_the_base_image_is_built_every_worker_takes_files_that_need_none() -> None:
+    unit = [f"tests/unit/test_{name}.py" for name in "abcdefghijkl"]
+    needs = {*CLOCK, "tests/e2e/test_trainer_project.py", "tests/integration/test_pods.py"}
+    files = [*unit, "tests/integration/test_s3_tasks.py", *sorted(needs)]
+    warmup = FakeWarmup(needs)
+    sched, nodes, collection = scheduled(4, files, warmup)
+    assert warmup.collected == set(files)
+    first = [first_file(node, collection) for node in nodes]
+    assert first[0] == "tests/integration/test_s3_tasks.py" and not set(first) & needs  # the largest that is ready
+    warmup.building = False
+    for node in nodes[2:]:  # the kept workers took small files: once built, their clocks come next
+        before = len(node.sent)
+        for index in list(node.sent):
+            sched.mark_test_complete(node, index)
+        assert collection[node.sent[before]].split("::")[0] in CLOCK
+    run_all(sched, nodes, collection)
+    assert sorted(i for node in nodes for i in node.sent) == list(range(len(collection)))

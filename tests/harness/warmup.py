@@ -1,0 +1,102 @@
+"""The base image, built in the background while the test workers run the files that do not need it.
+
+On a machine that has never built it (a clean CI machine, a newcomer's first ``scripts/test``) the base image takes
+about 80 s (debootstrap, pip, ``docker import``). Each worker used to start with a long end-to-end file that needs it
+and wait on the machine lock meanwhile, so the whole suite stood still that long. Now the controller starts the build
+as soon as the workers have collected, and the scheduler (``tests/harness/schedule.py``) gives the workers the files
+that need no image until it is done. Where the engine has the image already, nothing changes.
+
+A file needs the image when it is end-to-end, or when one of its tests uses the ``base_image`` fixture, directly or
+through another fixture (``pod_image``): each worker writes those files into a folder the controller names.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+FIXTURE = "base_image"
+FOLDER_KEY = "gpu_deploy_image_files"
+"""The worker input that names the folder each worker writes its image files into."""
+E2E = "tests/e2e/"
+
+
+def image_files(items: Iterable[Any]) -> set[str]:
+    """The test files among ``items`` (collected tests) that use the base image's fixture."""
+    return {item.nodeid.split("::")[0] for item in items if FIXTURE in getattr(item, "fixturenames", ())}
+
+
+def report(folder: str, worker: str, items: Iterable[Any]) -> None:
+    """A worker's part: which of the files it collected need the image."""
+    Path(folder, f"{worker}.json").write_text(json.dumps(sorted(image_files(items))))
+
+
+def reported(folder: str) -> set[str]:
+    """What the workers wrote (each writes before it tells the controller its collection)."""
+    files: set[str] = set()
+    for path in Path(folder).glob("*.json"):
+        files.update(json.loads(path.read_text()))
+    return files
+
+
+class Warmup:
+    """Builds the base image in a thread of the controller when the engine lacks it and a collected file needs it."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.files: frozenset[str] = frozenset()
+        self.error: Exception | None = None
+        self._thread: threading.Thread | None = None
+
+    def begin(self, collected: Iterable[str]) -> None:
+        """Called once the workers have collected ``collected`` (test files), before any test is sent."""
+        collected = set(collected)
+        files = (reported(self.folder) | {scope for scope in collected if scope.startswith(E2E)}) & collected
+        if not files:
+            return
+        client = _engine()
+        if client is None:
+            return
+        from deploy.dev.baseimage import BaseImageRecipe, find_image
+
+        if find_image(client, BaseImageRecipe()) is not None:
+            client.close()
+            return
+        self.files = frozenset(files)
+        # Not a daemon: an interrupted build ends with its commands (they get the terminal's Ctrl-C too) and cleans
+        # its folder; a session that ends first (-x) waits for it, so the next run finds the image whole.
+        self._thread = threading.Thread(target=self._build, args=(client,), name="base-image")
+        self._thread.start()
+
+    def waiting(self) -> frozenset[str]:
+        """The files that should not start yet: those that need the image, while it is being built."""
+        return self.files if self._thread is not None and self._thread.is_alive() else frozenset()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def _build(self, client: Any) -> None:
+        from deploy.dev.baseimage import ensure_base_image
+
+        try:
+            ensure_base_image(client, log=lambda _line: None)
+        except Exception as exc:  # noqa: BLE001 - the workers' fixture builds it again and says why
+            self.error = exc
+        finally:
+            client.close()
+
+
+def _engine() -> Any:
+    """The local Docker engine, or None when there is none (the tests that need it skip, or fail in CI)."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=900)
+        client.ping()
+    except Exception:  # noqa: BLE001 - any failure means "no engine here"
+        return None
+    return client
