@@ -214,6 +214,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         report(workerinput[FOLDER_KEY], workerinput["workerid"], session.items)
 
 
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    warmup = config.stash.get(WARMUP, None)
+    if warmup is not None:
+        warmup.join()
+        if (line := warmup.summary()) is not None:
+            terminalreporter.write_line(line)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     warmup = config.stash.get(WARMUP, None)
     if warmup is not None:

@@ -38,3 +38,12 @@ def test_without_an_engine_nothing_waits(tmp_path: Path, monkeypatch) -> None:
     waits = Warmup(str(tmp_path))
     waits.begin({"tests/e2e/test_demo.py"})
     assert waits.waiting() == frozenset()
+
+
+def test_the_summary_names_each_step_of_the_build(tmp_path: Path) -> None:
+    waits = Warmup(str(tmp_path))
+    assert waits.summary() is None
+    waits.steps = [(0.0, "base image: started"), (1.0, "base image: debootstrap bookworm from http://x"),
+                   (42.0, "base image: pip install torch==2"), (67.0, "base image: docker import as b:1"),
+                   (79.0, "base image: done")]
+    assert waits.summary() == "base image: built in the background in 79 s (debootstrap 41 s, pip 25 s, docker 12 s)"
