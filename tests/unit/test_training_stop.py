@@ -106,16 +106,21 @@ def test_stop_grace_matches_compose_and_fab_stop() -> None:
 
 
 def test_flush_warns_about_jobs_dropped_while_set_aside(tmp_path: Path, fresh_stop: StopRequest) -> None:
-    gate = threading.Event()
+    gate, busy = threading.Event(), threading.Event()
+
+    def upload(job: UploadJob) -> None:
+        busy.set()
+        gate.wait(5)
+
     callback = SyncCallback(enabled=True, flush_timeout=5)
-    callback.uploader = BackgroundUploader(lambda job: gate.wait(5), max_pending=1)
+    callback.uploader = BackgroundUploader(upload, max_pending=1)
     paths = []
     for n in range(3):
         path = tmp_path / f"{n}.ckpt"
         path.write_bytes(b"x")
         paths.append(path)
         callback.uploader.submit(UploadJob(key=f"k/{n}", path=str(path), source=str(path)))
-        time.sleep(0.05)
+        assert busy.wait(10)  # 0 is being uploaded: 1 waits, and 2 sets it aside (the queue holds one)
     paths[1].unlink()
     gate.set()
     with pytest.warns(UserWarning, match=r"1 dropped because Lightning removed the file"):
