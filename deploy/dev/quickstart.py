@@ -62,12 +62,14 @@ def fab(workdir: Path, *args: str, check: bool = True, show: bool = True) -> sub
 
 
 def base_image(client) -> str:
-    """This machine's own base image where no registry is reachable (Linux, root, debootstrap), else a public one."""
+    """This machine's own base image where no registry is reachable (Linux, root, mmdebstrap or debootstrap), else a
+    public one."""
     if os.environ.get("BASE_IMAGE"):
         print(f"    base image {os.environ['BASE_IMAGE']} (BASE_IMAGE from the environment)")
         return os.environ["BASE_IMAGE"]
-    if platform.system() == "Linux" and os.geteuid() == 0 and shutil.which("debootstrap"):
-        from deploy.dev.baseimage import ensure_base_image
+    from deploy.dev.baseimage import bootstrapper, ensure_base_image
+
+    if platform.system() == "Linux" and os.geteuid() == 0 and bootstrapper():
 
         result = ensure_base_image(client, log=lambda line: print(f"    {line}", flush=True))
         print(f"    base image {result.tag} ({'built' if result.built else 'reused'}: Python, torch and Lightning, "

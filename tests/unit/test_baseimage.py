@@ -30,3 +30,20 @@ def test_apt_mirror_from_classic_sources_list(tmp_path: Path) -> None:
 
 def test_apt_mirror_falls_back_to_debian(tmp_path: Path) -> None:
     assert apt_mirror(tmp_path) == DEFAULT_MIRROR
+
+
+def test_mmdebstrap_makes_the_minimal_debian_where_it_is_installed_else_debootstrap(monkeypatch) -> None:
+    from deploy.dev import baseimage
+
+    installed = {"debootstrap"}
+    monkeypatch.setattr(baseimage.shutil, "which", lambda tool: f"/usr/sbin/{tool}" if tool in installed else None)
+    assert baseimage.bootstrapper() == "debootstrap"
+    installed.add("mmdebstrap")
+    assert baseimage.bootstrapper() == "mmdebstrap"
+    installed.clear()
+    assert baseimage.bootstrapper() is None
+    recipe = BaseImageRecipe()
+    for tool in ("mmdebstrap", "debootstrap"):
+        command = baseimage.bootstrap_command(tool, recipe, Path("/var/tmp/x/rootfs"), "http://m/debian")
+        assert command[0] == tool and command[-3:] == ["bookworm", "/var/tmp/x/rootfs", "http://m/debian"]
+        assert "--variant=minbase" in command and "--include=python3,python3-venv,ca-certificates" in command
