@@ -8,7 +8,7 @@ for them: it takes clock-bound files first and the rest only when none is left; 
 everything else first, then clock-bound files if any still wait. Each takes the largest file it may take first. Two kept workers wait on two clocks
 at once, where one ran the managed files one after the other for most of the suite's minutes. With fewer than
 three workers it is plain ``--dist loadfile``. While the base image is built in the background (a machine that never
-built it: ``tests/harness/warmup.py``), every worker takes the files that need no image first.
+built it: ``tests/harness/warmup.py``), the workers that are not kept take the files that need no image first.
 
 ``scripts/test`` starts one worker per core plus two.
 """
@@ -83,8 +83,8 @@ class ClockBoundApart(LoadFileScheduling):
         kept = node in self._kept()
         waiting = self.warmup.waiting() if self.warmup is not None else frozenset()
         ready = [scope for scope in queue if scope not in waiting]
-        if ready and len(ready) < len(queue):  # the base image is being built: what needs none goes first
-            return ready[-1] if kept else ready[0]  # a kept worker takes small files, to be free for its clocks
+        if ready and len(ready) < len(queue) and not kept:  # the base image is being built: what needs none first
+            return ready[0]  # (a kept worker waits for it with its clock-bound file: the cores stay busy meanwhile)
         clock = [scope for scope in queue if scope in CLOCK_BOUND]
         other = [scope for scope in queue if scope not in CLOCK_BOUND]
         first, then = (clock, other) if kept else (other, clock)

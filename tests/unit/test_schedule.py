@@ -140,7 +140,7 @@ class FakeWarmup:
         return frozenset(self.needs) if self.building else frozenset()
 
 
-def test_while_the_base_image_is_built_every_worker_takes_files_that_need_none() -> None:
+def test_while_the_base_image_is_built_the_workers_not_kept_take_files_that_need_none() -> None:
     unit = [f"tests/unit/test_{name}.py" for name in "abcdefghijkl"]
     needs = {*CLOCK, "tests/e2e/test_trainer_project.py", "tests/integration/test_pods.py"}
     files = [*unit, "tests/integration/test_s3_tasks.py", *sorted(needs)]
@@ -148,12 +148,9 @@ def test_while_the_base_image_is_built_every_worker_takes_files_that_need_none()
     sched, nodes, collection = scheduled(4, files, warmup)
     assert warmup.collected == set(files)
     first = [first_file(node, collection) for node in nodes]
-    assert first[0] == "tests/integration/test_s3_tasks.py" and not set(first) & needs  # the largest that is ready
+    assert first[0] == "tests/integration/test_s3_tasks.py" and not set(first[:2]) & needs  # the largest ready
+    assert first[2:] == LARGEST_FIRST[:2]  # the kept workers wait for the image with their clock-bound files
+    assert all(files_of(node, collection).isdisjoint(needs) for node in nodes[:2])
     warmup.building = False
-    for node in nodes[2:]:  # the kept workers took small files: once built, their clocks come next
-        before = len(node.sent)
-        for index in list(node.sent):
-            sched.mark_test_complete(node, index)
-        assert collection[node.sent[before]].split("::")[0] in CLOCK
     run_all(sched, nodes, collection)
     assert sorted(i for node in nodes for i in node.sent) == list(range(len(collection)))
