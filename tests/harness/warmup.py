@@ -1,10 +1,11 @@
 """The base image, built in the background while the test workers run the files that do not need it.
 
 On a machine that has never built it (a clean CI machine, a newcomer's first ``scripts/test``) the base image takes
-about 80 s (debootstrap, pip, ``docker import``). Each worker used to start with a long end-to-end file that needs it
-and wait on the machine lock meanwhile, so the whole suite stood still that long. Now the controller starts the build
-as soon as the workers have collected, and the scheduler (``tests/harness/schedule.py``) gives the workers the files
-that need no image until it is done. Where the engine has the image already, nothing changes.
+60-80 s alone (mmdebstrap or debootstrap, pip, ``docker import``). Each worker used to start with a long end-to-end
+file that needs it and wait on the machine lock meanwhile, so the whole suite stood still that long. Now the
+controller starts the build as soon as the workers have collected, and the scheduler (``tests/harness/schedule.py``)
+gives the workers not kept for clock-bound files the files that need no image until it is done (the kept ones wait
+for it with their managed-run files). Where the engine has the image already, nothing changes.
 
 A file needs the image when it is end-to-end, or when one of its tests uses the ``base_image`` fixture, directly or
 through another fixture (``pod_image``): each worker writes those files into a folder the controller names.
