@@ -70,7 +70,6 @@ def base_image(client) -> str:
     from deploy.dev.baseimage import bootstrapper, ensure_base_image
 
     if platform.system() == "Linux" and os.geteuid() == 0 and bootstrapper():
-
         result = ensure_base_image(client, log=lambda line: print(f"    {line}", flush=True))
         print(f"    base image {result.tag} ({'built' if result.built else 'reused'}: Python, torch and Lightning, "
               "made here without a registry)")
