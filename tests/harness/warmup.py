@@ -115,11 +115,10 @@ class Warmup:
 
 def _engine() -> Any:
     """The local Docker engine, or None when there is none (the tests that need it skip, or fail in CI)."""
-    try:
-        import docker
+    from deploy.errors import ImageError
+    from deploy.images.engine import docker_client
 
-        client = docker.from_env(timeout=900)
-        client.ping()
-    except Exception:  # noqa: BLE001 - any failure means "no engine here"
+    try:
+        return docker_client()
+    except ImageError:
         return None
-    return client
